@@ -1,0 +1,212 @@
+"""``fogsim``: the command line (Typer).
+
+User mistakes (bad scenario, missing data set, unusable output directory) end with one
+clear message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fogsim import __version__
+from fogsim.data import DatasetNotFoundError, load_dataset
+from fogsim.fleet import build_fleet
+from fogsim.scenario import Scenario, ScenarioError, format_bytes, load_scenario
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+app = typer.Typer(
+    help="fogsim: federated fog-learning simulator (DynHP on memory-budgeted fleets, "
+    "Flower + Ray).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def resolve_scenario_path(name: str) -> Path:
+    """A path, or the name of a shipped scenario (``quickstart``)."""
+    path = Path(name)
+    if not path.exists() and (SCENARIO_DIR / f"{name}.toml").exists():
+        return SCENARIO_DIR / f"{name}.toml"
+    return path
+
+
+def load(scenario: str, overrides: list[str] | None) -> Scenario:
+    try:
+        return load_scenario(resolve_scenario_path(scenario), overrides)
+    except ScenarioError as e:
+        fail(str(e))
+        raise  # unreachable; keeps type checkers happy
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        fail(f"--out {run_dir}: exists and is not a directory")
+    if run_dir.is_dir() and (run_dir / "rounds.csv").exists():
+        if not overwrite:
+            fail(
+                f"--out {run_dir}: already holds a run (rounds.csv); "
+                "pass --overwrite to replace it or choose another --out"
+            )
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        fail(f"--out {run_dir}: cannot write there ({e.strerror})")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"fogsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=version_callback, is_eager=True, help="Show version."),
+    ] = False,
+) -> None:
+    """fogsim: federated fog-learning simulator."""
+
+
+@app.command()
+def run(
+    scenario: Annotated[str, typer.Argument(help="Scenario file, or a shipped scenario's name.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run directory (default: <run.output_dir>/<run.name>)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field: section.key=value (repeatable)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Attach to a running Ray cluster (e.g. 127.0.0.1:6379).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run a scenario as a Flower + Ray federated simulation.
+
+    Examples:
+
+      fogsim run scenarios/quickstart.toml
+
+      fogsim run quickstart --set run.rounds=5 --set train.lr=0.1 --out runs/lr01
+    """
+    sc = load(scenario, set_)
+    try:
+        load_dataset(sc.data.dataset, sc.data.path)
+    except DatasetNotFoundError as e:
+        fail(str(e))
+    run_dir = out_dir or Path(sc.run.output_dir) / sc.run.name
+    prepare_run_dir(run_dir, overwrite)
+
+    from fogsim.engine import simulate  # imports Flower and Ray: only when running
+
+    started = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("round {task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        disable=quiet,
+    )
+    task = progress.add_task(sc.run.name, total=sc.run.rounds, info="starting Ray...")
+
+    def on_round(row: dict[str, Any]) -> None:
+        progress.update(
+            task,
+            completed=row["round"],
+            info=f"acc {row['accuracy']:.4f}  loss {row['loss']:.4f}",
+        )
+
+    with progress:
+        simulate(sc, run_dir, ray_address=ray_address, progress=on_round, verbose=verbose)
+    if not quiet:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        out.print(
+            f"done in {time.perf_counter() - started:.1f}s: final accuracy "
+            f"{summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
+            f"results in {run_dir}"
+        )
+
+
+def fleet_table(sc: Scenario) -> Table:
+    fleet = build_fleet(sc.fleet, sc.run.seed)
+    table = Table(title=f"fleet: {sc.fleet.nodes} nodes")
+    for col in ("class", "nodes", "memory budget", "FLOP/s", "up Mbit/s", "down Mbit/s", "avail."):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    counts = fleet.counts()
+    for c in sc.fleet.classes:
+        table.add_row(
+            c.name,
+            str(counts[c.name]),
+            format_bytes(c.memory),
+            f"{c.flops:.3g}",
+            f"{c.up_mbps:g}",
+            f"{c.down_mbps:g}",
+            f"{c.availability:g}",
+        )
+    return table
+
+
+@app.command()
+def validate(
+    scenario: Annotated[str, typer.Argument(help="Scenario file, or a shipped scenario's name.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: section.key=value.")
+    ] = None,
+) -> None:
+    """Check a scenario and print it resolved (defaults filled in) with a fleet summary.
+
+    Example:
+
+      fogsim validate scenarios/quickstart.toml --set fleet.nodes=100
+    """
+    sc = load(scenario, set_)
+    out.print_json(json.dumps(sc.model_dump(mode="json")))
+    out.print(fleet_table(sc))
+    out.print("[green]valid[/]")
+
+
+@app.command()
+def scenarios() -> None:
+    """List the shipped scenarios with a one-line description.
+
+    Example:
+
+      fogsim scenarios
+    """
+    table = Table(title=f"shipped scenarios ({SCENARIO_DIR})")
+    table.add_column("name")
+    table.add_column("description")
+    for path in sorted(SCENARIO_DIR.glob("*.toml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        table.add_row(path.stem, first.lstrip("# ").strip())
+    out.print(table)

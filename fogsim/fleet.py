@@ -1,0 +1,51 @@
+"""The fleet: which device class (budget, speed, links) each node belongs to.
+
+Class sizes come from ``count`` or ``share`` (shares rounded by largest remainder so
+counts add up to ``fleet.nodes``); which node gets which class is a seeded shuffle, so
+the same scenario and seed always build the same fleet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fogsim.scenario import DeviceClass, FleetSection
+
+
+@dataclass(frozen=True)
+class Fleet:
+    classes: list[DeviceClass]
+    node_class: np.ndarray  # class index per node
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_class)
+
+    def device(self, node: int) -> DeviceClass:
+        return self.classes[int(self.node_class[node])]
+
+    def counts(self) -> dict[str, int]:
+        tally = np.bincount(self.node_class, minlength=len(self.classes))
+        return {c.name: int(n) for c, n in zip(self.classes, tally, strict=True)}
+
+
+def class_counts(section: FleetSection) -> list[int]:
+    """Nodes per class: fixed counts first, shares split the rest by largest remainder."""
+    fixed = sum(c.count for c in section.classes if c.count is not None)
+    rest = section.nodes - fixed
+    shares = np.array([c.share or 0.0 for c in section.classes])
+    exact = rest * shares / shares.sum() if shares.sum() > 0 else np.zeros_like(shares)
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: rest - counts.sum()]:
+        counts[i] += 1
+    pairs = zip(section.classes, counts, strict=True)
+    return [c.count if c.count is not None else int(n) for c, n in pairs]
+
+
+def build_fleet(section: FleetSection, seed: int) -> Fleet:
+    counts = class_counts(section)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng([seed, 0xF1EE7]).shuffle(labels)
+    return Fleet(list(section.classes), labels)

@@ -1,0 +1,127 @@
+"""The run directory: written round by round, loadable as plain tables.
+
+Files (all plain text, CSV columns documented in the README):
+
+- ``scenario.json``: the resolved scenario (every default filled in).
+- ``rounds.csv``: one row per finished round, appended and flushed as it ends.
+- ``nodes.csv``: one row per node that trained in a round.
+- ``fleet.csv``: node → device class and budget.
+- ``model.pt``: the latest global ``state_dict`` (rewritten atomically each round).
+- ``summary.json``: written when the run ends.
+
+A crash or Ctrl-C therefore loses at most the round in progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fogsim.fleet import Fleet
+
+ROUND_COLUMNS = [
+    "round",
+    "accuracy",
+    "loss",
+    "client_accuracy",
+    "client_loss",
+    "train_loss",
+    "sampled",
+    "returned",
+    "failed",
+    "bytes_up",
+    "bytes_down",
+    "wall_s",
+]
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """Append-only CSV whose header is fixed by the first row written."""
+
+    def __init__(self, path: Path, columns: list[str] | None = None) -> None:
+        self.path, self.columns = path, columns
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        new = not self.path.exists()
+        if self.columns is None:
+            self.columns = list(rows[0])
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rounds = CsvLog(run_dir / "rounds.csv", ROUND_COLUMNS)
+        self.nodes = CsvLog(run_dir / "nodes.csv")
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write(self.dir / name, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+
+    def fleet_table(self, fleet: Fleet) -> None:
+        rows = []
+        for node in range(fleet.num_nodes):
+            d = fleet.device(node)
+            rows.append(
+                {
+                    "node": node,
+                    "class": d.name,
+                    "budget_bytes": d.memory,
+                    "flops": d.flops,
+                    "up_mbps": d.up_mbps,
+                    "down_mbps": d.down_mbps,
+                }
+            )
+        (self.dir / "fleet.csv").unlink(missing_ok=True)
+        CsvLog(self.dir / "fleet.csv").append(rows)
+
+    def write_model(self, state: dict[str, torch.Tensor]) -> None:
+        atomic_write(self.dir / "model.pt", lambda p: torch.save(state, p))
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a fogsim CSV with numbers parsed back to int/float."""
+
+    def parse(v: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with path.open(newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def load(run_dir: str | Path) -> dict[str, Any]:
+    """A run's tables as lists of dicts (``pandas.DataFrame(tables["rounds"])`` works)."""
+    run_dir = Path(run_dir)
+    out: dict[str, Any] = {}
+    for name in ("rounds", "nodes", "fleet"):
+        if (run_dir / f"{name}.csv").exists():
+            out[name] = read_csv(run_dir / f"{name}.csv")
+    for name in ("scenario", "summary"):
+        if (run_dir / f"{name}.json").exists():
+            out[name] = json.loads((run_dir / f"{name}.json").read_text())
+    return out

@@ -1,0 +1,269 @@
+"""Scenario files: TOML read with ``tomllib``, validated by pydantic.
+
+Every user mistake becomes one :class:`ScenarioError` naming the file, the field
+path, the bad value and what is allowed, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from fogsim.data import DATASETS, PARTITIONINGS
+from fogsim.training import OPTIMIZERS
+
+UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(value: Any) -> int:
+    """``"256KiB"``, ``"4MiB"``, ``"1.5MB"``, ``1048576`` → bytes (int > 0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 4MiB, got a boolean")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    elif isinstance(value, str) and (m := SIZE_RE.match(value)):
+        number, unit = float(m.group(1)), m.group(2).upper()
+    else:
+        raise ValueError(f"expected a size such as 256KiB, 4MiB or 1GB, got {value!r}")
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; allowed: B, KB, MB, GB, KiB, MiB, GiB")
+    size = int(number * UNITS[unit])
+    if size <= 0:
+        raise ValueError("size must be positive")
+    return size
+
+
+def format_bytes(size: float) -> str:
+    """1536 → ``"1.5KiB"``; the inverse of :func:`parse_bytes` for display."""
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.4g}{unit}"
+        size /= 1024
+    return f"{size:.4g}GiB"
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "run"
+    seed: int = 0
+    rounds: int = Field(10, ge=1, le=100_000)
+    output_dir: str = "runs"
+
+
+class DataSection(Section):
+    dataset: Literal[DATASETS] = "mnist"  # type: ignore[valid-type]
+    path: str | None = None
+    partitioning: Literal[PARTITIONINGS] = "iid"  # type: ignore[valid-type]
+    alpha: float = Field(0.5, gt=0)
+    shards_per_node: int = Field(2, ge=1)
+    client_test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class ModelSection(Section):
+    arch: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = [300, 100]
+    channels: list[Annotated[int, Field(ge=1)]] = [16, 32]
+
+    @property
+    def conv_channels(self) -> tuple[int, ...]:
+        return tuple(self.channels) if self.arch == "cnn" else ()
+
+
+class TrainSection(Section):
+    local_epochs: int = Field(1, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class DeviceClass(Section):
+    name: str = Field(min_length=1)
+    share: float | None = Field(None, gt=0)
+    count: int | None = Field(None, ge=0)
+    memory: ByteSize
+    flops: float = Field(1e9, gt=0, description="compute speed, FLOP/s")
+    up_mbps: float = Field(10.0, gt=0, description="uplink bandwidth, Mbit/s")
+    down_mbps: float = Field(50.0, gt=0, description="downlink bandwidth, Mbit/s")
+    availability: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _share_or_count(self) -> DeviceClass:
+        if (self.share is None) == (self.count is None):
+            raise ValueError("give exactly one of share or count")
+        return self
+
+
+class FleetSection(Section):
+    nodes: int = Field(10, ge=1, le=1_000_000)
+    classes: list[DeviceClass] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _counts_fit(self) -> FleetSection:
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"device class names must be unique, got {names}")
+        counts = [c.count for c in self.classes]
+        if all(c is not None for c in counts) and sum(counts) != self.nodes:
+            raise ValueError(f"class counts sum to {sum(counts)} but nodes = {self.nodes}")
+        if any(c is not None for c in counts) and any(c is None for c in counts):
+            fixed = sum(c for c in counts if c is not None)
+            if fixed > self.nodes:
+                raise ValueError(f"class counts sum to {fixed} > nodes = {self.nodes}")
+        return self
+
+
+class StrategySection(Section):
+    name: str = "fedavg"
+    params: dict[str, Any] = {}
+
+
+class SimulationSection(Section):
+    clients_per_round: int = Field(10, ge=1)
+    evaluate_clients: int = Field(0, ge=0, description="client-side evaluations per round")
+    cpus_per_client: float = Field(1.0, gt=0)
+    ray_address: str | None = None
+    engine: Literal["ray"] = "ray"
+    round_timeout_s: float = Field(3600.0, gt=0)
+
+
+class Scenario(Section):
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    fleet: FleetSection
+    strategy: StrategySection = StrategySection()
+    simulation: SimulationSection = SimulationSection()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Scenario:
+        from fogsim.strategies import STRATEGIES
+
+        nodes, sim, problems = self.fleet.nodes, self.simulation, []
+        for field in ("clients_per_round", "evaluate_clients"):
+            if getattr(sim, field) > nodes:
+                problems.append(
+                    f"simulation.{field} = {getattr(sim, field)} exceeds fleet.nodes = {nodes}"
+                )
+        if self.strategy.name not in STRATEGIES:
+            problems.append(
+                f"strategy.name = {self.strategy.name!r} is unknown; "
+                f"allowed: {', '.join(sorted(STRATEGIES))}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ScenarioError(ValueError):
+    """A scenario file or override is invalid; the message says where and why."""
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid scenario"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.1"`` → (["train", "lr"], 0.1); the value is read as TOML."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ScenarioError(f"--set {text!r}: expected section.key=value, e.g. train.lr=0.1")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as mnist is taken as a string
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides; a number in the path indexes a list
+    (``fleet.classes.0.memory=8MiB``)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = raw
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ScenarioError(
+                        f"--set {text!r}: {part!r} is not an index of a list of {len(node)}"
+                    )
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+                if not last:
+                    node.setdefault(part, {})
+            else:
+                raise ScenarioError(f"--set {text!r}: {path[depth - 1]!r} is not a section")
+            if last:
+                node[key] = value
+            else:
+                node = node[key]
+    return raw
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: scenario file not found") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise ScenarioError(f"{path}: cannot read scenario file ({e.strerror})") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{path}: TOML syntax error: {e}") from None
+
+
+def validate_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as e:
+        raise ScenarioError(_format_errors(source, e)) from None
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override (``--set``) and validate a scenario file."""
+    path = Path(path)
+    raw = apply_overrides(read_toml(path), overrides or [])
+    return validate_scenario(raw, str(path))

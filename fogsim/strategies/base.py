@@ -1,0 +1,156 @@
+"""What every fogsim strategy shares, on top of Flower's ``FedAvg``.
+
+- **Fleet addressing.** Flower's simulation gives its nodes random ids and keeps the
+  node → partition map to itself, so the server addresses fleet node ``i`` through the
+  ``i``-th smallest Flower node id and says in each message which fleet node it is
+  (``config["node"]``). The client trains that node's data under that node's budget.
+- **Seeded sampling.** Nodes are drawn with the strategy's own ``random.Random`` seeded
+  from the scenario (Flower's ``sample_nodes`` uses the unseeded module ``random``).
+- **Order-independent aggregation.** Replies arrive in completion order; they are
+  sorted by fleet node before averaging so float sums are reproducible.
+- **Accounting.** Bytes sent and received per node and round are counted from the
+  actual arrays on the wire; :attr:`node_rows` and :attr:`round_stats` feed the
+  results writer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fogsim.fleet import Fleet
+from fogsim.scenario import Scenario
+
+STRATEGIES: dict[str, type[FogStrategy]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a strategy selectable as ``[strategy] name = "<name>"``."""
+
+    def deco(cls: type[FogStrategy]) -> type[FogStrategy]:
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return deco
+
+
+def array_bytes(arrays: ArrayRecord) -> int:
+    """Payload bytes of an ArrayRecord (the tensors' data, without framing)."""
+    return sum(a.numpy().nbytes for a in arrays.values())
+
+
+class FogStrategy(FedAvg):
+    """Dense FedAvg over a fleet; subclasses change what each node gets and how
+    replies are merged by overriding :meth:`node_arrays` and :meth:`aggregate`."""
+
+    name = "base"
+
+    def __init__(self, scenario: Scenario, fleet: Fleet, **params: Any) -> None:
+        if params:
+            raise ValueError(f"strategy {self.name!r} takes no parameters, got {', '.join(params)}")
+        super().__init__(min_train_nodes=1, min_evaluate_nodes=0, min_available_nodes=1)
+        self.scenario = scenario
+        self.fleet = fleet
+        self.rng = random.Random(scenario.run.seed)
+        self.node_ids: list[int] = []
+        self.node_rows: list[dict[str, Any]] = []
+        self.round_stats: dict[str, Any] = {}
+
+    # --- sampling and messages -------------------------------------------------
+    def sample(self, k: int, grid: Grid) -> list[int]:
+        """``k`` distinct fleet nodes, seeded; maps Flower ids on first use."""
+        if not self.node_ids:
+            self.node_ids = sorted(grid.get_node_ids())
+            if len(self.node_ids) != self.fleet.num_nodes:
+                raise RuntimeError(
+                    f"Flower registered {len(self.node_ids)} nodes, "
+                    f"fleet has {self.fleet.num_nodes}"
+                )
+        return sorted(self.rng.sample(range(self.fleet.num_nodes), k))
+
+    def node_arrays(self, node: int, arrays: ArrayRecord) -> ArrayRecord:
+        """The model sent to ``node`` (dense strategies: the global model)."""
+        return arrays
+
+    def _messages(
+        self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, kind: str
+    ) -> list[Message]:
+        messages, down = [], 0
+        for node in nodes:
+            node_arrays = self.node_arrays(node, arrays)
+            down += array_bytes(node_arrays)
+            cfg = ConfigRecord({**config, "node": node})
+            record = RecordDict({"arrays": node_arrays, "config": cfg})
+            messages.append(Message(record, dst_node_id=self.node_ids[node], message_type=kind))
+        self.round_stats[f"bytes_down_{kind}"] = down
+        return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self.sample(self.scenario.simulation.clients_per_round, grid)
+        self.node_rows, self.round_stats = [], {"sampled": len(nodes)}
+        config["server-round"] = server_round
+        return self._messages(nodes, arrays, config, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        k = self.scenario.simulation.evaluate_clients
+        if k == 0:
+            return []
+        config["server-round"] = server_round
+        return self._messages(self.sample(k, grid), arrays, config, MessageType.EVALUATE)
+
+    # --- replies ---------------------------------------------------------------
+    @staticmethod
+    def by_node(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
+        """(good replies sorted by fleet node, error replies)."""
+        replies = list(replies)
+        good = [m for m in replies if not m.has_error()]
+        good.sort(key=lambda m: int(m.content["metrics"]["node"]))
+        return good, [m for m in replies if m.has_error()]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        good, failed = self.by_node(replies)
+        up = 0
+        for msg in good:
+            metrics = msg.content["metrics"]
+            node = int(metrics["node"])
+            sent = array_bytes(msg.content["arrays"])
+            up += sent
+            device = self.fleet.device(node)
+            self.node_rows.append(
+                {
+                    "round": server_round,
+                    "node": node,
+                    "class": device.name,
+                    "budget_bytes": device.memory,
+                    **{k.replace("-", "_"): v for k, v in metrics.items() if k != "node"},
+                    "bytes_up": sent,
+                }
+            )
+        self.round_stats.update(returned=len(good), failed=len(failed), bytes_up=up)
+        if not good:
+            return None, None
+        return self.aggregate(server_round, good)
+
+    def aggregate(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Merge good replies (sorted by node) into the new global model."""
+        return super().aggregate_train(server_round, replies)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        good, _ = self.by_node(replies)
+        return super().aggregate_evaluate(server_round, good) if good else None

@@ -1,0 +1,54 @@
+"""Shared fixtures: scenario files written to a temp dir, and Ray/Flower kept quiet."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+[run]
+name = "tiny"
+seed = 7
+rounds = 2
+
+[data]
+dataset = "mnist"
+partitioning = "dirichlet"
+alpha = 1.0
+
+[model]
+arch = "mlp"
+hidden = [64, 32]
+
+[train]
+lr = 0.1
+momentum = 0.5
+batch_size = 32
+
+[fleet]
+nodes = 10
+
+[[fleet.classes]]
+name = "big"
+count = 4
+memory = "8MiB"
+
+[[fleet.classes]]
+name = "small"
+share = 1.0
+memory = "512KiB"
+
+[simulation]
+clients_per_round = 4
+evaluate_clients = 2
+"""
+
+
+@pytest.fixture
+def tiny_scenario(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path

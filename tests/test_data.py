@@ -1,0 +1,63 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fogsim.data import DatasetNotFoundError, load_dataset, partition, read_idx, split_local
+
+
+def test_mnist_is_full_and_offline() -> None:
+    ds = load_dataset("mnist")
+    assert ds.train_x.shape == (60000, 28, 28) and ds.test_x.shape == (10000, 28, 28)
+    assert set(np.unique(ds.train_y)) == set(range(10))
+    x, y = ds.tensors(ds.test_x[:5], ds.test_y[:5])
+    assert tuple(x.shape) == (5, 1, 28, 28) and abs(float(x.mean())) < 1.0
+
+
+def test_fashion_mnist() -> None:
+    try:
+        ds = load_dataset("fashion-mnist")
+    except DatasetNotFoundError as e:
+        pytest.skip(str(e))
+    assert ds.train_x.shape == (60000, 28, 28) and len(ds.test_y) == 10000
+
+
+def test_missing_dataset_says_how_to_install(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="train-images-idx3-ubyte"):
+        load_dataset("mnist", str(tmp_path))
+
+
+def test_read_idx_user_directory(tmp_path: Path) -> None:
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
+    (tmp_path / "x.gz").write_bytes(gzip.compress(header + images.tobytes()))
+    assert (read_idx(tmp_path / "x.gz") == images).all()
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
+def test_partition_covers_every_sample_once(scheme: str) -> None:
+    labels = np.random.default_rng(0).integers(0, 10, 5000)
+    parts = partition(labels, 50, scheme, seed=3, alpha=0.3)
+    allidx = np.concatenate(parts)
+    assert len(parts) == 50 and min(len(p) for p in parts) >= 1
+    assert len(allidx) == 5000 and len(np.unique(allidx)) == 5000
+    again = partition(labels, 50, scheme, seed=3, alpha=0.3)
+    assert all((a == b).all() for a, b in zip(parts, again, strict=True))
+
+
+def test_partition_skew() -> None:
+    labels = np.random.default_rng(0).integers(0, 10, 20000)
+    iid = partition(labels, 20, "iid", seed=0)
+    assert max(len(p) for p in iid) - min(len(p) for p in iid) <= 1
+    skewed = partition(labels, 20, "dirichlet", seed=0, alpha=0.1)
+    classes_iid = np.mean([len(np.unique(labels[p])) for p in iid])
+    classes_dir = np.mean([len(np.unique(labels[p])) for p in skewed])
+    assert classes_iid == 10 and classes_dir < 7
+    shards = partition(labels, 20, "shards", seed=0, shards_per_node=2)
+    assert max(len(np.unique(labels[p])) for p in shards) <= 4
+
+
+def test_split_local() -> None:
+    train, test = split_local(np.arange(100), 0.1, seed=1)
+    assert len(test) == 10 and len(train) == 90 and not set(train) & set(test)

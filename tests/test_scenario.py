@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from fogsim.fleet import build_fleet, class_counts
+from fogsim.scenario import ScenarioError, load_scenario, parse_bytes
+
+from .conftest import ROOT
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_scenarios_are_valid(path: Path) -> None:
+    sc = load_scenario(path)
+    assert sc.run.rounds >= 1
+    assert sum(build_fleet(sc.fleet, sc.run.seed).counts().values()) == sc.fleet.nodes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("256KiB", 256 * 1024),
+        ("4MiB", 4 * 2**20),
+        ("1.5MB", 1_500_000),
+        (2048, 2048),
+        ("1e3", 1000),
+    ],
+)
+def test_parse_bytes(text, expected) -> None:
+    assert parse_bytes(text) == expected
+
+
+BAD = [
+    # (override, words the error must contain)
+    ("run.rounds=0", ["run.rounds", "greater than or equal to 1", "got 0"]),
+    ("run.seed='x'", ["run.seed", "integer", "'x'"]),
+    ("data.dataset=cifar", ["data.dataset", "'mnist' or 'fashion-mnist'", "cifar"]),
+    ("data.partitioning=zipf", ["data.partitioning", "iid", "dirichlet", "zipf"]),
+    ("data.alpha=-1", ["data.alpha", "greater than 0"]),
+    ("model.depth=3", ["model.depth", "unknown key"]),
+    ("nonsense.key=1", ["nonsense", "unknown key"]),
+    ("fleet.classes.0.memory=-5MiB", ["fleet.classes.0.memory", "size"]),
+    ("fleet.classes.0.memory='lots'", ["fleet.classes.0.memory", "256KiB", "lots"]),
+    ("fleet.classes.0.memory='4 parsecs'", ["fleet.classes.0.memory", "unknown unit"]),
+    ("fleet.classes.0.count=20", ["counts sum to", "nodes = 10"]),
+    ("fleet.classes=[]", ["fleet.classes", "at least 1"]),
+    ("strategy.name=fedmagic", ["strategy.name", "fedmagic", "allowed", "fedavg"]),
+    ("simulation.clients_per_round=11", ["clients_per_round = 11", "fleet.nodes = 10"]),
+    ("train.optimizer=lbfgs", ["train.optimizer", "'sgd' or 'adam'"]),
+    ("train.lr=0", ["train.lr", "greater than 0"]),
+]
+
+
+@pytest.mark.parametrize(("override", "words"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_names_file_field_and_allowed(tiny_scenario, override, words) -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(tiny_scenario, [override])
+    message = str(info.value)
+    assert str(tiny_scenario) in message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="not found"):
+        load_scenario(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nname=")
+    with pytest.raises(ScenarioError, match="TOML syntax error"):
+        load_scenario(bad)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ScenarioError, match="not UTF-8"):
+        load_scenario(binary)
+
+
+def test_overrides_reach_nested_lists(tiny_scenario) -> None:
+    sc = load_scenario(tiny_scenario, ["fleet.classes.1.memory=2MiB", "train.lr=0.3", "run.name=x"])
+    assert sc.fleet.classes[1].memory == 2 * 2**20
+    assert sc.train.lr == 0.3 and sc.run.name == "x"
+    with pytest.raises(ScenarioError, match="not an index"):
+        load_scenario(tiny_scenario, ["fleet.classes.5.memory=2MiB"])
+    with pytest.raises(ScenarioError, match="section.key=value"):
+        load_scenario(tiny_scenario, ["justakey"])
+
+
+def test_fleet_counts_and_seeded_assignment(tiny_scenario) -> None:
+    sc = load_scenario(tiny_scenario)
+    assert class_counts(sc.fleet) == [4, 6]
+    a, b = build_fleet(sc.fleet, 1), build_fleet(sc.fleet, 1)
+    assert (a.node_class == b.node_class).all()
+    assert a.counts() == {"big": 4, "small": 6}
+    sc3 = load_scenario(tiny_scenario, ["fleet.nodes=7", "fleet.classes.0.count=0"])
+    assert build_fleet(sc3.fleet, 0).counts() == {"big": 0, "small": 7}
