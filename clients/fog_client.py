@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fogsim.accounting import train_flops
 from fogsim.data import load_dataset, partition, split_local
 from fogsim.models import model_from_state, num_params
 from fogsim.scenario import Scenario
@@ -82,6 +83,7 @@ def train(spec: dict[str, Any], msg: Message) -> Message:
         "train-loss": loss,
         "params": num_params(model),
         "batch-size": min(t["batch_size"], len(x)),
+        "train-flops": train_flops(model, len(x) * t["local_epochs"]),
         "time-s": time.perf_counter() - start,
     }
     return _reply(msg, metrics, ArrayRecord(model.state_dict()))

@@ -1,8 +1,9 @@
 """The fleet: which device class (budget, speed, links) each node belongs to.
 
 Class sizes come from ``count`` or ``share`` (shares rounded by largest remainder so
-counts add up to ``fleet.nodes``); which node gets which class is a seeded shuffle, so
-the same scenario and seed always build the same fleet.
+counts add up to ``fleet.nodes``); which node gets which class is a seeded shuffle,
+and a class with ``memory_max`` draws each node's budget log-uniformly between
+``memory`` and ``memory_max``. The same scenario and seed always build the same fleet.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fogsim.scenario import DeviceClass, FleetSection
 class Fleet:
     classes: list[DeviceClass]
     node_class: np.ndarray  # class index per node
+    budgets: np.ndarray  # memory budget in bytes per node
 
     @property
     def num_nodes(self) -> int:
@@ -26,9 +28,17 @@ class Fleet:
     def device(self, node: int) -> DeviceClass:
         return self.classes[int(self.node_class[node])]
 
+    def budget(self, node: int) -> int:
+        return int(self.budgets[node])
+
     def counts(self) -> dict[str, int]:
         tally = np.bincount(self.node_class, minlength=len(self.classes))
         return {c.name: int(n) for c, n in zip(self.classes, tally, strict=True)}
+
+    def available(self, rng: np.random.Generator) -> np.ndarray:
+        """Nodes that are up this round (each with its class's availability)."""
+        p = np.array([c.availability for c in self.classes])[self.node_class]
+        return np.flatnonzero(rng.random(self.num_nodes) < p)
 
 
 def class_counts(section: FleetSection) -> list[int]:
@@ -45,7 +55,10 @@ def class_counts(section: FleetSection) -> list[int]:
 
 
 def build_fleet(section: FleetSection, seed: int) -> Fleet:
-    counts = class_counts(section)
-    labels = np.repeat(np.arange(len(counts)), counts)
-    np.random.default_rng([seed, 0xF1EE7]).shuffle(labels)
-    return Fleet(list(section.classes), labels)
+    rng = np.random.default_rng([seed, 0xF1EE7])
+    labels = np.repeat(np.arange(len(section.classes)), class_counts(section))
+    rng.shuffle(labels)
+    low = np.array([c.memory for c in section.classes], dtype=float)[labels]
+    high = np.array([c.memory_max or c.memory for c in section.classes], dtype=float)[labels]
+    budgets = np.exp(rng.uniform(np.log(low), np.log(high))).astype(np.int64)
+    return Fleet(list(section.classes), labels, budgets)

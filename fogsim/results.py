@@ -34,8 +34,10 @@ ROUND_COLUMNS = [
     "sampled",
     "returned",
     "failed",
+    "dropped",
     "bytes_up",
     "bytes_down",
+    "sim_time_s",
     "wall_s",
 ]
 

@@ -109,6 +109,9 @@ class DeviceClass(Section):
     share: float | None = Field(None, gt=0)
     count: int | None = Field(None, ge=0)
     memory: ByteSize
+    memory_max: ByteSize | None = Field(
+        None, description="if set, budgets are drawn log-uniform in [memory, memory_max]"
+    )
     flops: float = Field(1e9, gt=0, description="compute speed, FLOP/s")
     up_mbps: float = Field(10.0, gt=0, description="uplink bandwidth, Mbit/s")
     down_mbps: float = Field(50.0, gt=0, description="downlink bandwidth, Mbit/s")
@@ -118,6 +121,8 @@ class DeviceClass(Section):
     def _share_or_count(self) -> DeviceClass:
         if (self.share is None) == (self.count is None):
             raise ValueError("give exactly one of share or count")
+        if self.memory_max is not None and self.memory_max < self.memory:
+            raise ValueError(f"memory_max {self.memory_max} is below memory {self.memory}")
         return self
 
 
@@ -152,6 +157,9 @@ class SimulationSection(Section):
     ray_address: str | None = None
     engine: Literal["ray"] = "ray"
     round_timeout_s: float = Field(3600.0, gt=0)
+    deadline_s: float | None = Field(
+        None, gt=0, description="simulated seconds; slower clients' updates are dropped"
+    )
 
 
 class Scenario(Section):

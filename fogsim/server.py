@@ -83,8 +83,10 @@ class Federation:
                 "sampled": stats["sampled"],
                 "returned": stats["returned"],
                 "failed": stats["failed"],
+                "dropped": stats["dropped"],
                 "bytes_up": stats["bytes_up"],
                 "bytes_down": stats.get("bytes_down_train", 0),
+                "sim_time_s": stats["sim_time_s"],
                 "wall_s": time.perf_counter() - t0,
             }
             self.writer.rounds.append([row])

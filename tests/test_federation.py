@@ -32,6 +32,15 @@ def test_ray_simulation_writes_results_and_is_seeded(tiny_scenario: Path, tmp_pa
     assert 0 < rounds[-1]["client_accuracy"] <= 1
     dense_bytes = (784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10) * 4
     assert all(r["bytes_up"] == r["bytes_down"] == 4 * dense_bytes for r in rounds)
+    # simulated time: slowest client's download + 6 * MACs * samples / FLOP/s + upload
+    macs = dense_bytes // 4 - (64 + 32 + 10)
+    for r in rounds:
+        mine = [n for n in nodes if n["round"] == r["round"]]
+        assert r["sim_time_s"] == max(n["sim_time_s"] for n in mine)
+        for n in mine:
+            assert n["train_flops"] == 6 * macs * n["num_examples"]
+            link = n["bytes_down"] * 8 / 50e6 + n["bytes_up"] * 8 / 10e6
+            assert abs(n["sim_time_s"] - link - n["train_flops"] / 1e9) < 1e-9
     assert len(nodes) == 8 and {n["class"] for n in nodes} <= {"big", "small"}
     fleet = {row["node"]: row for row in first["fleet"]}
     assert all(fleet[n["node"]]["class"] == n["class"] for n in nodes)

@@ -89,5 +89,20 @@ def test_fleet_counts_and_seeded_assignment(tiny_scenario) -> None:
     a, b = build_fleet(sc.fleet, 1), build_fleet(sc.fleet, 1)
     assert (a.node_class == b.node_class).all()
     assert a.counts() == {"big": 4, "small": 6}
+    spread = load_scenario(tiny_scenario, ["fleet.classes.1.memory_max='16MiB'"])
+    budgets = build_fleet(spread.fleet, 0).budgets[a.node_class == 1]
+    assert budgets.min() >= 512 * 1024 and budgets.max() <= 16 * 2**20
+    assert len(set(budgets.tolist())) == len(budgets)
     sc3 = load_scenario(tiny_scenario, ["fleet.nodes=7", "fleet.classes.0.count=0"])
     assert build_fleet(sc3.fleet, 0).counts() == {"big": 0, "small": 7}
+
+
+def test_availability_drops_nodes(tiny_scenario) -> None:
+    import numpy as np
+
+    sc = load_scenario(tiny_scenario, ["fleet.nodes=1000", "fleet.classes.1.availability=0.5"])
+    fleet = build_fleet(sc.fleet, 0)
+    up = fleet.available(np.random.default_rng(1))
+    small_up = int((fleet.node_class[up] == 1).sum())
+    assert (fleet.node_class[up] == 0).sum() == 4  # "big" is always up
+    assert 400 < small_up < 600  # about half of 996

@@ -4,25 +4,29 @@
   node → partition map to itself, so the server addresses fleet node ``i`` through the
   ``i``-th smallest Flower node id and says in each message which fleet node it is
   (``config["node"]``). The client trains that node's data under that node's budget.
-- **Seeded sampling.** Nodes are drawn with the strategy's own ``random.Random`` seeded
-  from the scenario (Flower's ``sample_nodes`` uses the unseeded module ``random``).
+- **Seeded sampling.** Each round draws which nodes are up (class ``availability``) and
+  which of those are sampled from a generator seeded by (seed, round), so any round can
+  be replayed (Flower's ``sample_nodes`` uses the unseeded module ``random``).
 - **Order-independent aggregation.** Replies arrive in completion order; they are
   sorted by fleet node before averaging so float sums are reproducible.
 - **Accounting.** Bytes sent and received per node and round are counted from the
-  actual arrays on the wire; :attr:`node_rows` and :attr:`round_stats` feed the
-  results writer.
+  actual arrays on the wire; with the client's training FLOPs they give each client's
+  simulated time (``fogsim.accounting``). Clients slower than ``deadline_s`` are
+  stragglers: counted, and left out of the aggregate. :attr:`node_rows` and
+  :attr:`round_stats` feed the results writer.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fogsim.accounting import simulated_seconds
 from fogsim.fleet import Fleet
 from fogsim.scenario import Scenario
 
@@ -57,14 +61,14 @@ class FogStrategy(FedAvg):
         super().__init__(min_train_nodes=1, min_evaluate_nodes=0, min_available_nodes=1)
         self.scenario = scenario
         self.fleet = fleet
-        self.rng = random.Random(scenario.run.seed)
         self.node_ids: list[int] = []
+        self.bytes_down: dict[int, int] = {}
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
 
     # --- sampling and messages -------------------------------------------------
-    def sample(self, k: int, grid: Grid) -> list[int]:
-        """``k`` distinct fleet nodes, seeded; maps Flower ids on first use."""
+    def sample(self, k: int, grid: Grid, server_round: int, stream: int = 0) -> list[int]:
+        """Up to ``k`` distinct available fleet nodes, seeded by (seed, round, stream)."""
         if not self.node_ids:
             self.node_ids = sorted(grid.get_node_ids())
             if len(self.node_ids) != self.fleet.num_nodes:
@@ -72,7 +76,9 @@ class FogStrategy(FedAvg):
                     f"Flower registered {len(self.node_ids)} nodes, "
                     f"fleet has {self.fleet.num_nodes}"
                 )
-        return sorted(self.rng.sample(range(self.fleet.num_nodes), k))
+        rng = np.random.default_rng([self.scenario.run.seed, server_round, stream])
+        up = self.fleet.available(rng)
+        return sorted(int(n) for n in rng.choice(up, size=min(k, len(up)), replace=False))
 
     def node_arrays(self, node: int, arrays: ArrayRecord) -> ArrayRecord:
         """The model sent to ``node`` (dense strategies: the global model)."""
@@ -84,8 +90,9 @@ class FogStrategy(FedAvg):
         messages, down = [], 0
         for node in nodes:
             node_arrays = self.node_arrays(node, arrays)
-            down += array_bytes(node_arrays)
-            cfg = ConfigRecord({**config, "node": node})
+            self.bytes_down[node] = array_bytes(node_arrays)
+            down += self.bytes_down[node]
+            cfg = ConfigRecord({**config, "node": node, "budget": self.fleet.budget(node)})
             record = RecordDict({"arrays": node_arrays, "config": cfg})
             messages.append(Message(record, dst_node_id=self.node_ids[node], message_type=kind))
         self.round_stats[f"bytes_down_{kind}"] = down
@@ -94,7 +101,7 @@ class FogStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        nodes = self.sample(self.scenario.simulation.clients_per_round, grid)
+        nodes = self.sample(self.scenario.simulation.clients_per_round, grid, server_round)
         self.node_rows, self.round_stats = [], {"sampled": len(nodes)}
         config["server-round"] = server_round
         return self._messages(nodes, arrays, config, MessageType.TRAIN)
@@ -106,7 +113,8 @@ class FogStrategy(FedAvg):
         if k == 0:
             return []
         config["server-round"] = server_round
-        return self._messages(self.sample(k, grid), arrays, config, MessageType.EVALUATE)
+        nodes = self.sample(k, grid, server_round, stream=1)
+        return self._messages(nodes, arrays, config, MessageType.EVALUATE)
 
     # --- replies ---------------------------------------------------------------
     @staticmethod
@@ -121,27 +129,44 @@ class FogStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         good, failed = self.by_node(replies)
-        up = 0
+        deadline = self.scenario.simulation.deadline_s
+        kept, up, sim_times = [], 0, []
         for msg in good:
             metrics = msg.content["metrics"]
             node = int(metrics["node"])
-            sent = array_bytes(msg.content["arrays"])
-            up += sent
             device = self.fleet.device(node)
+            sent = array_bytes(msg.content["arrays"])
+            sim_s = simulated_seconds(
+                device, self.bytes_down[node], sent, float(metrics["train-flops"])
+            )
+            dropped = deadline is not None and sim_s > deadline
+            up += sent
+            sim_times.append(min(sim_s, deadline) if deadline else sim_s)
+            if not dropped:
+                kept.append(msg)
             self.node_rows.append(
                 {
                     "round": server_round,
                     "node": node,
                     "class": device.name,
-                    "budget_bytes": device.memory,
+                    "budget_bytes": self.fleet.budget(node),
                     **{k.replace("-", "_"): v for k, v in metrics.items() if k != "node"},
+                    "bytes_down": self.bytes_down[node],
                     "bytes_up": sent,
+                    "sim_time_s": sim_s,
+                    "dropped": int(dropped),
                 }
             )
-        self.round_stats.update(returned=len(good), failed=len(failed), bytes_up=up)
-        if not good:
+        self.round_stats.update(
+            returned=len(good),
+            failed=len(failed),
+            dropped=len(good) - len(kept),
+            bytes_up=up,
+            sim_time_s=max(sim_times, default=0.0),
+        )
+        if not kept:
             return None, None
-        return self.aggregate(server_round, good)
+        return self.aggregate(server_round, kept)
 
     def aggregate(
         self, server_round: int, replies: list[Message]
