@@ -19,10 +19,14 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fogsim.accounting import train_flops
+from fogsim.accounting import macs_per_sample
 from fogsim.data import load_dataset, partition, split_local
-from fogsim.models import model_from_state, num_params
+from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
+from fogsim.memory import Arch, max_batch_size, training_memory
+from fogsim.models import FogNet, model_from_state, num_params
 from fogsim.scenario import Scenario
+from fogsim.strategies.base import numpy_record
+from fogsim.strategies.submodel import pack_kept, unpack_kept
 from fogsim.training import evaluate, make_optimizer, train_epochs
 
 
@@ -52,41 +56,133 @@ def local_data(spec: dict[str, Any], node: int) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _reply(msg: Message, metrics: dict[str, Any], arrays: ArrayRecord | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics)})
-    if arrays is not None:
-        content["arrays"] = arrays
-    return Message(content, reply_to=msg)
+def _reply(msg: Message, metrics: dict[str, Any], records: dict | None = None) -> Message:
+    return Message(RecordDict({"metrics": MetricRecord(metrics), **(records or {})}), reply_to=msg)
+
+
+def _optimizer_kind(t: dict[str, Any]) -> str:
+    return "sgd-momentum" if t["optimizer"] == "sgd" and t["momentum"] > 0 else t["optimizer"]
+
+
+def _pack(values: list[np.ndarray], prefix: str) -> list[tuple[str, np.ndarray]]:
+    return [(f"{prefix}.{g}", np.asarray(v)) for g, v in enumerate(values)]
+
+
+def _unpack(record: ArrayRecord, prefix: str) -> list[np.ndarray]:
+    n = sum(1 for k in record if k.startswith(prefix + "."))
+    return [record[f"{prefix}.{g}"].numpy() for g in range(n)]
+
+
+def train_dynhp_round(
+    spec: dict[str, Any],
+    msg: Message,
+    model: FogNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+) -> tuple[dict[str, Any], dict[str, ArrayRecord]]:
+    """DynHP on this node's sub-model, resuming the node's scores and schedule."""
+    cfg, t, d = msg.content["config"], spec["train"], dict(spec["dynhp"])
+    d.pop("participations")
+    global_arch = Arch(
+        tuple(spec["model"]["channels"]) if spec["model"]["arch"] == "cnn" else (),
+        tuple(spec["model"]["hidden"]),
+    )
+    kept = [k.astype(np.int64) for k in unpack_kept(msg.content["kept"])]
+    dynhp = DynHP(DynHPConfig(**d, lr_base_batch=t["batch_size"]), global_arch, kept)
+    if "dynhp" in msg.content:
+        record = msg.content["dynhp"]
+        state = {k: _unpack(record, k) for k in ("score", "streak", "seen")}
+        dynhp.load_state_dict({**state, "dense_params": global_arch.num_params()}, kept)
+    stats = train_dynhp(
+        model,
+        x,
+        y,
+        dynhp,
+        budget=int(cfg["budget"]),
+        epochs=t["local_epochs"],
+        progress_range=(float(cfg["progress-start"]), float(cfg["progress-end"])),
+        optimizer=_optimizer_kind(t),
+        lr=t["lr"],
+        momentum=t["momentum"],
+        generator=gen,
+    )
+    state = dynhp.state_dict()
+    records = {
+        "kept": pack_kept(dynhp.kept),
+        "dynhp": numpy_record(
+            {
+                k: v
+                for name in ("score", "streak", "seen")
+                for k, v in _pack(state[name], name)
+            }
+        ),
+    }
+    metrics = {
+        "train-loss": stats.mean_loss,
+        "batch-size": stats.batch[-1],
+        "peak-memory": max(stats.memory),
+        "pruned": stats.pruned,
+        "samples": int(sum(stats.batch)),
+    }
+    return metrics, records
+
+
+def train_fixed(
+    spec: dict[str, Any],
+    msg: Message,
+    model: FogNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+) -> dict[str, Any]:
+    """Plain local SGD on a fixed (sub-)model. Budget-aware strategies ("plain") shrink
+    the batch to fit the node's budget; "dense" ignores the budget (and reports it)."""
+    cfg, t = msg.content["config"], spec["train"]
+    kind = _optimizer_kind(t)
+    batch = min(t["batch_size"], len(x))
+    if cfg["mode"] == "plain":
+        batch = max_batch_size(model, int(cfg["budget"]), kind, cap=batch)
+    opt = make_optimizer(t["optimizer"], model.parameters(), t["lr"], t["momentum"])
+    loss = train_epochs(
+        model, x, y, epochs=t["local_epochs"], batch_size=batch, optimizer=opt, generator=gen
+    )
+    return {
+        "train-loss": loss,
+        "batch-size": batch,
+        "peak-memory": training_memory(model, batch, kind),
+        "pruned": 0,
+        "samples": len(x) * t["local_epochs"],
+    }
 
 
 def train(spec: dict[str, Any], msg: Message) -> Message:
     start = time.perf_counter()
     cfg, node = msg.content["config"], int(msg.content["config"]["node"])
     rnd = int(cfg["server-round"])
-    t = spec["train"]
     x, y, _, _ = local_data(spec, node)
     model = model_from_state(msg.content["arrays"].to_torch_state_dict())
-    opt = make_optimizer(t["optimizer"], model.parameters(), t["lr"], t["momentum"])
+    macs_in = macs_per_sample(model)
     gen = torch.Generator().manual_seed(spec["run"]["seed"] * 1_000_003 + rnd * 10_007 + node)
-    loss = train_epochs(
-        model,
-        x,
-        y,
-        epochs=t["local_epochs"],
-        batch_size=t["batch_size"],
-        optimizer=opt,
-        generator=gen,
+    # a fixed sub-model keeps its neurons: echo their indices back with the weights
+    records = {"kept": msg.content["kept"]} if "kept" in msg.content else {}
+    if cfg["mode"] == "dynhp":
+        metrics, records = train_dynhp_round(spec, msg, model, x, y, gen)
+    else:
+        metrics = train_fixed(spec, msg, model, x, y, gen)
+    # FLOPs: the model shrinks while DynHP trains; average its start and end cost.
+    macs = (macs_in + macs_per_sample(model)) / 2
+    metrics.update(
+        {
+            "node": node,
+            "num-examples": len(x),
+            "params": num_params(model),
+            "over-budget": int(metrics["peak-memory"] > int(cfg["budget"])),
+            "train-flops": 6.0 * macs * metrics.pop("samples"),
+            "time-s": time.perf_counter() - start,
+        }
     )
-    metrics = {
-        "node": node,
-        "num-examples": len(x),
-        "train-loss": loss,
-        "params": num_params(model),
-        "batch-size": min(t["batch_size"], len(x)),
-        "train-flops": train_flops(model, len(x) * t["local_epochs"]),
-        "time-s": time.perf_counter() - start,
-    }
-    return _reply(msg, metrics, ArrayRecord(model.state_dict()))
+    return _reply(msg, metrics, {"arrays": ArrayRecord(model.state_dict()), **records})
 
 
 def evaluate_local(spec: dict[str, Any], msg: Message) -> Message:

@@ -24,23 +24,6 @@ import torch
 
 from fogsim.fleet import Fleet
 
-ROUND_COLUMNS = [
-    "round",
-    "accuracy",
-    "loss",
-    "client_accuracy",
-    "client_loss",
-    "train_loss",
-    "sampled",
-    "returned",
-    "failed",
-    "dropped",
-    "bytes_up",
-    "bytes_down",
-    "sim_time_s",
-    "wall_s",
-]
-
 
 def atomic_write(path: Path, write: Any) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""
@@ -74,7 +57,7 @@ class RunWriter:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.rounds = CsvLog(run_dir / "rounds.csv", ROUND_COLUMNS)
+        self.rounds = CsvLog(run_dir / "rounds.csv")
         self.nodes = CsvLog(run_dir / "nodes.csv")
 
     def write_json(self, name: str, data: Any) -> None:

@@ -103,6 +103,44 @@ class TrainSection(Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     batch_size: int = Field(32, ge=1)
 
+    @property
+    def memory_kind(self) -> str:
+        """The optimizer as the memory model names it (momentum keeps a buffer)."""
+        if self.optimizer == "sgd":
+            return "sgd-momentum" if self.momentum > 0 else "sgd"
+        return self.optimizer
+
+
+class DynHPSection(Section):
+    """DynHP on each client (strategies that prune); see ``fogsim.dynhp``."""
+
+    target_compression: float = Field(10.0, ge=1)
+    start: float = Field(0.0, ge=0, lt=1)
+    end: float = Field(0.7, gt=0, le=1)
+    criterion: Literal["taylor", "weight-norm", "weight-norm-io"] = "taylor"
+    ema: float = Field(0.9, ge=0, lt=1)
+    patience: int = Field(3, ge=1)
+    check_every: int = Field(10, ge=1)
+    min_width: int = Field(2, ge=1)
+    min_batch: int = Field(16, ge=1)
+    max_batch: int = Field(256, ge=1)
+    dynamic_batch: bool = True
+    lr_scaling: Literal["none", "linear", "sqrt"] = "sqrt"
+    participations: int | None = Field(
+        None,
+        ge=1,
+        description="rounds of participation over which a node reaches its "
+        "target (default: its expected participations, rounds x sampled / nodes)",
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> DynHPSection:
+        if self.start >= self.end:
+            raise ValueError(f"start ({self.start}) must be below end ({self.end})")
+        if self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch ({self.min_batch}) exceeds max_batch ({self.max_batch})")
+        return self
+
 
 class DeviceClass(Section):
     name: str = Field(min_length=1)
@@ -169,6 +207,7 @@ class Scenario(Section):
     train: TrainSection = TrainSection()
     fleet: FleetSection
     strategy: StrategySection = StrategySection()
+    dynhp: DynHPSection = DynHPSection()
     simulation: SimulationSection = SimulationSection()
 
     @model_validator(mode="after")

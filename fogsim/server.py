@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fogsim.data import load_dataset
 from fogsim.fleet import Fleet, build_fleet
-from fogsim.models import FogNet
+from fogsim.models import FogNet, model_from_state
 from fogsim.results import RunWriter
 from fogsim.scenario import Scenario
 from fogsim.strategies import STRATEGIES
@@ -87,6 +87,10 @@ class Federation:
                 "bytes_up": stats["bytes_up"],
                 "bytes_down": stats.get("bytes_down_train", 0),
                 "sim_time_s": stats["sim_time_s"],
+                "mean_params": sum(r["params"] for r in rows) / len(rows) if rows else "",
+                "union_params": stats.get("union_params", ""),
+                "over_budget": sum(r["over_budget"] for r in rows),
+                **self.deployable_accuracy(strategy, model, rnd, test_x, test_y),
                 "wall_s": time.perf_counter() - t0,
             }
             self.writer.rounds.append([row])
@@ -104,6 +108,20 @@ class Federation:
         }
         self.writer.write_json("summary.json", summary)
         return summary
+
+    def deployable_accuracy(self, strategy, model, rnd, test_x, test_y) -> dict[str, Any]:  # noqa: ANN001
+        """Test accuracy of the model each device class can train (its smallest budget);
+        blank where the strategy gives that class nothing that fits."""
+        state = {k: v.numpy() for k, v in model.state_dict().items()}
+        out = {}
+        for c, cls in enumerate(self.fleet.classes):
+            budgets = self.fleet.budgets[self.fleet.node_class == c]
+            if len(budgets) == 0:
+                continue
+            sub = strategy.deployable(state, int(budgets.min()), rnd)
+            acc = evaluate(model_from_state(sub), test_x, test_y)[0] if sub is not None else ""
+            out[f"acc_{cls.name}"] = acc
+        return out
 
 
 def make_server_app(

@@ -4,7 +4,7 @@ A strategy is a Flower strategy class registered under a name with :func:`regist
 importing this package registers the built-in ones.
 """
 
-from fogsim.strategies import fedavg  # noqa: F401  (registers "fedavg")
+from fogsim.strategies import fedavg, fedrolex, heterofl, mask_union  # noqa: F401  (register)
 from fogsim.strategies.base import STRATEGIES, FogStrategy, register
 
 __all__ = ["STRATEGIES", "FogStrategy", "register"]

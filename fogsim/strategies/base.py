@@ -18,16 +18,26 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fogsim.accounting import simulated_seconds
 from fogsim.fleet import Fleet
+from fogsim.memory import Arch, training_memory
 from fogsim.scenario import Scenario
 
 STRATEGIES: dict[str, type[FogStrategy]] = {}
@@ -44,6 +54,30 @@ def register(name: str):
     return deco
 
 
+def fitting_fraction(arch: Arch, budget: int, optimizer: str, batch: int) -> float:
+    """Largest width fraction f (every group ``ceil(f * width)`` neurons) that trains at
+    ``batch`` within ``budget`` by the memory model; 0.0 if not even width 1 fits."""
+
+    def fits(f: float) -> bool:
+        widths = [max(1, math.ceil(f * w)) for w in (*arch.channels, *arch.hidden)]
+        return training_memory(arch.with_widths(widths), batch, optimizer) <= budget
+
+    if fits(1.0):
+        return 1.0
+    if not fits(0.0):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def numpy_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of named numpy arrays (any dtype; bool and int64 included)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
 def array_bytes(arrays: ArrayRecord) -> int:
     """Payload bytes of an ArrayRecord (the tensors' data, without framing)."""
     return sum(a.numpy().nbytes for a in arrays.values())
@@ -51,7 +85,7 @@ def array_bytes(arrays: ArrayRecord) -> int:
 
 class FogStrategy(FedAvg):
     """Dense FedAvg over a fleet; subclasses change what each node gets and how
-    replies are merged by overriding :meth:`node_arrays` and :meth:`aggregate`."""
+    replies are merged by overriding :meth:`node_payload` and :meth:`aggregate`."""
 
     name = "base"
 
@@ -63,6 +97,14 @@ class FogStrategy(FedAvg):
         self.fleet = fleet
         self.node_ids: list[int] = []
         self.bytes_down: dict[int, int] = {}
+        self.arch = Arch(scenario.model.conv_channels, tuple(scenario.model.hidden))
+        self.optimizer = scenario.train.memory_kind
+        self.min_batch = scenario.dynhp.min_batch
+        budgets = fleet.budgets.tolist()
+        by_budget = {b: self.fitting_fraction(b) for b in set(budgets)}
+        # width fraction of the global model each node can train at the minimum batch
+        self.fraction = np.array([by_budget[b] for b in budgets])
+        self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
 
@@ -78,22 +120,33 @@ class FogStrategy(FedAvg):
                 )
         rng = np.random.default_rng([self.scenario.run.seed, server_round, stream])
         up = self.fleet.available(rng)
+        if stream == 0:  # training: only nodes the strategy lets take part
+            up = up[self.takes_part[up]]
         return sorted(int(n) for n in rng.choice(up, size=min(k, len(up)), replace=False))
 
-    def node_arrays(self, node: int, arrays: ArrayRecord) -> ArrayRecord:
-        """The model sent to ``node`` (dense strategies: the global model)."""
-        return arrays
+    def node_payload(
+        self, node: int, arrays: ArrayRecord, server_round: int
+    ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
+        """(records, extra config) sent to ``node``; ``records["arrays"]`` is its model.
+
+        Dense strategies send the global model as it is."""
+        return {"arrays": arrays}, {"mode": "dense"}
 
     def _messages(
-        self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, kind: str
+        self,
+        nodes: list[int],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        kind: str,
+        server_round: int,
     ) -> list[Message]:
         messages, down = [], 0
         for node in nodes:
-            node_arrays = self.node_arrays(node, arrays)
-            self.bytes_down[node] = array_bytes(node_arrays)
+            records, extra = self.node_payload(node, arrays, server_round)
+            self.bytes_down[node] = array_bytes(records["arrays"])
             down += self.bytes_down[node]
-            cfg = ConfigRecord({**config, "node": node, "budget": self.fleet.budget(node)})
-            record = RecordDict({"arrays": node_arrays, "config": cfg})
+            cfg = ConfigRecord({**config, **extra, "node": node, "budget": self.fleet.budget(node)})
+            record = RecordDict({**records, "config": cfg})
             messages.append(Message(record, dst_node_id=self.node_ids[node], message_type=kind))
         self.round_stats[f"bytes_down_{kind}"] = down
         return messages
@@ -104,7 +157,7 @@ class FogStrategy(FedAvg):
         nodes = self.sample(self.scenario.simulation.clients_per_round, grid, server_round)
         self.node_rows, self.round_stats = [], {"sampled": len(nodes)}
         config["server-round"] = server_round
-        return self._messages(nodes, arrays, config, MessageType.TRAIN)
+        return self._messages(nodes, arrays, config, MessageType.TRAIN, server_round)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -114,7 +167,7 @@ class FogStrategy(FedAvg):
             return []
         config["server-round"] = server_round
         nodes = self.sample(k, grid, server_round, stream=1)
-        return self._messages(nodes, arrays, config, MessageType.EVALUATE)
+        return self._messages(nodes, arrays, config, MessageType.EVALUATE, server_round)
 
     # --- replies ---------------------------------------------------------------
     @staticmethod
@@ -140,6 +193,7 @@ class FogStrategy(FedAvg):
                 device, self.bytes_down[node], sent, float(metrics["train-flops"])
             )
             dropped = deadline is not None and sim_s > deadline
+            self.on_reply(node, msg, dropped)
             up += sent
             sim_times.append(min(sim_s, deadline) if deadline else sim_s)
             if not dropped:
@@ -167,6 +221,20 @@ class FogStrategy(FedAvg):
         if not kept:
             return None, None
         return self.aggregate(server_round, kept)
+
+    def fitting_fraction(self, budget: int) -> float:
+        return fitting_fraction(self.arch, budget, self.optimizer, self.min_batch)
+
+    def deployable(
+        self, state: dict[str, np.ndarray], budget: int, server_round: int
+    ) -> dict[str, np.ndarray] | None:
+        """The part of global ``state`` a device with ``budget`` can train, or None.
+
+        Dense strategies: the full model if it fits at the minimum batch."""
+        return state if self.fitting_fraction(budget) == 1.0 else None
+
+    def on_reply(self, node: int, msg: Message, dropped: bool) -> None:
+        """Hook: remember per-node state from a reply (before aggregation)."""
 
     def aggregate(
         self, server_round: int, replies: list[Message]

@@ -1,8 +1,13 @@
-"""``fedavg``: dense Federated Averaging (McMahan et al. 2017) over the fleet.
+"""Dense Federated Averaging (McMahan et al. 2017) over the fleet, two ways.
 
-Every sampled node trains the full model, whatever its memory budget: the
-unconstrained reference that budget-aware strategies are compared with.
+- ``fedavg`` / ``fedavg-dense``: every sampled node trains the full model whatever its
+  memory budget: the unconstrained upper bound, infeasible on small devices (their
+  rows show ``over_budget = 1``).
+- ``fedavg-feasible``: only nodes whose budget holds the full model at the minimum
+  batch take part; the others are never sampled.
 """
+
+from typing import Any
 
 from fogsim.strategies.base import FogStrategy, register
 
@@ -10,3 +15,17 @@ from fogsim.strategies.base import FogStrategy, register
 @register("fedavg")
 class FedAvgDense(FogStrategy):
     """Flower's FedAvg, with fogsim's seeded fleet sampling and accounting."""
+
+
+register("fedavg-dense")(type("FedAvgDenseAlias", (FedAvgDense,), {}))
+
+
+@register("fedavg-feasible")
+class FedAvgFeasible(FogStrategy):
+    """FedAvg restricted to the nodes that can hold the full model."""
+
+    def __init__(self, scenario, fleet, **params: Any) -> None:  # noqa: ANN001
+        super().__init__(scenario, fleet, **params)
+        self.takes_part = self.fraction == 1.0
+        if not self.takes_part.any():
+            raise ValueError("fedavg-feasible: no node's budget holds the full model")

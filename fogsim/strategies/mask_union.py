@@ -1,0 +1,72 @@
+"""``mask-union`` (default for pruning fleets): DynHP on every client, union of masks.
+
+- **Sub-model extraction.** A node that has trained before gets back exactly the
+  neurons it kept (its DynHP mask). A new node gets, per group, the ``k`` neurons of
+  largest incoming-weight L2 norm in the current global model (weight-norm is the
+  importance the server can compute without data), ``k = ceil(f * width)`` for the
+  largest fraction ``f`` its budget trains at the minimum batch (memory model).
+- **Local training.** The client runs DynHP under its budget: it prunes further on the
+  schedule and grows its batch into the memory freed. The schedule runs across rounds:
+  a node's progress is its participations so far over ``[dynhp] participations``.
+- **Client state lives on the server.** The node's mask (``kept``) and DynHP state
+  (scores, gate streaks) come back in the reply and are sent with its next message,
+  so clients are stateless (Flower's ``context.state`` is not needed, and a
+  checkpoint of the server is a checkpoint of the whole fleet).
+- **Aggregation.** Element-wise ``sum n_k m_k w_k / sum n_k m_k`` over the clients
+  holding each parameter (``SubModelStrategy``); the global model is the union of
+  the client masks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+
+from fogsim.pruning import Kept
+from fogsim.strategies.base import register
+from fogsim.strategies.submodel import SubModelStrategy, unpack_kept
+
+
+@register("mask-union")
+class MaskUnion(SubModelStrategy):
+    mode = "dynhp"
+
+    def __init__(self, scenario, fleet, **params: Any) -> None:  # noqa: ANN001
+        super().__init__(scenario, fleet, **params)
+        self.kept: dict[int, Kept] = {}
+        self.dynhp_state: dict[int, ArrayRecord] = {}
+        self.participations: dict[int, int] = {}
+        sc = scenario
+        expected = sc.run.rounds * sc.simulation.clients_per_round / sc.fleet.nodes
+        self.planned = sc.dynhp.participations or max(1, math.ceil(expected))
+
+    def kept_at(self, fraction: float, server_round: int) -> Kept:
+        out = []
+        n_conv = len(self.arch.channels)
+        for g, w in enumerate(self.widths):
+            name = f"convs.{g}.weight" if g < n_conv else f"fcs.{g - n_conv}.weight"
+            weight = self.global_state[name].reshape(w, -1)
+            k = max(1, math.ceil(fraction * w))
+            out.append(np.sort(np.argsort(-np.linalg.norm(weight, axis=1), kind="stable")[:k]))
+        return out
+
+    def kept_for(self, node: int, server_round: int) -> Kept:
+        return self.kept.get(node) or super().kept_for(node, server_round)
+
+    def node_payload(self, node, arrays, server_round):  # noqa: ANN001
+        records, config = super().node_payload(node, arrays, server_round)
+        if node in self.dynhp_state:
+            records["dynhp"] = self.dynhp_state[node]
+        p = self.participations.get(node, 0)
+        config["progress-start"] = min(1.0, p / self.planned)
+        config["progress-end"] = min(1.0, (p + 1) / self.planned)
+        return records, config
+
+    def on_reply(self, node: int, msg: Message, dropped: bool) -> None:
+        # A straggler still pruned on its device: its mask and state are real.
+        self.kept[node] = unpack_kept(msg.content["kept"])
+        self.dynhp_state[node] = msg.content["dynhp"]
+        self.participations[node] = self.participations.get(node, 0) + 1
