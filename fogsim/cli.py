@@ -20,6 +20,8 @@ from rich.table import Table
 from fogsim import __version__
 from fogsim.data import DatasetNotFoundError, load_dataset
 from fogsim.fleet import build_fleet
+from fogsim.report import ReportError, load_run, write_report
+from fogsim.report import Table as ReportTable
 from fogsim.scenario import Scenario, ScenarioError, format_bytes, load_scenario
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
@@ -210,3 +212,161 @@ def scenarios() -> None:
         first = path.read_text().splitlines()[0] if path.stat().st_size else ""
         table.add_row(path.stem, first.lstrip("# ").strip())
     out.print(table)
+
+
+def rich_table(table: ReportTable) -> Table:
+    rt = Table(title=table.title)
+    for i, h in enumerate(table.headers):
+        rt.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for row in table.rows:
+        rt.add_row(*row)
+    return rt
+
+
+def check_run_dirs(run_dirs: list[Path]) -> None:
+    for d in run_dirs:
+        try:
+            load_run(d)
+        except ReportError as e:
+            fail(str(e))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds rounds.csv).")],
+) -> None:
+    """Write plots (PNG) and report.md into a run directory and print its tables.
+
+    Works on an unfinished run too (it reports the rounds written so far).
+
+    Example:
+
+      fogsim report runs/quickstart
+    """
+    check_run_dirs([run_dir])
+    rep = write_report(run_dir)
+    for t in rep.tables:
+        out.print(rich_table(t))
+    out.print(f"wrote {rep.markdown} and {len(rep.plots)} plots in {run_dir}")
+
+
+TargetOpt = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Accuracy for 'rounds to target'.")
+]
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
+    target: TargetOpt = 0.9,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where compare.csv and the plot go (default: the first run's parent directory).",
+        ),
+    ] = None,
+) -> None:
+    """Compare runs: one table (accuracy, rounds to target, bytes, round time,
+    compression) and one accuracy-per-round overlay plot.
+
+    Example:
+
+      fogsim compare runs/lr005 runs/lr01 --target 0.95 --out runs/cmp
+    """
+    from fogsim.compare import compare as compare_runs
+    from fogsim.compare import metrics_table
+
+    check_run_dirs(run_dirs)
+    dest = out_dir or run_dirs[0].resolve().parent
+    try:
+        rows, csv_path, png = compare_runs(run_dirs, dest, target)
+    except OSError as e:
+        fail(f"--out {dest}: cannot write there ({e.strerror})")
+        raise
+    out.print(rich_table(metrics_table(rows, target)))
+    out.print(f"wrote {csv_path} and {png}")
+
+
+@app.command()
+def sweep(
+    scenario: Annotated[str, typer.Argument(help="Scenario file, or a shipped scenario's name.")],
+    grid: Annotated[
+        list[str],
+        typer.Option("--grid", help="section.key=v1,v2,... (repeatable; runs the product)."),
+    ],
+    repeat: Annotated[int, typer.Option(min=1, help="Seeds per grid point: run.seed + i.")] = 1,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Sweep directory (default: <run.output_dir>/<run.name>-sweep)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field for every run: section.key=value."),
+    ] = None,
+    target: TargetOpt = 0.9,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run every combination of --grid values (x --repeat seeds), one run directory
+    each, then write sweep.csv / compare.csv / sweep_accuracy.png for the whole sweep.
+
+    Run it again after an interruption: finished runs (with summary.json) are kept.
+
+    Examples:
+
+      fogsim sweep quickstart --grid train.lr=0.05,0.1 --repeat 3
+
+      fogsim sweep quickstart --grid train.lr=0.05,0.1 --grid train.batch_size=16,32 \\
+        --set run.rounds=5 --out runs/lr-bs
+    """
+    from fogsim.sweep import SweepError, parse_grid, plan, run_all, summarize
+
+    sc = load(scenario, set_)
+    try:
+        runs = plan(resolve_scenario_path(scenario), set_ or [], parse_grid(grid), repeat)
+    except SweepError as e:
+        fail(str(e))
+        raise
+    for dataset, path in {(s.data.dataset, s.data.path) for _, s in runs}:
+        try:
+            load_dataset(dataset, path)
+        except DatasetNotFoundError as e:
+            fail(str(e))
+    sweep_dir = out_dir or Path(sc.run.output_dir) / f"{sc.run.name}-sweep"
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        fail(f"--out {sweep_dir}: exists and is not a directory")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"--out {sweep_dir}: cannot write there ({e.strerror})")
+
+    from fogsim.engine import simulate  # imports Flower and Ray: only when running
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        disable=quiet,
+    )
+    runs_task = progress.add_task("runs", total=len(runs), info="")
+    rounds_task = progress.add_task("rounds", total=1, info="")
+
+    def on_run(i: int, point: Any, skipped: bool) -> None:
+        progress.update(runs_task, completed=i, info=point.name + (" (done)" if skipped else ""))
+        progress.reset(rounds_task, total=runs[i][1].run.rounds, info="")
+
+    def run_one(s: Scenario, run_dir: Path) -> None:
+        def on_round(row: dict[str, Any]) -> None:
+            progress.update(rounds_task, completed=row["round"], info=f"acc {row['accuracy']:.4f}")
+
+        simulate(s, run_dir, progress=on_round)
+
+    with progress:
+        dirs = run_all(runs, sweep_dir, run_one, on_run)
+        progress.update(runs_task, completed=len(runs))
+    _, table = summarize(runs, dirs, sweep_dir, target)
+    out.print(rich_table(table))
+    out.print(f"wrote sweep.csv, compare.csv and sweep_accuracy.png in {sweep_dir}")
