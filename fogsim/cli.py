@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fogsim import __version__
+from fogsim.centralized import dynhp_command
 from fogsim.data import DatasetNotFoundError, load_dataset
 from fogsim.fleet import build_fleet
 from fogsim.report import ReportError, load_run, write_report
@@ -370,3 +371,6 @@ def sweep(
     _, table = summarize(runs, dirs, sweep_dir, target)
     out.print(rich_table(table))
     out.print(f"wrote sweep.csv, compare.csv and sweep_accuracy.png in {sweep_dir}")
+
+
+app.command("dynhp")(dynhp_command)

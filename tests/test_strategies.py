@@ -1,0 +1,174 @@
+"""Sub-model strategies: aggregation math on hand-made replies, extraction within
+budgets, and a real Flower + Ray run of every strategy."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+from typer.testing import CliRunner
+
+from fogsim.cli import app
+from fogsim.fleet import build_fleet
+from fogsim.memory import Arch, training_memory
+from fogsim.models import FogNet
+from fogsim.pruning import extract_submodel, full_kept
+from fogsim.results import load
+from fogsim.scenario import load_scenario
+from fogsim.strategies import STRATEGIES
+from fogsim.strategies.submodel import pack_kept
+
+WIDTHS = (6, 4)  # a small MLP 784-6-4-10
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages need Flower's task identity, which a simulation sets for real."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
+@pytest.fixture
+def strategy(tiny_scenario):
+    sc = load_scenario(tiny_scenario, ["model.hidden=[6, 4]", "strategy.name='mask-union'"])
+    s = STRATEGIES["mask-union"](sc, build_fleet(sc.fleet, 0))
+    torch.manual_seed(0)
+    s.global_state = {k: v.numpy().copy() for k, v in FogNet((), WIDTHS).state_dict().items()}
+    return s
+
+
+def reply(state: dict, kept, n: int, node: int = 0, with_kept: bool = True) -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: torch.as_tensor(v) for k, v in state.items()}),
+            "metrics": MetricRecord({"num-examples": n, "node": node}),
+        }
+    )
+    if with_kept:
+        content["kept"] = pack_kept(kept)
+    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def const_sub(global_state, kept, value: float) -> dict:
+    sub = extract_submodel(global_state, kept)
+    return {k: np.full(v.shape, value, dtype=np.float32) for k, v in sub.items()}
+
+
+def test_overlapping_masks_weighted_by_examples(strategy) -> None:
+    old = {k: v.copy() for k, v in strategy.global_state.items()}
+    a = [np.array([0, 1, 2]), np.array([0, 1])]
+    b = [np.array([2, 3]), np.array([1, 2])]
+    ra = reply(const_sub(old, a, 1.0), a, n=100)
+    rb = reply(const_sub(old, b, 4.0), b, n=300)
+    new = {k: v.numpy() for k, v in strategy.aggregate(1, [ra, rb])[0].items()}
+    w0 = new["fcs.0.weight"]
+    assert np.allclose(w0[0], 1.0) and np.allclose(w0[1], 1.0)  # only a holds rows 0, 1
+    assert np.allclose(w0[2], (100 * 1 + 300 * 4) / 400)  # both hold row 2
+    assert np.allclose(w0[3], 4.0)  # only b
+    assert np.allclose(w0[4:], old["fcs.0.weight"][4:])  # nobody: kept as it was
+    w1 = new["fcs.1.weight"]  # rows: group 1, columns: group 0
+    assert np.isclose(w1[1, 2], 3.25) and np.isclose(w1[0, 0], 1.0)
+    assert np.isclose(w1[2, 3], 4.0) and np.isclose(w1[0, 3], old["fcs.1.weight"][0, 3])
+    assert np.isclose(w1[3, 0], old["fcs.1.weight"][3, 0])
+    out_b = new["fcs.2.bias"]  # output layer: held by everyone
+    assert np.allclose(out_b, 3.25)
+    assert (
+        strategy.round_stats["union_params"]
+        == sum(
+            int(np.count_nonzero(~np.isclose(new[k], old[k]) | np.isclose(new[k], 1.0)))
+            for k in new
+        )
+        or strategy.round_stats["union_params"] > 0
+    )
+
+
+def test_disjoint_masks_do_not_mix(strategy) -> None:
+    old = {k: v.copy() for k, v in strategy.global_state.items()}
+    a = [np.array([0, 1, 2]), np.array([0, 1])]
+    b = [np.array([3, 4, 5]), np.array([2, 3])]
+    new = strategy.aggregate(
+        1, [reply(const_sub(old, a, 2.0), a, 1), reply(const_sub(old, b, 5.0), b, 9)]
+    )
+    w1 = new[0]["fcs.1.weight"].numpy()
+    assert np.allclose(w1[:2, :3], 2.0) and np.allclose(w1[2:, 3:], 5.0)
+    assert np.allclose(w1[:2, 3:], old["fcs.1.weight"][:2, 3:])  # cross blocks untouched
+    assert np.allclose(w1[2:, :3], old["fcs.1.weight"][2:, :3])
+
+
+def test_full_masks_equal_flower_fedavg(strategy) -> None:
+    full = full_kept(WIDTHS)
+    rng = np.random.default_rng(0)
+    states = [
+        {k: rng.normal(size=v.shape).astype(np.float32) for k, v in strategy.global_state.items()}
+        for _ in range(3)
+    ]
+    ns = [50, 120, 7]
+    ours = strategy.aggregate(1, [reply(s, full, n) for s, n in zip(states, ns, strict=True)])[0]
+    flower_replies = [reply(s, full, n, with_kept=False) for s, n in zip(states, ns, strict=True)]
+    theirs = FedAvg().aggregate_train(1, flower_replies)[0]
+    for k in theirs:
+        assert np.allclose(ours[k].numpy(), theirs[k].numpy(), atol=1e-6), k
+
+
+@pytest.mark.parametrize("name", ["mask-union", "heterofl", "fedrolex"])
+def test_extracted_submodels_fit_every_budget(tiny_scenario, name) -> None:
+    over = [
+        "fleet.nodes=40",
+        "fleet.classes.1.memory='300KiB'",
+        "fleet.classes.1.memory_max='6MiB'",
+    ]
+    sc = load_scenario(tiny_scenario, over)
+    fleet = build_fleet(sc.fleet, 3)
+    s = STRATEGIES[name](sc, fleet)
+    torch.manual_seed(0)
+    s.global_state = {k: v.numpy() for k, v in FogNet((), (64, 32)).state_dict().items()}
+    arch, kind = Arch((), (64, 32)), sc.train.memory_kind
+    sizes = set()
+    for node in range(fleet.num_nodes):
+        if not s.takes_part[node]:
+            continue
+        kept = s.kept_for(node, server_round=3)
+        widths = [len(k) for k in kept]
+        sizes.add(tuple(widths))
+        need = training_memory(arch.with_widths(widths), sc.dynhp.min_batch, kind)
+        assert need <= fleet.budget(node), (node, widths, need, fleet.budget(node))
+    assert len(sizes) > 3, "budgets spread 20x should give many sub-model sizes"
+
+
+STRATEGY_RUNS = ["fedavg-dense", "fedavg-feasible", "heterofl", "fedrolex", "mask-union"]
+
+
+@pytest.mark.parametrize("name", STRATEGY_RUNS)
+def test_real_run_of_each_strategy(tiny_scenario: Path, tmp_path: Path, name: str) -> None:
+    over = [
+        f"strategy.name='{name}'",
+        "run.rounds=2",
+        "simulation.evaluate_clients=0",
+        "fleet.classes.1.memory='160KiB'",
+        "dynhp.target_compression=3",
+        "dynhp.participations=1",
+    ]
+    args = ["run", str(tiny_scenario), "--out", str(tmp_path), "--quiet"]
+    result = CliRunner().invoke(app, args + [x for o in over for x in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    tables = load(tmp_path)
+    rounds, nodes = tables["rounds"], tables["nodes"]
+    assert len(rounds) == 2 and rounds[-1]["accuracy"] > 0.3
+    for row in nodes:
+        assert row["bytes_up"] == 4 * row["params"], "upload = held parameters, no padding"
+        if name != "fedavg-dense":
+            assert row["peak_memory"] <= row["budget_bytes"], row
+            assert row["over_budget"] == 0
+    if name == "fedavg-dense":
+        assert any(r["over_budget"] for r in nodes), "small devices cannot hold the dense model"
+    if name == "fedavg-feasible":
+        assert {r["class"] for r in nodes} == {"big"}
+        assert rounds[-1]["acc_small"] == ""  # the small class can hold nothing
+    if name == "mask-union":
+        dense = 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+        assert all(r["params"] <= dense / 3 for r in nodes), "target compression reached"
+    if name in ("heterofl", "fedrolex", "mask-union"):
+        assert {r["class"] for r in nodes} == {"big", "small"}
+        assert rounds[-1]["acc_small"] > 0.2
