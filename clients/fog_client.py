@@ -111,11 +111,7 @@ def train_dynhp_round(
     records = {
         "kept": pack_kept(dynhp.kept),
         "dynhp": numpy_record(
-            {
-                k: v
-                for name in ("score", "streak", "seen")
-                for k, v in _pack(state[name], name)
-            }
+            {k: v for name in ("score", "streak", "seen") for k, v in _pack(state[name], name)}
         ),
     }
     metrics = {
