@@ -7,6 +7,7 @@ clear message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -21,9 +22,12 @@ from fogsim import __version__
 from fogsim.centralized import dynhp_command
 from fogsim.data import DatasetNotFoundError, load_dataset
 from fogsim.fleet import build_fleet
+from fogsim.memory import Arch, training_memory
 from fogsim.report import ReportError, load_run, write_report
 from fogsim.report import Table as ReportTable
 from fogsim.scenario import Scenario, ScenarioError, format_bytes, load_scenario
+from fogsim.strategies import STRATEGIES
+from fogsim.strategies.base import fitting_fraction
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -52,11 +56,18 @@ def resolve_scenario_path(name: str) -> Path:
 
 
 def load(scenario: str, overrides: list[str] | None) -> Scenario:
+    """Load and validate, including the strategy's parameters (by building it once)."""
+    path = resolve_scenario_path(scenario)
     try:
-        return load_scenario(resolve_scenario_path(scenario), overrides)
+        sc = load_scenario(path, overrides)
     except ScenarioError as e:
         fail(str(e))
         raise  # unreachable; keeps type checkers happy
+    try:
+        STRATEGIES[sc.strategy.name](sc, build_fleet(sc.fleet, sc.run.seed), **sc.strategy.params)
+    except (TypeError, ValueError) as e:
+        fail(f"{path}: strategy {sc.strategy.name!r} with params {sc.strategy.params}: {e}")
+    return sc
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -161,20 +172,50 @@ def run(
 
 
 def fleet_table(sc: Scenario) -> Table:
+    """Per class: size, budget, links, and the widest model each budget trains at the
+    minimum batch (``[dynhp] min_batch``); nodes that can train nothing, and why."""
     fleet = build_fleet(sc.fleet, sc.run.seed)
-    table = Table(title=f"fleet: {sc.fleet.nodes} nodes")
-    for col in ("class", "nodes", "memory budget", "FLOP/s", "up Mbit/s", "down Mbit/s", "avail."):
-        table.add_column(col, justify="left" if col == "class" else "right")
+    arch = Arch(sc.model.conv_channels, tuple(sc.model.hidden))
+    widths = [*arch.channels, *arch.hidden]
+    kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
+    table = Table(
+        title=f"fleet: {sc.fleet.nodes} nodes; widest = widest model trainable at batch {batch}"
+    )
+    cols = (
+        "class",
+        "nodes",
+        "budget",
+        "FLOP/s",
+        "up/down Mbit/s",
+        "avail.",
+        "widest model",
+        "cannot train",
+    )
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("class", "widest model") else "right")
     counts = fleet.counts()
-    for c in sc.fleet.classes:
+    for i, c in enumerate(sc.fleet.classes):
+        budgets = fleet.budgets[fleet.node_class == i]
+        low = int(budgets.min()) if len(budgets) else c.memory
+        budget = format_bytes(c.memory) + (
+            f"..{format_bytes(c.memory_max)}" if c.memory_max else ""
+        )
+        f = fitting_fraction(arch, low, kind, batch)
+        fit = [max(1, math.ceil(f * w)) for w in widths]
+        stuck = [b for b in budgets if fitting_fraction(arch, int(b), kind, batch) == 0]
+        why = ""
+        if stuck:
+            need = training_memory(arch.with_widths([1] * len(widths)), batch, kind)
+            why = f"{len(stuck)} (width 1 needs {format_bytes(need)})"
         table.add_row(
             c.name,
             str(counts[c.name]),
-            format_bytes(c.memory),
+            budget,
             f"{c.flops:.3g}",
-            f"{c.up_mbps:g}",
-            f"{c.down_mbps:g}",
+            f"{c.up_mbps:g}/{c.down_mbps:g}",
             f"{c.availability:g}",
+            f"{f:.0%} " + "x".join(map(str, fit)) if f > 0 else "none",
+            why or "0",
         )
     return table
 

@@ -6,7 +6,10 @@ path, the bad value and what is allowed, never a traceback.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -186,6 +189,9 @@ class FleetSection(Section):
 class StrategySection(Section):
     name: str = "fedavg"
     params: dict[str, Any] = {}
+    module: str | None = Field(
+        None, description="a module to import first: it registers your own strategies"
+    )
 
 
 class SimulationSection(Section):
@@ -214,6 +220,13 @@ class Scenario(Section):
     def _cross_checks(self) -> Scenario:
         from fogsim.strategies import STRATEGIES
 
+        if self.strategy.module:
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
+            try:
+                importlib.import_module(self.strategy.module)
+            except ImportError as e:
+                raise ValueError(f"strategy.module = {self.strategy.module!r}: {e}") from None
         nodes, sim, problems = self.fleet.nodes, self.simulation, []
         for field in ("clients_per_round", "evaluate_clients"):
             if getattr(sim, field) > nodes:
