@@ -1,6 +1,7 @@
 """A real Flower + Ray simulation from a scenario file, driven through the CLI."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -54,5 +55,6 @@ def test_ray_simulation_writes_results_and_is_seeded(tiny_scenario: Path, tmp_pa
     assert strip(second["rounds"]) == strip(rounds), "same scenario + seed, same metrics"
     assert strip(second["nodes"]) == strip(nodes)
 
-    stray = subprocess.run(["pgrep", "-f", "fogsim-ray-"], capture_output=True, text=True)
-    assert stray.stdout == "", f"Ray processes left behind: {stray.stdout}"
+    # the local Ray cluster (gcs_server, raylet, ...) was started by this process
+    left = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True)
+    assert left.stdout == "", f"processes left behind: {left.stdout}"
