@@ -17,15 +17,10 @@ import typer
 
 from fogsim.data import load_dataset
 from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
-from fogsim.memory import (
-    Arch,
-    format_bytes,
-    measure_training_memory,
-    parse_bytes,
-    training_memory,
-)
+from fogsim.memory import Arch, measure_training_memory, training_memory
 from fogsim.models import FogNet, num_params
 from fogsim.training import evaluate
+from fogsim.units import format_bytes, parse_bytes
 
 COLUMNS = [
     "epoch",

@@ -25,9 +25,10 @@ from fogsim.fleet import build_fleet
 from fogsim.memory import Arch, training_memory
 from fogsim.report import ReportError, load_run, write_report
 from fogsim.report import Table as ReportTable
-from fogsim.scenario import Scenario, ScenarioError, format_bytes, load_scenario
+from fogsim.scenario import Scenario, ScenarioError, load_scenario
 from fogsim.strategies import STRATEGIES
 from fogsim.strategies.base import fitting_fraction
+from fogsim.units import format_bytes
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 

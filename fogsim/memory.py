@@ -39,7 +39,6 @@ first; on CPU they miss blocks allocated before profiling started and are coarse
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from fogsim.models import IMAGE_SHAPE, NUM_CLASSES, FogNet
+from fogsim.units import format_bytes
 
 OPTIMIZER_STATE = {"sgd": 0, "sgd-momentum": 1, "adam": 2}
 OPTIMIZER_WORKSPACE = {"sgd": 0, "sgd-momentum": 0, "adam": 2}
@@ -269,27 +269,6 @@ def max_batch_size(
         )
     batch = min((budget_bytes - f) // s for f, s in phases if s > 0)
     return int(min(batch, cap) if cap is not None else batch)
-
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-
-
-def parse_bytes(text: str | int) -> int:
-    """``"512KiB"``, ``"1.5MB"``, ``"2m"``, ``1000`` -> bytes (binary multiples)."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgKMG]?)(i?[bB])?\s*", text)
-    if not match:
-        raise ValueError(f"cannot parse a byte size from {text!r} (e.g. '512KiB', '2MB')")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
 
 
 class _LiveTensorBytes(TorchDispatchMode):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 import tomllib
 from pathlib import Path
@@ -25,46 +24,7 @@ from pydantic import (
 
 from fogsim.data import DATASETS, PARTITIONINGS
 from fogsim.training import OPTIMIZERS
-
-UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-}
-SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
-
-
-def parse_bytes(value: Any) -> int:
-    """``"256KiB"``, ``"4MiB"``, ``"1.5MB"``, ``1048576`` → bytes (int > 0)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 4MiB, got a boolean")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    elif isinstance(value, str) and (m := SIZE_RE.match(value)):
-        number, unit = float(m.group(1)), m.group(2).upper()
-    else:
-        raise ValueError(f"expected a size such as 256KiB, 4MiB or 1GB, got {value!r}")
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}; allowed: B, KB, MB, GB, KiB, MiB, GiB")
-    size = int(number * UNITS[unit])
-    if size <= 0:
-        raise ValueError("size must be positive")
-    return size
-
-
-def format_bytes(size: float) -> str:
-    """1536 → ``"1.5KiB"``; the inverse of :func:`parse_bytes` for display."""
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.4g}{unit}"
-        size /= 1024
-    return f"{size:.4g}GiB"
-
+from fogsim.units import parse_bytes
 
 ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
 

@@ -9,7 +9,6 @@ from fogsim.memory import (
     max_batch_size,
     measure_training_memory,
     memory_breakdown,
-    parse_bytes,
     training_memory,
 )
 from fogsim.models import FogNet
@@ -59,11 +58,3 @@ def test_budget_error_names_budget_and_need():
         max_batch_size(model, need - 1, "adam")
     assert str(need - 1) in str(err.value)
     assert isinstance(err.value, ValueError)
-
-
-def test_parse_bytes():
-    assert parse_bytes("2MiB") == 2 * 2**20
-    assert parse_bytes("512k") == 512 * 1024
-    assert parse_bytes("1000") == 1000
-    with pytest.raises(ValueError):
-        parse_bytes("lots")

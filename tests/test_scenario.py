@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from fogsim.fleet import build_fleet, class_counts
-from fogsim.scenario import ScenarioError, load_scenario, parse_bytes
+from fogsim.scenario import ScenarioError, load_scenario
+from fogsim.units import parse_bytes
 
 from .conftest import ROOT
 
