@@ -84,6 +84,7 @@ def train_dynhp_round(
     """DynHP on this node's sub-model, resuming the node's scores and schedule."""
     cfg, t, d = msg.content["config"], spec["train"], dict(spec["dynhp"])
     d.pop("participations")
+    d["target_compression"] = float(cfg["target-compression"])  # the server's, per device
     global_arch = Arch(
         tuple(spec["model"]["channels"]) if spec["model"]["arch"] == "cnn" else (),
         tuple(spec["model"]["hidden"]),
@@ -116,7 +117,7 @@ def train_dynhp_round(
     }
     metrics = {
         "train-loss": stats.mean_loss,
-        "batch-size": stats.batch[-1],
+        "batch-size": max(stats.batch),  # the batch grows as the model shrinks
         "peak-memory": max(stats.memory),
         "pruned": stats.pruned,
         "samples": int(sum(stats.batch)),

@@ -172,3 +172,14 @@ def test_real_run_of_each_strategy(tiny_scenario: Path, tmp_path: Path, name: st
     if name in ("heterofl", "fedrolex", "mask-union"):
         assert {r["class"] for r in nodes} == {"big", "small"}
         assert rounds[-1]["acc_small"] > 0.2
+
+
+def test_mask_union_prunes_each_device_only_as_far_as_its_budget_asks(tiny_scenario) -> None:
+    over = ["strategy.name='mask-union'", "dynhp.max_batch=32", "fleet.classes.0.memory='64MiB'"]
+    sc = load_scenario(tiny_scenario, over)
+    fleet = build_fleet(sc.fleet, 0)
+    s = STRATEGIES["mask-union"](sc, fleet)
+    big = [s.target[n] for n in range(fleet.num_nodes) if fleet.device(n).name == "big"]
+    small = [s.target[n] for n in range(fleet.num_nodes) if fleet.device(n).name == "small"]
+    assert set(big) == {1.0}  # 64 MiB trains the dense model at the largest batch
+    assert all(1.0 < t <= sc.dynhp.target_compression for t in small)

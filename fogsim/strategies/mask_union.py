@@ -8,6 +8,11 @@
 - **Local training.** The client runs DynHP under its budget: it prunes further on the
   schedule and grows its batch into the memory freed. The schedule runs across rounds:
   a node's progress is its participations so far over ``[dynhp] participations``.
+- **Per-device target.** A device prunes only as far as its budget asks: its target
+  compression is ``min([dynhp] target_compression, dense / the widest model it trains
+  at max_batch)``, at least 1. A cloudlet that trains the dense model at the largest
+  batch keeps it; a sensor goes to the full target. (A fleet-wide 10x would shrink
+  every device, and the federation with it, to a tenth of the model.)
 - **Client state lives on the server.** The node's mask (``kept``) and DynHP state
   (scores, gate streaks) come back in the reply and are sent with its next message,
   so clients are stateless (Flower's ``context.state`` is not needed, and a
@@ -26,7 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fogsim.pruning import Kept
-from fogsim.strategies.base import register
+from fogsim.strategies.base import fitting_fraction, register
 from fogsim.strategies.submodel import SubModelStrategy, unpack_kept
 
 
@@ -42,6 +47,13 @@ class MaskUnion(SubModelStrategy):
         sc = scenario
         expected = sc.run.rounds * sc.simulation.clients_per_round / sc.fleet.nodes
         self.planned = sc.dynhp.participations or max(1, math.ceil(expected))
+        dense, cap = self.arch.num_params(), sc.dynhp.target_compression
+        by_budget = {}
+        for b in set(fleet.budgets.tolist()):
+            f = fitting_fraction(self.arch, b, self.optimizer, sc.dynhp.max_batch)
+            widths = [max(1, math.ceil(f * w)) for w in self.widths]
+            by_budget[b] = min(cap, max(1.0, dense / self.arch.with_widths(widths).num_params()))
+        self.target = {n: by_budget[b] for n, b in enumerate(fleet.budgets.tolist())}
 
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         out = []
@@ -60,6 +72,7 @@ class MaskUnion(SubModelStrategy):
         records, config = super().node_payload(node, arrays, server_round)
         if node in self.dynhp_state:
             records["dynhp"] = self.dynhp_state[node]
+        config["target-compression"] = self.target[node]
         p = self.participations.get(node, 0)
         config["progress-start"] = min(1.0, p / self.planned)
         config["progress-end"] = min(1.0, (p + 1) / self.planned)
