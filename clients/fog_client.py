@@ -26,7 +26,7 @@ from fogsim.memory import Arch, max_batch_size, training_memory
 from fogsim.models import FogNet, model_from_state, num_params
 from fogsim.scenario import Scenario
 from fogsim.strategies.base import numpy_record
-from fogsim.strategies.submodel import pack_kept, unpack_kept
+from fogsim.strategies.submodel import pack_groups, pack_kept, unpack_groups, unpack_kept
 from fogsim.training import evaluate, make_optimizer, train_epochs
 
 
@@ -64,15 +64,6 @@ def _optimizer_kind(t: dict[str, Any]) -> str:
     return "sgd-momentum" if t["optimizer"] == "sgd" and t["momentum"] > 0 else t["optimizer"]
 
 
-def _pack(values: list[np.ndarray], prefix: str) -> list[tuple[str, np.ndarray]]:
-    return [(f"{prefix}.{g}", np.asarray(v)) for g, v in enumerate(values)]
-
-
-def _unpack(record: ArrayRecord, prefix: str) -> list[np.ndarray]:
-    n = sum(1 for k in record if k.startswith(prefix + "."))
-    return [record[f"{prefix}.{g}"].numpy() for g in range(n)]
-
-
 def train_dynhp_round(
     spec: dict[str, Any],
     msg: Message,
@@ -93,7 +84,7 @@ def train_dynhp_round(
     dynhp = DynHP(DynHPConfig(**d, lr_base_batch=t["batch_size"]), global_arch, kept)
     if "dynhp" in msg.content:
         record = msg.content["dynhp"]
-        state = {k: _unpack(record, k) for k in ("score", "streak", "seen")}
+        state = {k: unpack_groups(record, k) for k in ("score", "streak", "seen")}
         dynhp.load_state_dict({**state, "dense_params": global_arch.num_params()}, kept)
     stats = train_dynhp(
         model,
@@ -112,7 +103,11 @@ def train_dynhp_round(
     records = {
         "kept": pack_kept(dynhp.kept),
         "dynhp": numpy_record(
-            {k: v for name in ("score", "streak", "seen") for k, v in _pack(state[name], name)}
+            {
+                k: v
+                for name in ("score", "streak", "seen")
+                for k, v in pack_groups(state[name], name).items()
+            }
         ),
     }
     metrics = {

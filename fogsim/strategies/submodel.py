@@ -20,12 +20,22 @@ from fogsim.pruning import Kept, extract_submodel, scatter_submodel
 from fogsim.strategies.base import FogStrategy, numpy_record
 
 
+def pack_groups(arrays: list[np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Per-group arrays as ``{"<prefix>.<group>": array}`` (ArrayRecord keys)."""
+    return {f"{prefix}.{g}": np.asarray(a) for g, a in enumerate(arrays)}
+
+
+def unpack_groups(record: ArrayRecord, prefix: str) -> list[np.ndarray]:
+    n = sum(1 for k in record if k.startswith(prefix + "."))
+    return [record[f"{prefix}.{g}"].numpy() for g in range(n)]
+
+
 def pack_kept(kept: Kept) -> ArrayRecord:
-    return numpy_record({f"g{g}": np.asarray(k, dtype=np.int64) for g, k in enumerate(kept)})
+    return numpy_record(pack_groups([np.asarray(k, dtype=np.int64) for k in kept], "kept"))
 
 
 def unpack_kept(record: ArrayRecord) -> Kept:
-    return [record[f"g{g}"].numpy() for g in range(len(record))]
+    return unpack_groups(record, "kept")
 
 
 class SubModelStrategy(FogStrategy):
