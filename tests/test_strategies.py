@@ -186,3 +186,21 @@ def test_mask_union_prunes_each_device_only_as_far_as_its_budget_asks(tiny_scena
     small = [s.target[n] for n in range(fleet.num_nodes) if fleet.device(n).name == "small"]
     assert set(big) == {1.0}  # 64 MiB trains the dense model at the largest batch
     assert all(1.0 < t <= sc.dynhp.target_compression for t in small)
+
+
+def test_stragglers_past_the_deadline_are_counted_and_left_out(tiny_scenario) -> None:
+    sc = load_scenario(tiny_scenario, ["simulation.deadline_s=1.0"])
+    fleet = build_fleet(sc.fleet, 0)
+    s = STRATEGIES["fedavg"](sc, fleet)
+    state = {k: v.numpy() for k, v in FogNet((), (64, 32)).state_dict().items()}
+    fast = reply(state, None, 10, node=0, with_kept=False)
+    slow = reply({k: v + 1.0 for k, v in state.items()}, None, 10, node=1, with_kept=False)
+    fast.content["metrics"]["train-flops"] = 1e6  # 1 ms at 1 GFLOP/s
+    slow.content["metrics"]["train-flops"] = 5e9  # 5 s: past the 1 s deadline
+    s.bytes_down = {0: 0, 1: 0}
+    new, _ = s.aggregate_train(1, [slow, fast])
+    assert s.round_stats["returned"] == 2 and s.round_stats["dropped"] == 1
+    assert s.round_stats["sim_time_s"] == 1.0  # the round ends at the deadline
+    assert [r["dropped"] for r in s.node_rows] == [0, 1]
+    for k, v in new.items():  # only the fast client's weights were averaged
+        assert np.allclose(v.numpy(), state[k])
