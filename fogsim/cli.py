@@ -158,7 +158,8 @@ def run(
         progress.update(
             task,
             completed=row["round"],
-            info=f"acc {row['accuracy']:.4f}  loss {row['loss']:.4f}",
+            info=f"acc {row['accuracy']:.4f}  loss {row['loss']:.4f}"
+            + (f"  [red]{row['failed']} client(s) failed[/]" if row["failed"] else ""),
         )
 
     with progress:
