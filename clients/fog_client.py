@@ -22,9 +22,9 @@ from flwr.clientapp import ClientApp
 from fogsim.accounting import macs_per_sample
 from fogsim.data import load_dataset, partition, split_local
 from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
-from fogsim.memory import Arch, max_batch_size, training_memory
+from fogsim.memory import max_batch_size, training_memory
 from fogsim.models import FogNet, model_from_state, num_params
-from fogsim.scenario import Scenario
+from fogsim.scenario import ModelSection, Scenario, TrainSection
 from fogsim.strategies.base import numpy_record
 from fogsim.strategies.submodel import pack_groups, pack_kept, unpack_groups, unpack_kept
 from fogsim.training import evaluate, make_optimizer, train_epochs
@@ -60,10 +60,6 @@ def _reply(msg: Message, metrics: dict[str, Any], records: dict | None = None) -
     return Message(RecordDict({"metrics": MetricRecord(metrics), **(records or {})}), reply_to=msg)
 
 
-def _optimizer_kind(t: dict[str, Any]) -> str:
-    return "sgd-momentum" if t["optimizer"] == "sgd" and t["momentum"] > 0 else t["optimizer"]
-
-
 def train_dynhp_round(
     spec: dict[str, Any],
     msg: Message,
@@ -76,10 +72,7 @@ def train_dynhp_round(
     cfg, t, d = msg.content["config"], spec["train"], dict(spec["dynhp"])
     d.pop("participations")
     d["target_compression"] = float(cfg["target-compression"])  # the server's, per device
-    global_arch = Arch(
-        tuple(spec["model"]["channels"]) if spec["model"]["arch"] == "cnn" else (),
-        tuple(spec["model"]["hidden"]),
-    )
+    global_arch = ModelSection.model_validate(spec["model"]).shape
     kept = [k.astype(np.int64) for k in unpack_kept(msg.content["kept"])]
     dynhp = DynHP(DynHPConfig(**d, lr_base_batch=t["batch_size"]), global_arch, kept)
     if "dynhp" in msg.content:
@@ -94,7 +87,7 @@ def train_dynhp_round(
         budget=int(cfg["budget"]),
         epochs=t["local_epochs"],
         progress_range=(float(cfg["progress-start"]), float(cfg["progress-end"])),
-        optimizer=_optimizer_kind(t),
+        optimizer=TrainSection.model_validate(t).memory_kind,
         lr=t["lr"],
         momentum=t["momentum"],
         generator=gen,
@@ -131,7 +124,7 @@ def train_fixed(
     """Plain local SGD on a fixed (sub-)model. Budget-aware strategies ("plain") shrink
     the batch to fit the node's budget; "dense" ignores the budget (and reports it)."""
     cfg, t = msg.content["config"], spec["train"]
-    kind = _optimizer_kind(t)
+    kind = TrainSection.model_validate(t).memory_kind
     batch = min(t["batch_size"], len(x))
     if cfg["mode"] == "plain":
         batch = max_batch_size(model, int(cfg["budget"]), kind, cap=batch)

@@ -11,8 +11,6 @@ Everything else (sending compact sub-models, masked averaging, accounting, resul
 comes from :class:`fogsim.strategies.submodel.SubModelStrategy`.
 """
 
-import math
-
 import numpy as np
 
 from fogsim.pruning import Kept
@@ -24,7 +22,8 @@ from fogsim.strategies.submodel import SubModelStrategy
 class RandomSlices(SubModelStrategy):
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         rng = np.random.default_rng([self.scenario.run.seed, server_round])
+        sizes = self.arch.scaled(fraction).widths
         return [
-            np.sort(rng.choice(w, size=max(1, math.ceil(fraction * w)), replace=False))
-            for w in self.widths
+            np.sort(rng.choice(w, size=k, replace=False))
+            for k, w in zip(sizes, self.widths, strict=True)
         ]

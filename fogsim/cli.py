@@ -7,7 +7,6 @@ clear message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from fogsim import __version__
 from fogsim.centralized import dynhp_command
 from fogsim.data import DatasetNotFoundError, load_dataset
 from fogsim.fleet import build_fleet
-from fogsim.memory import Arch, training_memory
+from fogsim.memory import training_memory
 from fogsim.report import ReportError, load_run, write_report
 from fogsim.report import Table as ReportTable
 from fogsim.scenario import Scenario, ScenarioError, load_scenario
@@ -177,8 +176,7 @@ def fleet_table(sc: Scenario) -> Table:
     """Per class: size, budget, links, and the widest model each budget trains at the
     minimum batch (``[dynhp] min_batch``); nodes that can train nothing, and why."""
     fleet = build_fleet(sc.fleet, sc.run.seed)
-    arch = Arch(sc.model.conv_channels, tuple(sc.model.hidden))
-    widths = [*arch.channels, *arch.hidden]
+    arch = sc.model.shape
     kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
     table = Table(
         title=f"fleet: {sc.fleet.nodes} nodes; widest = widest model trainable at batch {batch}"
@@ -203,11 +201,11 @@ def fleet_table(sc: Scenario) -> Table:
             f"..{format_bytes(c.memory_max)}" if c.memory_max else ""
         )
         f = fitting_fraction(arch, low, kind, batch)
-        fit = [max(1, math.ceil(f * w)) for w in widths]
+        fit = arch.scaled(f).widths
         stuck = [b for b in budgets if fitting_fraction(arch, int(b), kind, batch) == 0]
         why = ""
         if stuck:
-            need = training_memory(arch.with_widths([1] * len(widths)), batch, kind)
+            need = training_memory(arch.scaled(0.0), batch, kind)
             why = f"{len(stuck)} (width 1 needs {format_bytes(need)})"
         table.add_row(
             c.name,

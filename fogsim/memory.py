@@ -108,9 +108,18 @@ class Arch:
             return model
         return cls(tuple(model.channels), tuple(model.hidden), model.in_shape, model.num_classes)
 
+    @property
+    def widths(self) -> list[int]:
+        """Every prunable neuron group's width, conv channels first (as FogNet)."""
+        return [*self.channels, *self.hidden]
+
     def with_widths(self, widths: list[int] | tuple[int, ...]) -> Arch:
         n = len(self.channels)
         return Arch(tuple(widths[:n]), tuple(widths[n:]), self.in_shape, self.num_classes)
+
+    def scaled(self, fraction: float) -> Arch:
+        """Every group cut to ``ceil(fraction * width)`` neurons (at least 1)."""
+        return self.with_widths([max(1, math.ceil(fraction * w)) for w in self.widths])
 
     def param_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of every parameter, in ``model.parameters()`` order."""

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from fogsim.data import DATASETS, PARTITIONINGS
+from fogsim.memory import Arch
 from fogsim.training import OPTIMIZERS
 from fogsim.units import parse_bytes
 
@@ -57,6 +58,11 @@ class ModelSection(Section):
     @property
     def conv_channels(self) -> tuple[int, ...]:
         return tuple(self.channels) if self.arch == "cnn" else ()
+
+    @property
+    def shape(self) -> Arch:
+        """The dense global architecture, as the memory model sees it."""
+        return Arch(self.conv_channels, tuple(self.hidden))
 
 
 class TrainSection(Section):

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,8 +58,7 @@ def fitting_fraction(arch: Arch, budget: int, optimizer: str, batch: int) -> flo
     ``batch`` within ``budget`` by the memory model; 0.0 if not even width 1 fits."""
 
     def fits(f: float) -> bool:
-        widths = [max(1, math.ceil(f * w)) for w in (*arch.channels, *arch.hidden)]
-        return training_memory(arch.with_widths(widths), batch, optimizer) <= budget
+        return training_memory(arch.scaled(f), batch, optimizer) <= budget
 
     if fits(1.0):
         return 1.0
@@ -97,7 +95,7 @@ class FogStrategy(FedAvg):
         self.fleet = fleet
         self.node_ids: list[int] = []
         self.bytes_down: dict[int, int] = {}
-        self.arch = Arch(scenario.model.conv_channels, tuple(scenario.model.hidden))
+        self.arch = scenario.model.shape
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
         budgets = fleet.budgets.tolist()

@@ -5,8 +5,6 @@ window ``(arange(k) + round) mod width``: it rolls by one each round, so over ti
 every neuron of the global model is trained by small devices too.
 """
 
-import math
-
 import numpy as np
 
 from fogsim.pruning import Kept
@@ -17,8 +15,8 @@ from fogsim.strategies.submodel import SubModelStrategy
 @register("fedrolex")
 class FedRolex(SubModelStrategy):
     def kept_at(self, fraction: float, server_round: int) -> Kept:
-        out = []
-        for w in self.widths:
-            k = max(1, math.ceil(fraction * w))
-            out.append(np.sort((np.arange(k) + server_round) % w))
-        return out
+        sizes = self.arch.scaled(fraction).widths
+        return [
+            np.sort((np.arange(k) + server_round) % w)
+            for k, w in zip(sizes, self.widths, strict=True)
+        ]

@@ -51,17 +51,16 @@ class MaskUnion(SubModelStrategy):
         by_budget = {}
         for b in set(fleet.budgets.tolist()):
             f = fitting_fraction(self.arch, b, self.optimizer, sc.dynhp.max_batch)
-            widths = [max(1, math.ceil(f * w)) for w in self.widths]
-            by_budget[b] = min(cap, max(1.0, dense / self.arch.with_widths(widths).num_params()))
+            by_budget[b] = min(cap, max(1.0, dense / self.arch.scaled(f).num_params()))
         self.target = {n: by_budget[b] for n, b in enumerate(fleet.budgets.tolist())}
 
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         out = []
         n_conv = len(self.arch.channels)
-        for g, w in enumerate(self.widths):
+        sizes = self.arch.scaled(fraction).widths
+        for g, (k, w) in enumerate(zip(sizes, self.widths, strict=True)):
             name = f"convs.{g}.weight" if g < n_conv else f"fcs.{g - n_conv}.weight"
             weight = self.global_state[name].reshape(w, -1)
-            k = max(1, math.ceil(fraction * w))
             out.append(np.sort(np.argsort(-np.linalg.norm(weight, axis=1), kind="stable")[:k]))
         return out
 

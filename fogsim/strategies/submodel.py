@@ -10,7 +10,6 @@ holds this round keep their value. With every mask full this is FedAvg exactly.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,7 @@ class SubModelStrategy(FogStrategy):
 
     def __init__(self, scenario, fleet, **params: Any) -> None:  # noqa: ANN001
         super().__init__(scenario, fleet, **params)
-        self.widths = [*self.arch.channels, *self.arch.hidden]
+        self.widths = self.arch.widths
         self.takes_part = self.fraction > 0
         self.global_state: dict[str, np.ndarray] = {}
 
@@ -96,4 +95,4 @@ class SubModelStrategy(FogStrategy):
 
     def nested(self, fraction: float) -> Kept:
         """The first ``ceil(fraction * width)`` neurons of each group (HeteroFL slices)."""
-        return [np.arange(max(1, math.ceil(fraction * w))) for w in self.widths]
+        return [np.arange(k) for k in self.arch.scaled(fraction).widths]
