@@ -181,7 +181,7 @@ def evaluate_local(spec: dict[str, Any], msg: Message) -> Message:
 def make_client_app(scenario: Scenario) -> ClientApp:
     """A ClientApp bound to ``scenario`` (as a plain dict, cheap to ship to workers)."""
     spec = scenario.model_dump()
-    threads = max(1, int(scenario.simulation.cpus_per_client))
+    threads = scenario.simulation.torch_threads  # = the actor's Ray CPUs: no oversubscription
     app = ClientApp()
 
     @app.train()

@@ -202,11 +202,9 @@ def fleet_table(sc: Scenario) -> Table:
         )
         f = fitting_fraction(arch, low, kind, batch)
         fit = arch.scaled(f).widths
-        stuck = [b for b in budgets if fitting_fraction(arch, int(b), kind, batch) == 0]
-        why = ""
-        if stuck:
-            need = training_memory(arch.scaled(0.0), batch, kind)
-            why = f"{len(stuck)} (width 1 needs {format_bytes(need)})"
+        need = training_memory(arch.scaled(0.0), batch, kind)  # width 1: below it, nothing
+        stuck = int((budgets < need).sum())
+        why = f"{stuck} (width 1 needs {format_bytes(need)})" if stuck else ""
         table.add_row(
             c.name,
             str(counts[c.name]),

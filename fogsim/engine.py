@@ -14,7 +14,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from fogsim.scenario import Scenario
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fogsim.scenario import Scenario, SimulationSection
 from fogsim.server import ProgressFn, make_server_app
 
 
@@ -37,13 +40,38 @@ def simulate(
     verbose: bool = False,
 ) -> None:
     """Run ``scenario`` to completion, writing results into ``run_dir``."""
+    from clients.fog_client import make_client_app
+
+    launch(
+        make_server_app(scenario, run_dir, progress),
+        make_client_app(scenario),
+        scenario.simulation.flower_nodes,  # mailboxes, not fleet nodes (strategies.base)
+        scenario.simulation,
+        run_dir,
+        ray_address=ray_address,
+        verbose=verbose,
+    )
+
+
+def launch(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_nodes: int,
+    sim: SimulationSection,
+    run_dir: Path,
+    *,
+    ray_address: str | None = None,
+    verbose: bool = False,
+) -> None:
+    """Run any ServerApp/ClientApp pair on ``num_nodes`` Flower nodes with ``sim``'s Ray
+    resources (also how ``benchmarks/scale.py`` runs plain Flower, on equal terms).
+
+    Each client actor reserves ``sim.cpus_per_client`` Ray CPUs, so a local Ray (given
+    every core) runs ``floor(cores / cpus_per_client)`` actors at once."""
     _quiet_environment(run_dir)
     from flwr.simulation import run_simulation  # heavy import, deferred
 
-    from clients.fog_client import make_client_app
-
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
-    sim = scenario.simulation
     address = ray_address or sim.ray_address
     init_args: dict = {"include_dashboard": False, "log_to_driver": verbose}
     ray_tmp = None
@@ -58,12 +86,11 @@ def simulate(
         "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
         "init_args": init_args,
     }
-    server_app = make_server_app(scenario, run_dir, progress)
     try:
         run_simulation(
             server_app=server_app,
-            client_app=make_client_app(scenario),
-            num_supernodes=scenario.fleet.nodes,
+            client_app=client_app,
+            num_supernodes=num_nodes,
             backend_name="ray",
             backend_config=backend_config,
             verbose_logging=verbose,

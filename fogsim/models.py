@@ -50,7 +50,9 @@ class FogNet(nn.Module):
 
     @property
     def hidden(self) -> list[int]:
-        return [fc.out_features for fc in self.fcs[:-1]]
+        # not self.fcs[:-1]: slicing a ModuleList builds a new Module (the memory model
+        # reads this after every pruning step)
+        return [fc.out_features for fc in list(self.fcs)[:-1]]
 
     @property
     def widths(self) -> list[int]:
@@ -90,7 +92,9 @@ def model_from_state(
     state: Mapping[str, torch.Tensor],
     in_shape: tuple[int, int, int] = IMAGE_SHAPE,
 ) -> FogNet:
-    """Build the FogNet whose widths match ``state`` and load it."""
+    """Build the FogNet whose widths match ``state`` and load it. The model adopts
+    ``state``'s tensors as its parameters (no copy, no random init: a client builds
+    one per message, so this is on the hot path)."""
 
     def weights(prefix: str) -> list[str]:
         keys = [k for k in state if k.startswith(prefix) and k.endswith(".weight")]
@@ -99,6 +103,7 @@ def model_from_state(
     convs, fcs = weights("convs."), weights("fcs.")
     channels = [state[k].shape[0] for k in convs]
     widths = [state[k].shape[0] for k in fcs]
-    model = FogNet(channels, widths[:-1], in_shape, num_classes=widths[-1])
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    with torch.device("meta"):  # no storage, no random init: the weights come from state
+        model = FogNet(channels, widths[:-1], in_shape, num_classes=widths[-1])
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, assign=True)
     return model

@@ -161,15 +161,49 @@ class StrategySection(Section):
 
 
 class SimulationSection(Section):
+    """How the fleet is run on Flower's simulation engine (Ray).
+
+    Cost follows the messages of a round, not the fleet: Flower registers one node per
+    message in flight (``flower_nodes``), and the fleet node a message is for travels
+    in the message, so a fleet of 10,000 costs what the sampled clients cost.
+    ``cpus_per_client`` is both the Ray CPUs each client actor reserves and its torch
+    thread count, so Ray runs ``floor(CPUs / cpus_per_client)`` actors at once and
+    they never oversubscribe the cores.
+    """
+
     clients_per_round: int = Field(10, ge=1)
     evaluate_clients: int = Field(0, ge=0, description="client-side evaluations per round")
-    cpus_per_client: float = Field(1.0, gt=0)
+    cpus_per_client: float = Field(
+        1.0,
+        gt=0,
+        description="Ray CPUs per client actor, also its torch threads (rounded down, "
+        "at least 1); concurrent actors = floor(CPUs / cpus_per_client)",
+    )
+    max_in_flight: int | None = Field(
+        100,
+        ge=1,
+        description="messages handed to Flower at once; a round with more clients "
+        "sends them in waves of this many (Flower's in-memory engine rescans every "
+        "pending message for every registered node ten times a second: its cost grows "
+        "with the square of this); none = all of a round at once",
+    )
     ray_address: str | None = None
     engine: Literal["ray"] = "ray"
     round_timeout_s: float = Field(3600.0, gt=0)
     deadline_s: float | None = Field(
         None, gt=0, description="simulated seconds; slower clients' updates are dropped"
     )
+
+    @property
+    def flower_nodes(self) -> int:
+        """Nodes registered with Flower: one per message in flight, not per fleet node."""
+        wanted = max(self.clients_per_round, self.evaluate_clients)
+        return min(wanted, self.max_in_flight or wanted)
+
+    @property
+    def torch_threads(self) -> int:
+        """Torch intra-op threads of a client actor: its Ray CPUs, at least one."""
+        return max(1, int(self.cpus_per_client))
 
 
 class Scenario(Section):

@@ -10,7 +10,7 @@ from fogsim.pruning import (
     full_kept,
     kept_from_mask,
     remove_neurons,
-    scatter_submodel,
+    scatter_add_submodel,
 )
 
 ARCHS = [((), (20, 12)), ((4, 6), (10,)), ((5,), ())]
@@ -92,7 +92,10 @@ def test_extract_scatter_round_trip(arch):
     for name, t in pruned.state_dict().items():
         assert torch.equal(sub[name], t), name
     model_from_state(sub)  # loadable as a compact model
-    scattered = scatter_submodel(sub, kept, shapes)
+    num = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
+    den = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
+    scatter_add_submodel(num, den, sub, kept, 2.0)
+    scattered = {k: (num[k] / 2, den[k] / 2) for k in shapes}
     for name, (values, mask) in scattered.items():
         g = gstate[name].numpy()
         assert values.shape == g.shape

@@ -19,6 +19,7 @@ from fogsim.pruning import extract_submodel, full_kept
 from fogsim.results import load
 from fogsim.scenario import load_scenario
 from fogsim.strategies import STRATEGIES
+from fogsim.strategies.base import fitting_fraction
 from fogsim.strategies.submodel import pack_kept
 
 WIDTHS = (6, 4)  # a small MLP 784-6-4-10
@@ -182,8 +183,8 @@ def test_mask_union_prunes_each_device_only_as_far_as_its_budget_asks(tiny_scena
     sc = load_scenario(tiny_scenario, over)
     fleet = build_fleet(sc.fleet, 0)
     s = STRATEGIES["mask-union"](sc, fleet)
-    big = [s.target[n] for n in range(fleet.num_nodes) if fleet.device(n).name == "big"]
-    small = [s.target[n] for n in range(fleet.num_nodes) if fleet.device(n).name == "small"]
+    big = [s.target(n) for n in range(fleet.num_nodes) if fleet.device(n).name == "big"]
+    small = [s.target(n) for n in range(fleet.num_nodes) if fleet.device(n).name == "small"]
     assert set(big) == {1.0}  # 64 MiB trains the dense model at the largest batch
     assert all(1.0 < t <= sc.dynhp.target_compression for t in small)
 
@@ -204,3 +205,30 @@ def test_stragglers_past_the_deadline_are_counted_and_left_out(tiny_scenario) ->
     assert [r["dropped"] for r in s.node_rows] == [0, 1]
     for k, v in new.items():  # only the fast client's weights were averaged
         assert np.allclose(v.numpy(), state[k])
+
+
+def test_per_node_work_is_lazy_on_a_10000_node_fleet(tiny_scenario) -> None:
+    """Every node has its own (log-uniform) budget; building a strategy must not run the
+    memory model's bisection for each of them: only sampled nodes pay, once."""
+    over = [
+        "strategy.name='mask-union'",
+        "fleet.nodes=10000",
+        "fleet.classes.1.memory_max='6MiB'",
+        "simulation.clients_per_round=100",
+    ]
+    sc = load_scenario(tiny_scenario, over)
+    fleet = build_fleet(sc.fleet, 0)
+    assert len(set(fleet.budgets.tolist())) > 9000
+    fitting_fraction.cache_clear()
+    s = STRATEGIES["mask-union"](sc, fleet)
+    assert fitting_fraction.cache_info().misses == 0
+    assert s.takes_part.all()  # 512 KiB trains width 1: a vectorised test, no bisection
+    s.global_state = {k: v.numpy() for k, v in FogNet((), (64, 32)).state_dict().items()}
+    nodes = [3, 5000, 9999]
+    first = [(s.kept_for(n, 1), s.target(n)) for n in nodes]
+    misses = fitting_fraction.cache_info().misses
+    assert 0 < misses <= 2 * len(nodes)  # min_batch and max_batch per sampled node
+    again = [(s.kept_for(n, 1), s.target(n)) for n in nodes]
+    assert fitting_fraction.cache_info().misses == misses  # cached
+    for (k1, t1), (k2, t2) in zip(first, again, strict=True):
+        assert t1 == t2 and all(np.array_equal(a, b) for a, b in zip(k1, k2, strict=True))

@@ -26,6 +26,6 @@ class FedAvgFeasible(FogStrategy):
 
     def __init__(self, scenario, fleet, **params: Any) -> None:  # noqa: ANN001
         super().__init__(scenario, fleet, **params)
-        self.takes_part = self.fraction == 1.0
+        self.takes_part = fleet.budgets >= self.budget_for(1.0)
         if not self.takes_part.any():
             raise ValueError("fedavg-feasible: no node's budget holds the full model")

@@ -47,12 +47,14 @@ class MaskUnion(SubModelStrategy):
         sc = scenario
         expected = sc.run.rounds * sc.simulation.clients_per_round / sc.fleet.nodes
         self.planned = sc.dynhp.participations or max(1, math.ceil(expected))
-        dense, cap = self.arch.num_params(), sc.dynhp.target_compression
-        by_budget = {}
-        for b in set(fleet.budgets.tolist()):
-            f = fitting_fraction(self.arch, b, self.optimizer, sc.dynhp.max_batch)
-            by_budget[b] = min(cap, max(1.0, dense / self.arch.scaled(f).num_params()))
-        self.target = {n: by_budget[b] for n, b in enumerate(fleet.budgets.tolist())}
+
+    def target(self, node: int) -> float:
+        """The node's target compression: ``min(target_compression, dense / widest model
+        it trains at max_batch)``, at least 1 (computed when the node is sampled)."""
+        dynhp = self.scenario.dynhp
+        f = fitting_fraction(self.arch, self.fleet.budget(node), self.optimizer, dynhp.max_batch)
+        ratio = self.arch.num_params() / self.arch.scaled(f).num_params()
+        return min(dynhp.target_compression, max(1.0, ratio))
 
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         out = []
@@ -71,7 +73,7 @@ class MaskUnion(SubModelStrategy):
         records, config = super().node_payload(node, arrays, server_round)
         if node in self.dynhp_state:
             records["dynhp"] = self.dynhp_state[node]
-        config["target-compression"] = self.target[node]
+        config["target-compression"] = self.target(node)
         p = self.participations.get(node, 0)
         config["progress-start"] = min(1.0, p / self.planned)
         config["progress-end"] = min(1.0, (p + 1) / self.planned)

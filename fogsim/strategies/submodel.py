@@ -2,8 +2,8 @@
 
 Every such strategy decides, per node and round, which neurons of the global model the
 node holds (``kept``: global indices per neuron group, ``fogsim.pruning``). The server
-sends only those weights and their indices; a reply is put back in place with
-``scatter_submodel`` and each global parameter becomes the example-weighted average
+sends only those weights and their indices; a reply is added in place with
+``scatter_add_submodel`` and each global parameter becomes the example-weighted average
 over the clients that hold it, ``sum n_k m_k w_k / sum n_k m_k``; parameters no client
 holds this round keep their value. With every mask full this is FedAvg exactly.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from fogsim.pruning import Kept, extract_submodel, scatter_submodel
+from fogsim.pruning import Kept, extract_submodel, scatter_add_submodel
 from fogsim.strategies.base import FogStrategy, numpy_record
 
 
@@ -45,12 +45,12 @@ class SubModelStrategy(FogStrategy):
     def __init__(self, scenario, fleet, **params: Any) -> None:  # noqa: ANN001
         super().__init__(scenario, fleet, **params)
         self.widths = self.arch.widths
-        self.takes_part = self.fraction > 0
+        self.takes_part = fleet.budgets >= self.budget_for(0.0)  # width 1 fits
         self.global_state: dict[str, np.ndarray] = {}
 
     def kept_for(self, node: int, server_round: int) -> Kept:
         """The neurons ``node`` holds this round."""
-        return self.kept_at(self.fraction[node], server_round)
+        return self.kept_at(self.fraction(node), server_round)
 
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         """The sub-model of width ``fraction`` this strategy hands out."""
@@ -74,11 +74,8 @@ class SubModelStrategy(FogStrategy):
         den = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
         for msg in replies:
             n = float(msg.content["metrics"]["num-examples"])
-            kept = unpack_kept(msg.content["kept"])
             sub = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-            for name, (values, mask) in scatter_submodel(sub, kept, shapes).items():
-                num[name] += n * values
-                den[name] += n * mask
+            scatter_add_submodel(num, den, sub, unpack_kept(msg.content["kept"]), n)
         self.global_state = {
             k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
             for k, old in self.global_state.items()
