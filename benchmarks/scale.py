@@ -1,0 +1,326 @@
+"""Scale and speed: what a round costs as the fleet grows, against a floor and plain Flower.
+
+One table, one row per (registered nodes, clients per round), each measured in fresh
+processes (Ray's and Flower's fixed costs included, as a user pays them):
+
+- ``fogsim``: ``fogsim run`` of ``scenarios/scale-mnist-1000.toml`` (MNIST MLP
+  784-300-100-10, 1 local epoch, batch 32, log-uniform 1..8 MiB budgets) with the
+  row's node and client counts, for ``mask-union`` (DynHP sub-models) and ``fedavg``
+  (dense). Seconds per round = median of ``rounds.csv`` ``wall_s`` over the rounds
+  after the first (the first pays Ray's actor start and each worker's data load).
+- ``floor``: the same client work in one plain process, no Flower, no Ray: the same
+  strategy picks the same nodes and sub-models, and the client's own
+  ``clients.fog_client.train`` runs each message in a loop (torch with its default
+  threads, one per core); seconds per round = the loop's time, median after round 1.
+  Server-side work (aggregation, evaluation) is not in the floor.
+- ``flower``: plain Flower, ``flwr.serverapp.strategy.FedAvg.start`` with its own loop
+  and sampling, one Flower node per fleet node (the usual ``partition-id`` pattern), a
+  plain ClientApp training the dense model on the same partition for the same epochs
+  and batch, centralized evaluation on the test split each round like fogsim, and the
+  same Ray resources through ``fogsim.engine.launch``. Compare with fogsim ``fedavg``.
+- ``peak RSS`` / ``peak PSS``: the whole process tree (driver, Ray's daemons and
+  workers), sampled from ``/proc`` every 0.2 s; RSS counts shared pages (torch's
+  libraries in every worker) once per process, PSS splits them.
+
+Usage::
+
+    python benchmarks/scale.py --quick      # 100 and 1,000 nodes, 100 per round: ~5 min
+    python benchmarks/scale.py              # + 10,000 nodes, 300 of 1,000: ~20 min on 2 cores
+    python benchmarks/scale.py --rows 1000:300:300   # nodes:per-round[:max_in_flight]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fogsim.results import load
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = ROOT / "scenarios" / "scale-mnist-1000.toml"
+FULL = ["100:100", "1000:100", "10000:100", "1000:300", "1000:300:300"]
+QUICK = ["100:100", "1000:100"]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# --- measuring a process tree -------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def tree_memory(root: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes summed over ``root`` and all its descendants."""
+    kids, todo, rss, pss = _children(), [root], 0, 0
+    while todo:
+        pid = todo.pop()
+        todo += kids.get(pid, [])
+        try:
+            rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+                    break
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return rss, pss
+
+
+def run_measured(cmd: list[str], log: Path) -> tuple[float, int, int]:
+    """Run ``cmd``; (wall seconds, peak tree RSS, peak tree PSS). Fails loudly."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        peak = [0, 0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.2):
+                rss, pss = tree_memory(proc.pid)
+                peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = proc.wait()
+        done.set()
+        sampler.join()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {code}; see {log}:\n{log.read_text()[-3000:]}")
+    return time.perf_counter() - t0, peak[0], peak[1]
+
+
+def overrides(nodes: int, per_round: int, rounds: int, strategy: str, in_flight: int | None):
+    out = [
+        f"fleet.nodes={nodes}",
+        f"simulation.clients_per_round={per_round}",
+        f"run.rounds={rounds}",
+        f"strategy.name='{strategy}'",
+    ]
+    if in_flight:
+        out.append(f"simulation.max_in_flight={in_flight}")
+    return out
+
+
+def median_after_first(seconds: list[float]) -> float:
+    return statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+
+
+# --- the three ways to run a row (children) ------------------------------------
+def child_floor(args: argparse.Namespace) -> None:
+    """The client work of fogsim's rounds in one process loop: no Flower, no Ray."""
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from clients.fog_client import train
+    from fogsim.fleet import build_fleet
+    from fogsim.scenario import load_scenario
+    from fogsim.server import initial_model
+    from fogsim.strategies import STRATEGIES
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # to build Messages
+    sc = load_scenario(SCENARIO, args.set)
+    strategy = STRATEGIES[sc.strategy.name](sc, build_fleet(sc.fleet, sc.run.seed))
+    mailboxes = list(range(sc.simulation.flower_nodes))
+
+    class Grid:  # all the strategy asks of a grid
+        def get_node_ids(self) -> list[int]:
+            return mailboxes
+
+    spec, arrays, times = sc.model_dump(), ArrayRecord(initial_model(sc).state_dict()), []
+    for rnd in range(1, sc.run.rounds + 1):
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), Grid()))
+        t0 = time.perf_counter()
+        replies = [train(spec, m) for m in messages]
+        times.append(time.perf_counter() - t0)
+        arrays = strategy.aggregate_train(rnd, replies)[0] or arrays
+    Path(args.out).write_text(json.dumps({"round_s": times}))
+
+
+def child_flower(args: argparse.Namespace) -> None:
+    """Plain Flower FedAvg (its own start loop and sampling), dense local training."""
+    import torch
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from clients.fog_client import local_data
+    from fogsim.data import load_dataset
+    from fogsim.engine import launch
+    from fogsim.models import FogNet
+    from fogsim.scenario import load_scenario
+    from fogsim.server import initial_model
+    from fogsim.training import evaluate, make_optimizer, train_epochs
+
+    sc = load_scenario(SCENARIO, args.set)
+    spec, t, nodes = sc.model_dump(), sc.train, sc.fleet.nodes
+    k, threads = sc.simulation.clients_per_round, sc.simulation.torch_threads
+    client = ClientApp()
+
+    @client.train()
+    def _train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(threads)
+        node = int(context.node_config["partition-id"])
+        x, y, _, _ = local_data(spec, node)
+        model = FogNet(sc.model.conv_channels, sc.model.hidden)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        opt = make_optimizer(t.optimizer, model.parameters(), t.lr, t.momentum)
+        loss = train_epochs(
+            model, x, y, epochs=t.local_epochs, batch_size=min(t.batch_size, len(x)), optimizer=opt
+        )
+        metrics = MetricRecord({"num-examples": len(x), "train-loss": loss})
+        content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+        return Message(content, reply_to=msg)
+
+    server, stamps = ServerApp(), []
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        ds = load_dataset(sc.data.dataset, sc.data.path)
+        test_x, test_y = ds.tensors(ds.test_x, ds.test_y)
+        model = initial_model(sc)
+
+        def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            acc, loss = evaluate(model, test_x, test_y)
+            stamps.append(time.perf_counter())  # before round 1, then after each round
+            return MetricRecord({"accuracy": acc, "loss": loss})
+
+        strategy = FedAvg(
+            fraction_train=k / nodes, fraction_evaluate=0.0, min_train_nodes=k,
+            min_evaluate_nodes=0, min_available_nodes=k,
+        )  # fmt: skip
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=sc.run.rounds,
+            evaluate_fn=evaluate_fn,
+        )
+
+    launch(server, client, nodes, sc.simulation, Path(args.out).parent)
+    times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    Path(args.out).write_text(json.dumps({"round_s": times}))
+
+
+# --- the table ------------------------------------------------------------------
+def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
+    nodes, per_round, *rest = (int(v) for v in row.split(":"))
+    in_flight = rest[0] if rest else None
+    out: dict[str, Any] = {"nodes": nodes, "per_round": per_round, "in_flight": in_flight}
+    py = sys.executable
+    fogsim = str(Path(py).with_name("fogsim"))
+    for strategy in ("mask-union", "fedavg"):
+        over = overrides(nodes, per_round, rounds, strategy, in_flight)
+        sets = [a for o in over for a in ("--set", o)]
+        run_dir = work / f"{row}-{strategy}"
+        cmd = [fogsim, "run", str(SCENARIO), "--out", str(run_dir), "--quiet", "--overwrite"]
+        wall, rss, pss = run_measured([*cmd, *sets], work / f"{row}-{strategy}.log")
+        rows = load(run_dir)["rounds"]
+        sec = median_after_first([float(r["wall_s"]) for r in rows])
+        samples = [n["num_examples"] for n in load(run_dir)["nodes"]]
+        floor_json = work / f"{row}-{strategy}-floor.json"
+        me = [py, __file__, "--child", "floor", "--out", str(floor_json)]
+        run_measured([*me, *sets], work / f"{row}-{strategy}-floor.log")
+        floor = median_after_first(json.loads(floor_json.read_text())["round_s"])
+        out[strategy] = {
+            "sec": sec,
+            "wall": wall,
+            "rss": rss,
+            "pss": pss,
+            "floor": floor,
+            "samples": statistics.mean(samples),
+        }
+        print(f"  {row} {strategy}: {sec:.2f} s/round, floor {floor:.2f}", flush=True)
+    flower_json = work / f"{row}-flower.json"
+    me = [py, __file__, "--child", "flower", "--out", str(flower_json)]
+    sets = [a for o in overrides(nodes, per_round, rounds, "fedavg", None) for a in ("--set", o)]
+    wall, rss, pss = run_measured([*me, *sets], work / f"{row}-flower.log")
+    sec = median_after_first(json.loads(flower_json.read_text())["round_s"])
+    out["flower"] = {"sec": sec, "wall": wall, "rss": rss, "pss": pss}
+    print(f"  {row} flower: {sec:.2f} s/round", flush=True)
+    return out
+
+
+def print_table(results: list[dict[str, Any]], rounds: int) -> None:
+    mb = 1 << 20
+    head = (
+        "nodes", "per rnd", "in flight", "strategy", "smp/cl", "s/round", "cl/s",
+        "RSS MB", "PSS MB", "floor s", "/floor", "Flower s", "/Flower", "Flwr RSS", "wall s",
+    )  # fmt: skip
+    lines = [head]
+    for r in results:
+        fl = r["flower"]
+        for strategy in ("mask-union", "fedavg"):
+            m = r[strategy]
+            dense = strategy == "fedavg"
+            lines.append(
+                (
+                    f"{r['nodes']:,}",
+                    str(r["per_round"]),
+                    str(r["in_flight"] or min(r["per_round"], 100)),
+                    strategy,
+                    f"{m['samples']:.0f}",
+                    f"{m['sec']:.2f}",
+                    f"{r['per_round'] / m['sec']:.0f}",
+                    f"{m['rss'] / mb:.0f}",
+                    f"{m['pss'] / mb:.0f}",
+                    f"{m['floor']:.2f}",
+                    f"{m['sec'] / m['floor']:.2f}",
+                    f"{fl['sec']:.2f}" if dense else "",
+                    f"{m['sec'] / fl['sec']:.2f}" if dense else "",
+                    f"{fl['rss'] / mb:.0f}" if dense else "",
+                    f"{m['wall']:.0f}",
+                )
+            )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    print(f"\nscale benchmark: {rounds} rounds per run, {os.cpu_count()} CPUs, s/round = median "
+          "after round 1; /floor and /Flower = fogsim s/round over theirs")  # fmt: skip
+    for i, line in enumerate(lines):
+        print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 and 1,000 nodes, 4 rounds")
+    parser.add_argument("--rows", nargs="*", help="nodes:per_round[:max_in_flight] ...")
+    parser.add_argument("--rounds", type=int, help="rounds per run (default 6, quick 4)")
+    parser.add_argument("--out", type=Path, help="keep run directories and logs here")
+    parser.add_argument("--child", choices=["floor", "flower"], help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "floor":
+        return child_floor(args)
+    if args.child == "flower":
+        return child_flower(args)
+    rows = args.rows or (QUICK if args.quick else FULL)
+    rounds = args.rounds or (4 if args.quick else 6)
+    work = args.out or Path(tempfile.mkdtemp(prefix="fogsim-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"runs and logs in {work}", flush=True)
+    results = [measure_row(row, rounds, work) for row in rows]
+    print_table(results, rounds)
+
+
+if __name__ == "__main__":
+    main()
