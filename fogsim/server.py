@@ -105,7 +105,7 @@ class Federation:
                 "mean_params": sum(r["params"] for r in rows) / len(rows) if rows else "",
                 "union_params": stats.get("union_params", ""),
                 "over_budget": sum(r["over_budget"] for r in rows),
-                **self.deployable_accuracy(strategy, model, rnd, test_x, test_y),
+                **self.deployable_accuracy(strategy, model, rnd, test_x, test_y, acc),
                 "wall_s": time.perf_counter() - t0,
             }
             self.writer.rounds.append([row])
@@ -124,9 +124,10 @@ class Federation:
         self.writer.write_json("summary.json", summary)
         return summary
 
-    def deployable_accuracy(self, strategy, model, rnd, test_x, test_y) -> dict[str, Any]:  # noqa: ANN001
+    def deployable_accuracy(self, strategy, model, rnd, test_x, test_y, acc) -> dict[str, Any]:  # noqa: ANN001
         """Test accuracy of the model each device class can train (its smallest budget);
-        blank where the strategy gives that class nothing that fits."""
+        blank where the strategy gives that class nothing that fits, ``acc`` (the global
+        model's, already measured) where it is the whole global model."""
         state = {k: v.numpy() for k, v in model.state_dict().items()}
         out = {}
         for c, cls in enumerate(self.fleet.classes):
@@ -134,8 +135,12 @@ class Federation:
             if len(budgets) == 0:
                 continue
             sub = strategy.deployable(state, int(budgets.min()), rnd)
-            acc = evaluate(model_from_state(sub), test_x, test_y)[0] if sub is not None else ""
-            out[f"acc_{cls.name}"] = acc
+            if sub is None:
+                out[f"acc_{cls.name}"] = ""
+            elif sub is state:
+                out[f"acc_{cls.name}"] = acc
+            else:
+                out[f"acc_{cls.name}"] = evaluate(model_from_state(sub), test_x, test_y)[0]
         return out
 
 
