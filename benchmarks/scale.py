@@ -18,6 +18,10 @@ processes (Ray's and Flower's fixed costs included, as a user pays them):
   plain ClientApp training the dense model on the same partition for the same epochs
   and batch, centralized evaluation on the test split each round like fogsim, and the
   same Ray resources through ``fogsim.engine.launch``. Compare with fogsim ``fedavg``.
+- ``work s``: the clients' own compute per round inside fogsim's actors (the sum of
+  ``nodes.csv`` ``time_s``, which ``train`` measures around its work): the floor's
+  work done on a loaded machine. ``work / floor`` well above 1 means the actors are
+  starved of cores (by the driver, Ray or other load), not slowed by messaging.
 - ``peak RSS`` / ``peak PSS``: the whole process tree (driver, Ray's daemons and
   workers), sampled from ``/proc`` every 0.2 s; RSS counts shared pages (torch's
   libraries in every worker) once per process, PSS splits them.
@@ -239,7 +243,11 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
         wall, rss, pss = run_measured([*cmd, *sets], work / f"{row}-{strategy}.log")
         rows = load(run_dir)["rounds"]
         sec = median_after_first([float(r["wall_s"]) for r in rows])
-        samples = [n["num_examples"] for n in load(run_dir)["nodes"]]
+        node_rows = load(run_dir)["nodes"]
+        samples = [n["num_examples"] for n in node_rows]
+        # the clients' own compute per round (sum of their train() seconds in the actors):
+        # against the floor it tells contention for the cores from messaging overhead
+        work = [sum(n["time_s"] for n in node_rows if n["round"] == r["round"]) for r in rows]
         floor_json = work / f"{row}-{strategy}-floor.json"
         me = [py, __file__, "--child", "floor", "--out", str(floor_json)]
         run_measured([*me, *sets], work / f"{row}-{strategy}-floor.log")
@@ -251,6 +259,7 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
             "pss": pss,
             "floor": floor,
             "samples": statistics.mean(samples),
+            "work": median_after_first(work),
         }
         print(f"  {row} {strategy}: {sec:.2f} s/round, floor {floor:.2f}", flush=True)
     flower_json = work / f"{row}-flower.json"
@@ -266,8 +275,8 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
 def print_table(results: list[dict[str, Any]], rounds: int) -> None:
     mb = 1 << 20
     head = (
-        "nodes", "per rnd", "in flight", "strategy", "smp/cl", "s/round", "cl/s",
-        "RSS MB", "PSS MB", "floor s", "/floor", "Flower s", "/Flower", "Flwr RSS", "wall s",
+        "nodes", "per rnd", "in flight", "strategy", "smp/cl", "s/round", "cl/s", "RSS MB",
+        "PSS MB", "work s", "floor s", "/floor", "Flower s", "/Flower", "Flwr RSS", "wall s",
     )  # fmt: skip
     lines = [head]
     for r in results:
@@ -286,6 +295,7 @@ def print_table(results: list[dict[str, Any]], rounds: int) -> None:
                     f"{r['per_round'] / m['sec']:.0f}",
                     f"{m['rss'] / mb:.0f}",
                     f"{m['pss'] / mb:.0f}",
+                    f"{m['work']:.2f}",
                     f"{m['floor']:.2f}",
                     f"{m['sec'] / m['floor']:.2f}",
                     f"{fl['sec']:.2f}" if dense else "",
