@@ -28,8 +28,8 @@ processes (Ray's and Flower's fixed costs included, as a user pays them):
 
 Usage::
 
-    python benchmarks/scale.py --quick      # 100 and 1,000 nodes, 100 per round: ~5 min
-    python benchmarks/scale.py              # + 10,000 nodes, 300 of 1,000: ~20 min on 2 cores
+    python benchmarks/scale.py --quick      # 100 and 1,000 nodes, 100 per round: ~7 min
+    python benchmarks/scale.py              # + 10,000 nodes, 300 of 1,000: ~30 min on 2 cores
     python benchmarks/scale.py --rows 1000:300:300   # nodes:per-round[:max_in_flight]
 """
 
