@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -43,7 +44,7 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -68,6 +69,17 @@ def load(scenario: str, overrides: list[str] | None) -> Scenario:
     except (TypeError, ValueError) as e:
         fail(f"{path}: strategy {sc.strategy.name!r} with params {sc.strategy.params}: {e}")
     return sc
+
+
+def check_cluster(address: str | None) -> None:
+    """Exit at once when the Ray cluster to attach to answers nothing."""
+    if address:
+        from fogsim.engine import RayClusterError, check_ray_address  # imports Flower
+
+        try:
+            check_ray_address(address)
+        except RayClusterError as e:
+            fail(str(e))
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -117,7 +129,11 @@ def run(
         typer.Option("--set", help="Override a field: section.key=value (repeatable)."),
     ] = None,
     ray_address: Annotated[
-        str | None, typer.Option(help="Attach to a running Ray cluster (e.g. 127.0.0.1:6379).")
+        str | None,
+        typer.Option(
+            help="Attach to a running Ray cluster: HOST:PORT of its head node "
+            "(e.g. 127.0.0.1:6379); overrides [simulation] ray_address."
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -136,6 +152,7 @@ def run(
         load_dataset(sc.data.dataset, sc.data.path)
     except DatasetNotFoundError as e:
         fail(str(e))
+    check_cluster(ray_address or sc.simulation.ray_address)
     run_dir = out_dir or Path(sc.run.output_dir) / sc.run.name
     prepare_run_dir(run_dir, overwrite)
 
@@ -374,6 +391,8 @@ def sweep(
             load_dataset(dataset, path)
         except DatasetNotFoundError as e:
             fail(str(e))
+    for address in {s.simulation.ray_address for _, s in runs}:
+        check_cluster(address)
     sweep_dir = out_dir or Path(sc.run.output_dir) / f"{sc.run.name}-sweep"
     if sweep_dir.exists() and not sweep_dir.is_dir():
         fail(f"--out {sweep_dir}: exists and is not a directory")

@@ -3,6 +3,11 @@
 Runs the scenario's ``ServerApp`` and ``ClientApp`` on Flower's simulation engine with
 the Ray backend: a local Ray started for the run (its session files in a temporary
 directory removed afterwards), or an existing cluster when ``ray_address`` is given.
+
+On an existing cluster fogsim only connects and disconnects: it passes Ray no resources
+or temp dir and never stops the cluster. Flower hands the driver's ``sys.path`` to the
+workers as ``PYTHONPATH`` (a ``runtime_env``), so they import the driver's ``fogsim``
+and ``clients`` wherever those paths exist, e.g. a source checkout on the same machine.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,6 +34,37 @@ def _quiet_environment(run_dir: Path) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+class RayClusterError(ConnectionError):
+    """No Ray cluster answers at the address the run should attach to."""
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast unless a Ray cluster's head answers at ``address`` (``HOST:PORT``).
+
+    ``ray.init`` would retry an address where nothing answers for many minutes.
+    """
+    from ray._raylet import GcsClient  # private; what `ray health-check` connects with
+    from ray.exceptions import RpcError
+
+    host, sep, port = address.rpartition(":")
+    if not (sep and host and port.isdigit()):
+        raise RayClusterError(
+            f"Ray address {address!r}: expected HOST:PORT of a Ray head node, "
+            "e.g. 127.0.0.1:6379 (the --port of `ray start --head`)"
+        )
+    try:
+        # a refused or unroutable port fails here at once, not after GcsClient's 35 s
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        GcsClient(address=address)  # something else listening fails here
+    except (OSError, RpcError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise RayClusterError(
+            f"no Ray cluster at {address} ({reason}): start one there with "
+            f"`ray start --head --port={port}`, or leave out --ray-address and "
+            "[simulation] ray_address to run on a local Ray started for the run"
+        ) from None
+
+
 def simulate(
     scenario: Scenario,
     run_dir: Path,
@@ -36,15 +73,20 @@ def simulate(
     progress: ProgressFn | None = None,
     verbose: bool = False,
 ) -> None:
-    """Run ``scenario`` to completion, writing results into ``run_dir``."""
+    """Run ``scenario`` to completion, writing results into ``run_dir``.
+
+    Raises ``RayClusterError`` when ``ray_address`` (or the scenario's) answers nothing.
+    """
+    sim = scenario.simulation
+    address = ray_address or sim.ray_address
+    if address:
+        check_ray_address(address)
     _quiet_environment(run_dir)
     from flwr.simulation import run_simulation  # heavy import, deferred
 
     from clients.fog_client import make_client_app
 
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
-    sim = scenario.simulation
-    address = ray_address or sim.ray_address
     init_args: dict = {"include_dashboard": False, "log_to_driver": verbose}
     ray_tmp = None
     if address:
@@ -72,6 +114,6 @@ def simulate(
         import ray
 
         if ray.is_initialized():
-            ray.shutdown()
+            ray.shutdown()  # on an existing cluster: disconnects, the cluster stays up
         if ray_tmp:
             shutil.rmtree(ray_tmp, ignore_errors=True)
