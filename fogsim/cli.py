@@ -7,6 +7,7 @@ clear message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -14,17 +15,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fogsim import __version__
 from fogsim.centralized import dynhp_command
-from fogsim.data import DatasetNotFoundError, load_dataset
+from fogsim.data import DatasetError, DatasetNotFoundError, load_dataset, partition
 from fogsim.fleet import build_fleet
 from fogsim.memory import training_memory
 from fogsim.report import ReportError, load_run, write_report
 from fogsim.report import Table as ReportTable
-from fogsim.scenario import Scenario, ScenarioError, load_scenario
+from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
 from fogsim.strategies import STRATEGIES
 from fogsim.strategies.base import fitting_fraction
 from fogsim.units import format_bytes
@@ -43,20 +45,23 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def resolve_scenario_path(name: str) -> Path:
     """A path, or the name of a shipped scenario (``quickstart``)."""
-    path = Path(name)
-    if not path.exists() and (SCENARIO_DIR / f"{name}.toml").exists():
-        return SCENARIO_DIR / f"{name}.toml"
-    return path
+    shipped = SCENARIO_DIR / f"{name}.toml"
+    # os.path.exists, not Path.exists: False (no OSError) for a name too long
+    if not os.path.exists(name) and os.path.exists(shipped):
+        return shipped
+    return Path(name)
 
 
 def load(scenario: str, overrides: list[str] | None) -> Scenario:
     """Load and validate, including the strategy's parameters (by building it once)."""
+    if not scenario.strip():
+        fail(f"scenario {scenario!r}: empty; give a scenario file or a shipped scenario's name")
     path = resolve_scenario_path(scenario)
     try:
         sc = load_scenario(path, overrides)
@@ -66,27 +71,52 @@ def load(scenario: str, overrides: list[str] | None) -> Scenario:
     try:
         STRATEGIES[sc.strategy.name](sc, build_fleet(sc.fleet, sc.run.seed), **sc.strategy.params)
     except (TypeError, ValueError) as e:
-        fail(f"{path}: strategy {sc.strategy.name!r} with params {sc.strategy.params}: {e}")
+        strategy = f"strategy {sc.strategy.name!r} with params {sc.strategy.params}"
+        fail(f"{shown(str(path))}: {strategy}: {e}")
     return sc
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        fail(f"--out {run_dir}: exists and is not a directory")
-    if run_dir.is_dir() and (run_dir / "rounds.csv").exists():
-        if not overwrite:
-            fail(
-                f"--out {run_dir}: already holds a run (rounds.csv); "
-                "pass --overwrite to replace it or choose another --out"
-            )
-        shutil.rmtree(run_dir)
+def load_data(sc: Scenario) -> None:
+    """Fail unless the data set loads and splits across the fleet (before Ray starts)."""
     try:
+        data = load_dataset(sc.data.dataset, sc.data.path)
+    except (DatasetNotFoundError, DatasetError) as e:
+        fail(str(e))
+        raise
+    d = sc.data
+    try:
+        partition(
+            data.train_y,
+            sc.fleet.nodes,
+            d.partitioning,
+            seed=sc.run.seed,
+            alpha=d.alpha,
+            shards_per_node=d.shards_per_node,
+        )
+    except ValueError as e:
+        fail(f"data.partitioning = {d.partitioning!r} over fleet.nodes = {sc.fleet.nodes}: {e}")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    where = shown(str(run_dir))
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            fail(f"--out {where}: exists and is not a directory")
+        if run_dir.is_dir() and (run_dir / "rounds.csv").exists():
+            if not overwrite:
+                fail(
+                    f"--out {where}: already holds a run (rounds.csv); "
+                    "pass --overwrite to replace it or choose another --out"
+                )
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        fail(f"--out {run_dir}: cannot write there ({e.strerror})")
+        fail(f"--out {where}: cannot write there ({e.strerror or e})")
+    except ValueError as e:  # a NUL byte in the path
+        fail(f"--out {where}: not a usable path ({e})")
 
 
 def version_callback(value: bool) -> None:
@@ -132,10 +162,7 @@ def run(
       fogsim run quickstart --set run.rounds=5 --set train.lr=0.1 --out runs/lr01
     """
     sc = load(scenario, set_)
-    try:
-        load_dataset(sc.data.dataset, sc.data.path)
-    except DatasetNotFoundError as e:
-        fail(str(e))
+    load_data(sc)
     run_dir = out_dir or Path(sc.run.output_dir) / sc.run.name
     prepare_run_dir(run_dir, overwrite)
 
@@ -151,7 +178,7 @@ def run(
         console=err,
         disable=quiet,
     )
-    task = progress.add_task(sc.run.name, total=sc.run.rounds, info="starting Ray...")
+    task = progress.add_task(escape(sc.run.name), total=sc.run.rounds, info="starting Ray...")
 
     def on_round(row: dict[str, Any]) -> None:
         progress.update(
@@ -194,6 +221,7 @@ def fleet_table(sc: Scenario) -> Table:
     for col in cols:
         table.add_column(col, justify="left" if col in ("class", "widest model") else "right")
     counts = fleet.counts()
+    need = training_memory(arch.scaled(0.0), batch, kind)  # below this a node trains nothing
     for i, c in enumerate(sc.fleet.classes):
         budgets = fleet.budgets[fleet.node_class == i]
         low = int(budgets.min()) if len(budgets) else c.memory
@@ -202,20 +230,17 @@ def fleet_table(sc: Scenario) -> Table:
         )
         f = fitting_fraction(arch, low, kind, batch)
         fit = arch.scaled(f).widths
-        stuck = [b for b in budgets if fitting_fraction(arch, int(b), kind, batch) == 0]
-        why = ""
-        if stuck:
-            need = training_memory(arch.scaled(0.0), batch, kind)
-            why = f"{len(stuck)} (width 1 needs {format_bytes(need)})"
+        stuck = int((budgets < need).sum())
+        why = f"{stuck} (width 1 needs {format_bytes(need)})" if stuck else "0"
         table.add_row(
-            c.name,
+            escape(c.name),
             str(counts[c.name]),
             budget,
             f"{c.flops:.3g}",
             f"{c.up_mbps:g}/{c.down_mbps:g}",
             f"{c.availability:g}",
             f"{f:.0%} " + "x".join(map(str, fit)) if f > 0 else "none",
-            why or "0",
+            why,
         )
     return table
 
@@ -372,7 +397,7 @@ def sweep(
     for dataset, path in {(s.data.dataset, s.data.path) for _, s in runs}:
         try:
             load_dataset(dataset, path)
-        except DatasetNotFoundError as e:
+        except (DatasetNotFoundError, DatasetError) as e:
             fail(str(e))
     sweep_dir = out_dir or Path(sc.run.output_dir) / f"{sc.run.name}-sweep"
     if sweep_dir.exists() and not sweep_dir.is_dir():
