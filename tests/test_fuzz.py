@@ -357,7 +357,9 @@ REGRESSIONS = [
 ]
 
 
-@pytest.mark.parametrize(("sets", "words"), REGRESSIONS, ids=[" ".join(r[0]) for r in REGRESSIONS])
+@pytest.mark.parametrize(
+    ("sets", "words"), REGRESSIONS, ids=[" ".join(r[0])[:40] for r in REGRESSIONS]
+)
 def test_regressions(tiny_scenario: Path, sets: list[str], words: list[str]) -> None:
     args = [a for s in sets for a in ("--set", s)]
     outcome = check(["validate", str(tiny_scenario), *args], [str(tiny_scenario)])
