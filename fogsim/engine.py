@@ -28,6 +28,14 @@ def _quiet_environment(run_dir: Path) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+class _HideInjectedCrashes(logging.Filter):
+    """Flower logs each client exception with its traceback; crashes that ``[faults]``
+    injected on purpose are counted in the results instead (real ones still show)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "injected crash of node" not in record.getMessage()
+
+
 def simulate(
     scenario: Scenario,
     run_dir: Path,
@@ -35,14 +43,19 @@ def simulate(
     ray_address: str | None = None,
     progress: ProgressFn | None = None,
     verbose: bool = False,
+    resume: bool = False,
 ) -> None:
-    """Run ``scenario`` to completion, writing results into ``run_dir``."""
+    """Run ``scenario`` to completion, writing results into ``run_dir`` (continuing
+    from its checkpoint when ``resume``)."""
     _quiet_environment(run_dir)
     from flwr.simulation import run_simulation  # heavy import, deferred
 
     from clients.fog_client import make_client_app
 
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose and not any(isinstance(f, _HideInjectedCrashes) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_HideInjectedCrashes())
     sim = scenario.simulation
     address = ray_address or sim.ray_address
     init_args: dict = {"include_dashboard": False, "log_to_driver": verbose}
@@ -58,7 +71,7 @@ def simulate(
         "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
         "init_args": init_args,
     }
-    server_app = make_server_app(scenario, run_dir, progress)
+    server_app = make_server_app(scenario, run_dir, progress, resume)
     try:
         run_simulation(
             server_app=server_app,

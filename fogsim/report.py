@@ -103,6 +103,8 @@ def per_class_round(run: dict[str, Any], name: str, how: str) -> dict[str, dict[
     """class → round → mean (``how="mean"``), max or count of a nodes.csv column."""
     groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for n in run["nodes"]:
+        if how == "count" and n.get("status", "ok") not in ("ok", "straggler"):
+            continue  # a node that crashed, dropped out or refused did not train
         value = 1.0 if how == "count" else num(n.get(name))
         if value is not None:
             groups[n["class"]][n["round"]].append(value)
@@ -136,6 +138,8 @@ def round_table(run: dict[str, Any]) -> Table:
         ("bytes_down", "int"),
     ]
     cols = [(c, k) for c, k in cols if column(rounds, c) is not None]
+    if any(num(r.get("failed")) for r in rounds):  # clients that did not count
+        cols.append(("failed", "int"))
     acc_cols = [c for c in rounds[0] if c.startswith("acc_") and column(rounds, c) is not None]
     table = Table(
         "per round",
