@@ -216,7 +216,7 @@ def run(
         progress.update(task, completed=row["round"], info=info)
 
     with progress:
-        simulate(
+        finished = simulate(
             sc,
             run_dir,
             ray_address=ray_address,
@@ -224,6 +224,8 @@ def run(
             verbose=verbose,
             resume=resuming,
         )
+    if not finished:
+        interrupted(run_dir, f"fogsim run {scenario} --out {run_dir} --resume")
     if not quiet:
         summary = json.loads((run_dir / "summary.json").read_text())
         out.print(
@@ -231,6 +233,17 @@ def run(
             f"{summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
             f"results in {run_dir}"
         )
+
+
+def interrupted(run_dir: Path, again: str) -> None:
+    """A signal stopped the run after a finished round: say how to go on, exit 130."""
+    done = len(read_csv(run_dir / "rounds.csv")) if (run_dir / "rounds.csv").exists() else 0
+    err.print(
+        f"interrupted after {done} finished round(s), all on disk in {run_dir}; "
+        f"to continue: {again}",
+        soft_wrap=True,
+    )
+    raise typer.Exit(130)
 
 
 def round_problems(row: dict[str, Any]) -> str:
@@ -478,7 +491,8 @@ def sweep(
             info = "resumed" if row.get("resumed") else f"acc {row['accuracy']:.4f}"
             progress.update(rounds_task, completed=row["round"], info=info)
 
-        simulate(s, run_dir, progress=on_round, resume=resume)
+        if not simulate(s, run_dir, progress=on_round, resume=resume):
+            interrupted(run_dir, "the same fogsim sweep command (finished runs are skipped)")
 
     with progress:
         dirs = run_all(runs, sweep_dir, run_one, on_run)

@@ -8,9 +8,10 @@ reported, and a killed run resumes from its last finished round.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,10 @@ class Federation:
     writer: RunWriter
     progress: ProgressFn | None = None
     resume: bool = False  # continue from the run directory's checkpoint, if any
+    stop: threading.Event = field(default_factory=threading.Event)  # set: end after this round
 
-    def run(self, grid: Grid) -> dict[str, Any]:
+    def run(self, grid: Grid) -> dict[str, Any] | None:
+        """All rounds, then ``summary.json``; None if :attr:`stop` ended it early."""
         sc = self.scenario
         ds = load_dataset(sc.data.dataset, sc.data.path)
         test_x, test_y = ds.tensors(ds.test_x, ds.test_y)
@@ -64,6 +67,8 @@ class Federation:
             self.progress({"round": ckpt.round, "rounds": sc.run.rounds, "resumed": True})
         row: dict[str, Any] = {}
         for rnd in range(first, sc.run.rounds + 1):
+            if self.stop.is_set():
+                return None
             t0 = time.perf_counter()
             replies = grid.send_and_receive(
                 strategy.configure_train(rnd, arrays, ConfigRecord(), grid), timeout=timeout
@@ -151,13 +156,17 @@ class Federation:
 
 
 def make_server_app(
-    scenario: Scenario, run_dir: Path, progress: ProgressFn | None = None, resume: bool = False
+    scenario: Scenario,
+    run_dir: Path,
+    progress: ProgressFn | None = None,
+    resume: bool = False,
+    stop: threading.Event | None = None,
 ) -> ServerApp:
     fleet = build_fleet(scenario.fleet, scenario.run.seed)
     writer = RunWriter(run_dir)
     writer.write_json("scenario.json", scenario.model_dump(mode="json"))
     writer.fleet_table(fleet)
-    federation = Federation(scenario, fleet, writer, progress, resume)
+    federation = Federation(scenario, fleet, writer, progress, resume, stop or threading.Event())
     app = ServerApp()
 
     @app.main()

@@ -1,5 +1,5 @@
-"""Crash safety and misbehaving clients: kill -9 then --resume, injected faults,
-non-finite updates, clients refusing to train over budget."""
+"""Crash safety and misbehaving clients: kill -9 then --resume, Ctrl-C, injected
+faults, non-finite updates, clients refusing to train over budget."""
 
 import os
 import shutil
@@ -113,6 +113,28 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
         app, ["run", str(tiny_scenario), "--out", str(killed), "--resume", *RESUMABLE]
     )
     assert done.exit_code == 0 and "already finished" in done.output
+
+
+def test_ctrl_c_stops_after_the_round_in_progress(tiny_scenario: Path, tmp_path: Path) -> None:
+    ray_tmp = tempfile.mkdtemp(prefix="fi-", dir="/tmp")
+    cmd = [sys.executable, "-c", "from fogsim.cli import app; app()"]
+    cmd += ["run", str(tiny_scenario), "--out", str(tmp_path), "-q", "--set", "run.rounds=20"]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "TMPDIR": ray_tmp}, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        while rounds_on_disk(tmp_path) < 1 and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert 1 <= rounds_on_disk(tmp_path) < 20
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout
+    assert left == "", f"Ray processes left: {left}"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 FAULTS = [
