@@ -2,6 +2,7 @@
 faults, non-finite updates, clients refusing to train over budget."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -176,6 +177,11 @@ def test_injected_faults_are_counted_and_never_averaged(tiny_scenario: Path, tmp
         assert run["rounds"][i]["accuracy"] == run["rounds"][i - 1]["accuracy"]
     model = torch.load(tmp_path / "model.pt")
     assert all(torch.isfinite(v).all() for v in model.values())
+    assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0
+    md = (tmp_path / "report.md").read_text()
+    for cls in ("big", "small"):  # the per-class table ends with the failures
+        failed = sum(n["class"] == cls and n["status"] != "ok" for n in run["nodes"])
+        assert re.search(rf"\| {cls} \| .* \| {failed} \|\n", md), md
 
 
 @pytest.fixture
