@@ -197,6 +197,35 @@ class SimulationSection(Section):
     deadline_s: float | None = Field(
         None, gt=0, description="simulated seconds; slower clients' updates are dropped"
     )
+    min_replies: int = Field(
+        1, ge=1, description="fewer good updates in a round: the previous model is kept"
+    )
+
+
+class FaultRates(Section):
+    """Per-round probabilities that a sampled client misbehaves (at most one fault)."""
+
+    crash: float = Field(0.0, ge=0, le=1, description="raises during training")
+    drop: float = Field(0.0, ge=0, le=1, description="goes offline: no update this round")
+    corrupt: float = Field(0.0, ge=0, le=1, description="returns NaN/Inf weights")
+
+    @model_validator(mode="after")
+    def _total(self) -> FaultRates:
+        if self.crash + self.drop + self.corrupt > 1:
+            raise ValueError(
+                f"crash + drop + corrupt = {self.crash + self.drop + self.corrupt:g} exceeds 1"
+            )
+        return self
+
+
+class FaultsSection(FaultRates):
+    """Fault injection: rates for every class, overridden per class by name in
+    ``[faults.classes.<name>]``; see ``clients.fog_client.injected_fault``."""
+
+    classes: dict[str, FaultRates] = {}
+
+    def rates(self, device_class: str) -> FaultRates:
+        return self.classes.get(device_class, self)
 
 
 class Scenario(Section):
@@ -208,6 +237,7 @@ class Scenario(Section):
     strategy: StrategySection = StrategySection()
     dynhp: DynHPSection = DynHPSection()
     simulation: SimulationSection = SimulationSection()
+    faults: FaultsSection = FaultsSection()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
@@ -226,6 +256,17 @@ class Scenario(Section):
                 problems.append(
                     f"simulation.{field} = {getattr(sim, field)} exceeds fleet.nodes = {nodes}"
                 )
+        names = [c.name for c in self.fleet.classes]
+        for name in self.faults.classes:
+            if name not in names:
+                problems.append(
+                    f"faults.classes.{name}: no such device class; allowed: {', '.join(names)}"
+                )
+        if sim.min_replies > sim.clients_per_round:
+            problems.append(
+                f"simulation.min_replies = {sim.min_replies} exceeds "
+                f"simulation.clients_per_round = {sim.clients_per_round}"
+            )
         if self.strategy.name not in STRATEGIES:
             problems.append(
                 f"strategy.name = {self.strategy.name!r} is unknown; "

@@ -306,6 +306,7 @@ def outs(d: Path) -> dict[str, Path | str]:
 
 SCENARIOS = ["tiny", "missing", "directory", "under a file", "name too long", "empty"]
 OPTIONS = [["--bogus"], ["--set"], ["--out"], ["-x", "1"], ["--ray-address", "x:1"], ["-q"]]
+OPTIONS += [["--resume"], ["--overwrite"], ["--resume", "--overwrite"]]
 
 
 @FUZZ
