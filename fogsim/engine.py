@@ -8,16 +8,26 @@ On an existing cluster fogsim only connects and disconnects: it passes Ray no re
 or temp dir and never stops the cluster. Flower hands the driver's ``sys.path`` to the
 workers as ``PYTHONPATH`` (a ``runtime_env``), so they import the driver's ``fogsim``
 and ``clients`` wherever those paths exist, e.g. a source checkout on the same machine.
+
+Ctrl-C (SIGINT) or SIGTERM stops the run after the round in progress, which is then
+on disk and resumable; a second one stops at once. (Left to Python's default, Ctrl-C
+interrupts Flower's engine thread while its ServerApp thread waits on replies that
+never come: the process hangs.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
+import sys
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from fogsim.scenario import Scenario
@@ -65,6 +75,58 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+class _HideInjectedCrashes(logging.Filter):
+    """Flower logs each client exception with its traceback; crashes that ``[faults]``
+    injected on purpose are counted in the results instead (real ones still show)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "injected crash of node" not in record.getMessage()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from /proc), for stopping Ray's processes at once."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+@contextlib.contextmanager
+def stop_on_signal(stop: threading.Event) -> Iterator[None]:
+    """The first SIGINT/SIGTERM sets ``stop`` (the round loop ends after the round in
+    progress); a second one kills Ray's processes and exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set():
+            for pid in _descendants(os.getpid()):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            os._exit(128 + signum)
+        stop.set()
+        print(
+            "\nstopping after the round in progress (finished rounds are on disk; "
+            "resume with --resume); press Ctrl-C again to stop now",
+            file=sys.stderr,
+        )
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def simulate(
     scenario: Scenario,
     run_dir: Path,
@@ -72,8 +134,10 @@ def simulate(
     ray_address: str | None = None,
     progress: ProgressFn | None = None,
     verbose: bool = False,
-) -> None:
-    """Run ``scenario`` to completion, writing results into ``run_dir``.
+    resume: bool = False,
+) -> bool:
+    """Run ``scenario``, writing results into ``run_dir`` (continuing from its
+    checkpoint when ``resume``); False if a signal stopped it before the last round.
 
     Raises ``RayClusterError`` when ``ray_address`` (or the scenario's) answers nothing.
     """
@@ -86,7 +150,10 @@ def simulate(
 
     from clients.fog_client import make_client_app
 
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose and not any(isinstance(f, _HideInjectedCrashes) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_HideInjectedCrashes())
     init_args: dict = {"include_dashboard": False, "log_to_driver": verbose}
     ray_tmp = None
     if address:
@@ -100,16 +167,18 @@ def simulate(
         "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
         "init_args": init_args,
     }
-    server_app = make_server_app(scenario, run_dir, progress)
+    stop = threading.Event()
+    server_app = make_server_app(scenario, run_dir, progress, resume, stop)
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=make_client_app(scenario),
-            num_supernodes=scenario.fleet.nodes,
-            backend_name="ray",
-            backend_config=backend_config,
-            verbose_logging=verbose,
-        )
+        with stop_on_signal(stop):
+            run_simulation(
+                server_app=server_app,
+                client_app=make_client_app(scenario),
+                num_supernodes=scenario.fleet.nodes,
+                backend_name="ray",
+                backend_config=backend_config,
+                verbose_logging=verbose,
+            )
     finally:
         import ray
 
@@ -117,3 +186,4 @@ def simulate(
             ray.shutdown()  # on an existing cluster: disconnects, the cluster stays up
         if ray_tmp:
             shutil.rmtree(ray_tmp, ignore_errors=True)
+    return not stop.is_set()
