@@ -206,7 +206,7 @@ def test_run_attaches_to_an_existing_two_node_cluster(
     assert result.exit_code == 0, result.output
     rounds = load(tmp_path / "r")["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert all(r["sampled"] == r["returned"] == 4 and r["failed"] == 0 for r in rounds)
+    assert all(r["sampled"] == r["aggregated"] == 4 and r["failed"] == 0 for r in rounds)
     assert rounds[-1]["accuracy"] > 0.5
     assert not watch.seen & {"raylet", "gcs_server"}, f"fogsim started a Ray: {watch.seen}"
 
