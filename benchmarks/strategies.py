@@ -85,7 +85,7 @@ def summarize(scenario_path: str, overrides: list[str], strategy: str, run_dir: 
     row["r95"] = next((r["round"] for r in rounds if r["accuracy"] >= TARGET), "-")
     row["up_MB"] = sum(r["bytes_up"] for r in rounds) / 1e6
     row["down_MB"] = sum(r["bytes_down"] for r in rounds) / 1e6
-    trained = [n for n in nodes if not n.get("dropped") and n.get("params")]
+    trained = [n for n in nodes if n.get("status") == "ok" and n.get("params")]
     ratios = [n["bytes_up"] / (4 * n["params"]) for n in trained if n["bytes_up"]]
     row["up/4params"] = sum(ratios) / len(ratios) if ratios else "-"
     row["sim_round_s"] = sum(r["sim_time_s"] for r in rounds) / len(rounds)

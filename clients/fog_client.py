@@ -6,6 +6,17 @@ evaluates it on the node's data partition and replies with compact weights and
 metrics. The app closes over the scenario only (a small dict): Ray ships the app to
 its workers with every message, while the data set is loaded once per worker process
 and a node's partition is an index array into it.
+
+A client never trains over its budget: if the model it gets cannot train even at
+batch 1 within the budget (``BudgetError``), it refuses and says so in its reply
+(``over-budget = 1``, no weights), and the server counts it. Only the dense reference
+strategy (``mode = "dense"``) trains regardless, and flags every such round.
+
+Injected faults (``[faults]``) are drawn on the client from (seed, round, node), so
+the server learns of them only the way it would of real ones: a crash is an
+exception (Flower turns it into an error reply), corrupt weights are NaN/Inf arrays,
+and a dropped node sends no update (its reply carries only ``dropped-out = 1``:
+in simulated time nothing arrives before the deadline).
 """
 
 from __future__ import annotations
@@ -16,13 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fogsim.accounting import macs_per_sample
 from fogsim.data import load_dataset, partition, split_local
 from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
-from fogsim.memory import max_batch_size, training_memory
+from fogsim.memory import BudgetError, max_batch_size, training_memory
 from fogsim.models import FogNet, model_from_state, num_params
 from fogsim.scenario import ModelSection, Scenario, TrainSection
 from fogsim.strategies.base import numpy_record
@@ -141,20 +152,57 @@ def train_fixed(
     }
 
 
+class InjectedCrash(RuntimeError):
+    """A crash injected by ``[faults]``."""
+
+
+def injected_fault(spec: dict[str, Any], device_class: str, node: int, rnd: int) -> str:
+    """ "crash", "drop", "corrupt" or "" for this node and round (``[faults]`` rates of
+    its class), seeded by (seed, round, node) so a rerun injects the same faults."""
+    faults = spec["faults"]
+    rates = faults["classes"].get(device_class, faults)
+    u = np.random.default_rng([spec["run"]["seed"], rnd, node, 0xFA]).random()
+    for kind in ("crash", "drop", "corrupt"):
+        if u < rates[kind]:
+            return kind
+        u -= rates[kind]
+    return ""
+
+
+def corrupt(model: FogNet) -> None:
+    """Overwrite some weights with NaN and +Inf, as a faulty device might send."""
+    with torch.no_grad():
+        w = next(model.parameters()).view(-1)
+        w[::7] = float("nan")
+        w[1::11] = float("inf")
+
+
 def train(spec: dict[str, Any], msg: Message) -> Message:
     start = time.perf_counter()
     cfg, node = msg.content["config"], int(msg.content["config"]["node"])
     rnd = int(cfg["server-round"])
+    fault = injected_fault(spec, str(cfg["class"]), node, rnd)
+    if fault == "drop":
+        return _reply(msg, {"node": node, "dropped-out": 1})
     x, y, _, _ = local_data(spec, node)
     model = model_from_state(msg.content["arrays"].to_torch_state_dict())
     macs_in = macs_per_sample(model)
     gen = torch.Generator().manual_seed(spec["run"]["seed"] * 1_000_003 + rnd * 10_007 + node)
+    if fault == "crash":
+        raise InjectedCrash(f"injected crash of node {node} in round {rnd}")
     # a fixed sub-model keeps its neurons: echo their indices back with the weights
     records = {"kept": msg.content["kept"]} if "kept" in msg.content else {}
-    if cfg["mode"] == "dynhp":
-        metrics, records = train_dynhp_round(spec, msg, model, x, y, gen)
-    else:
-        metrics = train_fixed(spec, msg, model, x, y, gen)
+    try:
+        if cfg["mode"] == "dynhp":
+            metrics, records = train_dynhp_round(spec, msg, model, x, y, gen)
+        else:
+            metrics = train_fixed(spec, msg, model, x, y, gen)
+    except BudgetError as e:  # refuse rather than train over budget
+        needed = training_memory(model, 1, TrainSection.model_validate(spec["train"]).memory_kind)
+        refusal = {"node": node, "over-budget": 1, "needed-memory": needed}
+        return _reply(msg, refusal, {"error": ConfigRecord({"reason": str(e)})})
+    if fault == "corrupt":
+        corrupt(model)
     # FLOPs: the model shrinks while DynHP trains; average its start and end cost.
     macs = (macs_in + macs_per_sample(model)) / 2
     metrics.update(

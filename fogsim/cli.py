@@ -7,6 +7,7 @@ clear message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -14,19 +15,21 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fogsim import __version__
 from fogsim.centralized import dynhp_command
-from fogsim.data import DatasetNotFoundError, load_dataset
+from fogsim.data import DatasetError, DatasetNotFoundError, load_dataset, partition
 from fogsim.fleet import build_fleet
 from fogsim.memory import training_memory
 from fogsim.report import ReportError, load_run, write_report
 from fogsim.report import Table as ReportTable
-from fogsim.scenario import Scenario, ScenarioError, load_scenario
+from fogsim.results import CHECKPOINT, read_csv
+from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
 from fogsim.strategies import STRATEGIES
-from fogsim.strategies.base import fitting_fraction
+from fogsim.strategies.base import STATUSES, fitting_fraction
 from fogsim.units import format_bytes
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
@@ -43,20 +46,23 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def resolve_scenario_path(name: str) -> Path:
     """A path, or the name of a shipped scenario (``quickstart``)."""
-    path = Path(name)
-    if not path.exists() and (SCENARIO_DIR / f"{name}.toml").exists():
-        return SCENARIO_DIR / f"{name}.toml"
-    return path
+    shipped = SCENARIO_DIR / f"{name}.toml"
+    # os.path.exists, not Path.exists: False (no OSError) for a name too long
+    if not os.path.exists(name) and os.path.exists(shipped):
+        return shipped
+    return Path(name)
 
 
 def load(scenario: str, overrides: list[str] | None) -> Scenario:
     """Load and validate, including the strategy's parameters (by building it once)."""
+    if not scenario.strip():
+        fail(f"scenario {scenario!r}: empty; give a scenario file or a shipped scenario's name")
     path = resolve_scenario_path(scenario)
     try:
         sc = load_scenario(path, overrides)
@@ -66,27 +72,115 @@ def load(scenario: str, overrides: list[str] | None) -> Scenario:
     try:
         STRATEGIES[sc.strategy.name](sc, build_fleet(sc.fleet, sc.run.seed), **sc.strategy.params)
     except (TypeError, ValueError) as e:
-        fail(f"{path}: strategy {sc.strategy.name!r} with params {sc.strategy.params}: {e}")
+        strategy = f"strategy {sc.strategy.name!r} with params {sc.strategy.params}"
+        fail(f"{shown(str(path))}: {strategy}: {e}")
     return sc
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        fail(f"--out {run_dir}: exists and is not a directory")
-    if run_dir.is_dir() and (run_dir / "rounds.csv").exists():
-        if not overwrite:
-            fail(
-                f"--out {run_dir}: already holds a run (rounds.csv); "
-                "pass --overwrite to replace it or choose another --out"
-            )
-        shutil.rmtree(run_dir)
+def check_cluster(address: str | None) -> None:
+    """Exit at once when the Ray cluster to attach to answers nothing."""
+    if address:
+        from fogsim.engine import RayClusterError, check_ray_address  # imports Flower
+
+        try:
+            check_ray_address(address)
+        except RayClusterError as e:
+            fail(str(e))
+
+
+def load_data(sc: Scenario) -> None:
+    """Fail unless the data set loads and splits across the fleet (before Ray starts)."""
     try:
+        data = load_dataset(sc.data.dataset, sc.data.path)
+    except (DatasetNotFoundError, DatasetError) as e:
+        fail(str(e))
+        raise
+    d = sc.data
+    try:
+        partition(
+            data.train_y,
+            sc.fleet.nodes,
+            d.partitioning,
+            seed=sc.run.seed,
+            alpha=d.alpha,
+            shards_per_node=d.shards_per_node,
+        )
+    except ValueError as e:
+        fail(f"data.partitioning = {d.partitioning!r} over fleet.nodes = {sc.fleet.nodes}: {e}")
+
+
+# Fields that may differ when a run is resumed: they do not change its results.
+RESUME_MAY_DIFFER = {"run.output_dir", "simulation.ray_address"}
+
+
+def scenario_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted fields whose values differ between two scenario dumps."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += scenario_changes(a, b, f"{name}.")
+        elif a != b and name not in RESUME_MAY_DIFFER:
+            changed.append(f"{name} ({a!r} → {b!r})")
+    return changed
+
+
+def prepare_run_dir(run_dir: Path, sc: Scenario, overwrite: bool, resume: bool) -> bool:
+    """Make ``run_dir`` ready; True if an unfinished run there is to be continued.
+
+    A directory holding a run is never silently reused: an unfinished one needs
+    ``--resume`` (same scenario) or ``--overwrite``, a finished one ``--overwrite``."""
+    if overwrite and resume:
+        fail("--resume continues the run in --out and --overwrite deletes it: give one")
+    where = shown(str(run_dir))
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            fail(f"--out {where}: exists and is not a directory")
+        holds_run = any((run_dir / f).exists() for f in ("rounds.csv", CHECKPOINT))
+        if holds_run and overwrite:
+            shutil.rmtree(run_dir)
+            holds_run = False
+        if holds_run:
+            check_resumable(run_dir, sc, resume)
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        fail(f"--out {run_dir}: cannot write there ({e.strerror})")
+        fail(f"--out {where}: cannot write there ({e.strerror or e})")
+    except ValueError as e:  # a NUL byte in the path
+        fail(f"--out {where}: not a usable path ({e})")
+    return holds_run
+
+
+def check_resumable(run_dir: Path, sc: Scenario, resume: bool) -> None:
+    """Refuse to touch the run in ``run_dir`` unless it is ``--resume``d, unfinished,
+    with the same scenario; exit 0 if there is nothing left to resume."""
+    where = shown(str(run_dir))
+    finished = (run_dir / "summary.json").exists()
+    done = len(read_csv(run_dir / "rounds.csv")) if (run_dir / "rounds.csv").exists() else 0
+    if finished and resume:
+        out.print(f"{where}: the run is already finished; nothing to resume", markup=False)
+        raise typer.Exit(0)
+    if finished:
+        fail(
+            f"--out {where}: already holds a finished run; "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    if not resume:
+        fail(
+            f"--out {where}: holds an unfinished run ({done} round(s) on disk); "
+            "pass --resume to continue it, --overwrite to start over, or choose another --out"
+        )
+    stored = run_dir / "scenario.json"
+    if stored.exists():
+        changed = scenario_changes(json.loads(stored.read_text()), sc.model_dump(mode="json"))
+        if changed:
+            fail(
+                f"--resume {where}: the scenario differs from the run's (scenario.json): "
+                f"{'; '.join(changed)}; resume with the same scenario and --set options, "
+                "or --overwrite to start over"
+            )
 
 
 def version_callback(value: bool) -> None:
@@ -117,27 +211,37 @@ def run(
         typer.Option("--set", help="Override a field: section.key=value (repeatable)."),
     ] = None,
     ray_address: Annotated[
-        str | None, typer.Option(help="Attach to a running Ray cluster (e.g. 127.0.0.1:6379).")
+        str | None,
+        typer.Option(
+            help="Attach to a running Ray cluster: HOST:PORT of its head node "
+            "(e.g. 127.0.0.1:6379); overrides [simulation] ray_address."
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the unfinished run in --out from its last round.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run a scenario as a Flower + Ray federated simulation.
+
+    Every finished round is on disk; after a crash or kill, the same command with
+    --resume continues from the last finished round.
 
     Examples:
 
       fogsim run scenarios/quickstart.toml
 
       fogsim run quickstart --set run.rounds=5 --set train.lr=0.1 --out runs/lr01
+
+      fogsim run quickstart --out runs/lr01 --resume
     """
     sc = load(scenario, set_)
-    try:
-        load_dataset(sc.data.dataset, sc.data.path)
-    except DatasetNotFoundError as e:
-        fail(str(e))
+    load_data(sc)
+    check_cluster(ray_address or sc.simulation.ray_address)
     run_dir = out_dir or Path(sc.run.output_dir) / sc.run.name
-    prepare_run_dir(run_dir, overwrite)
+    resuming = prepare_run_dir(run_dir, sc, overwrite, resume)
 
     from fogsim.engine import simulate  # imports Flower and Ray: only when running
 
@@ -151,25 +255,58 @@ def run(
         console=err,
         disable=quiet,
     )
-    task = progress.add_task(sc.run.name, total=sc.run.rounds, info="starting Ray...")
+    task = progress.add_task(escape(sc.run.name), total=sc.run.rounds, info="starting Ray...")
 
     def on_round(row: dict[str, Any]) -> None:
-        progress.update(
-            task,
-            completed=row["round"],
-            info=f"acc {row['accuracy']:.4f}  loss {row['loss']:.4f}"
-            + (f"  [red]{row['failed']} client(s) failed[/]" if row["failed"] else ""),
-        )
+        if row.get("resumed"):
+            info = f"resumed after round {row['round']}"
+        else:
+            info = f"acc {row['accuracy']:.4f}  loss {row['loss']:.4f}" + round_problems(row)
+        progress.update(task, completed=row["round"], info=info)
 
     with progress:
-        simulate(sc, run_dir, ray_address=ray_address, progress=on_round, verbose=verbose)
+        finished = simulate(
+            sc,
+            run_dir,
+            ray_address=ray_address,
+            progress=on_round,
+            verbose=verbose,
+            resume=resuming,
+        )
+    if not finished:
+        interrupted(run_dir, f"fogsim run {scenario} --out {run_dir} --resume")
     if not quiet:
         summary = json.loads((run_dir / "summary.json").read_text())
         out.print(
             f"done in {time.perf_counter() - started:.1f}s: final accuracy "
             f"{summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
-            f"results in {run_dir}"
+            f"results in {run_dir}",
+            markup=False,
         )
+
+
+def interrupted(run_dir: Path, again: str) -> None:
+    """A signal stopped the run after a finished round: say how to go on, exit 130."""
+    done = len(read_csv(run_dir / "rounds.csv")) if (run_dir / "rounds.csv").exists() else 0
+    err.print(
+        f"interrupted after {done} finished round(s), all on disk in {run_dir}; "
+        f"to continue: {again}",
+        soft_wrap=True,
+        markup=False,
+    )
+    raise typer.Exit(130)
+
+
+def round_problems(row: dict[str, Any]) -> str:
+    """The progress line's warnings: clients that did not count, and a kept model."""
+    parts = [f"{row[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok" and row.get(s)]
+    text = f"  [red]{', '.join(parts)}[/]" if parts else ""
+    if row.get("kept_previous"):
+        text += (
+            f"  [bold red]kept the previous model ({row['aggregated']} good update(s) "
+            f"< min_replies)[/]"
+        )
+    return text
 
 
 def fleet_table(sc: Scenario) -> Table:
@@ -194,6 +331,7 @@ def fleet_table(sc: Scenario) -> Table:
     for col in cols:
         table.add_column(col, justify="left" if col in ("class", "widest model") else "right")
     counts = fleet.counts()
+    need = training_memory(arch.scaled(0.0), batch, kind)  # below this a node trains nothing
     for i, c in enumerate(sc.fleet.classes):
         budgets = fleet.budgets[fleet.node_class == i]
         low = int(budgets.min()) if len(budgets) else c.memory
@@ -202,18 +340,17 @@ def fleet_table(sc: Scenario) -> Table:
         )
         f = fitting_fraction(arch, low, kind, batch)
         fit = arch.scaled(f).widths
-        need = training_memory(arch.scaled(0.0), batch, kind)  # width 1: below it, nothing
         stuck = int((budgets < need).sum())
-        why = f"{stuck} (width 1 needs {format_bytes(need)})" if stuck else ""
+        why = f"{stuck} (width 1 needs {format_bytes(need)})" if stuck else "0"
         table.add_row(
-            c.name,
+            escape(c.name),
             str(counts[c.name]),
             budget,
             f"{c.flops:.3g}",
             f"{c.up_mbps:g}/{c.down_mbps:g}",
             f"{c.availability:g}",
             f"{f:.0%} " + "x".join(map(str, fit)) if f > 0 else "none",
-            why or "0",
+            why,
         )
     return table
 
@@ -370,8 +507,10 @@ def sweep(
     for dataset, path in {(s.data.dataset, s.data.path) for _, s in runs}:
         try:
             load_dataset(dataset, path)
-        except DatasetNotFoundError as e:
+        except (DatasetNotFoundError, DatasetError) as e:
             fail(str(e))
+    for address in {s.simulation.ray_address for _, s in runs}:
+        check_cluster(address)
     sweep_dir = out_dir or Path(sc.run.output_dir) / f"{sc.run.name}-sweep"
     if sweep_dir.exists() and not sweep_dir.is_dir():
         fail(f"--out {sweep_dir}: exists and is not a directory")
@@ -398,11 +537,13 @@ def sweep(
         progress.update(runs_task, completed=i, info=point.name + (" (done)" if skipped else ""))
         progress.reset(rounds_task, total=runs[i][1].run.rounds, info="")
 
-    def run_one(s: Scenario, run_dir: Path) -> None:
+    def run_one(s: Scenario, run_dir: Path, resume: bool) -> None:
         def on_round(row: dict[str, Any]) -> None:
-            progress.update(rounds_task, completed=row["round"], info=f"acc {row['accuracy']:.4f}")
+            info = "resumed" if row.get("resumed") else f"acc {row['accuracy']:.4f}"
+            progress.update(rounds_task, completed=row["round"], info=info)
 
-        simulate(s, run_dir, progress=on_round)
+        if not simulate(s, run_dir, progress=on_round, resume=resume):
+            interrupted(run_dir, "the same fogsim sweep command (finished runs are skipped)")
 
     with progress:
         dirs = run_all(runs, sweep_dir, run_one, on_run)

@@ -16,12 +16,16 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fogsim.models import IMAGE_SHAPE, NUM_CLASSES
 
 DATASETS = ("mnist", "fashion-mnist")
 PARTITIONINGS = ("iid", "dirichlet", "shards")
@@ -41,6 +45,10 @@ STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
 
 class DatasetNotFoundError(FileNotFoundError):
     """The IDX files of a data set are nowhere fogsim looks."""
+
+
+class DatasetError(ValueError):
+    """The IDX files were found but do not hold a usable data set."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +86,18 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (gzipped or not) into a numpy array."""
+    """Parse one IDX file (gzipped or not) into a numpy array; :class:`DatasetError`
+    if it cannot be read or is not an unsigned-byte IDX file."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from None
+    ndim = raw[3] if len(raw) >= 4 else 0
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if raw[:3] != b"\0\0\x08" or len(raw) - 4 - 4 * ndim != math.prod(shape):
+        raise DatasetError(f"{path}: not an unsigned-byte IDX file")
     return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -99,6 +111,15 @@ def load_dataset(name: str, path: str | None = None) -> ImageData:
         found = {key: _find(directory, stem) for key, stem in FILES.items()}
         if all(found.values()):
             arrays = {key: read_idx(p) for key, p in found.items()}  # type: ignore[arg-type]
+            for split in ("train", "test"):
+                x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+                if x.shape[1:] != IMAGE_SHAPE[1:] or y.shape != x.shape[:1]:
+                    raise DatasetError(
+                        f"{directory}: {split} images {x.shape} and labels {y.shape}; expected "
+                        f"(N, {IMAGE_SHAPE[1]}, {IMAGE_SHAPE[2]}) images and N labels"
+                    )
+                if len(y) and y.max() >= NUM_CLASSES:
+                    raise DatasetError(f"{directory}: {split} label {y.max()} >= {NUM_CLASSES}")
             return ImageData(
                 name,
                 arrays["train_x"],
@@ -139,6 +160,8 @@ def partition(
     if scheme == "iid":
         return [np.sort(p) for p in np.array_split(rng.permutation(n), num_nodes)]
     if scheme == "shards":
+        if num_nodes * shards_per_node > n:
+            raise ValueError(f"{num_nodes} nodes x {shards_per_node} shards but only {n} samples")
         order = np.argsort(labels, kind="stable")
         shards = np.array_split(order, num_nodes * shards_per_node)
         deal = rng.permutation(len(shards)).reshape(num_nodes, shards_per_node)

@@ -103,6 +103,8 @@ def per_class_round(run: dict[str, Any], name: str, how: str) -> dict[str, dict[
     """class → round → mean (``how="mean"``), max or count of a nodes.csv column."""
     groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for n in run["nodes"]:
+        if how == "count" and n.get("status", "ok") not in ("ok", "straggler"):
+            continue  # a node that crashed, dropped out or refused did not train
         value = 1.0 if how == "count" else num(n.get(name))
         if value is not None:
             groups[n["class"]][n["round"]].append(value)
@@ -136,6 +138,8 @@ def round_table(run: dict[str, Any]) -> Table:
         ("bytes_down", "int"),
     ]
     cols = [(c, k) for c, k in cols if column(rounds, c) is not None]
+    if any(num(r.get("failed")) for r in rounds):  # clients that did not count
+        cols.append(("failed", "int"))
     acc_cols = [c for c in rounds[0] if c.startswith("acc_") and column(rounds, c) is not None]
     table = Table(
         "per round",
@@ -150,7 +154,8 @@ def round_table(run: dict[str, Any]) -> Table:
 
 def class_table(run: dict[str, Any]) -> Table:
     """Per device class: size, budget, final params and batch size, peak memory,
-    participation (node-rounds trained / (rounds x class size))."""
+    participation (node-rounds trained / (rounds x class size)), and node-rounds whose
+    update was not averaged (crashed, dropped, rejected, ...: ``status`` in nodes.csv)."""
     sizes = class_sizes(run)
     budget = {row["class"]: num(row.get("budget_bytes")) for row in run["fleet"]}
     n_rounds = len(run["rounds"])
@@ -159,13 +164,14 @@ def class_table(run: dict[str, Any]) -> Table:
     peak = per_class_round(run, "peak_memory", "max")
     counts = per_class_round(run, "", "count")
     headers = ["class", "nodes", "budget bytes", "params (final mean)", "batch size (final)"]
-    headers += ["peak memory (max)", "peak / budget", "node-rounds", "participation"]
+    headers += ["peak memory (max)", "peak / budget", "node-rounds", "participation", "failed"]
     table = Table("per device class", headers)
     for c, size in sizes.items():
         top = max(peak[c].values()) if peak.get(c) else None
         trained = int(sum(counts.get(c, {}).values()))
         share = trained / (n_rounds * size) if size else None
         ratio = top / budget[c] if top is not None and budget.get(c) else None
+        failed = sum(n["class"] == c and n.get("status", "ok") != "ok" for n in run["nodes"])
         table.rows.append(
             [
                 c,
@@ -177,6 +183,7 @@ def class_table(run: dict[str, Any]) -> Table:
                 fmt(ratio, "%"),
                 str(trained),
                 fmt(share, "%"),
+                str(failed),
             ]
         )
     return table

@@ -7,9 +7,13 @@ Files (all plain text, CSV columns documented in the README):
 - ``nodes.csv``: one row per node that trained in a round.
 - ``fleet.csv``: node → device class and budget.
 - ``model.pt``: the latest global ``state_dict`` (rewritten atomically each round).
+- ``checkpoint.pt``: what a resumed run needs (see :class:`Checkpoint`), rewritten
+  atomically after each round's rows are on disk.
 - ``summary.json``: written when the run ends.
 
-A crash or Ctrl-C therefore loses at most the round in progress.
+A crash, Ctrl-C or ``kill -9`` therefore loses at most the round in progress, and
+``fogsim run --resume`` continues from the checkpoint: rows of a round that ended
+after the last checkpoint are cut from the CSVs first, so none is lost or doubled.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fogsim.fleet import Fleet
+
+CHECKPOINT = "checkpoint.pt"
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -32,8 +39,45 @@ def atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
+NODE_COLUMNS = [
+    "round",
+    "node",
+    "class",
+    "budget_bytes",
+    "status",
+    "num_examples",
+    "train_loss",
+    "batch_size",
+    "peak_memory",
+    "needed_memory",
+    "pruned",
+    "params",
+    "over_budget",
+    "train_flops",
+    "time_s",
+    "bytes_down",
+    "bytes_up",
+    "sim_time_s",
+]
+
+
+@dataclass
+class Checkpoint:
+    """The state after a finished round. Randomness needs no saved generator state:
+    sampling, faults and each client's batches are seeded by (seed, round, node), and
+    the initial model by the seed alone."""
+
+    round: int
+    arrays: dict[str, torch.Tensor]  # the global model
+    strategy: dict[str, Any]  # per-node client state (masks, DynHP scores, ...)
+    accuracy: float
+    best_accuracy: float
+    elapsed_s: float  # wall seconds spent on finished rounds
+    scenario: dict[str, Any]
+
+
 class CsvLog:
-    """Append-only CSV whose header is fixed by the first row written."""
+    """Append-only CSV whose header is fixed by ``columns`` or the first row written."""
 
     def __init__(self, path: Path, columns: list[str] | None = None) -> None:
         self.path, self.columns = path, columns
@@ -52,13 +96,31 @@ class CsvLog:
             f.flush()
             os.fsync(f.fileno())
 
+    def truncate(self, last_round: int) -> None:
+        """Drop rows of rounds after ``last_round`` (finished after the checkpoint)."""
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = [r for r in reader if int(r["round"]) <= last_round]
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, columns)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
+        self.columns = columns
+
 
 class RunWriter:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rounds = CsvLog(run_dir / "rounds.csv")
-        self.nodes = CsvLog(run_dir / "nodes.csv")
+        self.nodes = CsvLog(run_dir / "nodes.csv", NODE_COLUMNS)
 
     def write_json(self, name: str, data: Any) -> None:
         atomic_write(self.dir / name, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
@@ -82,6 +144,22 @@ class RunWriter:
 
     def write_model(self, state: dict[str, torch.Tensor]) -> None:
         atomic_write(self.dir / "model.pt", lambda p: torch.save(state, p))
+
+    def write_checkpoint(self, ckpt: Checkpoint) -> None:
+        atomic_write(self.dir / CHECKPOINT, lambda p: torch.save(asdict(ckpt), p))
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint, after cutting CSV rows written past it; None if the run
+        never finished a round (its partial files are removed)."""
+        path = self.dir / CHECKPOINT
+        if not path.exists():
+            for log in (self.rounds, self.nodes):
+                log.path.unlink(missing_ok=True)
+            return None
+        ckpt = Checkpoint(**torch.load(path, weights_only=False))  # our own file
+        for log in (self.rounds, self.nodes):
+            log.truncate(ckpt.round)
+        return ckpt
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

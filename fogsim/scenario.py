@@ -7,6 +7,7 @@ path, the bad value and what is allowed, never a traceback.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 import tomllib
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,20 +25,30 @@ from pydantic import (
 )
 
 from fogsim.data import DATASETS, PARTITIONINGS
-from fogsim.memory import Arch
+from fogsim.memory import Arch, training_memory
+from fogsim.models import IMAGE_SHAPE
 from fogsim.training import OPTIMIZERS
-from fogsim.units import parse_bytes
+from fogsim.units import format_bytes, parse_bytes
 
 ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
+MAX_CONV_BLOCKS = int(math.log2(min(IMAGE_SHAPE[1:])))  # each 2x2 pool halves the image
+MAX_PARAMS = 100_000_000  # the dense model lives on the server and on every client
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _file_name(name: str) -> str:
+    """A run name becomes a directory name: one path component."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError("must be a file name: not empty, '.' or '..', without / \\ or NUL")
+    return name
 
 
 class RunSection(Section):
-    name: str = "run"
-    seed: int = 0
+    name: Annotated[str, AfterValidator(_file_name)] = "run"
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     rounds: int = Field(10, ge=1, le=100_000)
     output_dir: str = "runs"
 
@@ -54,6 +66,17 @@ class ModelSection(Section):
     arch: Literal["mlp", "cnn"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = [300, 100]
     channels: list[Annotated[int, Field(ge=1)]] = [16, 32]
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelSection:
+        if len(self.conv_channels) > MAX_CONV_BLOCKS:
+            raise ValueError(
+                f"channels: {len(self.channels)} conv blocks pool the "
+                f"{IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} image away; at most {MAX_CONV_BLOCKS}"
+            )
+        if (n := self.shape.num_params()) > MAX_PARAMS:
+            raise ValueError(f"the dense model has {n:,} parameters; at most {MAX_PARAMS:,}")
+        return self
 
     @property
     def conv_channels(self) -> tuple[int, ...]:
@@ -142,6 +165,8 @@ class FleetSection(Section):
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"device class names must be unique, got {names}")
+        if not math.isfinite(self.nodes * sum(c.share or 0.0 for c in self.classes)):
+            raise ValueError("class shares are too large; give relative shares such as 0.25")
         counts = [c.count for c in self.classes]
         if all(c is not None for c in counts) and sum(counts) != self.nodes:
             raise ValueError(f"class counts sum to {sum(counts)} but nodes = {self.nodes}")
@@ -156,7 +181,9 @@ class StrategySection(Section):
     name: str = "fedavg"
     params: dict[str, Any] = {}
     module: str | None = Field(
-        None, description="a module to import first: it registers your own strategies"
+        None,
+        pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
+        description="a module to import first: it registers your own strategies",
     )
 
 
@@ -193,6 +220,35 @@ class SimulationSection(Section):
     deadline_s: float | None = Field(
         None, gt=0, description="simulated seconds; slower clients' updates are dropped"
     )
+    min_replies: int = Field(
+        1, ge=1, description="fewer good updates in a round: the previous model is kept"
+    )
+
+
+class FaultRates(Section):
+    """Per-round probabilities that a sampled client misbehaves (at most one fault)."""
+
+    crash: float = Field(0.0, ge=0, le=1, description="raises during training")
+    drop: float = Field(0.0, ge=0, le=1, description="goes offline: no update this round")
+    corrupt: float = Field(0.0, ge=0, le=1, description="returns NaN/Inf weights")
+
+    @model_validator(mode="after")
+    def _total(self) -> FaultRates:
+        if self.crash + self.drop + self.corrupt > 1:
+            raise ValueError(
+                f"crash + drop + corrupt = {self.crash + self.drop + self.corrupt:g} exceeds 1"
+            )
+        return self
+
+
+class FaultsSection(FaultRates):
+    """Fault injection: rates for every class, overridden per class by name in
+    ``[faults.classes.<name>]``; see ``clients.fog_client.injected_fault``."""
+
+    classes: dict[str, FaultRates] = {}
+
+    def rates(self, device_class: str) -> FaultRates:
+        return self.classes.get(device_class, self)
 
     @property
     def flower_nodes(self) -> int:
@@ -215,6 +271,7 @@ class Scenario(Section):
     strategy: StrategySection = StrategySection()
     dynhp: DynHPSection = DynHPSection()
     simulation: SimulationSection = SimulationSection()
+    faults: FaultsSection = FaultsSection()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
@@ -233,6 +290,17 @@ class Scenario(Section):
                 problems.append(
                     f"simulation.{field} = {getattr(sim, field)} exceeds fleet.nodes = {nodes}"
                 )
+        names = [c.name for c in self.fleet.classes]
+        for name in self.faults.classes:
+            if name not in names:
+                problems.append(
+                    f"faults.classes.{name}: no such device class; allowed: {', '.join(names)}"
+                )
+        if sim.min_replies > sim.clients_per_round:
+            problems.append(
+                f"simulation.min_replies = {sim.min_replies} exceeds "
+                f"simulation.clients_per_round = {sim.clients_per_round}"
+            )
         if self.strategy.name not in STRATEGIES:
             problems.append(
                 f"strategy.name = {self.strategy.name!r} is unknown; "
@@ -242,21 +310,52 @@ class Scenario(Section):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _some_node_trains(self) -> Scenario:
+        """Refuse a fleet where no node's budget trains even width 1 of every neuron
+        group at ``[dynhp] min_batch`` (a fleet where only some cannot is fine: the
+        strategies leave those nodes out)."""
+        from fogsim.fleet import build_fleet
+
+        smallest = self.model.shape.scaled(0.0)
+        need = training_memory(smallest, self.dynhp.min_batch, self.train.memory_kind)
+        if build_fleet(self.fleet, self.run.seed).budgets.max() >= need:
+            return self
+        budgets = ", ".join(
+            f"{c.name!r} {format_bytes(c.memory_max or c.memory)}" for c in self.fleet.classes
+        )
+        raise ValueError(
+            "fleet: no node can train even the smallest model (one neuron per layer), which "
+            f"needs {format_bytes(need)} at dynhp.min_batch = {self.dynhp.min_batch} with "
+            f"{self.train.memory_kind}; largest budget per class: {budgets}; raise "
+            f"fleet.classes.N.memory to at least {format_bytes(need)}"
+        )
+
 
 class ScenarioError(ValueError):
     """A scenario file or override is invalid; the message says where and why."""
 
 
+def shown(text: str) -> str:
+    """User text (a path, a key) as an error message shows it: as is, or quoted with
+    escapes if it holds control characters (a terminal would swallow them)."""
+    return text if text.isprintable() else repr(text)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid scenario"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(shown(str(p)) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
+        value = "" if isinstance(got, dict) else f" (got {_clip(repr(got))})"
+        lines.append(f"  {loc}: {msg}{value}")
     return "\n".join(lines)
 
 
@@ -268,7 +367,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ScenarioError(f"--set {text!r}: expected section.key=value, e.g. train.lr=0.1")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError, or an int too long to read
         value = raw.strip()  # a bare word such as mnist is taken as a string
     return path, value
 
@@ -301,18 +400,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    name = shown(str(path))
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: scenario file not found") from None
-    except (IsADirectoryError, PermissionError) as e:
-        raise ScenarioError(f"{path}: cannot read scenario file ({e.strerror})") from None
+        raise ScenarioError(f"{name}: scenario file not found") from None
+    except OSError as e:
+        raise ScenarioError(f"{name}: cannot read scenario file ({e.strerror})") from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ScenarioError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise ScenarioError(f"{name}: not UTF-8 text (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: TOML syntax error: {e}") from None
+        raise ScenarioError(f"{name}: TOML syntax error: {e}") from None
+    except ValueError as e:  # e.g. an integer too long to convert
+        raise ScenarioError(f"{name}: invalid TOML value: {e}") from None
+    except RecursionError:
+        raise ScenarioError(f"{name}: TOML nested too deeply") from None
 
 
 def validate_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
@@ -326,4 +430,4 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     """Read, override (``--set``) and validate a scenario file."""
     path = Path(path)
     raw = apply_overrides(read_toml(path), overrides or [])
-    return validate_scenario(raw, str(path))
+    return validate_scenario(raw, shown(str(path)))

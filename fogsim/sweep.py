@@ -118,13 +118,12 @@ def is_finished(run_dir: Path) -> bool:
 def run_all(
     runs: list[tuple[Point, Scenario]],
     sweep_dir: Path,
-    simulate: Callable[[Scenario, Path], None],
+    simulate: Callable[[Scenario, Path, bool], None],
     on_run: Callable[[int, Point, bool], None] | None = None,
 ) -> list[Path]:
-    """Run what is not finished yet; an unfinished run directory is redone from scratch.
-    ``on_run(index, point, skipped)`` is called before each run (for progress)."""
-    import shutil
-
+    """Run what is not finished yet; an unfinished run is resumed from its checkpoint
+    (``simulate(scenario, run_dir, resume)``). ``on_run(index, point, skipped)`` is
+    called before each run (for progress)."""
     dirs = []
     for i, (point, sc) in enumerate(runs):
         run_dir = sweep_dir / point.name
@@ -134,10 +133,8 @@ def run_all(
             on_run(i, point, done)
         if done:
             continue
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
         sc.run.name = point.name
-        simulate(sc, run_dir)
+        simulate(sc, run_dir, run_dir.exists())
     return dirs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -15,25 +16,28 @@ UNITS = {
     "MIB": 2**20,
     "GIB": 2**30,
 }
+MAX_BYTES = 2**50  # 1 PiB: far beyond any device, and exact in float64
 SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
 def parse_bytes(value: Any) -> int:
-    """``"256KiB"``, ``"4MiB"``, ``"1.5MB"``, ``1048576`` → bytes (int > 0)."""
+    """``"256KiB"``, ``"4MiB"``, ``"1.5MB"``, ``1048576`` → bytes (1 to :data:`MAX_BYTES`)."""
     if isinstance(value, bool):
         raise ValueError("expected a size such as 4MiB, got a boolean")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
+    if isinstance(value, int):
+        number, unit = float(max(0, min(value, MAX_BYTES + 1))), ""  # no float overflow
+    elif isinstance(value, float):
+        number, unit = value, ""
     elif isinstance(value, str) and (m := SIZE_RE.match(value)):
         number, unit = float(m.group(1)), m.group(2).upper()
     else:
         raise ValueError(f"expected a size such as 256KiB, 4MiB or 1GB, got {value!r}")
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}; allowed: B, KB, MB, GB, KiB, MiB, GiB")
-    size = int(number * UNITS[unit])
-    if size <= 0:
-        raise ValueError("size must be positive")
-    return size
+    size = number * UNITS[unit]
+    if not math.isfinite(size) or not 1 <= size <= MAX_BYTES:
+        raise ValueError("size must be between 1B and 1PiB")
+    return int(size)
 
 
 def format_bytes(size: float) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures: scenario files written to a temp dir, and Ray/Flower kept quiet."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,12 @@ def tiny_scenario(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY)
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many cases the fuzz tests generated (tests/test_fuzz.py), by outcome."""
+    fuzz = sys.modules.get("tests.test_fuzz")
+    if fuzz is not None and fuzz.CASES:
+        by_outcome = ", ".join(f"{n} {k}" for k, n in sorted(fuzz.CASES.items()))
+        total = sum(fuzz.CASES.values())
+        terminalreporter.write_line(f"fuzz: {total} generated cases ({by_outcome})")

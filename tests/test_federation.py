@@ -29,7 +29,8 @@ def test_ray_simulation_writes_results_and_is_seeded(tiny_scenario: Path, tmp_pa
     rounds, nodes = first["rounds"], first["nodes"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[-1]["accuracy"] > 0.5, "well above chance (0.1) after training"
-    assert all(r["sampled"] == 4 and r["returned"] == 4 and r["failed"] == 0 for r in rounds)
+    assert all(r["sampled"] == 4 and r["aggregated"] == 4 and r["failed"] == 0 for r in rounds)
+    assert all(n["status"] == "ok" for n in nodes)
     assert 0 < rounds[-1]["client_accuracy"] <= 1
     dense_bytes = (784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10) * 4
     assert all(r["bytes_up"] == r["bytes_down"] == 4 * dense_bytes for r in rounds)

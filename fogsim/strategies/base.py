@@ -17,12 +17,19 @@
   simulated time (``fogsim.accounting``). Clients slower than ``deadline_s`` are
   stragglers: counted, and left out of the aggregate. :attr:`node_rows` and
   :attr:`round_stats` feed the results writer.
+- **Untrusted replies.** Every sampled node ends the round with one status
+  (:data:`STATUSES`): only ``ok`` updates are averaged. A reply with NaN/Inf is
+  ``rejected`` before any strategy hook sees it; a crash (Flower error reply), a
+  node that went offline, one that refused to train over its budget, and one that
+  never answered within ``round_timeout_s`` are each counted. With fewer than
+  ``[simulation] min_replies`` good updates the round keeps the previous model.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +52,8 @@ from fogsim.memory import Arch, training_memory
 from fogsim.scenario import Scenario
 
 STRATEGIES: dict[str, type[FogStrategy]] = {}
+# What became of a sampled node's training this round (``status`` in nodes.csv).
+STATUSES = ("ok", "straggler", "dropped", "timed_out", "crashed", "rejected", "over_budget")
 
 
 def register(name: str):
@@ -111,6 +120,7 @@ class FogStrategy(FedAvg):
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
+        self.sent: list[tuple[int, Message]] = []  # this round's (fleet node, training message)
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
 
@@ -151,7 +161,15 @@ class FogStrategy(FedAvg):
             records, extra = self.node_payload(node, arrays, server_round)
             self.bytes_down[node] = array_bytes(records["arrays"])
             down += self.bytes_down[node]
-            cfg = ConfigRecord({**config, **extra, "node": node, "budget": self.fleet.budget(node)})
+            cfg = ConfigRecord(
+                {
+                    **config,
+                    **extra,
+                    "node": node,
+                    "class": self.fleet.device(node).name,
+                    "budget": self.fleet.budget(node),
+                }
+            )
             record = RecordDict({**records, "config": cfg})
             mailbox = self.node_ids[j % len(self.node_ids)]
             messages.append(Message(record, dst_node_id=mailbox, message_type=kind))
@@ -164,7 +182,9 @@ class FogStrategy(FedAvg):
         nodes = self.sample(self.scenario.simulation.clients_per_round, grid, server_round)
         self.node_rows, self.round_stats = [], {"sampled": len(nodes)}
         config["server-round"] = server_round
-        return self._messages(nodes, arrays, config, MessageType.TRAIN, server_round)
+        messages = self._messages(nodes, arrays, config, MessageType.TRAIN, server_round)
+        self.sent = list(zip(nodes, messages, strict=True))
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -185,47 +205,89 @@ class FogStrategy(FedAvg):
         good.sort(key=lambda m: int(m.content["metrics"]["node"]))
         return good, [m for m in replies if m.has_error()]
 
+    def reply_status(self, msg: Message) -> str:
+        """Why a (non-error) training reply is or is not usable: ``ok``, ``dropped``
+        (the node went offline), ``over_budget`` (it refused: its model would not fit),
+        or ``rejected`` (non-finite or missing weights: never averaged)."""
+        metrics = msg.content["metrics"]
+        if metrics.get("dropped-out"):
+            return "dropped"
+        if metrics.get("over-budget") and "arrays" not in msg.content:
+            return "over_budget"
+        if "arrays" not in msg.content or not all(
+            np.isfinite(a.numpy()).all() for a in msg.content["arrays"].values()
+        ):
+            return "rejected"
+        if not all(np.isfinite(float(v)) for v in metrics.values()):
+            return "rejected"
+        return "ok"
+
+    def node_of_error(self, msg: Message) -> int | None:
+        """The fleet node an error reply was for: it names only the message it answers
+        (Flower gives a message its id when it is sent; its mailbox is shared)."""
+        sent = {m.metadata.message_id: node for node, m in self.sent}
+        return sent.get(msg.metadata.reply_to_message_id)
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        good, failed = self.by_node(replies)
+        """Classify every sampled node's reply (see :data:`STATUSES`), average the good
+        ones, and record a row per node; nodes that never replied are ``timed_out``."""
+        good, errors = self.by_node(replies)
         deadline = self.scenario.simulation.deadline_s
+        status: dict[int, str] = {node: "timed_out" for node, _ in self.sent}
+        rows: dict[int, dict[str, Any]] = {}
+        for msg in errors:
+            node = self.node_of_error(msg)
+            if node is not None:
+                status[node] = "crashed"
         kept, up, sim_times = [], 0, []
         for msg in good:
             metrics = msg.content["metrics"]
             node = int(metrics["node"])
-            device = self.fleet.device(node)
+            status[node] = self.reply_status(msg)
+            rows[node] = {k.replace("-", "_"): v for k, v in metrics.items() if k != "node"}
+            if status[node] in ("dropped", "over_budget"):
+                continue
             sent = array_bytes(msg.content["arrays"])
             sim_s = simulated_seconds(
-                device, self.bytes_down[node], sent, float(metrics["train-flops"])
+                self.fleet.device(node), self.bytes_down[node], sent, float(metrics["train-flops"])
             )
-            dropped = deadline is not None and sim_s > deadline
-            self.on_reply(node, msg, dropped)
+            if status[node] == "ok" and deadline is not None and sim_s > deadline:
+                status[node] = "straggler"
+            if status[node] != "rejected":
+                self.on_reply(node, msg, status[node] == "straggler")
             up += sent
             sim_times.append(min(sim_s, deadline) if deadline else sim_s)
-            if not dropped:
+            rows[node].update(bytes_up=sent, sim_time_s=sim_s)
+            if status[node] == "ok":
                 kept.append(msg)
+        if deadline and any(s in ("dropped", "timed_out") for s in status.values()):
+            sim_times.append(deadline)  # the server waited for them until the deadline
+        for node in sorted(status):
+            device = self.fleet.device(node)
             self.node_rows.append(
                 {
                     "round": server_round,
                     "node": node,
                     "class": device.name,
                     "budget_bytes": self.fleet.budget(node),
-                    **{k.replace("-", "_"): v for k, v in metrics.items() if k != "node"},
+                    "status": status[node],
                     "bytes_down": self.bytes_down[node],
-                    "bytes_up": sent,
-                    "sim_time_s": sim_s,
-                    "dropped": int(dropped),
+                    **rows.get(node, {}),
                 }
             )
+        tally = Counter(status.values())
         self.round_stats.update(
-            returned=len(good),
-            failed=len(failed),
-            dropped=len(good) - len(kept),
+            aggregated=len(kept),
+            **{s: tally[s] for s in STATUSES if s != "ok"},
             bytes_up=up,
             sim_time_s=max(sim_times, default=0.0),
+            failed_by_class=Counter(
+                self.fleet.device(n).name for n, s in status.items() if s != "ok"
+            ),
         )
-        if not kept:
+        if len(kept) < self.scenario.simulation.min_replies:
             return None, None
         return self.aggregate(server_round, kept)
 
@@ -253,6 +315,14 @@ class FogStrategy(FedAvg):
 
     def on_reply(self, node: int, msg: Message, dropped: bool) -> None:
         """Hook: remember per-node state from a reply (before aggregation)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the global model (picklable); strategies
+        that remember per-node state override this and :meth:`load_state_dict`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (called before the first resumed round)."""
 
     def aggregate(
         self, server_round: int, replies: list[Message]

@@ -31,7 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fogsim.pruning import Kept
-from fogsim.strategies.base import fitting_fraction, register
+from fogsim.strategies.base import fitting_fraction, numpy_record, register
 from fogsim.strategies.submodel import SubModelStrategy, unpack_kept
 
 
@@ -84,3 +84,15 @@ class MaskUnion(SubModelStrategy):
         self.kept[node] = unpack_kept(msg.content["kept"])
         self.dynhp_state[node] = msg.content["dynhp"]
         self.participations[node] = self.participations.get(node, 0) + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kept": self.kept,
+            "dynhp": {n: {k: a.numpy() for k, a in r.items()} for n, r in self.dynhp_state.items()},
+            "participations": self.participations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.kept = state["kept"]
+        self.dynhp_state = {n: numpy_record(r) for n, r in state["dynhp"].items()}
+        self.participations = state["participations"]
