@@ -224,6 +224,17 @@ class SimulationSection(Section):
         1, ge=1, description="fewer good updates in a round: the previous model is kept"
     )
 
+    @property
+    def flower_nodes(self) -> int:
+        """Nodes registered with Flower: one per message in flight, not per fleet node."""
+        wanted = max(self.clients_per_round, self.evaluate_clients)
+        return min(wanted, self.max_in_flight or wanted)
+
+    @property
+    def torch_threads(self) -> int:
+        """Torch intra-op threads of a client actor: its Ray CPUs, at least one."""
+        return max(1, int(self.cpus_per_client))
+
 
 class FaultRates(Section):
     """Per-round probabilities that a sampled client misbehaves (at most one fault)."""
@@ -249,17 +260,6 @@ class FaultsSection(FaultRates):
 
     def rates(self, device_class: str) -> FaultRates:
         return self.classes.get(device_class, self)
-
-    @property
-    def flower_nodes(self) -> int:
-        """Nodes registered with Flower: one per message in flight, not per fleet node."""
-        wanted = max(self.clients_per_round, self.evaluate_clients)
-        return min(wanted, self.max_in_flight or wanted)
-
-    @property
-    def torch_threads(self) -> int:
-        """Torch intra-op threads of a client actor: its Ray CPUs, at least one."""
-        return max(1, int(self.cpus_per_client))
 
 
 class Scenario(Section):
