@@ -10,8 +10,8 @@ processes (Ray's and Flower's fixed costs included, as a user pays them):
   after the first (the first pays Ray's actor start and each worker's data load).
 - ``floor``: the same client work in one plain process, no Flower, no Ray: the same
   strategy picks the same nodes and sub-models, and the client's own
-  ``clients.fog_client.train`` runs each message in a loop (torch with its default
-  threads, one per core); seconds per round = the loop's time, median after round 1.
+  ``clients.fog_client.train`` runs each message in a loop (torch with one thread, as
+  each client actor has); seconds per round = the loop's time, median after round 1.
   Server-side work (aggregation, evaluation) is not in the floor.
 - ``flower``: plain Flower, ``flwr.serverapp.strategy.FedAvg.start`` with its own loop
   and sampling, one Flower node per fleet node (the usual ``partition-id`` pattern), a
