@@ -243,11 +243,11 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
         wall, rss, pss = run_measured([*cmd, *sets], work / f"{row}-{strategy}.log")
         rows = load(run_dir)["rounds"]
         sec = median_after_first([float(r["wall_s"]) for r in rows])
-        node_rows = load(run_dir)["nodes"]
+        node_rows = [n for n in load(run_dir)["nodes"] if n["status"] == "ok"]
         samples = [n["num_examples"] for n in node_rows]
         # the clients' own compute per round (sum of their train() seconds in the actors):
         # against the floor it tells contention for the cores from messaging overhead
-        work = [sum(n["time_s"] for n in node_rows if n["round"] == r["round"]) for r in rows]
+        compute = [sum(n["time_s"] for n in node_rows if n["round"] == r["round"]) for r in rows]
         floor_json = work / f"{row}-{strategy}-floor.json"
         me = [py, __file__, "--child", "floor", "--out", str(floor_json)]
         run_measured([*me, *sets], work / f"{row}-{strategy}-floor.log")
@@ -259,7 +259,7 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
             "pss": pss,
             "floor": floor,
             "samples": statistics.mean(samples),
-            "work": median_after_first(work),
+            "work": median_after_first(compute),
         }
         print(f"  {row} {strategy}: {sec:.2f} s/round, floor {floor:.2f}", flush=True)
     flower_json = work / f"{row}-flower.json"
