@@ -15,9 +15,9 @@ from typing import Annotated
 import torch
 import typer
 
-from fogsim.data import load_dataset
-from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
-from fogsim.memory import Arch, measure_training_memory, training_memory
+from fogsim.data import DATASETS, DatasetError, load_dataset
+from fogsim.dynhp import CRITERIA, DynHP, DynHPConfig, train_dynhp
+from fogsim.memory import Arch, BudgetError, measure_training_memory, training_memory
 from fogsim.models import FogNet, num_params
 from fogsim.training import evaluate
 from fogsim.units import format_bytes, parse_bytes
@@ -137,8 +137,10 @@ def run_centralized(
 
 def dynhp_command(
     dataset: Annotated[str, typer.Option(help="mnist or fashion-mnist")] = "mnist",
-    epochs: Annotated[int, typer.Option(help="passes over the training set")] = 6,
-    target: Annotated[float, typer.Option(help="target compression (dense/final params)")] = 10.0,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the training set")] = 6,
+    target: Annotated[
+        float, typer.Option(min=1.0, help="target compression (dense/final params)")
+    ] = 10.0,
     budget: Annotated[
         str,
         typer.Option(help="memory budget, e.g. '600KiB'; 'auto' = final model at --ref-batch"),
@@ -148,8 +150,10 @@ def dynhp_command(
     ),
     model: Annotated[str, typer.Option(help="mlp (784-300-100-10) or cnn")] = "mlp",
     criterion: Annotated[str, typer.Option(help="taylor, weight-norm, weight-norm-io")] = "taylor",
-    lr: Annotated[float, typer.Option(help="SGD-momentum LR at the minimum batch")] = 0.01,
-    ref_batch: Annotated[int, typer.Option(help="batch for the 'auto' budget")] = 64,
+    lr: Annotated[
+        float, typer.Option(min=1e-9, help="SGD-momentum LR at the minimum batch")
+    ] = 0.01,
+    ref_batch: Annotated[int, typer.Option(min=1, help="batch for the 'auto' budget")] = 64,
     dynamic_batch: Annotated[bool, typer.Option(help="grow the batch as the net shrinks")] = True,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -158,17 +162,33 @@ def dynhp_command(
     Example: ``fogsim dynhp --dataset fashion-mnist --epochs 6 --target 10
     --budget auto --out results/dynhp_fmnist.csv``
     """
+    from fogsim.cli import fail  # the CLI's one error path (imported late: cli imports us)
+
+    for option, value, allowed in (
+        ("dataset", dataset, DATASETS),
+        ("model", model, ("mlp", "cnn")),
+        ("criterion", criterion, CRITERIA),
+    ):
+        if value not in allowed:
+            fail(f"--{option} {value!r}: allowed: {', '.join(allowed)}")
+    try:
+        size = None if budget == "auto" else parse_bytes(budget)
+    except ValueError as e:
+        fail(f"--budget {budget!r}: {e}; e.g. 600KiB, or auto")
     channels, hidden = ((), (300, 100)) if model == "mlp" else ((16, 32), (128,))
     cfg = DynHPConfig(target_compression=target, criterion=criterion, dynamic_batch=dynamic_batch)
-    run_centralized(
-        dataset,
-        channels=channels,
-        hidden=hidden,
-        epochs=epochs,
-        cfg=cfg,
-        budget=None if budget == "auto" else parse_bytes(budget),
-        ref_batch=ref_batch,
-        lr=lr,
-        out=out,
-        seed=seed,
-    )
+    try:
+        run_centralized(
+            dataset,
+            channels=channels,
+            hidden=hidden,
+            epochs=epochs,
+            cfg=cfg,
+            budget=size,
+            ref_batch=ref_batch,
+            lr=lr,
+            out=out,
+            seed=seed,
+        )
+    except (BudgetError, DatasetError, OSError) as e:  # budget too small, data, --out
+        fail(f"fogsim dynhp: {e}")

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fogsim import __version__
@@ -47,3 +48,19 @@ def test_run_refuses_existing_run(tiny_scenario: Path, tmp_path: Path) -> None:
     (tmp_path / "rounds.csv").write_text("round\n1\n")
     result = runner.invoke(app, ["run", str(tiny_scenario), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--budget", "12parsecs"], "--budget '12parsecs'"),
+        (["--dataset", "cifar"], "allowed: mnist, fashion-mnist"),
+        (["--model", "rnn"], "allowed: mlp, cnn"),
+        (["--criterion", "x"], "allowed: taylor"),
+        (["--budget", "10B"], "cannot hold even the narrowest model"),
+    ],
+)
+def test_dynhp_bad_options_exit_2_without_traceback(args: list[str], says: str) -> None:
+    result = runner.invoke(app, ["dynhp", "--epochs", "1", *args])
+    assert result.exit_code == 2 and says in result.output, result.output
+    assert "Traceback" not in result.output
