@@ -294,7 +294,8 @@ class Scenario(Section):
         for name in self.faults.classes:
             if name not in names:
                 problems.append(
-                    f"faults.classes.{name}: no such device class; allowed: {', '.join(names)}"
+                    f"faults.classes.{name}: no such class in fleet.classes; "
+                    f"allowed: {', '.join(names)}"
                 )
         if sim.min_replies > sim.clients_per_round:
             problems.append(
