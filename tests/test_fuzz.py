@@ -196,10 +196,11 @@ def check(args: list[str], names: list[str]) -> str:
 
 
 def prefixes(dotted: str) -> list[str]:
-    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: an error may name the field or a parent."""
+    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: an error may name the field or a parent
+    (and a key holding a dot and control characters is shown whole, quoted)."""
     parts = dotted.split(".")
     heads = [parts[: i + 1] for i in range(len(parts))]
-    return [".".join(h) for h in heads] + [".".join(map(shown, h)) for h in heads]
+    return [".".join(h) for h in heads] + [".".join(map(shown, h)) for h in heads] + [shown(dotted)]
 
 
 # cross-field checks name the other side: fleet size/budgets, the data split, the strategy
