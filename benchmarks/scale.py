@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fogsim.engine import descendants
 from fogsim.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,26 +58,10 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --- measuring a process tree -------------------------------------------------
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
 def tree_memory(root: int) -> tuple[int, int]:
     """(RSS, PSS) bytes summed over ``root`` and all its descendants."""
-    kids, todo, rss, pss = _children(), [root], 0, 0
-    while todo:
-        pid = todo.pop()
-        todo += kids.get(pid, [])
+    rss = pss = 0
+    for pid in [root, *descendants(root)]:
         try:
             rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():

@@ -35,7 +35,7 @@ from fogsim.data import load_dataset, partition, split_local
 from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
 from fogsim.memory import BudgetError, max_batch_size, training_memory
 from fogsim.models import FogNet, model_from_state, num_params
-from fogsim.scenario import ModelSection, Scenario, TrainSection
+from fogsim.scenario import FaultsSection, ModelSection, Scenario, TrainSection
 from fogsim.strategies.base import numpy_record
 from fogsim.strategies.submodel import pack_groups, pack_kept, unpack_groups, unpack_kept
 from fogsim.training import evaluate, make_optimizer, train_epochs
@@ -159,13 +159,12 @@ class InjectedCrash(RuntimeError):
 def injected_fault(spec: dict[str, Any], device_class: str, node: int, rnd: int) -> str:
     """ "crash", "drop", "corrupt" or "" for this node and round (``[faults]`` rates of
     its class), seeded by (seed, round, node) so a rerun injects the same faults."""
-    faults = spec["faults"]
-    rates = faults["classes"].get(device_class, faults)
+    rates = FaultsSection.model_validate(spec["faults"]).rates(device_class)
     u = np.random.default_rng([spec["run"]["seed"], rnd, node, 0xFA]).random()
     for kind in ("crash", "drop", "corrupt"):
-        if u < rates[kind]:
+        if u < getattr(rates, kind):
             return kind
-        u -= rates[kind]
+        u -= getattr(rates, kind)
     return ""
 
 

@@ -23,13 +23,12 @@ from fogsim import __version__
 from fogsim.centralized import dynhp_command
 from fogsim.data import DatasetError, DatasetNotFoundError, load_dataset, partition
 from fogsim.fleet import build_fleet
-from fogsim.memory import training_memory
 from fogsim.report import ReportError, load_run, write_report
 from fogsim.report import Table as ReportTable
-from fogsim.results import CHECKPOINT, read_csv
+from fogsim.results import CHECKPOINT, STATUSES, finished_rounds
 from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
 from fogsim.strategies import STRATEGIES
-from fogsim.strategies.base import STATUSES, fitting_fraction
+from fogsim.strategies.base import fitting_fraction
 from fogsim.units import format_bytes
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
@@ -158,7 +157,7 @@ def check_resumable(run_dir: Path, sc: Scenario, resume: bool) -> None:
     with the same scenario; exit 0 if there is nothing left to resume."""
     where = shown(str(run_dir))
     finished = (run_dir / "summary.json").exists()
-    done = len(read_csv(run_dir / "rounds.csv")) if (run_dir / "rounds.csv").exists() else 0
+    done = finished_rounds(run_dir)
     if finished and resume:
         out.print(f"{where}: the run is already finished; nothing to resume", markup=False)
         raise typer.Exit(0)
@@ -287,7 +286,7 @@ def run(
 
 def interrupted(run_dir: Path, again: str) -> None:
     """A signal stopped the run after a finished round: say how to go on, exit 130."""
-    done = len(read_csv(run_dir / "rounds.csv")) if (run_dir / "rounds.csv").exists() else 0
+    done = finished_rounds(run_dir)
     err.print(
         f"interrupted after {done} finished round(s), all on disk in {run_dir}; "
         f"to continue: {again}",
@@ -331,7 +330,7 @@ def fleet_table(sc: Scenario) -> Table:
     for col in cols:
         table.add_column(col, justify="left" if col in ("class", "widest model") else "right")
     counts = fleet.counts()
-    need = training_memory(arch.scaled(0.0), batch, kind)  # below this a node trains nothing
+    need = sc.smallest_training_memory  # below this a node trains nothing
     for i, c in enumerate(sc.fleet.classes):
         budgets = fleet.budgets[fleet.node_class == i]
         low = int(budgets.min()) if len(budgets) else c.memory
@@ -504,11 +503,8 @@ def sweep(
     except SweepError as e:
         fail(str(e))
         raise
-    for dataset, path in {(s.data.dataset, s.data.path) for _, s in runs}:
-        try:
-            load_dataset(dataset, path)
-        except (DatasetNotFoundError, DatasetError) as e:
-            fail(str(e))
+    for _, s in runs:
+        load_data(s)
     for address in {s.simulation.ray_address for _, s in runs}:
         check_cluster(address)
     sweep_dir = out_dir or Path(sc.run.output_dir) / f"{sc.run.name}-sweep"

@@ -86,8 +86,9 @@ class _HideInjectedCrashes(logging.Filter):
         return "injected crash of node" not in record.getMessage()
 
 
-def _descendants(pid: int) -> list[int]:
-    """Process ids below ``pid`` (from /proc), for stopping Ray's processes at once."""
+def descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from /proc): Ray's processes under a run, to stop them
+    at once or (``benchmarks/scale.py``) to measure them."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -111,7 +112,7 @@ def stop_on_signal(stop: threading.Event) -> Iterator[None]:
 
     def handle(signum: int, frame: object) -> None:
         if stop.is_set():
-            for pid in _descendants(os.getpid()):
+            for pid in descendants(os.getpid()):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             os._exit(128 + signum)

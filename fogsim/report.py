@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # headless: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fogsim.results import load  # noqa: E402
+from fogsim.results import TRAINED, load  # noqa: E402
 
 FIGSIZE, DPI = (8.0, 4.5), 100  # fixed pixel size (800x450): no bbox "tight" cropping
 NA = "n/a"
@@ -103,7 +103,7 @@ def per_class_round(run: dict[str, Any], name: str, how: str) -> dict[str, dict[
     """class → round → mean (``how="mean"``), max or count of a nodes.csv column."""
     groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for n in run["nodes"]:
-        if how == "count" and n.get("status", "ok") not in ("ok", "straggler"):
+        if how == "count" and n.get("status", "ok") not in TRAINED:
             continue  # a node that crashed, dropped out or refused did not train
         value = 1.0 if how == "count" else num(n.get(name))
         if value is not None:

@@ -39,6 +39,11 @@ def atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
+# What became of a sampled node's training in a round (``status`` in nodes.csv); only
+# ``ok`` updates are averaged, and TRAINED ones ran on the device.
+STATUSES = ("ok", "straggler", "dropped", "timed_out", "crashed", "rejected", "over_budget")
+TRAINED = ("ok", "straggler")
+
 NODE_COLUMNS = [
     "round",
     "node",
@@ -73,7 +78,6 @@ class Checkpoint:
     accuracy: float
     best_accuracy: float
     elapsed_s: float  # wall seconds spent on finished rounds
-    scenario: dict[str, Any]
 
 
 class CsvLog:
@@ -175,6 +179,12 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
     with path.open(newline="") as f:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def finished_rounds(run_dir: Path) -> int:
+    """Rounds whose rows are in ``run_dir``'s rounds.csv (0 if there is none)."""
+    path = run_dir / "rounds.csv"
+    return len(read_csv(path)) if path.exists() else 0
 
 
 def load(run_dir: str | Path) -> dict[str, Any]:

@@ -311,6 +311,13 @@ class Scenario(Section):
             raise ValueError("; ".join(problems))
         return self
 
+    @property
+    def smallest_training_memory(self) -> int:
+        """Bytes to train the narrowest model (one neuron per group) at ``[dynhp]
+        min_batch``: a node with less can train nothing."""
+        smallest = self.model.shape.scaled(0.0)
+        return training_memory(smallest, self.dynhp.min_batch, self.train.memory_kind)
+
     @model_validator(mode="after")
     def _some_node_trains(self) -> Scenario:
         """Refuse a fleet where no node's budget trains even width 1 of every neuron
@@ -318,8 +325,7 @@ class Scenario(Section):
         strategies leave those nodes out)."""
         from fogsim.fleet import build_fleet
 
-        smallest = self.model.shape.scaled(0.0)
-        need = training_memory(smallest, self.dynhp.min_batch, self.train.memory_kind)
+        need = self.smallest_training_memory
         if build_fleet(self.fleet, self.run.seed).budgets.max() >= need:
             return self
         budgets = ", ".join(

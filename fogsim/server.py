@@ -22,10 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from fogsim.data import load_dataset
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.models import FogNet, model_from_state
-from fogsim.results import Checkpoint, RunWriter
+from fogsim.results import STATUSES, TRAINED, Checkpoint, RunWriter
 from fogsim.scenario import Scenario
 from fogsim.strategies import STRATEGIES
-from fogsim.strategies.base import STATUSES
 from fogsim.training import evaluate
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -100,7 +99,7 @@ class Federation:
             best = max(best, acc)
             stats = strategy.round_stats
             rows = strategy.node_rows
-            trained = [r for r in rows if r["status"] in ("ok", "straggler")]
+            trained = [r for r in rows if r["status"] in TRAINED]
             n = sum(r["num_examples"] for r in trained)
             failed_by = stats["failed_by_class"]
             row = {
@@ -139,7 +138,6 @@ class Federation:
                     accuracy=acc,
                     best_accuracy=best,
                     elapsed_s=elapsed,
-                    scenario=sc.model_dump(mode="json"),
                 )
             )
             if self.progress:

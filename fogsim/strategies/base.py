@@ -49,11 +49,10 @@ from flwr.serverapp.strategy import FedAvg
 from fogsim.accounting import simulated_seconds
 from fogsim.fleet import Fleet
 from fogsim.memory import Arch, training_memory
+from fogsim.results import STATUSES
 from fogsim.scenario import Scenario
 
 STRATEGIES: dict[str, type[FogStrategy]] = {}
-# What became of a sampled node's training this round (``status`` in nodes.csv).
-STATUSES = ("ok", "straggler", "dropped", "timed_out", "crashed", "rejected", "over_budget")
 
 
 def register(name: str):
