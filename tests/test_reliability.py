@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
@@ -223,6 +231,10 @@ def test_server_rejects_non_finite_and_counts_every_failure(tiny_scenario, task_
     assert s.round_stats["failed_by_class"] == {c: classes.count(c) for c in set(classes)}
     for k, v in new.items():  # only the good update: its weights, untouched
         assert np.array_equal(v.numpy(), good.content["arrays"][k].numpy())
+
+    empty = Message(RecordDict({"metrics": MetricRecord({"node": 4})}), reply_to=sent[4])
+    assert s.aggregate_train(1, [good, empty])[0] is not None  # no weights: rejected, no crash
+    assert {r["node"]: r["status"] for r in s.node_rows}[4] == "rejected"
 
     s.scenario.simulation.min_replies = 2
     assert s.aggregate_train(1, [good, bad]) == (None, None), "too few: keep the previous model"

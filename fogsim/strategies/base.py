@@ -248,10 +248,10 @@ class FogStrategy(FedAvg):
             rows[node] = {k.replace("-", "_"): v for k, v in metrics.items() if k != "node"}
             if status[node] in ("dropped", "over_budget"):
                 continue
-            sent = array_bytes(msg.content["arrays"])
-            sim_s = simulated_seconds(
-                self.fleet.device(node), self.bytes_down[node], sent, float(metrics["train-flops"])
-            )
+            # a rejected reply may lack weights or FLOPs: count what arrived
+            sent = array_bytes(msg.content["arrays"]) if "arrays" in msg.content else 0
+            flops = float(metrics.get("train-flops", 0.0))
+            sim_s = simulated_seconds(self.fleet.device(node), self.bytes_down[node], sent, flops)
             if status[node] == "ok" and deadline is not None and sim_s > deadline:
                 status[node] = "straggler"
             if status[node] != "rejected":
