@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: install data run test lint bench clean
+.PHONY: install data run test test-fast lint bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -37,6 +37,11 @@ run: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# the unit tests only: no real Flower + Ray run (tests marked slow)
+test-fast: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

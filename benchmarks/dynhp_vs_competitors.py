@@ -12,7 +12,7 @@ Methods (MLP 784-300-100-10, SGD momentum 0.9, LR 0.01 at batch 16, sqrt-scaled)
 - dynhp: DynHP (Taylor, gate, budget start, dynamic batch).
 
 The budget is what the final-size model needs to train at batch 64. Memory is the
-modelled training memory (``fogsim.memory``, byte-exact vs torch); the mean is over
+modelled training memory (``fogsim.device.memory``, byte-exact vs torch); the mean is over
 training steps. Usage: ``python benchmarks/dynhp_vs_competitors.py [--quick]``.
 """
 
@@ -24,30 +24,22 @@ import time
 import numpy as np
 import torch
 
-from fogsim.centralized import final_model_budget
 from fogsim.data import load_dataset
-from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
-from fogsim.memory import Arch
-from fogsim.models import FogNet, num_params
-from fogsim.training import evaluate
+from fogsim.device.centralized import final_model_budget, uniform_widths
+from fogsim.device.dynhp import DynHP, DynHPConfig
+from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.memory import Arch
+from fogsim.device.models import FogNet, num_params
+from fogsim.device.training import evaluate
 
 HIDDEN = (300, 100)
 OPT = "sgd-momentum"
 LR, BASE_BATCH, DENSE_BATCH = 0.01, 16, 64
 
 
-def uniform_widths(arch: Arch, target: float) -> list[int]:
-    widths = [*arch.channels, *arch.hidden]
-    dense = arch.num_params()
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        w = [max(2, round(x * mid)) for x in widths]
-        lo, hi = (mid, hi) if arch.with_widths(w).num_params() <= dense / target else (lo, mid)
-    return [max(2, round(x * lo)) for x in widths]
-
-
-def run(method, data, target, epochs, seed, log=print):  # noqa: ANN001, ANN201
+def run(
+    method: str, data: tuple[torch.Tensor, ...], target: float, epochs: float, seed: int
+) -> dict[str, float]:
     x, y, xt, yt = data
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -55,18 +47,18 @@ def run(method, data, target, epochs, seed, log=print):  # noqa: ANN001, ANN201
     budget = final_model_budget(arch, target, DENSE_BATCH, OPT)
     t0 = time.perf_counter()
     mem: list[int] = []
-    common = dict(optimizer=OPT, lr=LR, generator=gen)
+    common = dict(optimizer=OPT, lr=LR, lr_batch=BASE_BATCH, generator=gen)
     if method in ("dense", "small-dense"):
         widths = HIDDEN if method == "dense" else uniform_widths(arch, target)
         model = FogNet((), widths)
-        cfg = DynHPConfig(target_compression=1.0, dynamic_batch=False, lr_base_batch=BASE_BATCH)
+        cfg = DynHPConfig(target_compression=1.0, dynamic_batch=False)
         st = train_dynhp(
             model, x, y, DynHP(cfg, model), budget=None, epochs=epochs, batch=DENSE_BATCH, **common
         )
         mem += st.memory
     elif method == "one-shot":
         model = FogNet((), HIDDEN)
-        cfg = DynHPConfig(target_compression=1.0, dynamic_batch=False, lr_base_batch=BASE_BATCH)
+        cfg = DynHPConfig(target_compression=1.0, dynamic_batch=False)
         e1 = round(0.7 * epochs * len(x)) / len(x)
         st = train_dynhp(
             model, x, y, DynHP(cfg, model), budget=None, epochs=e1, batch=DENSE_BATCH, **common
@@ -76,7 +68,6 @@ def run(method, data, target, epochs, seed, log=print):  # noqa: ANN001, ANN201
             target_compression=target,
             criterion="weight-norm",
             dynamic_batch=False,
-            lr_base_batch=BASE_BATCH,
         )
         h = DynHP(pcfg, arch)
         h.check(model, 1.0, st.optimizer)
@@ -100,7 +91,6 @@ def run(method, data, target, epochs, seed, log=print):  # noqa: ANN001, ANN201
                 criterion="weight-norm",
                 patience=1,
                 dynamic_batch=False,
-                lr_base_batch=BASE_BATCH,
                 check_every=20,
             )
             st = train_dynhp(
@@ -134,7 +124,7 @@ def run(method, data, target, epochs, seed, log=print):  # noqa: ANN001, ANN201
     )
 
 
-def table(dataset, target, results):  # noqa: ANN001, ANN201
+def table(dataset: str, target: float, results: dict[str, dict[str, float]]) -> str:
     dense = results["dense"]
     lines = [
         f"\n{dataset} MLP 784-300-100-10, target {target:g}x "

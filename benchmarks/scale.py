@@ -17,7 +17,7 @@ processes (Ray's and Flower's fixed costs included, as a user pays them):
   and sampling, one Flower node per fleet node (the usual ``partition-id`` pattern), a
   plain ClientApp training the dense model on the same partition for the same epochs
   and batch, centralized evaluation on the test split each round like fogsim, and the
-  same Ray resources through ``fogsim.engine.launch``. Compare with fogsim ``fedavg``.
+  same Ray resources through ``fogsim.flower.engine.launch``. Compare with fogsim ``fedavg``.
 - ``work s``: the clients' own compute per round inside fogsim's actors (the sum of
   ``nodes.csv`` ``time_s``, which ``train`` measures around its work): the floor's
   work done on a loaded machine. ``work / floor`` well above 1 means the actors are
@@ -47,8 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fogsim.engine import descendants
-from fogsim.results import load
+from fogsim.flower.engine import descendants
+from fogsim.study.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "scale-mnist-1000.toml"
@@ -97,7 +97,9 @@ def run_measured(cmd: list[str], log: Path) -> tuple[float, int, int]:
     return time.perf_counter() - t0, peak[0], peak[1]
 
 
-def overrides(nodes: int, per_round: int, rounds: int, strategy: str, in_flight: int | None):
+def overrides(
+    nodes: int, per_round: int, rounds: int, strategy: str, in_flight: int | None
+) -> list[str]:
     out = [
         f"fleet.nodes={nodes}",
         f"simulation.clients_per_round={per_round}",
@@ -122,26 +124,26 @@ def child_floor(args: argparse.Namespace) -> None:
 
     from clients.fog_client import train
     from fogsim.fleet import build_fleet
+    from fogsim.flower.server_app import initial_model
     from fogsim.scenario import load_scenario
-    from fogsim.server import initial_model
-    from fogsim.strategies import STRATEGIES
+    from fogsim.strategies import build_strategy
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1  # to build Messages
     # one thread, as each client actor has: two on two busy cores measured 7x slower
     torch.set_num_threads(1)
     sc = load_scenario(SCENARIO, args.set)
-    strategy = STRATEGIES[sc.strategy.name](sc, build_fleet(sc.fleet, sc.run.seed))
+    strategy = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
     mailboxes = list(range(sc.simulation.flower_nodes))
 
     class Grid:  # all the strategy asks of a grid
         def get_node_ids(self) -> list[int]:
             return mailboxes
 
-    spec, arrays, times = sc.model_dump(), ArrayRecord(initial_model(sc).state_dict()), []
+    arrays, times = ArrayRecord(initial_model(sc).state_dict()), []
     for rnd in range(1, sc.run.rounds + 1):
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), Grid()))
         t0 = time.perf_counter()
-        replies = [train(spec, m) for m in messages]
+        replies = [train(m) for m in messages]
         times.append(time.perf_counter() - t0)
         arrays = strategy.aggregate_train(rnd, replies)[0] or arrays
     Path(args.out).write_text(json.dumps({"round_s": times}))
@@ -157,14 +159,15 @@ def child_flower(args: argparse.Namespace) -> None:
 
     from clients.fog_client import local_data
     from fogsim.data import load_dataset
-    from fogsim.engine import launch
-    from fogsim.models import FogNet
+    from fogsim.device.models import FogNet
+    from fogsim.device.training import evaluate, make_optimizer, train_epochs
+    from fogsim.flower.engine import launch
+    from fogsim.flower.server_app import initial_model
+    from fogsim.flower.wire import ClientSpec
     from fogsim.scenario import load_scenario
-    from fogsim.server import initial_model
-    from fogsim.training import evaluate, make_optimizer, train_epochs
 
     sc = load_scenario(SCENARIO, args.set)
-    spec, t, nodes = sc.model_dump(), sc.train, sc.fleet.nodes
+    spec, t, nodes = ClientSpec.of(sc), sc.train, sc.fleet.nodes
     k, threads = sc.simulation.clients_per_round, sc.simulation.torch_threads
     client = ClientApp()
 

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from fogsim.fleet import build_fleet
-from fogsim.results import load
 from fogsim.scenario import load_scenario
-from fogsim.strategies import STRATEGIES
+from fogsim.strategies import build_strategy
+from fogsim.study.results import load
 
 ALL = ["fedavg-dense", "fedavg-feasible", "heterofl", "fedrolex", "mask-union"]
 QUICK = ["run.rounds=5", "fleet.nodes=40", "simulation.clients_per_round=10"]
@@ -48,7 +48,7 @@ def run_one(scenario_path: str, overrides: list[str], strategy: str, run_dir: Pa
         return
     shutil.rmtree(run_dir, ignore_errors=True)  # the CSVs append: start a partial run afresh
     sc = load_scenario(scenario_path, [*overrides, f"strategy.name='{strategy}'"])
-    from fogsim.engine import simulate  # imports Flower and Ray
+    from fogsim.flower.engine import simulate  # imports Flower and Ray
 
     t0 = time.perf_counter()
 
@@ -90,7 +90,7 @@ def summarize(scenario_path: str, overrides: list[str], strategy: str, run_dir: 
     row["up/4params"] = sum(ratios) / len(ratios) if ratios else "-"
     row["sim_round_s"] = sum(r["sim_time_s"] for r in rounds) / len(rounds)
     row["took_part"] = len({n["node"] for n in nodes}) / fleet.num_nodes
-    row["allowed"] = float(STRATEGIES[strategy](sc, fleet).takes_part.mean())
+    row["allowed"] = float(build_strategy(sc, fleet).takes_part.mean())
     for c in classes:
         rows = [n for n in nodes if n["class"] == c and n.get("budget_bytes")]
         peak = max((n["peak_memory"] / n["budget_bytes"] for n in rows), default=None)

@@ -1,11 +1,11 @@
-"""The Flower ``ClientApp`` every simulated fog node runs.
+"""The Flower ``ClientApp`` every simulated fog node runs: ``clients.fog_client:app``.
 
-A message says which fleet node it is for (``config["node"]``, see
-``fogsim.strategies.base``) and carries that node's model; the client trains or
-evaluates it on the node's data partition and replies with compact weights and
-metrics. The app closes over the scenario only (a small dict): Ray ships the app to
-its workers with every message, while the data set is loaded once per worker process
-and a node's partition is an index array into it.
+A message says which fleet node it is for and carries that node's model and the
+scenario's client spec (``fogsim.flower.wire``: every key and record is defined
+there); the client trains or evaluates the model on the node's data partition and
+replies with compact weights and metrics. The app holds no state and closes over
+nothing: the data set is loaded once per worker process, a node's partition is an
+index array into it, and the spec is validated once per process.
 
 A client never trains over its budget: if the model it gets cannot train even at
 batch 1 within the budget (``BudgetError``), it refuses and says so in its reply
@@ -27,52 +27,49 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fogsim.accounting import macs_per_sample
 from fogsim.data import load_dataset, partition, split_local
-from fogsim.dynhp import DynHP, DynHPConfig, train_dynhp
-from fogsim.memory import BudgetError, max_batch_size, training_memory
-from fogsim.models import FogNet, model_from_state, num_params
-from fogsim.scenario import FaultsSection, ModelSection, Scenario, TrainSection
-from fogsim.strategies.base import numpy_record
-from fogsim.strategies.submodel import pack_groups, pack_kept, unpack_groups, unpack_kept
-from fogsim.training import evaluate, make_optimizer, train_epochs
+from fogsim.device.dynhp import DynHP
+from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.memory import BudgetError, max_batch_size, training_memory
+from fogsim.device.models import FogNet, macs_per_sample, model_from_state, num_params, train_flops
+from fogsim.device.training import evaluate, make_optimizer, train_epochs
+from fogsim.flower import wire
+from fogsim.flower.wire import ClientSpec
+from fogsim.scenario import DataSection
 
 
 @functools.lru_cache(maxsize=2)
-def _partitions(data: tuple, num_nodes: int, seed: int) -> list[np.ndarray]:
-    d = dict(data)
-    labels = load_dataset(d["dataset"], d["path"]).train_y
+def _partitions(data_json: str, num_nodes: int, seed: int) -> list[np.ndarray]:
+    """Every node's sample indices, computed once per worker process (keyed by the
+    ``[data]`` section as JSON: sections are not hashable)."""
+    data = DataSection.model_validate_json(data_json)
     return partition(
-        labels,
+        load_dataset(data.dataset, data.path).train_y,
         num_nodes,
-        d["partitioning"],
+        data.partitioning,
         seed=seed,
-        alpha=d["alpha"],
-        shards_per_node=d["shards_per_node"],
+        alpha=data.alpha,
+        shards_per_node=data.shards_per_node,
     )
 
 
-def local_data(spec: dict[str, Any], node: int) -> tuple[torch.Tensor, ...]:
+def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:
     """(train x, train y, held-out x, held-out y) of fleet node ``node``."""
-    data, seed = spec["data"], spec["run"]["seed"]
-    indices = _partitions(tuple(sorted(data.items())), spec["fleet"]["nodes"], seed)[node]
-    train_idx, test_idx = split_local(indices, data["client_test_fraction"], seed + node)
-    ds = load_dataset(data["dataset"], data["path"])
+    data = spec.data
+    indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed)[node]
+    train_idx, test_idx = split_local(indices, data.client_test_fraction, spec.seed + node)
+    ds = load_dataset(data.dataset, data.path)
     return (
         *ds.tensors(ds.train_x[train_idx], ds.train_y[train_idx]),
         *ds.tensors(ds.train_x[test_idx], ds.train_y[test_idx]),
     )
 
 
-def _reply(msg: Message, metrics: dict[str, Any], records: dict | None = None) -> Message:
-    return Message(RecordDict({"metrics": MetricRecord(metrics), **(records or {})}), reply_to=msg)
-
-
 def train_dynhp_round(
-    spec: dict[str, Any],
+    spec: ClientSpec,
     msg: Message,
     model: FogNet,
     x: torch.Tensor,
@@ -80,52 +77,44 @@ def train_dynhp_round(
     gen: torch.Generator,
 ) -> tuple[dict[str, Any], dict[str, ArrayRecord]]:
     """DynHP on this node's sub-model, resuming the node's scores and schedule."""
-    cfg, t, d = msg.content["config"], spec["train"], dict(spec["dynhp"])
-    d.pop("participations")
-    d["target_compression"] = float(cfg["target-compression"])  # the server's, per device
-    global_arch = ModelSection.model_validate(spec["model"]).shape
-    kept = [k.astype(np.int64) for k in unpack_kept(msg.content["kept"])]
-    dynhp = DynHP(DynHPConfig(**d, lr_base_batch=t["batch_size"]), global_arch, kept)
-    if "dynhp" in msg.content:
-        record = msg.content["dynhp"]
-        state = {k: unpack_groups(record, k) for k in ("score", "streak", "seen")}
+    cfg, train = msg.content[wire.CONFIG], spec.train
+    global_arch = spec.model.shape
+    kept = wire.unpack_kept(msg.content[wire.KEPT])
+    device_cfg = spec.dynhp.model_copy(update={"target_compression": float(cfg[wire.TARGET])})
+    dynhp = DynHP(device_cfg, global_arch, kept)
+    if wire.DYNHP in msg.content:
+        state = wire.unpack_dynhp_state(msg.content[wire.DYNHP])
         dynhp.load_state_dict({**state, "dense_params": global_arch.num_params()}, kept)
     stats = train_dynhp(
         model,
         x,
         y,
         dynhp,
-        budget=int(cfg["budget"]),
-        epochs=t["local_epochs"],
-        progress_range=(float(cfg["progress-start"]), float(cfg["progress-end"])),
-        optimizer=TrainSection.model_validate(t).memory_kind,
-        lr=t["lr"],
-        momentum=t["momentum"],
+        budget=int(cfg[wire.BUDGET]),
+        epochs=train.local_epochs,
+        progress_range=(float(cfg[wire.PROGRESS_START]), float(cfg[wire.PROGRESS_END])),
+        optimizer=train.memory_kind,
+        lr=train.lr,
+        momentum=train.momentum,
+        lr_batch=train.batch_size,
         generator=gen,
     )
-    state = dynhp.state_dict()
     records = {
-        "kept": pack_kept(dynhp.kept),
-        "dynhp": numpy_record(
-            {
-                k: v
-                for name in ("score", "streak", "seen")
-                for k, v in pack_groups(state[name], name).items()
-            }
-        ),
+        wire.KEPT: wire.pack_kept(dynhp.kept),
+        wire.DYNHP: wire.pack_dynhp_state(dynhp.state_dict()),
     }
     metrics = {
-        "train-loss": stats.mean_loss,
-        "batch-size": max(stats.batch),  # the batch grows as the model shrinks
-        "peak-memory": max(stats.memory),
-        "pruned": stats.pruned,
+        wire.TRAIN_LOSS: stats.mean_loss,
+        wire.BATCH_SIZE: max(stats.batch),  # the batch grows as the model shrinks
+        wire.PEAK_MEMORY: max(stats.memory),
+        wire.PRUNED: stats.pruned,
         "samples": int(sum(stats.batch)),
     }
     return metrics, records
 
 
 def train_fixed(
-    spec: dict[str, Any],
+    spec: ClientSpec,
     msg: Message,
     model: FogNet,
     x: torch.Tensor,
@@ -134,21 +123,21 @@ def train_fixed(
 ) -> dict[str, Any]:
     """Plain local SGD on a fixed (sub-)model. Budget-aware strategies ("plain") shrink
     the batch to fit the node's budget; "dense" ignores the budget (and reports it)."""
-    cfg, t = msg.content["config"], spec["train"]
-    kind = TrainSection.model_validate(t).memory_kind
-    batch = min(t["batch_size"], len(x))
-    if cfg["mode"] == "plain":
-        batch = max_batch_size(model, int(cfg["budget"]), kind, cap=batch)
-    opt = make_optimizer(t["optimizer"], model.parameters(), t["lr"], t["momentum"])
+    cfg, train = msg.content[wire.CONFIG], spec.train
+    kind = train.memory_kind
+    batch = min(train.batch_size, len(x))
+    if cfg[wire.MODE] == "plain":
+        batch = max_batch_size(model, int(cfg[wire.BUDGET]), kind, cap=batch)
+    opt = make_optimizer(train.optimizer, model.parameters(), train.lr, train.momentum)
     loss = train_epochs(
-        model, x, y, epochs=t["local_epochs"], batch_size=batch, optimizer=opt, generator=gen
+        model, x, y, epochs=train.local_epochs, batch_size=batch, optimizer=opt, generator=gen
     )
     return {
-        "train-loss": loss,
-        "batch-size": batch,
-        "peak-memory": training_memory(model, batch, kind),
-        "pruned": 0,
-        "samples": len(x) * t["local_epochs"],
+        wire.TRAIN_LOSS: loss,
+        wire.BATCH_SIZE: batch,
+        wire.PEAK_MEMORY: training_memory(model, batch, kind),
+        wire.PRUNED: 0,
+        "samples": len(x) * train.local_epochs,
     }
 
 
@@ -156,11 +145,11 @@ class InjectedCrash(RuntimeError):
     """A crash injected by ``[faults]``."""
 
 
-def injected_fault(spec: dict[str, Any], device_class: str, node: int, rnd: int) -> str:
+def injected_fault(spec: ClientSpec, device_class: str, node: int, rnd: int) -> str:
     """ "crash", "drop", "corrupt" or "" for this node and round (``[faults]`` rates of
     its class), seeded by (seed, round, node) so a rerun injects the same faults."""
-    rates = FaultsSection.model_validate(spec["faults"]).rates(device_class)
-    u = np.random.default_rng([spec["run"]["seed"], rnd, node, 0xFA]).random()
+    rates = spec.faults.rates(device_class)
+    u = np.random.default_rng([spec.seed, rnd, node, 0xFA]).random()
     for kind in ("crash", "drop", "corrupt"):
         if u < getattr(rates, kind):
             return kind
@@ -176,69 +165,68 @@ def corrupt(model: FogNet) -> None:
         w[1::11] = float("inf")
 
 
-def train(spec: dict[str, Any], msg: Message) -> Message:
+def train(msg: Message) -> Message:
+    """One fleet node's round of training (see the module doc)."""
     start = time.perf_counter()
-    cfg, node = msg.content["config"], int(msg.content["config"]["node"])
-    rnd = int(cfg["server-round"])
-    fault = injected_fault(spec, str(cfg["class"]), node, rnd)
+    spec, cfg = wire.spec_of(msg), msg.content[wire.CONFIG]
+    node, rnd = int(cfg[wire.NODE]), int(cfg[wire.ROUND])
+    fault = injected_fault(spec, str(cfg[wire.CLASS]), node, rnd)
     if fault == "drop":
-        return _reply(msg, {"node": node, "dropped-out": 1})
+        return wire.reply(msg, {wire.NODE: node, wire.DROPPED_OUT: 1})
     x, y, _, _ = local_data(spec, node)
-    model = model_from_state(msg.content["arrays"].to_torch_state_dict())
+    model = model_from_state(msg.content[wire.ARRAYS].to_torch_state_dict())
     macs_in = macs_per_sample(model)
-    gen = torch.Generator().manual_seed(spec["run"]["seed"] * 1_000_003 + rnd * 10_007 + node)
+    gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + rnd * 10_007 + node)
     if fault == "crash":
         raise InjectedCrash(f"injected crash of node {node} in round {rnd}")
     # a fixed sub-model keeps its neurons: echo their indices back with the weights
-    records = {"kept": msg.content["kept"]} if "kept" in msg.content else {}
+    records = {wire.KEPT: msg.content[wire.KEPT]} if wire.KEPT in msg.content else {}
     try:
-        if cfg["mode"] == "dynhp":
+        if cfg[wire.MODE] == "dynhp":
             metrics, records = train_dynhp_round(spec, msg, model, x, y, gen)
         else:
             metrics = train_fixed(spec, msg, model, x, y, gen)
     except BudgetError as e:  # refuse rather than train over budget
-        needed = training_memory(model, 1, TrainSection.model_validate(spec["train"]).memory_kind)
-        refusal = {"node": node, "over-budget": 1, "needed-memory": needed}
-        return _reply(msg, refusal, {"error": ConfigRecord({"reason": str(e)})})
+        needed = training_memory(model, 1, spec.train.memory_kind)
+        refusal = {wire.NODE: node, wire.OVER_BUDGET: 1, wire.NEEDED_MEMORY: needed}
+        return wire.reply(msg, refusal, {wire.ERROR: ConfigRecord({"reason": str(e)})})
     if fault == "corrupt":
         corrupt(model)
     # FLOPs: the model shrinks while DynHP trains; average its start and end cost.
     macs = (macs_in + macs_per_sample(model)) / 2
     metrics.update(
         {
-            "node": node,
-            "num-examples": len(x),
-            "params": num_params(model),
-            "over-budget": int(metrics["peak-memory"] > int(cfg["budget"])),
-            "train-flops": 6.0 * macs * metrics.pop("samples"),
-            "time-s": time.perf_counter() - start,
+            wire.NODE: node,
+            wire.NUM_EXAMPLES: len(x),
+            wire.PARAMS: num_params(model),
+            wire.OVER_BUDGET: int(metrics[wire.PEAK_MEMORY] > int(cfg[wire.BUDGET])),
+            wire.TRAIN_FLOPS: train_flops(macs, metrics.pop("samples")),
+            wire.TIME_S: time.perf_counter() - start,
         }
     )
-    return _reply(msg, metrics, {"arrays": ArrayRecord(model.state_dict()), **records})
+    return wire.reply(msg, metrics, {wire.ARRAYS: ArrayRecord(model.state_dict()), **records})
 
 
-def evaluate_local(spec: dict[str, Any], msg: Message) -> Message:
-    node = int(msg.content["config"]["node"])
+def evaluate_local(msg: Message) -> Message:
+    """The received model's accuracy and loss on the node's held-out samples."""
+    spec, node = wire.spec_of(msg), int(msg.content[wire.CONFIG][wire.NODE])
     _, _, x, y = local_data(spec, node)
-    model = model_from_state(msg.content["arrays"].to_torch_state_dict())
+    model = model_from_state(msg.content[wire.ARRAYS].to_torch_state_dict())
     acc, loss = evaluate(model, x, y)
-    return _reply(msg, {"node": node, "num-examples": len(x), "accuracy": acc, "loss": loss})
+    metrics = {wire.NODE: node, wire.NUM_EXAMPLES: len(x), wire.ACCURACY: acc, wire.LOSS: loss}
+    return wire.reply(msg, metrics)
 
 
-def make_client_app(scenario: Scenario) -> ClientApp:
-    """A ClientApp bound to ``scenario`` (as a plain dict, cheap to ship to workers)."""
-    spec = scenario.model_dump()
-    threads = scenario.simulation.torch_threads  # = the actor's Ray CPUs: no oversubscription
-    app = ClientApp()
+app = ClientApp()
 
-    @app.train()
-    def _train(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(threads)
-        return train(spec, msg)
 
-    @app.evaluate()
-    def _evaluate(msg: Message, context: Context) -> Message:
-        torch.set_num_threads(threads)
-        return evaluate_local(spec, msg)
+@app.train()
+def _train(msg: Message, context: Context) -> Message:
+    torch.set_num_threads(wire.spec_of(msg).threads)  # = the actor's Ray CPUs
+    return train(msg)
 
-    return app
+
+@app.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    torch.set_num_threads(wire.spec_of(msg).threads)
+    return evaluate_local(msg)

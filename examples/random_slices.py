@@ -13,7 +13,7 @@ comes from :class:`fogsim.strategies.submodel.SubModelStrategy`.
 
 import numpy as np
 
-from fogsim.pruning import Kept
+from fogsim.device.pruning import Kept
 from fogsim.strategies import register
 from fogsim.strategies.submodel import SubModelStrategy
 

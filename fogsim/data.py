@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fogsim.models import IMAGE_SHAPE, NUM_CLASSES
+from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 
 DATASETS = ("mnist", "fashion-mnist")
 PARTITIONINGS = ("iid", "dirichlet", "shards")

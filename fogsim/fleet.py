@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fogsim.scenario import DeviceClass, FleetSection
+from fogsim.scenario import DeviceClass, FleetSection, Scenario
+from fogsim.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ class Fleet:
         return np.flatnonzero(rng.random(self.num_nodes) < p)
 
 
+def simulated_seconds(device: DeviceClass, bytes_down: int, bytes_up: int, flops: float) -> float:
+    """Download + compute + upload time of one client round on ``device``, from its
+    class's link bandwidths and compute speed (a synchronous round takes as long as
+    its slowest sampled client)."""
+    down = bytes_down * 8 / (device.down_mbps * 1e6)
+    up = bytes_up * 8 / (device.up_mbps * 1e6)
+    return down + flops / device.flops + up
+
+
 def class_counts(section: FleetSection) -> list[int]:
     """Nodes per class: fixed counts first, shares split the rest by largest remainder."""
     fixed = sum(c.count for c in section.classes if c.count is not None)
@@ -62,3 +72,21 @@ def build_fleet(section: FleetSection, seed: int) -> Fleet:
     high = np.array([c.memory_max or c.memory for c in section.classes], dtype=float)[labels]
     budgets = np.exp(rng.uniform(np.log(low), np.log(high))).astype(np.int64)
     return Fleet(list(section.classes), labels, budgets)
+
+
+def check_trainable(scenario: Scenario, fleet: Fleet) -> None:
+    """Refuse a fleet where no node's budget trains even width 1 of every neuron group
+    at ``[dynhp] min_batch`` (a fleet where only some cannot is fine: the strategies
+    leave those nodes out). Raises ValueError naming each class's largest budget."""
+    need = scenario.smallest_training_memory
+    if fleet.budgets.max() >= need:
+        return
+    budgets = ", ".join(
+        f"{c.name!r} {format_bytes(c.memory_max or c.memory)}" for c in scenario.fleet.classes
+    )
+    raise ValueError(
+        "no node can train even the smallest model (one neuron per layer), which "
+        f"needs {format_bytes(need)} at dynhp.min_batch = {scenario.dynhp.min_batch} with "
+        f"{scenario.train.memory_kind}; largest budget per class: {budgets}; raise "
+        f"fleet.classes.N.memory to at least {format_bytes(need)}"
+    )

@@ -6,10 +6,7 @@ path, the bad value and what is allowed, never a traceback.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,10 +22,11 @@ from pydantic import (
 )
 
 from fogsim.data import DATASETS, PARTITIONINGS
-from fogsim.memory import Arch, training_memory
-from fogsim.models import IMAGE_SHAPE
-from fogsim.training import OPTIMIZERS
-from fogsim.units import format_bytes, parse_bytes
+from fogsim.device.dynhp import DynHPConfig
+from fogsim.device.memory import Arch, training_memory
+from fogsim.device.models import IMAGE_SHAPE
+from fogsim.device.training import OPTIMIZERS
+from fogsim.units import parse_bytes
 
 ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
 MAX_CONV_BLOCKS = int(math.log2(min(IMAGE_SHAPE[1:])))  # each 2x2 pool halves the image
@@ -103,21 +101,13 @@ class TrainSection(Section):
         return self.optimizer
 
 
-class DynHPSection(Section):
-    """DynHP on each client (strategies that prune); see ``fogsim.dynhp``."""
+class DynHPSection(DynHPConfig):
+    """``[dynhp]``: DynHP on each client of a pruning strategy (``fogsim.device.dynhp``,
+    whose :class:`DynHPConfig` holds the fields), plus how many participations a node's
+    schedule spans."""
 
-    target_compression: float = Field(10.0, ge=1)
-    start: float = Field(0.0, ge=0, lt=1)
-    end: float = Field(0.7, gt=0, le=1)
-    criterion: Literal["taylor", "weight-norm", "weight-norm-io"] = "taylor"
-    ema: float = Field(0.9, ge=0, lt=1)
-    patience: int = Field(3, ge=1)
-    check_every: int = Field(10, ge=1)
-    min_width: int = Field(2, ge=1)
-    min_batch: int = Field(16, ge=1)
-    max_batch: int = Field(256, ge=1)
-    dynamic_batch: bool = True
-    lr_scaling: Literal["none", "linear", "sqrt"] = "sqrt"
+    model_config = ConfigDict(frozen=False, validate_assignment=True)
+
     participations: int | None = Field(
         None,
         ge=1,
@@ -125,13 +115,12 @@ class DynHPSection(Section):
         "target (default: its expected participations, rounds x sampled / nodes)",
     )
 
-    @model_validator(mode="after")
-    def _order(self) -> DynHPSection:
-        if self.start >= self.end:
-            raise ValueError(f"start ({self.start}) must be below end ({self.end})")
-        if self.min_batch > self.max_batch:
-            raise ValueError(f"min_batch ({self.min_batch}) exceeds max_batch ({self.max_batch})")
-        return self
+    def device_config(self, target_compression: float | None = None) -> DynHPConfig:
+        """The config one device runs DynHP with (its own target, if given)."""
+        fields = self.model_dump(exclude={"participations"})
+        if target_compression is not None:
+            fields["target_compression"] = target_compression
+        return DynHPConfig(**fields)
 
 
 class DeviceClass(Section):
@@ -275,15 +264,8 @@ class Scenario(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
-        from fogsim.strategies import STRATEGIES
-
-        if self.strategy.module:
-            if os.getcwd() not in sys.path:
-                sys.path.append(os.getcwd())
-            try:
-                importlib.import_module(self.strategy.module)
-            except ImportError as e:
-                raise ValueError(f"strategy.module = {self.strategy.module!r}: {e}") from None
+        """Fields that must agree with each other. What needs more than the schema (the
+        strategy registry, the fleet's budgets, the data set) is in ``fogsim.checks``."""
         nodes, sim, problems = self.fleet.nodes, self.simulation, []
         for field in ("clients_per_round", "evaluate_clients"):
             if getattr(sim, field) > nodes:
@@ -302,11 +284,6 @@ class Scenario(Section):
                 f"simulation.min_replies = {sim.min_replies} exceeds "
                 f"simulation.clients_per_round = {sim.clients_per_round}"
             )
-        if self.strategy.name not in STRATEGIES:
-            problems.append(
-                f"strategy.name = {self.strategy.name!r} is unknown; "
-                f"allowed: {', '.join(sorted(STRATEGIES))}"
-            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -317,26 +294,6 @@ class Scenario(Section):
         min_batch``: a node with less can train nothing."""
         smallest = self.model.shape.scaled(0.0)
         return training_memory(smallest, self.dynhp.min_batch, self.train.memory_kind)
-
-    @model_validator(mode="after")
-    def _some_node_trains(self) -> Scenario:
-        """Refuse a fleet where no node's budget trains even width 1 of every neuron
-        group at ``[dynhp] min_batch`` (a fleet where only some cannot is fine: the
-        strategies leave those nodes out)."""
-        from fogsim.fleet import build_fleet
-
-        need = self.smallest_training_memory
-        if build_fleet(self.fleet, self.run.seed).budgets.max() >= need:
-            return self
-        budgets = ", ".join(
-            f"{c.name!r} {format_bytes(c.memory_max or c.memory)}" for c in self.fleet.classes
-        )
-        raise ValueError(
-            "fleet: no node can train even the smallest model (one neuron per layer), which "
-            f"needs {format_bytes(need)} at dynhp.min_batch = {self.dynhp.min_batch} with "
-            f"{self.train.memory_kind}; largest budget per class: {budgets}; raise "
-            f"fleet.classes.N.memory to at least {format_bytes(need)}"
-        )
 
 
 class ScenarioError(ValueError):

@@ -56,8 +56,8 @@ def tiny_scenario(tmp_path: Path) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """How many cases the fuzz tests generated (tests/test_fuzz.py), by outcome."""
-    fuzz = sys.modules.get("tests.test_fuzz")
+    """How many cases the fuzz tests generated (tests/cli/test_fuzz.py), by outcome."""
+    fuzz = sys.modules.get("tests.cli.test_fuzz")
     if fuzz is not None and fuzz.CASES:
         by_outcome = ", ".join(f"{n} {k}" for k, n in sorted(fuzz.CASES.items()))
         total = sum(fuzz.CASES.values())

@@ -2,16 +2,16 @@ from pathlib import Path
 
 import pytest
 
+from fogsim.checks import load_checked
 from fogsim.fleet import build_fleet, class_counts
 from fogsim.scenario import ScenarioError, load_scenario
 from fogsim.units import parse_bytes
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.toml")), ids=lambda p: p.stem)
 def test_shipped_scenarios_are_valid(path: Path) -> None:
-    sc = load_scenario(path)
+    sc = load_checked(path)
     assert sc.run.rounds >= 1
     assert sum(build_fleet(sc.fleet, sc.run.seed).counts().values()) == sc.fleet.nodes
 
@@ -54,7 +54,7 @@ BAD = [
 @pytest.mark.parametrize(("override", "words"), BAD, ids=[b[0] for b in BAD])
 def test_bad_input_names_file_field_and_allowed(tiny_scenario, override, words) -> None:
     with pytest.raises(ScenarioError) as info:
-        load_scenario(tiny_scenario, [override])
+        load_checked(tiny_scenario, [override])
     message = str(info.value)
     assert str(tiny_scenario) in message
     for word in words:

@@ -5,6 +5,15 @@ importing this package registers the built-in ones.
 """
 
 from fogsim.strategies import fedavg, fedrolex, heterofl, mask_union  # noqa: F401  (register)
-from fogsim.strategies.base import STRATEGIES, FogStrategy, register
+from fogsim.strategies.base import FogStrategy
+from fogsim.strategies.registry import STRATEGIES, build_strategy, register, strategy_class
+from fogsim.strategies.submodel import SubModelStrategy
 
-__all__ = ["STRATEGIES", "FogStrategy", "register"]
+__all__ = [
+    "STRATEGIES",
+    "FogStrategy",
+    "SubModelStrategy",
+    "build_strategy",
+    "register",
+    "strategy_class",
+]

@@ -5,8 +5,9 @@
   ``SimulationSection.flower_nodes``), the ``j``-th message of a round goes to the
   ``j``-th smallest Flower node id (modulo their number) and says which fleet node it
   is for (``config["node"]``). The client trains that node's data under that node's
-  budget. Clients keep no state (it travels in the messages), so any mailbox will do,
-  and a fleet of 10,000 nodes costs Flower no more than the nodes sampled.
+  budget. Clients keep no state (it travels in the messages, ``fogsim.flower.wire``),
+  so any mailbox will do, and a fleet of 10,000 nodes costs Flower no more than the
+  nodes sampled.
 - **Seeded sampling.** Each round draws which nodes are up (class ``availability``) and
   which of those are sampled from a generator seeded by (seed, round), so any round can
   be replayed (Flower's ``sample_nodes`` uses the unseeded module ``random``).
@@ -14,105 +15,53 @@
   sorted by fleet node before averaging so float sums are reproducible.
 - **Accounting.** Bytes sent and received per node and round are counted from the
   actual arrays on the wire; with the client's training FLOPs they give each client's
-  simulated time (``fogsim.accounting``). Clients slower than ``deadline_s`` are
-  stragglers: counted, and left out of the aggregate. :attr:`node_rows` and
-  :attr:`round_stats` feed the results writer.
+  simulated time (``fogsim.fleet.simulated_seconds``). Clients slower than
+  ``deadline_s`` are stragglers: counted, and left out of the aggregate.
+  :attr:`node_rows` and :attr:`round_stats` feed the results writer.
 - **Untrusted replies.** Every sampled node ends the round with one status
-  (:data:`STATUSES`): only ``ok`` updates are averaged. A reply with NaN/Inf is
-  ``rejected`` before any strategy hook sees it; a crash (Flower error reply), a
-  node that went offline, one that refused to train over its budget, and one that
-  never answered within ``round_timeout_s`` are each counted. With fewer than
-  ``[simulation] min_replies`` good updates the round keeps the previous model.
+  (:data:`~fogsim.study.results.STATUSES`): only ``ok`` updates are averaged. A reply
+  with NaN/Inf is ``rejected`` before any strategy hook sees it; a crash (Flower error
+  reply), a node that went offline, one that refused to train over its budget, and
+  one that never answered within ``round_timeout_s`` are each counted. With fewer
+  than ``[simulation] min_replies`` good updates the round keeps the previous model.
+
+A strategy subclasses :class:`FogStrategy` (or ``SubModelStrategy``) and implements its
+abstract hooks; its own parameters are typed keyword arguments of ``__init__``,
+documented in its class docstring and set by ``[strategy] params``.
 """
 
 from __future__ import annotations
 
-import functools
-import math
+from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fogsim.accounting import simulated_seconds
-from fogsim.fleet import Fleet
-from fogsim.memory import Arch, training_memory
-from fogsim.results import STATUSES
+from fogsim.device.memory import training_memory, widest_fraction
+from fogsim.fleet import Fleet, simulated_seconds
+from fogsim.flower import wire
 from fogsim.scenario import Scenario
-
-STRATEGIES: dict[str, type[FogStrategy]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a strategy selectable as ``[strategy] name = "<name>"``."""
-
-    def deco(cls: type[FogStrategy]) -> type[FogStrategy]:
-        cls.name = name
-        STRATEGIES[name] = cls
-        return cls
-
-    return deco
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def fitting_fraction(arch: Arch, budget: int, optimizer: str, batch: int) -> float:
-    """Largest width fraction f (every group ``ceil(f * width)`` neurons) that trains at
-    ``batch`` within ``budget`` by the memory model; 0.0 if not even width 1 fits.
-
-    A 20-step bisection (~0.1 ms): strategies ask per sampled node, never per fleet
-    node up front (log-uniform budgets make every node's budget distinct), and the
-    cache makes a node's next participation free."""
-
-    def fits(f: float) -> bool:
-        return training_memory(arch.scaled(f), batch, optimizer) <= budget
-
-    if fits(1.0):
-        return 1.0
-    if not fits(0.0):
-        return 0.0
-    lo, hi = 0.0, 1.0
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
-def numpy_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord of named numpy arrays (any dtype; bool and int64 included)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def array_bytes(arrays: ArrayRecord) -> int:
-    """Payload bytes of an ArrayRecord (the tensors' data, without framing), from each
-    array's dtype and shape: deserialising them just to count would cost more than
-    the round's aggregation."""
-    return sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in arrays.values())
+from fogsim.study.results import STATUSES
 
 
 class FogStrategy(FedAvg):
-    """Dense FedAvg over a fleet; subclasses change what each node gets and how
-    replies are merged by overriding :meth:`node_payload` and :meth:`aggregate`."""
+    """A Flower strategy over a fleet: seeded sampling of fleet nodes, one message per
+    node, replies classified and accounted. Subclasses say what each node gets
+    (:meth:`node_payload`), how good replies merge (:meth:`aggregate`) and what a device
+    of a given budget can deploy (:meth:`deployable`)."""
 
     name = "base"
 
-    def __init__(self, scenario: Scenario, fleet: Fleet, **params: Any) -> None:
-        if params:
-            raise ValueError(f"strategy {self.name!r} takes no parameters, got {', '.join(params)}")
+    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=0, min_available_nodes=1)
         self.scenario = scenario
         self.fleet = fleet
+        self.spec = wire.ClientSpec.of(scenario).model_dump_json()  # sent with every message
         self.node_ids: list[int] = []
         self.bytes_down: dict[int, int] = {}
         self.arch = scenario.model.shape
@@ -122,6 +71,37 @@ class FogStrategy(FedAvg):
         self.sent: list[tuple[int, Message]] = []  # this round's (fleet node, training message)
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
+
+    # --- the hooks -------------------------------------------------------------
+    @abstractmethod
+    def node_payload(
+        self, node: int, arrays: ArrayRecord, server_round: int
+    ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
+        """(records, extra config) sent to ``node``; ``records["arrays"]`` is its model."""
+
+    @abstractmethod
+    def aggregate(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Merge good replies (sorted by node) into the new global model."""
+
+    @abstractmethod
+    def deployable(
+        self, state: dict[str, np.ndarray], budget: int, server_round: int
+    ) -> dict[str, np.ndarray] | None:
+        """The part of global ``state`` a device with ``budget`` can train, or None."""
+
+    def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
+        """Remember per-node state from a reply that trained (before aggregation); a
+        straggler's update is not averaged, but it did train on its device."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the global model (picklable); strategies
+        that remember per-node state override this and :meth:`load_state_dict`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (called before the first resumed round)."""
 
     # --- sampling and messages -------------------------------------------------
     def sample(self, k: int, grid: Grid, server_round: int, stream: int = 0) -> list[int]:
@@ -139,14 +119,6 @@ class FogStrategy(FedAvg):
             up = up[self.takes_part[up]]
         return sorted(int(n) for n in rng.choice(up, size=min(k, len(up)), replace=False))
 
-    def node_payload(
-        self, node: int, arrays: ArrayRecord, server_round: int
-    ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
-        """(records, extra config) sent to ``node``; ``records["arrays"]`` is its model.
-
-        Dense strategies send the global model as it is."""
-        return {"arrays": arrays}, {"mode": "dense"}
-
     def _messages(
         self,
         nodes: list[int],
@@ -158,18 +130,19 @@ class FogStrategy(FedAvg):
         messages, down = [], 0
         for j, node in enumerate(nodes):
             records, extra = self.node_payload(node, arrays, server_round)
-            self.bytes_down[node] = array_bytes(records["arrays"])
+            self.bytes_down[node] = wire.array_bytes(records[wire.ARRAYS])
             down += self.bytes_down[node]
             cfg = ConfigRecord(
                 {
                     **config,
                     **extra,
-                    "node": node,
-                    "class": self.fleet.device(node).name,
-                    "budget": self.fleet.budget(node),
+                    wire.NODE: node,
+                    wire.CLASS: self.fleet.device(node).name,
+                    wire.BUDGET: self.fleet.budget(node),
+                    wire.SPEC: self.spec,
                 }
             )
-            record = RecordDict({**records, "config": cfg})
+            record = RecordDict({**records, wire.CONFIG: cfg})
             mailbox = self.node_ids[j % len(self.node_ids)]
             messages.append(Message(record, dst_node_id=mailbox, message_type=kind))
         self.round_stats[f"bytes_down_{kind}"] = down
@@ -180,7 +153,7 @@ class FogStrategy(FedAvg):
     ) -> Iterable[Message]:
         nodes = self.sample(self.scenario.simulation.clients_per_round, grid, server_round)
         self.node_rows, self.round_stats = [], {"sampled": len(nodes)}
-        config["server-round"] = server_round
+        config[wire.ROUND] = server_round
         messages = self._messages(nodes, arrays, config, MessageType.TRAIN, server_round)
         self.sent = list(zip(nodes, messages, strict=True))
         return messages
@@ -191,7 +164,7 @@ class FogStrategy(FedAvg):
         k = self.scenario.simulation.evaluate_clients
         if k == 0:
             return []
-        config["server-round"] = server_round
+        config[wire.ROUND] = server_round
         nodes = self.sample(k, grid, server_round, stream=1)
         return self._messages(nodes, arrays, config, MessageType.EVALUATE, server_round)
 
@@ -201,20 +174,20 @@ class FogStrategy(FedAvg):
         """(good replies sorted by fleet node, error replies)."""
         replies = list(replies)
         good = [m for m in replies if not m.has_error()]
-        good.sort(key=lambda m: int(m.content["metrics"]["node"]))
+        good.sort(key=lambda m: int(m.content[wire.METRICS][wire.NODE]))
         return good, [m for m in replies if m.has_error()]
 
     def reply_status(self, msg: Message) -> str:
         """Why a (non-error) training reply is or is not usable: ``ok``, ``dropped``
         (the node went offline), ``over_budget`` (it refused: its model would not fit),
         or ``rejected`` (non-finite or missing weights: never averaged)."""
-        metrics = msg.content["metrics"]
-        if metrics.get("dropped-out"):
+        metrics = msg.content[wire.METRICS]
+        if metrics.get(wire.DROPPED_OUT):
             return "dropped"
-        if metrics.get("over-budget") and "arrays" not in msg.content:
+        if metrics.get(wire.OVER_BUDGET) and wire.ARRAYS not in msg.content:
             return "over_budget"
-        if "arrays" not in msg.content or not all(
-            np.isfinite(a.numpy()).all() for a in msg.content["arrays"].values()
+        if wire.ARRAYS not in msg.content or not all(
+            np.isfinite(a.numpy()).all() for a in msg.content[wire.ARRAYS].values()
         ):
             return "rejected"
         if not all(np.isfinite(float(v)) for v in metrics.values()):
@@ -227,6 +200,24 @@ class FogStrategy(FedAvg):
         sent = {m.metadata.message_id: node for node, m in self.sent}
         return sent.get(msg.metadata.reply_to_message_id)
 
+    def arrived(self, msg: Message) -> tuple[int, str, dict[str, Any], float | None]:
+        """(fleet node, status, nodes.csv fields, simulated seconds) of a non-error
+        reply; no simulated time for a node that dropped out or refused to train."""
+        metrics = msg.content[wire.METRICS]
+        node, status = int(metrics[wire.NODE]), self.reply_status(msg)
+        row = {k.replace("-", "_"): v for k, v in metrics.items() if k != wire.NODE}
+        if status in ("dropped", "over_budget"):
+            return node, status, row, None
+        # a rejected reply may lack weights or FLOPs: count what arrived
+        up = wire.array_bytes(msg.content[wire.ARRAYS]) if wire.ARRAYS in msg.content else 0
+        flops = float(metrics.get(wire.TRAIN_FLOPS, 0.0))
+        sim_s = simulated_seconds(self.fleet.device(node), self.bytes_down[node], up, flops)
+        deadline = self.scenario.simulation.deadline_s
+        if status == "ok" and deadline is not None and sim_s > deadline:
+            status = "straggler"
+        row.update(bytes_up=up, sim_time_s=sim_s)
+        return node, status, row, sim_s
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -235,41 +226,41 @@ class FogStrategy(FedAvg):
         good, errors = self.by_node(replies)
         deadline = self.scenario.simulation.deadline_s
         status: dict[int, str] = {node: "timed_out" for node, _ in self.sent}
-        rows: dict[int, dict[str, Any]] = {}
         for msg in errors:
-            node = self.node_of_error(msg)
-            if node is not None:
+            if (node := self.node_of_error(msg)) is not None:
                 status[node] = "crashed"
-        kept, up, sim_times = [], 0, []
+        rows: dict[int, dict[str, Any]] = {}
+        accepted, up, sim_times = [], 0, []
         for msg in good:
-            metrics = msg.content["metrics"]
-            node = int(metrics["node"])
-            status[node] = self.reply_status(msg)
-            rows[node] = {k.replace("-", "_"): v for k, v in metrics.items() if k != "node"}
-            if status[node] in ("dropped", "over_budget"):
+            node, status[node], rows[node], sim_s = self.arrived(msg)
+            if sim_s is None:
                 continue
-            # a rejected reply may lack weights or FLOPs: count what arrived
-            sent = array_bytes(msg.content["arrays"]) if "arrays" in msg.content else 0
-            flops = float(metrics.get("train-flops", 0.0))
-            sim_s = simulated_seconds(self.fleet.device(node), self.bytes_down[node], sent, flops)
-            if status[node] == "ok" and deadline is not None and sim_s > deadline:
-                status[node] = "straggler"
             if status[node] != "rejected":
-                self.on_reply(node, msg, status[node] == "straggler")
-            up += sent
+                self.on_reply(node, msg, straggler=status[node] == "straggler")
+            up += rows[node]["bytes_up"]
             sim_times.append(min(sim_s, deadline) if deadline else sim_s)
-            rows[node].update(bytes_up=sent, sim_time_s=sim_s)
             if status[node] == "ok":
-                kept.append(msg)
+                accepted.append(msg)
         if deadline and any(s in ("dropped", "timed_out") for s in status.values()):
             sim_times.append(deadline)  # the server waited for them until the deadline
+        self.record_round(server_round, status, rows)
+        self.round_stats.update(
+            aggregated=len(accepted), bytes_up=up, sim_time_s=max(sim_times, default=0.0)
+        )
+        if len(accepted) < self.scenario.simulation.min_replies:
+            return None, None
+        return self.aggregate(server_round, accepted)
+
+    def record_round(
+        self, server_round: int, status: dict[int, str], rows: dict[int, dict[str, Any]]
+    ) -> None:
+        """One nodes.csv row per sampled node, and the round's counts per status."""
         for node in sorted(status):
-            device = self.fleet.device(node)
             self.node_rows.append(
                 {
                     "round": server_round,
                     "node": node,
-                    "class": device.name,
+                    "class": self.fleet.device(node).name,
                     "budget_bytes": self.fleet.budget(node),
                     "status": status[node],
                     "bytes_down": self.bytes_down[node],
@@ -278,59 +269,26 @@ class FogStrategy(FedAvg):
             )
         tally = Counter(status.values())
         self.round_stats.update(
-            aggregated=len(kept),
             **{s: tally[s] for s in STATUSES if s != "ok"},
-            bytes_up=up,
-            sim_time_s=max(sim_times, default=0.0),
             failed_by_class=Counter(
                 self.fleet.device(n).name for n, s in status.items() if s != "ok"
             ),
         )
-        if len(kept) < self.scenario.simulation.min_replies:
-            return None, None
-        return self.aggregate(server_round, kept)
-
-    def fitting_fraction(self, budget: int) -> float:
-        """Width fraction of the global model ``budget`` trains at the minimum batch."""
-        return fitting_fraction(self.arch, budget, self.optimizer, self.min_batch)
-
-    def fraction(self, node: int) -> float:
-        """Width fraction fleet node ``node`` trains at the minimum batch (on demand)."""
-        return self.fitting_fraction(self.fleet.budget(node))
-
-    def budget_for(self, fraction: float) -> int:
-        """Bytes that train width ``fraction`` at the minimum batch: every budget at or
-        above it trains at least that much (a vectorised test over the whole fleet,
-        where ``fraction`` per node would run a bisection per node)."""
-        return training_memory(self.arch.scaled(fraction), self.min_batch, self.optimizer)
-
-    def deployable(
-        self, state: dict[str, np.ndarray], budget: int, server_round: int
-    ) -> dict[str, np.ndarray] | None:
-        """The part of global ``state`` a device with ``budget`` can train, or None.
-
-        Dense strategies: the full model if it fits at the minimum batch."""
-        return state if self.fitting_fraction(budget) == 1.0 else None
-
-    def on_reply(self, node: int, msg: Message, dropped: bool) -> None:
-        """Hook: remember per-node state from a reply (before aggregation)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs besides the global model (picklable); strategies
-        that remember per-node state override this and :meth:`load_state_dict`."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (called before the first resumed round)."""
-
-    def aggregate(
-        self, server_round: int, replies: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Merge good replies (sorted by node) into the new global model."""
-        return super().aggregate_train(server_round, replies)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         good, _ = self.by_node(replies)
         return super().aggregate_evaluate(server_round, good) if good else None
+
+    # --- budgets -----------------------------------------------------------------
+    def width_fraction(self, node: int) -> float:
+        """Width fraction of the global model fleet node ``node`` trains at the minimum
+        batch (on demand: a bisection per distinct budget, cached)."""
+        return widest_fraction(self.arch, self.fleet.budget(node), self.optimizer, self.min_batch)
+
+    def budget_for(self, fraction: float) -> int:
+        """Bytes that train width ``fraction`` at the minimum batch: every budget at or
+        above it trains at least that much (a vectorised test over the whole fleet,
+        where :meth:`width_fraction` per node would run a bisection per node)."""
+        return training_memory(self.arch.scaled(fraction), self.min_batch, self.optimizer)

@@ -7,25 +7,53 @@
   batch take part; the others are never sampled.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
-from fogsim.strategies.base import FogStrategy, register
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from fogsim.device.memory import widest_fraction
+from fogsim.fleet import Fleet
+from fogsim.flower import wire
+from fogsim.scenario import Scenario
+from fogsim.strategies.base import FogStrategy
+from fogsim.strategies.registry import register
 
 
-@register("fedavg")
+@register("fedavg", "fedavg-dense")
 class FedAvgDense(FogStrategy):
-    """Flower's FedAvg, with fogsim's seeded fleet sampling and accounting."""
+    """Flower's FedAvg, with fogsim's seeded fleet sampling and accounting; every node
+    trains the global model as it is."""
 
+    mode = "dense"  # the client trains regardless of its budget (and flags it)
 
-register("fedavg-dense")(type("FedAvgDenseAlias", (FedAvgDense,), {}))
+    def node_payload(
+        self, node: int, arrays: ArrayRecord, server_round: int
+    ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
+        return {wire.ARRAYS: arrays}, {wire.MODE: self.mode}
+
+    def aggregate(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return FedAvg.aggregate_train(self, server_round, replies)
+
+    def deployable(
+        self, state: dict[str, np.ndarray], budget: int, server_round: int
+    ) -> dict[str, np.ndarray] | None:
+        """The whole model, for a budget that trains it at the minimum batch."""
+        full = widest_fraction(self.arch, budget, self.optimizer, self.min_batch) == 1.0
+        return state if full else None
 
 
 @register("fedavg-feasible")
-class FedAvgFeasible(FogStrategy):
+class FedAvgFeasible(FedAvgDense):
     """FedAvg restricted to the nodes that can hold the full model."""
 
-    def __init__(self, scenario, fleet, **params: Any) -> None:  # noqa: ANN001
-        super().__init__(scenario, fleet, **params)
+    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
+        super().__init__(scenario, fleet)
         self.takes_part = fleet.budgets >= self.budget_for(1.0)
         if not self.takes_part.any():
             raise ValueError("fedavg-feasible: no node's budget holds the full model")

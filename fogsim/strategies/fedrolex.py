@@ -7,8 +7,8 @@ every neuron of the global model is trained by small devices too.
 
 import numpy as np
 
-from fogsim.pruning import Kept
-from fogsim.strategies.base import register
+from fogsim.device.pruning import Kept
+from fogsim.strategies.registry import register
 from fogsim.strategies.submodel import SubModelStrategy
 
 

@@ -5,8 +5,8 @@ fraction its budget trains at the minimum batch; slices are nested, so small dev
 share the leading neurons with big ones. Clients train their slice as it is.
 """
 
-from fogsim.pruning import Kept
-from fogsim.strategies.base import register
+from fogsim.device.pruning import Kept
+from fogsim.strategies.registry import register
 from fogsim.strategies.submodel import SubModelStrategy
 
 

@@ -30,17 +30,21 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from fogsim.pruning import Kept
-from fogsim.strategies.base import fitting_fraction, numpy_record, register
-from fogsim.strategies.submodel import SubModelStrategy, unpack_kept
+from fogsim.device.memory import widest_fraction
+from fogsim.device.pruning import Kept
+from fogsim.fleet import Fleet
+from fogsim.flower import wire
+from fogsim.scenario import Scenario
+from fogsim.strategies.registry import register
+from fogsim.strategies.submodel import SubModelStrategy
 
 
 @register("mask-union")
 class MaskUnion(SubModelStrategy):
     mode = "dynhp"
 
-    def __init__(self, scenario, fleet, **params: Any) -> None:  # noqa: ANN001
-        super().__init__(scenario, fleet, **params)
+    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
+        super().__init__(scenario, fleet)
         self.kept: dict[int, Kept] = {}
         self.dynhp_state: dict[int, ArrayRecord] = {}
         self.participations: dict[int, int] = {}
@@ -52,11 +56,14 @@ class MaskUnion(SubModelStrategy):
         """The node's target compression: ``min(target_compression, dense / widest model
         it trains at max_batch)``, at least 1 (computed when the node is sampled)."""
         dynhp = self.scenario.dynhp
-        f = fitting_fraction(self.arch, self.fleet.budget(node), self.optimizer, dynhp.max_batch)
+        budget = self.fleet.budget(node)
+        f = widest_fraction(self.arch, budget, self.optimizer, dynhp.max_batch)
         ratio = self.arch.num_params() / self.arch.scaled(f).num_params()
         return min(dynhp.target_compression, max(1.0, ratio))
 
     def kept_at(self, fraction: float, server_round: int) -> Kept:
+        """Per group, the ``ceil(fraction * width)`` neurons of largest incoming-weight
+        norm in the current global model."""
         out = []
         n_conv = len(self.arch.channels)
         sizes = self.arch.scaled(fraction).widths
@@ -69,20 +76,22 @@ class MaskUnion(SubModelStrategy):
     def kept_for(self, node: int, server_round: int) -> Kept:
         return self.kept.get(node) or super().kept_for(node, server_round)
 
-    def node_payload(self, node, arrays, server_round):  # noqa: ANN001
+    def node_payload(
+        self, node: int, arrays: ArrayRecord, server_round: int
+    ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
         records, config = super().node_payload(node, arrays, server_round)
         if node in self.dynhp_state:
-            records["dynhp"] = self.dynhp_state[node]
-        config["target-compression"] = self.target(node)
+            records[wire.DYNHP] = self.dynhp_state[node]
+        config[wire.TARGET] = self.target(node)
         p = self.participations.get(node, 0)
-        config["progress-start"] = min(1.0, p / self.planned)
-        config["progress-end"] = min(1.0, (p + 1) / self.planned)
+        config[wire.PROGRESS_START] = min(1.0, p / self.planned)
+        config[wire.PROGRESS_END] = min(1.0, (p + 1) / self.planned)
         return records, config
 
-    def on_reply(self, node: int, msg: Message, dropped: bool) -> None:
+    def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
         # A straggler still pruned on its device: its mask and state are real.
-        self.kept[node] = unpack_kept(msg.content["kept"])
-        self.dynhp_state[node] = msg.content["dynhp"]
+        self.kept[node] = wire.unpack_kept(msg.content[wire.KEPT])
+        self.dynhp_state[node] = msg.content[wire.DYNHP]
         self.participations[node] = self.participations.get(node, 0) + 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -94,5 +103,5 @@ class MaskUnion(SubModelStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kept = state["kept"]
-        self.dynhp_state = {n: numpy_record(r) for n, r in state["dynhp"].items()}
+        self.dynhp_state = {n: wire.numpy_record(r) for n, r in state["dynhp"].items()}
         self.participations = state["participations"]

@@ -1,0 +1,71 @@
+"""A scenario checked beyond its schema: its strategy, its fleet and its data.
+
+``fogsim.scenario`` validates each field and how fields relate; what needs more is
+checked here: the strategy registry (a plug-in module to import, the strategy's own
+parameters), the fleet (budgets drawn from the seed) and the data set on disk. Errors
+are :class:`~fogsim.scenario.ScenarioError`\\ s in the scenario's own form: the file,
+then each field and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fogsim.data import load_dataset, partition
+from fogsim.fleet import build_fleet, check_trainable
+from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
+from fogsim.strategies import build_strategy, strategy_class
+from fogsim.strategies.registry import StrategyError
+
+
+def problems(sc: Scenario) -> list[str]:
+    """What is wrong with ``sc`` beyond its schema, one ``field: reason`` each."""
+    found = []
+    try:
+        strategy_class(sc)
+    except StrategyError as e:
+        found.append(str(e))
+    fleet = build_fleet(sc.fleet, sc.run.seed)
+    try:
+        check_trainable(sc, fleet)
+    except ValueError as e:
+        found.append(f"fleet: {e}")
+    if not found:  # the strategy's own checks assume a known strategy and a usable fleet
+        try:
+            build_strategy(sc, fleet)
+        except StrategyError as e:
+            found.append(str(e))
+    return found
+
+
+def check(sc: Scenario, source: str) -> None:
+    """Raise a ScenarioError naming ``source`` and every problem of ``sc``."""
+    if found := problems(sc):
+        raise ScenarioError("\n".join([f"{source}: invalid scenario", *(f"  {p}" for p in found)]))
+
+
+def load_checked(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override (``--set``) and validate a scenario file, then :func:`check` it."""
+    sc = load_scenario(path, overrides)
+    check(sc, shown(str(path)))
+    return sc
+
+
+def check_data(sc: Scenario) -> None:
+    """The data set loads and splits across the fleet (before any Ray process starts);
+    raises DatasetNotFoundError, DatasetError, or ScenarioError naming the split."""
+    data = load_dataset(sc.data.dataset, sc.data.path)
+    d = sc.data
+    try:
+        partition(
+            data.train_y,
+            sc.fleet.nodes,
+            d.partitioning,
+            seed=sc.run.seed,
+            alpha=d.alpha,
+            shards_per_node=d.shards_per_node,
+        )
+    except ValueError as e:
+        raise ScenarioError(
+            f"data.partitioning = {d.partitioning!r} over fleet.nodes = {sc.fleet.nodes}: {e}"
+        ) from None

@@ -1,0 +1,106 @@
+"""What every ``fogsim`` command shares: consoles, the one error path, options.
+
+User mistakes end with one clear message on stderr and exit code 2 (:func:`fail`),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fogsim.checks import check_data, load_checked
+from fogsim.data import DatasetError, DatasetNotFoundError
+from fogsim.scenario import Scenario, ScenarioError
+from fogsim.study.report import Table as ReportTable
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios"
+
+out = Console()
+err = Console(stderr=True)
+
+# options and arguments used by several commands, declared once
+ScenarioArg = Annotated[str, typer.Argument(help="Scenario file, or a shipped scenario's name.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a field: section.key=value (repeatable)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+TargetOpt = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Accuracy for 'rounds to target'.")
+]
+
+
+def fail(message: str) -> None:
+    """Print ``error: message`` on stderr and exit with code 2."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def resolve_scenario_path(name: str) -> Path:
+    """A path, or the name of a shipped scenario (``quickstart``)."""
+    shipped = SCENARIO_DIR / f"{name}.toml"
+    # os.path.exists, not Path.exists: False (no OSError) for a name too long
+    if not os.path.exists(name) and os.path.exists(shipped):
+        return shipped
+    return Path(name)
+
+
+def load(scenario: str, overrides: list[str] | None) -> Scenario:
+    """Load and check a scenario (``fogsim.checks``: its strategy and parameters, its
+    fleet), or fail."""
+    if not scenario.strip():
+        fail(f"scenario {scenario!r}: empty; give a scenario file or a shipped scenario's name")
+    try:
+        return load_checked(resolve_scenario_path(scenario), overrides)
+    except ScenarioError as e:
+        fail(str(e))
+        raise  # unreachable; keeps type checkers happy
+
+
+def load_data(sc: Scenario) -> None:
+    """Fail unless the data set loads and splits across the fleet (before Ray starts)."""
+    try:
+        check_data(sc)
+    except (DatasetNotFoundError, DatasetError, ScenarioError) as e:
+        fail(str(e))
+
+
+def check_cluster(address: str | None) -> None:
+    """Exit at once when the Ray cluster to attach to answers nothing."""
+    if address:
+        from fogsim.flower.engine import RayClusterError, check_ray_address  # imports Flower
+
+        try:
+            check_ray_address(address)
+        except RayClusterError as e:
+            fail(str(e))
+
+
+def progress_bar(quiet: bool, counter: str = "round {task.completed}/{task.total}") -> Progress:
+    """A progress display on stderr: description, bar, ``counter``, elapsed, info."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn(counter),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        disable=quiet,
+    )
+
+
+def rich_table(table: ReportTable) -> Table:
+    rt = Table(title=table.title)
+    for i, h in enumerate(table.headers):
+        rt.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for row in table.rows:
+        rt.add_row(*row)
+    return rt

@@ -1,0 +1,74 @@
+"""``fogsim dynhp``: DynHP on one device, centrally, under a memory budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fogsim.cli.common import fail
+from fogsim.data import DATASETS, DatasetError
+from fogsim.device.centralized import CentralizedRun, run_centralized
+from fogsim.device.dynhp import CRITERIA, DynHPConfig
+from fogsim.device.memory import BudgetError
+from fogsim.units import parse_bytes
+
+MODELS = {"mlp": ((), (300, 100)), "cnn": ((16, 32), (128,))}  # (channels, hidden)
+
+
+def dynhp(
+    dataset: Annotated[str, typer.Option(help="mnist or fashion-mnist")] = "mnist",
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the training set")] = 6,
+    target: Annotated[
+        float, typer.Option(min=1.0, help="target compression (dense/final params)")
+    ] = 10.0,
+    budget: Annotated[
+        str,
+        typer.Option(help="memory budget, e.g. '600KiB'; 'auto' = final model at --ref-batch"),
+    ] = "auto",
+    out: Annotated[Path, typer.Option(help="per-epoch CSV, written row by row")] = Path(
+        "results/dynhp.csv"
+    ),
+    model: Annotated[str, typer.Option(help="mlp (784-300-100-10) or cnn")] = "mlp",
+    criterion: Annotated[str, typer.Option(help="taylor, weight-norm, weight-norm-io")] = "taylor",
+    lr: Annotated[
+        float, typer.Option(min=1e-9, help="SGD-momentum LR at the minimum batch")
+    ] = 0.01,
+    ref_batch: Annotated[int, typer.Option(min=1, help="batch for the 'auto' budget")] = 64,
+    dynamic_batch: Annotated[bool, typer.Option(help="grow the batch as the net shrinks")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train one model centrally with DynHP under a memory budget; write a per-epoch CSV.
+
+    Example: ``fogsim dynhp --dataset fashion-mnist --epochs 6 --target 10
+    --budget auto --out results/dynhp_fmnist.csv``
+    """
+    for option, value, allowed in (
+        ("dataset", dataset, DATASETS),
+        ("model", model, tuple(MODELS)),
+        ("criterion", criterion, CRITERIA),
+    ):
+        if value not in allowed:
+            fail(f"--{option} {value!r}: allowed: {', '.join(allowed)}")
+    try:
+        size = None if budget == "auto" else parse_bytes(budget)
+    except ValueError as e:
+        fail(f"--budget {budget!r}: {e}; e.g. 600KiB, or auto")
+    channels, hidden = MODELS[model]
+    cfg = DynHPConfig(target_compression=target, criterion=criterion, dynamic_batch=dynamic_batch)
+    run = CentralizedRun(
+        dataset,
+        channels,
+        hidden,
+        epochs=epochs,
+        cfg=cfg,
+        budget=size,
+        ref_batch=ref_batch,
+        lr=lr,
+        seed=seed,
+    )
+    try:
+        run_centralized(run, out)
+    except (BudgetError, DatasetError, OSError) as e:  # budget too small, data, --out
+        fail(f"fogsim dynhp: {e}")

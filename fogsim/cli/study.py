@@ -1,0 +1,162 @@
+"""``fogsim report``, ``compare`` and ``sweep``: run directories in, tables and plots out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fogsim.cli.common import (
+    QuietOpt,
+    ScenarioArg,
+    SetOpt,
+    TargetOpt,
+    check_cluster,
+    fail,
+    load,
+    load_data,
+    out,
+    progress_bar,
+    resolve_scenario_path,
+    rich_table,
+)
+from fogsim.cli.run import interrupted
+from fogsim.scenario import Scenario
+from fogsim.study.report import ReportError, load_run, write_report
+from fogsim.study.sweep import Point, SweepError, parse_grid, plan, run_all, summarize
+
+
+def check_run_dirs(run_dirs: list[Path]) -> None:
+    for d in run_dirs:
+        try:
+            load_run(d)
+        except ReportError as e:
+            fail(str(e))
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds rounds.csv).")],
+) -> None:
+    """Write plots (PNG) and report.md into a run directory and print its tables.
+
+    Works on an unfinished run too (it reports the rounds written so far).
+
+    Example:
+
+      fogsim report runs/quickstart
+    """
+    check_run_dirs([run_dir])
+    rep = write_report(run_dir)
+    for t in rep.tables:
+        out.print(rich_table(t))
+    out.print(f"wrote {rep.markdown} and {len(rep.plots)} plots in {run_dir}")
+
+
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to compare.")],
+    target: TargetOpt = 0.9,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where compare.csv and the plot go (default: the first run's parent directory).",
+        ),
+    ] = None,
+) -> None:
+    """Compare runs: one table (accuracy, rounds to target, bytes, round time,
+    compression) and one accuracy-per-round overlay plot.
+
+    Example:
+
+      fogsim compare runs/lr005 runs/lr01 --target 0.95 --out runs/cmp
+    """
+    from fogsim.study.compare import compare as compare_runs
+    from fogsim.study.compare import metrics_table
+
+    check_run_dirs(run_dirs)
+    dest = out_dir or run_dirs[0].resolve().parent
+    try:
+        rows, csv_path, png = compare_runs(run_dirs, dest, target)
+    except OSError as e:
+        fail(f"--out {dest}: cannot write there ({e.strerror})")
+        raise
+    out.print(rich_table(metrics_table(rows, target)))
+    out.print(f"wrote {csv_path} and {png}")
+
+
+def sweep_dir_of(sc: Scenario, out_dir: Path | None) -> Path:
+    """The sweep directory, created (default: <run.output_dir>/<run.name>-sweep)."""
+    sweep_dir = out_dir or Path(sc.run.output_dir) / f"{sc.run.name}-sweep"
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        fail(f"--out {sweep_dir}: exists and is not a directory")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"--out {sweep_dir}: cannot write there ({e.strerror})")
+    return sweep_dir
+
+
+def sweep(
+    scenario: ScenarioArg,
+    grid: Annotated[
+        list[str],
+        typer.Option("--grid", help="section.key=v1,v2,... (repeatable; runs the product)."),
+    ],
+    repeat: Annotated[int, typer.Option(min=1, help="Seeds per grid point: run.seed + i.")] = 1,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Sweep directory (default: <run.output_dir>/<run.name>-sweep)."),
+    ] = None,
+    set_: SetOpt = None,
+    target: TargetOpt = 0.9,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every combination of --grid values (x --repeat seeds), one run directory
+    each, then write sweep.csv / compare.csv / sweep_accuracy.png for the whole sweep.
+
+    Run it again after an interruption: finished runs (with summary.json) are kept.
+
+    Examples:
+
+      fogsim sweep quickstart --grid train.lr=0.05,0.1 --repeat 3
+
+      fogsim sweep quickstart --grid train.lr=0.05,0.1 --grid train.batch_size=16,32 \\
+        --set run.rounds=5 --out runs/lr-bs
+    """
+    sc = load(scenario, set_)
+    try:
+        runs = plan(resolve_scenario_path(scenario), set_ or [], parse_grid(grid), repeat)
+    except SweepError as e:
+        fail(str(e))
+        raise
+    for _, s in runs:
+        load_data(s)
+    for address in {s.simulation.ray_address for _, s in runs}:
+        check_cluster(address)
+    sweep_dir = sweep_dir_of(sc, out_dir)
+
+    from fogsim.flower import engine  # imports Flower and Ray: only when running
+
+    progress = progress_bar(quiet, counter="{task.completed}/{task.total}")
+    runs_task = progress.add_task("runs", total=len(runs), info="")
+    rounds_task = progress.add_task("rounds", total=1, info="")
+
+    def on_run(i: int, point: Point, skipped: bool) -> None:
+        progress.update(runs_task, completed=i, info=point.name + (" (done)" if skipped else ""))
+        progress.reset(rounds_task, total=runs[i][1].run.rounds, info="")
+
+    def run_one(s: Scenario, run_dir: Path, resume: bool) -> None:
+        def on_round(row: dict[str, Any]) -> None:
+            info = "resumed" if row.get("resumed") else f"acc {row['accuracy']:.4f}"
+            progress.update(rounds_task, completed=row["round"], info=info)
+
+        if not engine.simulate(s, run_dir, progress=on_round, resume=resume):
+            interrupted(run_dir, "the same fogsim sweep command (finished runs are skipped)")
+
+    with progress:
+        dirs = run_all(runs, sweep_dir, run_one, on_run)
+        progress.update(runs_task, completed=len(runs))
+    _, table = summarize(runs, dirs, sweep_dir, target)
+    out.print(rich_table(table))
+    out.print(f"wrote sweep.csv, compare.csv and sweep_accuracy.png in {sweep_dir}")

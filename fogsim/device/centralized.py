@@ -1,0 +1,156 @@
+"""Centralized DynHP reproduction: one model, one memory budget, a per-epoch CSV.
+
+The budget defaults to what the *final* compressed model needs to train at
+``ref_batch``: a device that could never hold the dense model trains it anyway,
+starting pruned to fit and growing its batch as DynHP shrinks the network.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fogsim.data import load_dataset
+from fogsim.device.dynhp import DynHP, DynHPConfig
+from fogsim.device.dynhp_train import TrainStats, train_dynhp
+from fogsim.device.measure import measure_training_memory
+from fogsim.device.memory import (
+    Arch,
+    largest_fraction,
+    training_memory,
+)
+from fogsim.device.models import FogNet, num_params
+from fogsim.device.training import evaluate
+from fogsim.units import format_bytes
+
+COLUMNS = [
+    "epoch",
+    "accuracy",
+    "loss",
+    "params",
+    "compression",
+    "batch_size",
+    "modelled_memory",
+    "measured_memory",
+    "wall_s",
+]
+
+
+def uniform_widths(arch: Arch, target: float, min_width: int = 2) -> list[int]:
+    """Every group narrowed by one common factor (rounded, at least ``min_width``)
+    until the model has at most ``dense / target`` parameters."""
+    widths = arch.widths
+
+    def shrunk(f: float) -> list[int]:
+        return [max(min_width, round(w * f)) for w in widths]
+
+    limit = arch.num_params() / target
+    f = largest_fraction(lambda f: arch.with_widths(shrunk(f)).num_params() <= limit, steps=40)
+    return shrunk(f)
+
+
+def final_model_budget(
+    arch: Arch, target: float, batch: int, optimizer: str, min_width: int = 2
+) -> int:
+    """Bytes to train a uniformly-shrunk model of ``dense/target`` params at ``batch``."""
+    widths = uniform_widths(arch, target, min_width)
+    return training_memory(arch.with_widths(widths), batch, optimizer)
+
+
+@dataclass(frozen=True)
+class CentralizedRun:
+    """One centralized DynHP run: data, model, DynHP settings and budget."""
+
+    dataset: str = "mnist"
+    channels: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = (300, 100)
+    epochs: int = 6
+    cfg: DynHPConfig = field(default_factory=DynHPConfig)
+    budget: int | None = None  # None: the final model's need at ref_batch
+    ref_batch: int = 64
+    optimizer: str = "sgd-momentum"
+    lr: float = 0.01
+    seed: int = 0
+    train_limit: int | None = None  # use only the first N training images
+
+
+def epoch_row(
+    epoch: int, model: FogNet, stats: TrainStats, run: CentralizedRun, dense: int, acc: float
+) -> dict[str, float]:
+    """The CSV row of a finished epoch: test accuracy, size, batch and memory (modelled
+    and measured at the batch the epoch ended with)."""
+    batch = stats.batch[-2] if len(stats.batch) > 1 else stats.batch[-1]
+    params = num_params(model)
+    return {
+        "epoch": epoch,
+        "accuracy": round(acc, 4),
+        "params": params,
+        "compression": round(dense / params, 3),
+        "batch_size": batch,
+        "modelled_memory": training_memory(model, batch, run.optimizer),
+        "measured_memory": measure_training_memory(model, batch, run.optimizer),
+        "wall_s": round(stats.wall_s, 2),
+    }
+
+
+def run_centralized(
+    run: CentralizedRun, out: Path | None = None, verbose: bool = True
+) -> list[dict[str, float]]:
+    """Train one FogNet with DynHP; returns (and writes to ``out``, row by row)
+    per-epoch rows."""
+    torch.manual_seed(run.seed)
+    data = load_dataset(run.dataset)
+    limit = run.train_limit
+    x, y = data.tensors(data.train_x[:limit], data.train_y[:limit])
+    xt, yt = data.tensors(data.test_x, data.test_y)
+    model = FogNet(run.channels, run.hidden)
+    dense = num_params(model)
+    budget = run.budget or final_model_budget(
+        Arch.of(model), run.cfg.target_compression, run.ref_batch, run.optimizer
+    )
+    dynhp = DynHP(run.cfg, model)
+    gen = torch.Generator().manual_seed(run.seed)
+    rows: list[dict[str, float]] = []
+    opt: str | torch.optim.Optimizer = run.optimizer
+    handle = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = out.open("w", newline="")
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        handle.flush()
+    try:
+        for epoch in range(run.epochs):
+            stats = train_dynhp(
+                model,
+                x,
+                y,
+                dynhp,
+                budget=budget,
+                epochs=1,
+                progress_range=(epoch / run.epochs, (epoch + 1) / run.epochs),
+                optimizer=opt,
+                lr=run.lr,
+                generator=gen,
+            )
+            opt = stats.optimizer  # type: ignore[assignment]
+            acc, loss = evaluate(model, xt, yt)
+            row = epoch_row(epoch + 1, model, stats, run, dense, acc) | {"loss": round(loss, 4)}
+            rows.append(row)
+            if handle is not None:
+                writer.writerow(row)
+                handle.flush()
+            if verbose:
+                print(
+                    f"epoch {row['epoch']}: acc {acc:.4f} params {row['params']} "
+                    f"({row['compression']}x) batch {row['batch_size']} "
+                    f"mem {format_bytes(row['modelled_memory'])} / budget "
+                    f"{format_bytes(budget)} ({stats.wall_s:.1f}s)"
+                )
+    finally:
+        if handle is not None:
+            handle.close()
+    return rows

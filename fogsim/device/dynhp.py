@@ -1,0 +1,293 @@
+"""DynHP: dynamic hard pruning during training, with memory-driven batch sizing.
+
+DynHP (Valerio, Nardini, Passarella, Perego; arXiv 2011.08545) prunes neurons of a
+network *while it trains*, physically shrinking it, and reuses the memory freed to
+grow the mini-batch, so a memory-constrained device can train a model that only
+fits once compressed. Only the abstract is public, so the rules below are our
+choices; each is a :class:`DynHPConfig` field.
+
+- **Criterion** (``criterion``): ``taylor`` (default) is the first-order Taylor
+  estimate of the loss change when a neuron is removed, ``|sum over the batch of
+  activation x gradient|`` for its pre-activation. We compute it without hooks via
+  the identity ``sum_b z_b dL/dz_b = w . dL/dw + b . dL/db`` for the producer's row
+  (Molchanov et al. 2019 group Taylor): it is exact, costs no extra activation
+  memory (hooks would keep pre-activations alive and break the memory budget),
+  and ``z * dL/dz`` equals the post-ReLU ``a * dL/da`` elementwise. Alternatives:
+  ``weight-norm`` (L2 norm of the incoming row and bias) and ``weight-norm-io``
+  (incoming x outgoing norm). Scores are smoothed with an EMA (``ema``) and divided
+  by the group mean before ranking, so groups of different fan-in compare.
+- **Candidates and gate**: at each check the scheduler wants the parameter count at
+  ``target_params(progress)``. Candidates are the lowest normalised scores, taken
+  greedily until the exact parameter count of the shrunk widths meets the target
+  (no group below ``min_width``; the output layer is never a group). A candidate is
+  removed only after it has been a candidate at ``patience`` consecutive checks, so
+  noisy scores do not kill neurons. At ``progress >= end`` the gate is bypassed:
+  the final count must meet the target (compression >= target, with the minimal
+  greedy removal: one neuron fewer would miss it).
+- **Schedule**: Zhu & Gupta's cubic ramp of the *parameter count*, from dense at
+  ``start`` to ``dense / target_compression`` at ``end``. Progress in [0, 1] is
+  given by the caller (epoch fraction centrally; a client's participation count
+  over its planned participations in federated mode).
+- **Dynamic batch**: after every pruning event the batch becomes
+  :func:`~fogsim.device.memory.max_batch_size` of the shrunk net under the budget, capped
+  by ``max_batch`` and the local data size. ``lr_scaling`` rescales the LR with
+  ``batch / lr_batch`` (``lr_batch``: the batch the LR is tuned for): ``linear``
+  (Goyal et al.), ``sqrt`` (Krizhevsky; the variance-preserving choice, default) or
+  ``none``.
+- **Budget start**: if the budget cannot hold the model at ``min_batch``, it is
+  first pruned by the same criterion (weights only, before any gradient) until it
+  does; so the budget holds at every step (modelled memory, see ``memory.py``).
+
+The training loop that applies all this is ``fogsim.device.dynhp_train``.
+
+The state (scores, gate streaks, ``kept``) is kept in *global* neuron indices and
+exported as plain numpy (:meth:`DynHP.state_dict`), so a federated client can carry
+it between rounds for any sub-model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from fogsim.device.memory import Arch, BudgetError, optimizer_kind, training_memory
+from fogsim.device.models import FogNet
+from fogsim.device.pruning import Kept, full_kept, remove_neurons
+
+CRITERIA = ("taylor", "weight-norm", "weight-norm-io")
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+class DynHPConfig(BaseModel):
+    """DynHP's knobs (see the module doc), validated once: the scenario's ``[dynhp]``
+    section is this plus the federation's schedule length (``fogsim.scenario``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    target_compression: float = Field(10.0, ge=1)
+    start: float = Field(0.0, ge=0, lt=1, description="progress where pruning starts")
+    end: float = Field(0.7, gt=0, le=1, description="progress where the target is met")
+    criterion: Literal[CRITERIA] = "taylor"  # type: ignore[valid-type]
+    ema: float = Field(0.9, ge=0, lt=1)
+    patience: int = Field(3, ge=1)
+    check_every: int = Field(10, ge=1, description="steps between pruning checks")
+    min_width: int = Field(2, ge=1)
+    min_batch: int = Field(16, ge=1)
+    max_batch: int = Field(256, ge=1)
+    dynamic_batch: bool = True
+    lr_scaling: Literal[LR_SCALINGS] = "sqrt"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _order(self) -> DynHPConfig:
+        if self.start >= self.end:
+            raise ValueError(f"start ({self.start}) must be below end ({self.end})")
+        if self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch ({self.min_batch}) exceeds max_batch ({self.max_batch})")
+        return self
+
+
+def cubic_target(dense: int, final: float, start: float, end: float, progress: float) -> int:
+    """Zhu & Gupta cubic ramp of the parameter count from ``dense`` to ``final``."""
+    if progress <= start:
+        return dense
+    if progress >= end:
+        return int(math.floor(final))
+    frac = (progress - start) / (end - start)
+    return int(math.floor(final + (dense - final) * (1 - frac) ** 3))
+
+
+class DynHP:
+    """Scores, schedule and gate of one model (global-index state, see module doc)."""
+
+    def __init__(
+        self,
+        cfg: DynHPConfig,
+        global_arch: Arch | FogNet,
+        kept: Kept | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.global_arch = Arch.of(global_arch)
+        widths = [*self.global_arch.channels, *self.global_arch.hidden]
+        self.kept: Kept = [np.asarray(k) for k in kept] if kept else full_kept(widths)
+        self.score = [np.zeros(w) for w in widths]
+        self.streak = [np.zeros(w, dtype=np.int64) for w in widths]
+        self.seen = [np.zeros(w, dtype=bool) for w in widths]
+        self.dense_params = self.global_arch.num_params()
+
+    # ---- schedule -------------------------------------------------------------
+    def target_params(self, progress: float) -> int:
+        c = self.cfg
+        final = self.dense_params / c.target_compression
+        return cubic_target(self.dense_params, final, c.start, c.end, progress)
+
+    # ---- scoring ----------------------------------------------------------------
+    @torch.no_grad()
+    def raw_scores(self, model: FogNet) -> list[np.ndarray]:
+        """Per-group, per-local-neuron importance before smoothing."""
+        out = []
+        for g in range(len(model.widths)):
+            prod, cons = model.producer(g), model.consumer(g)
+            w = prod.weight.reshape(prod.weight.shape[0], -1)
+            if self.cfg.criterion == "taylor":
+                if prod.weight.grad is None:
+                    out.append(None)
+                    continue
+                gw = prod.weight.grad.reshape(w.shape)
+                s = torch.bmm(w.unsqueeze(1), gw.unsqueeze(2)).reshape(-1)
+                s = (s + prod.bias * prod.bias.grad).abs()
+            else:
+                s = torch.sqrt((w * w).sum(1) + prod.bias**2)
+                if self.cfg.criterion == "weight-norm-io":
+                    span = model.consumer_span(g)
+                    cw = cons.weight.reshape(cons.weight.shape[0], -1, span)
+                    if isinstance(cons, nn.Conv2d):
+                        cw = cons.weight.transpose(0, 1).reshape(cons.weight.shape[1], -1)
+                        s = s * torch.sqrt((cw * cw).sum(1))
+                    else:
+                        s = s * torch.sqrt((cw * cw).sum((0, 2)))
+            out.append(s.double().numpy())
+        return out
+
+    def update_scores(self, model: FogNet) -> None:
+        """Fold the current scores into the EMA (call after backward, before step)."""
+        for g, s in enumerate(self.raw_scores(model)):
+            if s is None:
+                continue
+            k = self.kept[g]
+            fresh = ~self.seen[g][k]
+            prev = self.score[g][k]
+            self.score[g][k] = np.where(fresh, s, self.cfg.ema * prev + (1 - self.cfg.ema) * s)
+            self.seen[g][k] = True
+
+    def local_scores(self, model: FogNet) -> list[np.ndarray]:
+        """Smoothed scores, normalised by group mean; weight-norm where none seen yet."""
+        fallback = None
+        out = []
+        for g, k in enumerate(self.kept):
+            s = self.score[g][k]
+            if not self.seen[g][k].all():
+                if fallback is None:
+                    fallback = DynHP(
+                        DynHPConfig(criterion="weight-norm"), self.global_arch
+                    ).raw_scores(model)
+                s = np.where(self.seen[g][k], s, fallback[g])
+            out.append(s / max(float(np.mean(s)), 1e-12))
+        return out
+
+    # ---- candidate selection ------------------------------------------------------
+    def _greedy(self, model: FogNet, done: Callable[[Arch], bool]) -> list[np.ndarray]:
+        """Lowest-score neurons (local indices per group) until ``done(widths)``."""
+        arch = Arch.of(model)
+        widths = list(model.widths)
+        chosen: list[list[int]] = [[] for _ in widths]
+        if done(arch.with_widths(widths)):
+            return [np.array(c, dtype=np.int64) for c in chosen]
+        scores = self.local_scores(model)
+        order = sorted(
+            ((float(s), g, i) for g, sg in enumerate(scores) for i, s in enumerate(sg)),
+        )
+        picked: list[tuple[int, int]] = []
+        for _, g, i in order:
+            if widths[g] <= self.cfg.min_width:
+                continue
+            widths[g] -= 1
+            picked.append((g, i))
+            if done(arch.with_widths(widths)):
+                break
+        # minimality: give back (most important first) any neuron the target can spare,
+        # e.g. a cheap conv channel made unnecessary by a later, costlier pick
+        for g, i in reversed(picked[:-1]):
+            widths[g] += 1
+            if done(arch.with_widths(widths)):
+                continue
+            widths[g] -= 1
+            chosen[g].append(i)
+        if picked:
+            chosen[picked[-1][0]].append(picked[-1][1])
+        return [np.array(sorted(c), dtype=np.int64) for c in chosen]
+
+    def _remove(
+        self, model: FogNet, drop: list[np.ndarray], optimizer: torch.optim.Optimizer | None
+    ) -> int:
+        removed = 0
+        for g, d in enumerate(drop):
+            if len(d) == 0:
+                continue
+            gone = self.kept[g][d]
+            self.score[g][gone] = 0.0
+            self.streak[g][gone] = 0
+            self.seen[g][gone] = False
+            keep = np.setdiff1d(np.arange(model.widths[g]), d)
+            remove_neurons(model, g, keep, optimizer, self.kept)
+            removed += len(d)
+        return removed
+
+    def check(
+        self,
+        model: FogNet,
+        progress: float,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> int:
+        """One pruning check at ``progress``; returns the number of neurons removed."""
+        target = self.target_params(progress)
+        cand = self._greedy(model, lambda a: a.num_params() <= target)
+        force = progress >= self.cfg.end
+        drop = []
+        for g, c in enumerate(cand):
+            glob = self.kept[g][c]
+            hit = np.zeros(len(self.streak[g]), dtype=bool)
+            hit[glob] = True
+            self.streak[g] = np.where(hit, self.streak[g] + 1, 0)
+            drop.append(c if force else c[self.streak[g][glob] >= self.cfg.patience])
+        return self._remove(model, drop, optimizer)
+
+    def fit_to_budget(
+        self,
+        model: FogNet,
+        budget: int,
+        optimizer: str | torch.optim.Optimizer,
+        batch: int | None = None,
+    ) -> int:
+        """Prune until training at ``batch`` (default ``min_batch``) fits ``budget``."""
+        batch = batch or self.cfg.min_batch
+        kind = optimizer_kind(optimizer)
+
+        def fits(a: Arch) -> bool:
+            return training_memory(a, batch, kind) <= budget
+
+        drop = self._greedy(model, fits)
+        opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+        removed = self._remove(model, drop, opt)
+        if not fits(Arch.of(model)):
+            need = training_memory(Arch.of(model).with_widths([1] * len(model.widths)), batch, kind)
+            raise BudgetError(
+                f"memory budget {budget} B cannot hold even the narrowest model at batch "
+                f"{batch} (min_width {self.cfg.min_width}); it needs more than {need} B"
+            )
+        return removed
+
+    # ---- serialisation -----------------------------------------------------------
+    def state_dict(self) -> dict[str, object]:
+        """Plain numpy/float state, in global neuron indices."""
+        return {
+            "kept": [k.copy() for k in self.kept],
+            "score": [s.copy() for s in self.score],
+            "streak": [s.copy() for s in self.streak],
+            "seen": [s.copy() for s in self.seen],
+            "dense_params": float(self.dense_params),
+        }
+
+    def load_state_dict(self, state: dict[str, object], kept: Kept | None = None) -> None:
+        """Restore; ``kept`` overrides the stored map (e.g. a new sub-model)."""
+        self.score = [np.array(s, dtype=float) for s in state["score"]]  # type: ignore[union-attr]
+        self.streak = [np.array(s, dtype=np.int64) for s in state["streak"]]  # type: ignore[union-attr]
+        self.seen = [np.array(s, dtype=bool) for s in state["seen"]]  # type: ignore[union-attr]
+        self.dense_params = int(state["dense_params"])  # type: ignore[arg-type]
+        src = kept if kept is not None else state["kept"]
+        self.kept = [np.asarray(k, dtype=np.int64) for k in src]  # type: ignore[union-attr]

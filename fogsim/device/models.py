@@ -1,0 +1,126 @@
+"""The networks fogsim trains: an MLP or a small CNN with explicit hidden widths.
+
+A pruned (sub-)model is the same class with smaller widths, so the widths of any
+model can be read back from its ``state_dict`` shapes (:func:`model_from_state`).
+That is what lets devices exchange compact models of different sizes.
+
+Hidden "neuron groups" are numbered in forward order: the conv channels first, then
+the hidden units of the fully connected layers. Group ``i`` is produced by
+:meth:`FogNet.producer` ``(i)`` and consumed by :meth:`FogNet.consumer` ``(i)``; the
+output layer is never a group, so it is never pruned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+IMAGE_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+KERNEL = 5
+
+
+class FogNet(nn.Module):
+    """Conv blocks (conv 5x5 same-padding, ReLU, 2x2 max-pool) then an MLP head."""
+
+    def __init__(
+        self,
+        channels: Sequence[int] = (),
+        hidden: Sequence[int] = (300, 100),
+        in_shape: tuple[int, int, int] = IMAGE_SHAPE,
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.num_classes = num_classes
+        c_in, h, w = in_shape
+        self.convs = nn.ModuleList()
+        for c in channels:
+            self.convs.append(nn.Conv2d(c_in, c, KERNEL, padding=KERNEL // 2))
+            c_in, h, w = c, h // 2, w // 2
+        self.spatial = h * w  # pixels per channel entering the first linear layer
+        sizes = [c_in * self.spatial, *hidden, num_classes]
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+
+    @property
+    def channels(self) -> list[int]:
+        return [conv.out_channels for conv in self.convs]
+
+    @property
+    def hidden(self) -> list[int]:
+        # not self.fcs[:-1]: slicing a ModuleList builds a new Module (the memory model
+        # reads this after every pruning step)
+        return [fc.out_features for fc in list(self.fcs)[:-1]]
+
+    @property
+    def widths(self) -> list[int]:
+        """Width of every prunable neuron group, in forward order."""
+        return self.channels + self.hidden
+
+    def producer(self, group: int) -> nn.Conv2d | nn.Linear:
+        """The layer whose output rows (units or channels) form neuron group ``group``."""
+        n_conv = len(self.convs)
+        return self.convs[group] if group < n_conv else self.fcs[group - n_conv]
+
+    def consumer(self, group: int) -> nn.Conv2d | nn.Linear:
+        """The layer whose input columns read neuron group ``group``."""
+        n_conv = len(self.convs)
+        if group + 1 < n_conv:
+            return self.convs[group + 1]
+        return self.fcs[group + 1 - n_conv]
+
+    def consumer_span(self, group: int) -> int:
+        """Input columns of the consumer per neuron (the flattened pixels of a channel)."""
+        return self.spatial if group == len(self.convs) - 1 else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = nn.functional.max_pool2d(torch.relu(conv(x)), 2)
+        x = x.flatten(1)
+        for fc in self.fcs[:-1]:
+            x = torch.relu(fc(x))
+        return self.fcs[-1](x)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_sample(model: FogNet) -> int:
+    """Multiply-accumulates of one forward pass."""
+    macs, (_, h, w) = 0, model.in_shape
+    for conv in model.convs:
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        macs += conv.in_channels * conv.out_channels * k * h * w
+        h, w = h // 2, w // 2
+    return macs + sum(fc.in_features * fc.out_features for fc in model.fcs)
+
+
+def train_flops(macs: float, samples: int) -> float:
+    """FLOPs to train on ``samples`` examples of a model of ``macs`` per forward pass:
+    3x the forward pass (forward 1x, backward 2x: gradients w.r.t. inputs and
+    weights), 2 FLOPs per MAC."""
+    return 6.0 * macs * samples
+
+
+def model_from_state(
+    state: Mapping[str, torch.Tensor],
+    in_shape: tuple[int, int, int] = IMAGE_SHAPE,
+) -> FogNet:
+    """Build the FogNet whose widths match ``state`` and load it. The model adopts
+    ``state``'s tensors as its parameters (no copy, no random init: a client builds
+    one per message, so this is on the hot path)."""
+
+    def weights(prefix: str) -> list[str]:
+        keys = [k for k in state if k.startswith(prefix) and k.endswith(".weight")]
+        return sorted(keys, key=lambda k: int(k.split(".")[1]))
+
+    convs, fcs = weights("convs."), weights("fcs.")
+    channels = [state[k].shape[0] for k in convs]
+    widths = [state[k].shape[0] for k in fcs]
+    with torch.device("meta"):  # no storage, no random init: the weights come from state
+        model = FogNet(channels, widths[:-1], in_shape, num_classes=widths[-1])
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, assign=True)
+    return model

@@ -1,0 +1,80 @@
+"""Plain local training and evaluation, shared by clients, the server and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(
+    name: str, params: Iterator[nn.Parameter], lr: float, momentum: float = 0.0
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+
+
+def optimizer_of_kind(
+    kind: str, params: Iterator[nn.Parameter], lr: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """The optimizer the memory model calls ``kind`` (``fogsim.device.memory``):
+    ``sgd``, ``sgd-momentum`` (with ``momentum``) or ``adam``."""
+    if kind == "adam":
+        return make_optimizer("adam", params, lr)
+    return make_optimizer("sgd", params, lr, momentum if kind == "sgd-momentum" else 0.0)
+
+
+def batches(
+    n: int, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Shuffled index batches covering ``range(n)`` once."""
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(batch_size)
+
+
+def train_epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Train in place with cross-entropy; returns the mean loss over the last epoch."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for idx in batches(len(x), batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy loss) of ``model`` on ``x, y``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        correct += (logits.argmax(1) == target).sum().item()
+    n = max(len(x), 1)
+    return correct / n, loss_sum / n

@@ -1,0 +1,209 @@
+"""The Flower ``ServerApp``: the round loop, centralized evaluation and results.
+
+The loop mirrors Flower's ``Strategy.start`` (configure → send_and_receive →
+aggregate, for training then client-side evaluation) but is fogsim's own so that each
+round is written to disk as it ends (rows, model, then the checkpoint), progress is
+reported, and a killed run resumes from its last finished round.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fogsim.data import load_dataset
+from fogsim.device.models import FogNet, model_from_state
+from fogsim.device.training import evaluate
+from fogsim.fleet import Fleet, build_fleet
+from fogsim.scenario import Scenario
+from fogsim.strategies import FogStrategy, build_strategy
+from fogsim.study.results import STATUSES, TRAINED, Checkpoint, RunWriter
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def initial_model(scenario: Scenario) -> FogNet:
+    torch.manual_seed(scenario.run.seed)
+    return FogNet(scenario.model.conv_channels, scenario.model.hidden)
+
+
+def exchange(grid: Grid, messages: Iterable[Message], wave: int, timeout: float) -> list[Message]:
+    """Send ``messages`` in waves of ``wave`` (one per registered Flower node) and
+    collect the replies, all waves within ``timeout`` seconds.
+
+    Flower's in-memory engine rescans every stored message for every registered node
+    ten times a second, so a round handed over at once slows with the square of its
+    size; waves bound that at the price of one wave's tail per wave."""
+    messages, replies = list(messages), []
+    end = time.monotonic() + timeout
+    for start in range(0, len(messages), wave):
+        left = max(0.0, end - time.monotonic())
+        replies += grid.send_and_receive(messages[start : start + wave], timeout=left)
+    return replies
+
+
+def round_row(
+    strategy: FogStrategy, fleet: Fleet, kept_previous: bool, client_eval: MetricRecord
+) -> dict[str, Any]:
+    """The rounds.csv fields a strategy's bookkeeping gives for the round just ended
+    (accuracy and timing are added by the loop)."""
+    stats, rows = strategy.round_stats, strategy.node_rows
+    trained = [r for r in rows if r["status"] in TRAINED]
+    n = sum(r["num_examples"] for r in trained)
+    failed_by = stats["failed_by_class"]
+    return {
+        "client_accuracy": client_eval.get("accuracy", ""),
+        "client_loss": client_eval.get("loss", ""),
+        "train_loss": sum(r["train_loss"] * r["num_examples"] for r in trained) / n if n else "",
+        "sampled": stats["sampled"],
+        "aggregated": stats["aggregated"],
+        "kept_previous": int(kept_previous),
+        **{s: stats[s] for s in STATUSES if s != "ok"},
+        "failed": stats["sampled"] - stats["aggregated"],
+        **{f"failed_{c.name}": failed_by[c.name] for c in fleet.classes},
+        "bytes_up": stats["bytes_up"],
+        "bytes_down": stats.get("bytes_down_train", 0),
+        "sim_time_s": stats["sim_time_s"],
+        "mean_params": sum(r["params"] for r in trained) / len(trained) if trained else "",
+        "union_params": stats.get("union_params", ""),
+        "over_budget": sum(int(r.get("over_budget") or 0) for r in rows),
+    }
+
+
+@dataclass
+class RoundLoop:
+    """One run's rounds on the server, built from the scenario: train, aggregate,
+    evaluate, write; resumable from the run directory's checkpoint."""
+
+    scenario: Scenario
+    fleet: Fleet
+    writer: RunWriter
+    progress: ProgressFn | None = None
+    resume: bool = False  # continue from the run directory's checkpoint, if any
+    stop: threading.Event = field(default_factory=threading.Event)  # set: end after this round
+
+    def run(self, grid: Grid) -> dict[str, Any] | None:
+        """All rounds, then ``summary.json``; None if :attr:`stop` ended it early."""
+        sc = self.scenario
+        ds = load_dataset(sc.data.dataset, sc.data.path)
+        self.test = ds.tensors(ds.test_x, ds.test_y)
+        self.strategy = build_strategy(sc, self.fleet)
+        self.model = initial_model(sc)
+        ckpt = self.writer.read_checkpoint() if self.resume else None
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt.arrays)
+            self.strategy.load_state_dict(ckpt.strategy)
+            if self.progress:
+                self.progress({"round": ckpt.round, "rounds": sc.run.rounds, "resumed": True})
+        self.best = ckpt.best_accuracy if ckpt else 0.0
+        self.elapsed = ckpt.elapsed_s if ckpt else 0.0
+        arrays = ArrayRecord(self.model.state_dict())
+        final = ckpt.accuracy if ckpt else None
+        for rnd in range((ckpt.round + 1) if ckpt else 1, sc.run.rounds + 1):
+            if self.stop.is_set():
+                return None
+            arrays, row = self.round(grid, rnd, arrays)
+            self.save(row)
+            final = row["accuracy"]
+        summary = {
+            "name": sc.run.name,
+            "strategy": sc.strategy.name,
+            "rounds": sc.run.rounds,
+            "final_accuracy": final,
+            "best_accuracy": self.best,
+            "wall_s": self.elapsed,
+        }
+        self.writer.write_json("summary.json", summary)
+        return summary
+
+    def round(self, grid: Grid, rnd: int, arrays: ArrayRecord) -> tuple[ArrayRecord, dict]:
+        """One round: train and aggregate, evaluate on clients and on the test split;
+        returns the new global model and the round's rounds.csv row."""
+        t0, strategy, sim = time.perf_counter(), self.strategy, self.scenario.simulation
+        wave, timeout = sim.flower_nodes, sim.round_timeout_s
+        messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
+        new_arrays, _ = strategy.aggregate_train(rnd, exchange(grid, messages, wave, timeout))
+        if new_arrays is not None:
+            arrays = new_arrays
+        messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
+        client_eval = strategy.aggregate_evaluate(rnd, exchange(grid, messages, wave, timeout))
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        acc, loss = evaluate(self.model, *self.test)
+        self.best = max(self.best, acc)
+        row = {
+            "round": rnd,
+            "accuracy": acc,
+            "loss": loss,
+            **round_row(strategy, self.fleet, new_arrays is None, client_eval or MetricRecord()),
+            **self.deployable_accuracy(rnd, acc),
+            "wall_s": time.perf_counter() - t0,
+        }
+        return arrays, row
+
+    def save(self, row: dict[str, Any]) -> None:
+        """Rows first (fsynced), then the model, then the checkpoint: a kill at any
+        moment loses at most the round in progress (see ``fogsim.study.results``)."""
+        self.writer.rounds.append([row])
+        self.writer.nodes.append(self.strategy.node_rows)
+        self.writer.write_model(self.model.state_dict())
+        self.elapsed += row["wall_s"]
+        self.writer.write_checkpoint(
+            Checkpoint(
+                round=row["round"],
+                arrays=self.model.state_dict(),
+                strategy=self.strategy.state_dict(),
+                accuracy=row["accuracy"],
+                best_accuracy=self.best,
+                elapsed_s=self.elapsed,
+            )
+        )
+        if self.progress:
+            self.progress({**row, "rounds": self.scenario.run.rounds})
+
+    def deployable_accuracy(self, rnd: int, acc: float) -> dict[str, Any]:
+        """Test accuracy of the model each device class can train (its smallest budget);
+        blank where the strategy gives that class nothing that fits, ``acc`` (the global
+        model's, already measured) where it is the whole global model."""
+        state = {k: v.numpy() for k, v in self.model.state_dict().items()}
+        out: dict[str, Any] = {}
+        for c, cls in enumerate(self.fleet.classes):
+            budgets = self.fleet.budgets[self.fleet.node_class == c]
+            if len(budgets) == 0:
+                continue
+            sub = self.strategy.deployable(state, int(budgets.min()), rnd)
+            if sub is None:
+                out[f"acc_{cls.name}"] = ""
+            elif sub is state:
+                out[f"acc_{cls.name}"] = acc
+            else:
+                out[f"acc_{cls.name}"] = evaluate(model_from_state(sub), *self.test)[0]
+        return out
+
+
+def make_server_app(
+    scenario: Scenario,
+    run_dir: Path,
+    progress: ProgressFn | None = None,
+    resume: bool = False,
+    stop: threading.Event | None = None,
+) -> ServerApp:
+    fleet = build_fleet(scenario.fleet, scenario.run.seed)
+    writer = RunWriter(run_dir)
+    writer.write_json("scenario.json", scenario.model_dump(mode="json"))
+    writer.fleet_table(fleet)
+    loop = RoundLoop(scenario, fleet, writer, progress, resume, stop or threading.Event())
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        loop.run(grid)
+
+    return app

@@ -1,0 +1,160 @@
+"""The message contract between fogsim's ServerApp (strategies) and ClientApp.
+
+Every name that crosses the wire is defined here once, with what it holds, and both
+sides pack and unpack through these helpers; nothing else spells a key.
+
+A training message (server → client) is a ``RecordDict`` of:
+
+- ``arrays`` (:data:`ARRAYS`): the model the node trains: the global one, or only the
+  neurons the node holds (a sub-model);
+- ``kept`` (:data:`KEPT`, sub-model strategies): global neuron indices per group of
+  those neurons (``fogsim.device.pruning``);
+- ``dynhp`` (:data:`DYNHP`, ``mask-union``): the node's DynHP state from its last
+  participation (scores, gate streaks, seen flags, in global indices);
+- ``config`` (:data:`CONFIG`): the keys ``NODE`` … ``SPEC`` below.
+
+The reply (client → server) holds ``metrics`` (:data:`METRICS`, keys below; their
+names with ``-`` → ``_`` are the columns of ``nodes.csv``) and, unless the node
+dropped out or refused, ``arrays`` (the trained weights), ``kept`` and ``dynhp``; a
+refusal adds ``error`` (:data:`ERROR`, ``reason``). Clients keep no state: what a node
+must remember between rounds comes back in its reply and goes out with its next
+message, so any Flower node can serve any fleet node.
+
+Everything the client needs from the scenario travels as :class:`ClientSpec` (one
+JSON string under ``SPEC``, validated once per worker process): the client app is
+referenced by name (``clients.fog_client:app``) and closes over nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from pydantic import BaseModel, ConfigDict
+
+from fogsim.device.dynhp import DynHPConfig
+from fogsim.device.pruning import Kept
+from fogsim.scenario import DataSection, FaultsSection, ModelSection, Scenario, TrainSection
+
+# records of a message's RecordDict
+ARRAYS = "arrays"
+KEPT = "kept"
+DYNHP = "dynhp"
+CONFIG = "config"
+METRICS = "metrics"
+ERROR = "error"
+
+# config keys (server → client)
+NODE = "node"  # the fleet node this message is for
+CLASS = "class"  # its device class (selects its fault rates)
+BUDGET = "budget"  # its memory budget, bytes
+MODE = "mode"  # "dense" (train regardless of budget), "plain" (fixed sub-model), "dynhp"
+ROUND = "server-round"
+TARGET = "target-compression"  # dynhp: this device's target compression
+PROGRESS_START, PROGRESS_END = "progress-start", "progress-end"  # dynhp: its schedule span
+SPEC = "spec"  # ClientSpec as JSON
+
+MODES = ("dense", "plain", "dynhp")
+
+# metric keys (client → server)
+NUM_EXAMPLES = "num-examples"  # training samples: the averaging weight
+TRAIN_LOSS = "train-loss"
+BATCH_SIZE = "batch-size"  # the largest batch used this round
+PEAK_MEMORY = "peak-memory"  # modelled training peak, bytes
+PRUNED = "pruned"  # neurons removed this round
+PARAMS = "params"  # parameters held after training
+OVER_BUDGET = "over-budget"  # 1: trained over budget (dense) or refused to
+NEEDED_MEMORY = "needed-memory"  # a refusal: bytes batch 1 would need
+TRAIN_FLOPS = "train-flops"
+TIME_S = "time-s"  # real seconds on the client
+DROPPED_OUT = "dropped-out"  # 1: the node went offline (no update)
+ACCURACY, LOSS = "accuracy", "loss"  # evaluation replies
+
+DYNHP_STATE = ("score", "streak", "seen")  # per-group arrays of DynHP's state
+
+
+class ClientSpec(BaseModel):
+    """What every client needs from the scenario, as the scenario's own sections."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seed: int
+    nodes: int  # fleet size: the data are partitioned over all nodes
+    data: DataSection
+    model: ModelSection
+    train: TrainSection
+    dynhp: DynHPConfig
+    faults: FaultsSection
+    threads: int  # torch intra-op threads of a client actor
+
+    @classmethod
+    def of(cls, sc: Scenario) -> ClientSpec:
+        return cls(
+            seed=sc.run.seed,
+            nodes=sc.fleet.nodes,
+            data=sc.data,
+            model=sc.model,
+            train=sc.train,
+            dynhp=sc.dynhp.device_config(),
+            faults=sc.faults,
+            threads=sc.simulation.torch_threads,
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def client_spec(text: str) -> ClientSpec:
+    """The spec a message carries, parsed and validated once per process."""
+    return ClientSpec.model_validate_json(text)
+
+
+def spec_of(msg: Message) -> ClientSpec:
+    return client_spec(str(msg.content[CONFIG][SPEC]))
+
+
+def numpy_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of named numpy arrays (any dtype; bool and int64 included)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def array_bytes(arrays: ArrayRecord) -> int:
+    """Payload bytes of an ArrayRecord (the tensors' data, without framing), from each
+    array's dtype and shape: deserialising them just to count would cost more than
+    the round's aggregation."""
+    return sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in arrays.values())
+
+
+def pack_groups(arrays: list[np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Per-group arrays as ``{"<prefix>.<group>": array}`` (ArrayRecord keys)."""
+    return {f"{prefix}.{g}": np.asarray(a) for g, a in enumerate(arrays)}
+
+
+def unpack_groups(record: ArrayRecord, prefix: str) -> list[np.ndarray]:
+    n = sum(1 for k in record if k.startswith(prefix + "."))
+    return [record[f"{prefix}.{g}"].numpy() for g in range(n)]
+
+
+def pack_kept(kept: Kept) -> ArrayRecord:
+    return numpy_record(pack_groups([np.asarray(k, dtype=np.int64) for k in kept], KEPT))
+
+
+def unpack_kept(record: ArrayRecord) -> Kept:
+    return [k.astype(np.int64) for k in unpack_groups(record, KEPT)]
+
+
+def pack_dynhp_state(state: dict[str, list[np.ndarray]]) -> ArrayRecord:
+    """DynHP's per-group state (:data:`DYNHP_STATE`) as one ArrayRecord."""
+    return numpy_record(
+        {k: v for name in DYNHP_STATE for k, v in pack_groups(state[name], name).items()}
+    )
+
+
+def unpack_dynhp_state(record: ArrayRecord) -> dict[str, list[np.ndarray]]:
+    return {name: unpack_groups(record, name) for name in DYNHP_STATE}
+
+
+def reply(msg: Message, metrics: dict[str, Any], records: dict[str, Any] | None = None) -> Message:
+    """The reply to ``msg``: its metrics and any records."""
+    return Message(RecordDict({METRICS: MetricRecord(metrics), **(records or {})}), reply_to=msg)

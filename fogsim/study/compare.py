@@ -1,0 +1,122 @@
+"""``fogsim compare``: one row of headline numbers per run, one accuracy overlay plot.
+
+The numbers come from the run files (via :mod:`fogsim.study.report`'s loaders), so a run
+without a column (e.g. no ``params``) gets a blank cell, never an estimate.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from fogsim.study.plots import plot_overlay
+from fogsim.study.report import Table, column, fmt, load_run, num, round_time
+from fogsim.study.results import strategy_name
+
+COLUMNS = [
+    "run",
+    "strategy",
+    "rounds",
+    "final_accuracy",
+    "best_accuracy",
+    "rounds_to_target",
+    "total_bytes",
+    "mean_round_time_s",
+    "round_time_source",
+    "compression",
+]
+
+
+def dense_params(scenario: dict[str, Any]) -> int | None:
+    """Parameters of the unpruned model the scenario describes (None if unknown)."""
+    model = scenario.get("model")
+    if not model:
+        return None
+    from fogsim.scenario import ModelSection  # torch: only when needed
+
+    return ModelSection.model_validate(model).shape.num_params()
+
+
+def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
+    """Headline numbers of one run; ``None`` where the run has no data for one."""
+    run = load_run(run_dir)
+    rounds = run["rounds"]
+    acc = column(rounds, "accuracy") or []
+    reached = [
+        r["round"] for r, a in zip(rounds, acc, strict=True) if a is not None and a >= target
+    ]
+    up, down = column(rounds, "bytes_up"), column(rounds, "bytes_down")
+    total = None
+    if up is not None or down is not None:
+        total = sum(v or 0 for v in (up or []) + (down or []))
+        total = int(total) if total.is_integer() else total
+    source, times = round_time(run)
+    times = [t for t in times if t is not None]
+    compression = None
+    last_round = rounds[-1]["round"]
+    held = [num(n.get("params")) for n in run["nodes"] if n["round"] == last_round]
+    held = [p for p in held if p is not None]
+    if held and (dense := dense_params(run.get("scenario", {}))):
+        compression = dense / (sum(held) / len(held))
+    return {
+        "run": run["dir"].name,
+        "strategy": strategy_name(run) or "",
+        "rounds": len(rounds),
+        "final_accuracy": acc[-1] if acc else None,
+        "best_accuracy": max((a for a in acc if a is not None), default=None),
+        "rounds_to_target": reached[0] if reached else None,
+        "total_bytes": total,
+        "mean_round_time_s": sum(times) / len(times) if times else None,
+        "round_time_source": source,
+        "compression": compression,
+        "series": ([r["round"] for r in rounds], acc),
+    }
+
+
+def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs") -> Table:
+    table = Table(
+        title,
+        ["run", "strategy", "rounds", "final acc", "best acc", f"rounds to {target:g}"]
+        + ["bytes up+down", "mean round time (s)", "compression"],
+    )
+    for m in rows:
+        table.rows.append(
+            [
+                m["run"],
+                m["strategy"],
+                str(m["rounds"]),
+                fmt(m["final_accuracy"], "acc"),
+                fmt(m["best_accuracy"], "acc"),
+                "" if m["rounds_to_target"] is None else str(m["rounds_to_target"]),
+                fmt(m["total_bytes"], "int"),
+                fmt(m["mean_round_time_s"], "s") + f" ({m['round_time_source']})",
+                fmt_ratio(m["compression"]),
+            ]
+        )
+    return table
+
+
+def fmt_ratio(value: float | None) -> str:
+    return fmt(value) + "x" if value is not None else fmt(None)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """Blank cells for missing values, so the CSV loads back with ``read_csv``."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([{k: "" if r.get(k) is None else r[k] for k in columns} for r in rows])
+    return path
+
+
+def compare(
+    run_dirs: list[Path], out_dir: Path, target: float
+) -> tuple[list[dict[str, Any]], Path, Path]:
+    """Write ``compare.csv`` and ``compare_accuracy.png`` into ``out_dir``."""
+    rows = [run_metrics(d, target) for d in run_dirs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = write_csv(out_dir / "compare.csv", rows, COLUMNS)
+    series = [(f"{m['run']} ({m['strategy']})", *m["series"], None) for m in rows]
+    png = plot_overlay(series, out_dir / "compare_accuracy.png", target)
+    return rows, csv_path, png

@@ -1,0 +1,207 @@
+"""The run directory: written round by round, loadable as plain tables.
+
+Files (all plain text, CSV columns documented in the README):
+
+- ``scenario.json``: the resolved scenario (every default filled in).
+- ``rounds.csv``: one row per finished round, appended and flushed as it ends.
+- ``nodes.csv``: one row per node that trained in a round.
+- ``fleet.csv``: node → device class and budget.
+- ``model.pt``: the latest global ``state_dict`` (rewritten atomically each round).
+- ``checkpoint.pt``: what a resumed run needs (see :class:`Checkpoint`), rewritten
+  atomically after each round's rows are on disk.
+- ``summary.json``: written when the run ends.
+
+A crash, Ctrl-C or ``kill -9`` therefore loses at most the round in progress, and
+``fogsim run --resume`` continues from the checkpoint: rows of a round that ended
+after the last checkpoint are cut from the CSVs first, so none is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fogsim.fleet import Fleet
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+# What became of a sampled node's training in a round (``status`` in nodes.csv); only
+# ``ok`` updates are averaged, and TRAINED ones ran on the device.
+STATUSES = ("ok", "straggler", "dropped", "timed_out", "crashed", "rejected", "over_budget")
+TRAINED = ("ok", "straggler")
+
+NODE_COLUMNS = [
+    "round",
+    "node",
+    "class",
+    "budget_bytes",
+    "status",
+    "num_examples",
+    "train_loss",
+    "batch_size",
+    "peak_memory",
+    "needed_memory",
+    "pruned",
+    "params",
+    "over_budget",
+    "train_flops",
+    "time_s",
+    "bytes_down",
+    "bytes_up",
+    "sim_time_s",
+]
+
+
+@dataclass
+class Checkpoint:
+    """The state after a finished round. Randomness needs no saved generator state:
+    sampling, faults and each client's batches are seeded by (seed, round, node), and
+    the initial model by the seed alone."""
+
+    round: int
+    arrays: dict[str, torch.Tensor]  # the global model
+    strategy: dict[str, Any]  # per-node client state (masks, DynHP scores, ...)
+    accuracy: float
+    best_accuracy: float
+    elapsed_s: float  # wall seconds spent on finished rounds
+
+
+class CsvLog:
+    """Append-only CSV whose header is fixed by ``columns`` or the first row written."""
+
+    def __init__(self, path: Path, columns: list[str] | None = None) -> None:
+        self.path, self.columns = path, columns
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        new = not self.path.exists()
+        if self.columns is None:
+            self.columns = list(rows[0])
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate(self, last_round: int) -> None:
+        """Drop rows of rounds after ``last_round`` (finished after the checkpoint)."""
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = [r for r in reader if int(r["round"]) <= last_round]
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, columns)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
+        self.columns = columns
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rounds = CsvLog(run_dir / "rounds.csv")
+        self.nodes = CsvLog(run_dir / "nodes.csv", NODE_COLUMNS)
+
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write(self.dir / name, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+
+    def fleet_table(self, fleet: Fleet) -> None:
+        """fleet.csv: each node's class, its own budget, speed and links."""
+        rows = []
+        for node in range(fleet.num_nodes):
+            d = fleet.device(node)
+            rows.append(
+                {
+                    "node": node,
+                    "class": d.name,
+                    "budget_bytes": fleet.budget(node),
+                    "flops": d.flops,
+                    "up_mbps": d.up_mbps,
+                    "down_mbps": d.down_mbps,
+                }
+            )
+        (self.dir / "fleet.csv").unlink(missing_ok=True)
+        CsvLog(self.dir / "fleet.csv").append(rows)
+
+    def write_model(self, state: dict[str, torch.Tensor]) -> None:
+        atomic_write(self.dir / "model.pt", lambda p: torch.save(state, p))
+
+    def write_checkpoint(self, ckpt: Checkpoint) -> None:
+        atomic_write(self.dir / CHECKPOINT, lambda p: torch.save(asdict(ckpt), p))
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint, after cutting CSV rows written past it; None if the run
+        never finished a round (its partial files are removed)."""
+        path = self.dir / CHECKPOINT
+        if not path.exists():
+            for log in (self.rounds, self.nodes):
+                log.path.unlink(missing_ok=True)
+            return None
+        ckpt = Checkpoint(**torch.load(path, weights_only=False))  # our own file
+        for log in (self.rounds, self.nodes):
+            log.truncate(ckpt.round)
+        return ckpt
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a fogsim CSV with numbers parsed back to int/float."""
+
+    def parse(v: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with path.open(newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def finished_rounds(run_dir: Path) -> int:
+    """Rounds whose rows are in ``run_dir``'s rounds.csv (0 if there is none)."""
+    path = run_dir / "rounds.csv"
+    return len(read_csv(path)) if path.exists() else 0
+
+
+def strategy_name(run: dict[str, Any]) -> str | None:
+    """The strategy a loaded run used (its summary, else its scenario)."""
+    summary = run.get("summary", {})
+    return summary.get("strategy") or run.get("scenario", {}).get("strategy", {}).get("name")
+
+
+def load(run_dir: str | Path) -> dict[str, Any]:
+    """A run's tables as lists of dicts (``pandas.DataFrame(tables["rounds"])`` works)."""
+    run_dir = Path(run_dir)
+    out: dict[str, Any] = {}
+    for name in ("rounds", "nodes", "fleet"):
+        if (run_dir / f"{name}.csv").exists():
+            out[name] = read_csv(run_dir / f"{name}.csv")
+    for name in ("scenario", "summary"):
+        if (run_dir / f"{name}.json").exists():
+            out[name] = json.loads((run_dir / f"{name}.json").read_text())
+    return out

@@ -1,0 +1,161 @@
+"""DynHP: scores, schedule, gate, state, batch sizing and the budget at every step."""
+
+import numpy as np
+import pytest
+import torch
+
+from fogsim.device.dynhp import DynHP, DynHPConfig, cubic_target
+from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.memory import Arch, BudgetError, max_batch_size, training_memory
+from fogsim.device.models import FogNet, num_params
+
+
+def _data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 28, 28, generator=g)
+    w = torch.randn(784, 10, generator=g)
+    return x, (x.flatten(1) @ w).argmax(1)
+
+
+def test_cubic_schedule():
+    assert cubic_target(1000, 100, 0.1, 0.6, 0.0) == 1000
+    assert cubic_target(1000, 100, 0.1, 0.6, 0.6) == 100
+    ramp = [cubic_target(1000, 100, 0.1, 0.6, p) for p in np.linspace(0, 1, 41)]
+    assert all(a >= b for a, b in zip(ramp, ramp[1:], strict=False))
+    assert cubic_target(1000, 100, 0.0, 1.0, 0.5) == int(100 + 900 * 0.125)
+
+
+def test_taylor_score_equals_activation_times_gradient():
+    torch.manual_seed(0)
+    model = FogNet((3,), (7,))
+    x, y = _data(16)
+    acts = {}
+
+    def keep(name):
+        def hook(_m, _i, out):
+            out.retain_grad()
+            acts[name] = out
+
+        return hook
+
+    model.convs[0].register_forward_hook(keep(0))
+    model.fcs[0].register_forward_hook(keep(1))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    h = DynHP(DynHPConfig(criterion="taylor"), model)
+    scores = h.raw_scores(model)
+    for g, z in acts.items():
+        dims = (0, 2, 3) if z.dim() == 4 else (0,)
+        expect = (z * z.grad).sum(dims).abs().detach().double().numpy()
+        np.testing.assert_allclose(scores[g], expect, rtol=1e-4, atol=1e-7)
+
+
+def test_weight_norm_scores_and_normalisation():
+    torch.manual_seed(0)
+    model = FogNet((), (6, 4))
+    with torch.no_grad():
+        model.fcs[0].weight[2] = 0
+        model.fcs[0].bias[2] = 0
+    for crit in ("weight-norm", "weight-norm-io"):
+        h = DynHP(DynHPConfig(criterion=crit), model)
+        raw = h.raw_scores(model)
+        assert raw[0][2] == 0 and (np.delete(raw[0], 2) > 0).all()
+        local = h.local_scores(model)
+        assert all(abs(s.mean() - 1) < 1e-9 for s in local)
+
+
+@pytest.mark.parametrize("arch", [((), (300, 100)), ((16, 32), (128,))])
+@pytest.mark.parametrize("target", [2.0, 4.0, 10.0])
+def test_schedule_end_hits_exact_target(arch, target):
+    torch.manual_seed(0)
+    model = FogNet(*arch)
+    cfg = DynHPConfig(target_compression=target, criterion="weight-norm", min_width=2)
+    h = DynHP(cfg, model)
+    dense = num_params(model)
+    assert h.check(model, 0.3) == 0  # mid-ramp: gated (patience 3), nothing yet
+    h.check(model, 1.0)
+    after = num_params(model)
+    assert dense / after >= target
+    # minimal: putting back any single removed neuron would miss the target
+    a = Arch.of(model)
+    for g in range(len(model.widths)):
+        wider = list(model.widths)
+        wider[g] += 1
+        assert a.with_widths(wider).num_params() > dense / target
+    assert model.fcs[-1].out_features == 10
+
+
+def test_stability_gate_needs_patience():
+    torch.manual_seed(0)
+    model = FogNet((), (40, 20))
+    h = DynHP(DynHPConfig(target_compression=4, patience=3, criterion="weight-norm"), model)
+    removed = [h.check(model, 0.5) for _ in range(4)]
+    assert removed[:2] == [0, 0] and removed[2] > 0
+    assert min(model.widths) >= h.cfg.min_width
+
+
+def test_min_width_respected():
+    torch.manual_seed(0)
+    model = FogNet((), (8, 4))
+    h = DynHP(DynHPConfig(target_compression=1000, min_width=3, criterion="weight-norm"), model)
+    h.check(model, 1.0)
+    assert model.widths == [3, 3]
+
+
+def test_state_dict_round_trip_and_submodel():
+    torch.manual_seed(0)
+    model = FogNet((), (30, 10))
+    h = DynHP(DynHPConfig(target_compression=3, criterion="weight-norm"), model)
+    x, y = _data(64)
+    train_dynhp(model, x, y, h, budget=None, epochs=1, progress_range=(0.0, 1.0))
+    state = h.state_dict()
+    assert all(isinstance(v, np.ndarray) for k in ("kept", "score", "streak") for v in state[k])
+    h2 = DynHP(h.cfg, FogNet((), (30, 10)))
+    h2.load_state_dict(state)
+    for a, b in zip(h.kept, h2.kept, strict=True):
+        assert np.array_equal(a, b)
+    sub = [k[: len(k) // 2] for k in h.kept]  # a server's smaller sub-model
+    h3 = DynHP(h.cfg, Arch((), (30, 10)), kept=sub)
+    h3.load_state_dict(state, kept=sub)
+    assert [len(k) for k in h3.kept] == [len(k) for k in sub]
+    assert h3.dense_params == num_params(FogNet((), (30, 10)))
+
+
+@pytest.mark.parametrize("arch", [((), (300, 100)), ((8, 16), (64,))])
+@pytest.mark.parametrize("criterion", ["taylor", "weight-norm"])
+def test_budget_holds_at_every_step(arch, criterion):
+    torch.manual_seed(0)
+    model = FogNet(*arch)
+    dense_mem = training_memory(model, 16, "sgd-momentum")
+    budget = dense_mem // 5  # cannot hold the dense net: budget start prunes first
+    cfg = DynHPConfig(
+        target_compression=8,
+        end=0.6,
+        criterion=criterion,
+        check_every=2,
+        patience=2,
+        min_batch=8,
+        max_batch=128,
+    )
+    h = DynHP(cfg, model)
+    x, y = _data(300)
+    stats = train_dynhp(model, x, y, h, budget=budget, epochs=2, lr=0.01)
+    assert stats.memory and max(stats.memory) <= budget
+    for p, b, m in zip(stats.params, stats.batch, stats.memory, strict=True):
+        assert m == training_memory(Arch.of(model), b, "sgd-momentum") or p > num_params(model)
+    assert h.dense_params / num_params(model) >= 8
+    full = stats.batch[:-1]  # the last batch may be an epoch's short tail
+    assert all(a <= b for a, b in zip(full, full[1:], strict=False))  # memory only shrinks
+    if not arch[0]:
+        assert full[-1] > full[0]  # the freed memory went into the batch
+    assert max(stats.batch) <= max_batch_size(model, budget, "sgd-momentum", cap=128)
+
+
+def test_static_batch_ablation_and_impossible_budget():
+    torch.manual_seed(0)
+    x, y = _data(128)
+    model = FogNet((), (50, 20))
+    cfg = DynHPConfig(target_compression=4, dynamic_batch=False, check_every=2, patience=1)
+    stats = train_dynhp(model, x, y, DynHP(cfg, model), budget=None, epochs=1, batch=16)
+    assert set(stats.batch) == {16}
+    with pytest.raises(BudgetError):
+        train_dynhp(FogNet((), (50, 20)), x, y, DynHP(cfg, Arch((), (50, 20))), budget=1000)

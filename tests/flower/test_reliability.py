@@ -1,0 +1,244 @@
+"""Crash safety and misbehaving clients: kill -9 then --resume, Ctrl-C, injected
+faults, non-finite updates, clients refusing to train over budget."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.supercore.task_identity import TaskIdentity
+from typer.testing import CliRunner
+
+from clients.fog_client import injected_fault, train
+from fogsim.cli import app
+from fogsim.device.models import FogNet
+from fogsim.fleet import build_fleet
+from fogsim.flower.wire import ClientSpec
+from fogsim.scenario import load_scenario
+from fogsim.strategies import STRATEGIES
+from fogsim.study.results import load
+from tests.flower.test_federation import strip
+
+runner = CliRunner()
+RESUMABLE = [  # mask-union: per-node masks and DynHP state must survive the kill
+    "--set",
+    "run.rounds=4",
+    "--set",
+    "strategy.name='mask-union'",
+    "--set",
+    "dynhp.participations=2",
+    "--set",
+    "fleet.classes.1.memory='256KiB'",
+]
+
+
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    kids = [int(p) for p in out.split()]
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and every process under it (Ray's GCS, raylet, workers)."""
+    victims = [proc.pid, *descendants(proc.pid)]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def rounds_on_disk(run_dir: Path) -> int:
+    path = run_dir / "rounds.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+@pytest.mark.slow  # a real Flower + Ray run
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    whole = tmp_path / "whole"
+    result = runner.invoke(app, ["run", str(tiny_scenario), "--out", str(whole), "-q", *RESUMABLE])
+    assert result.exit_code == 0, result.output
+
+    killed = tmp_path / "killed"
+    ray_tmp = tempfile.mkdtemp(prefix="fk-", dir="/tmp")  # short: Ray's socket paths
+    cmd = [sys.executable, "-c", "from fogsim.cli import app; app()"]
+    cmd += ["run", str(tiny_scenario), "--out", str(killed), "-q", *RESUMABLE]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "TMPDIR": ray_tmp}, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while rounds_on_disk(killed) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "run too slow"
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()
+    finally:
+        kill_tree(proc)
+    assert 2 <= rounds_on_disk(killed) < 4 and not (killed / "summary.json").exists()
+    finished = torch.load(killed / "checkpoint.pt", weights_only=False)["round"]
+    before = load(killed)["rounds"][:finished]
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout
+    assert left == "", f"processes of the killed run left: {left}"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    again = runner.invoke(app, ["run", str(tiny_scenario), "--out", str(killed), *RESUMABLE])
+    assert again.exit_code == 2 and "--resume" in again.output, "an unfinished run is kept"
+    changed = ["--set", "train.lr=0.2", "--resume"]
+    again = runner.invoke(
+        app, ["run", str(tiny_scenario), "--out", str(killed), *RESUMABLE, *changed]
+    )
+    assert again.exit_code == 2 and "train.lr (0.1 → 0.2)" in again.output
+
+    resumed = runner.invoke(
+        app, ["run", str(tiny_scenario), "--out", str(killed), "-q", "--resume", *RESUMABLE]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    a, b = load(whole), load(killed)
+    assert [r["round"] for r in b["rounds"]] == [1, 2, 3, 4], "no round lost or doubled"
+    assert b["rounds"][:finished] == before, "checkpointed rounds were kept, not rerun"
+    assert strip(b["rounds"]) == strip(a["rounds"])
+    assert strip(b["nodes"]) == strip(a["nodes"])
+    assert b["summary"]["final_accuracy"] == a["summary"]["final_accuracy"]
+    done = runner.invoke(
+        app, ["run", str(tiny_scenario), "--out", str(killed), "--resume", *RESUMABLE]
+    )
+    assert done.exit_code == 0 and "already finished" in done.output
+
+
+@pytest.mark.slow  # a real Flower + Ray run
+def test_ctrl_c_stops_after_the_round_in_progress(tiny_scenario: Path, tmp_path: Path) -> None:
+    ray_tmp = tempfile.mkdtemp(prefix="fi-", dir="/tmp")
+    cmd = [sys.executable, "-c", "from fogsim.cli import app; app()"]
+    cmd += ["run", str(tiny_scenario), "--out", str(tmp_path), "-q", "--set", "run.rounds=20"]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "TMPDIR": ray_tmp}, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        while rounds_on_disk(tmp_path) < 1 and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert 1 <= rounds_on_disk(tmp_path) < 20
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout
+    assert left == "", f"Ray processes left: {left}"
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+FAULTS = [
+    "run.rounds=4",
+    "fleet.nodes=12",
+    "simulation.clients_per_round=6",
+    "simulation.evaluate_clients=0",
+    "simulation.min_replies=3",
+    "faults.crash=0.1",
+    "faults.classes.small.crash=0.25",
+    "faults.classes.small.drop=0.25",
+    "faults.classes.small.corrupt=0.25",
+]
+EXPECTED_STATUS = {"": "ok", "crash": "crashed", "drop": "dropped", "corrupt": "rejected"}
+
+
+@pytest.mark.slow  # a real Flower + Ray run
+def test_injected_faults_are_counted_and_never_averaged(tiny_scenario: Path, tmp_path: Path):
+    args = ["run", str(tiny_scenario), "--out", str(tmp_path), "-q"]
+    result = runner.invoke(app, args + [x for o in FAULTS for x in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    run = load(tmp_path)
+    spec = ClientSpec.of(load_scenario(tiny_scenario, FAULTS))
+    for n in run["nodes"]:  # every sampled node has a row saying what became of it
+        fault = injected_fault(spec, n["class"], n["node"], n["round"])
+        assert n["status"] == EXPECTED_STATUS[fault], n
+    statuses = {n["status"] for n in run["nodes"]}
+    assert {"ok", "crashed", "dropped", "rejected"} <= statuses, "the seed exercises each fault"
+    for r in run["rounds"]:
+        mine = [n for n in run["nodes"] if n["round"] == r["round"]]
+        assert len(mine) == r["sampled"] == 6
+        for status in ("crashed", "dropped", "rejected"):
+            assert r[status] == sum(n["status"] == status for n in mine)
+        assert r["aggregated"] == sum(n["status"] == "ok" for n in mine)
+        assert r["failed"] == r["failed_big"] + r["failed_small"] == 6 - r["aggregated"]
+        assert r["kept_previous"] == int(r["aggregated"] < 3)
+    kept = [i for i, r in enumerate(run["rounds"]) if r["kept_previous"] and i > 0]
+    assert kept, "the seed gives a round with too few good updates"
+    for i in kept:  # the model was not touched: same test accuracy as the round before
+        assert run["rounds"][i]["accuracy"] == run["rounds"][i - 1]["accuracy"]
+    model = torch.load(tmp_path / "model.pt")
+    assert all(torch.isfinite(v).all() for v in model.values())
+    assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0
+    md = (tmp_path / "report.md").read_text()
+    for cls in ("big", "small"):  # the per-class table ends with the failures
+        failed = sum(n["class"] == cls and n["status"] != "ok" for n in run["nodes"])
+        assert re.search(rf"\| {cls} \| .* \| {failed} \|\n", md), md
+
+
+@pytest.fixture
+def task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def train_message(state: dict, node: int, budget: int, spec: str, mode: str = "plain") -> Message:
+    config = {"node": node, "class": "small", "budget": budget, "mode": mode, "server-round": 1}
+    config["spec"] = spec
+    content = RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord(config)})
+    return Message(content, dst_node_id=100 + node, message_type=MessageType.TRAIN)
+
+
+def test_server_rejects_non_finite_and_counts_every_failure(tiny_scenario, task_identity):
+    sc = load_scenario(tiny_scenario, ["simulation.min_replies=1"])
+    s = STRATEGIES["fedavg"](sc, build_fleet(sc.fleet, 0))
+    state = FogNet((), (64, 32)).state_dict()
+    budgets = [8 << 20, 8 << 20, 4 << 10, 8 << 20, 8 << 20]  # 4 KiB holds no training step
+    sent = [train_message(state, n, b, s.spec) for n, b in enumerate(budgets)]
+    for n, m in enumerate(sent):  # as Flower's grid does when it sends them
+        m.metadata.__dict__["_message_id"] = f"m{n}"
+    s.sent = list(enumerate(sent))
+    s.bytes_down = dict.fromkeys(range(5), 0)
+    good, bad, refused = (train(m) for m in sent[:3])
+    arrays = {k: v.numpy().copy() for k, v in bad.content["arrays"].items()}
+    arrays["fcs.0.weight"][0, 0] = np.nan
+    bad.content["arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()})
+    crashed = Message(Error(0, "boom"), reply_to=sent[3])  # node 4 never replies
+    assert refused.content["metrics"]["over-budget"] == 1 and "arrays" not in refused.content
+    assert refused.content["metrics"]["needed-memory"] > 4 << 10
+    assert "cannot hold" in refused.content["error"]["reason"]
+
+    new, _ = s.aggregate_train(1, [refused, bad, crashed, good])
+    status = {r["node"]: r["status"] for r in s.node_rows}
+    assert status == {0: "ok", 1: "rejected", 2: "over_budget", 3: "crashed", 4: "timed_out"}
+    assert s.round_stats["aggregated"] == 1
+    classes = [s.fleet.device(n).name for n in (1, 2, 3, 4)]
+    assert s.round_stats["failed_by_class"] == {c: classes.count(c) for c in set(classes)}
+    for k, v in new.items():  # only the good update: its weights, untouched
+        assert np.array_equal(v.numpy(), good.content["arrays"][k].numpy())
+
+    empty = Message(RecordDict({"metrics": MetricRecord({"node": 4})}), reply_to=sent[4])
+    assert s.aggregate_train(1, [good, empty])[0] is not None  # no weights: rejected, no crash
+    assert {r["node"]: r["status"] for r in s.node_rows}[4] == "rejected"
+
+    s.scenario.simulation.min_replies = 2
+    assert s.aggregate_train(1, [good, bad]) == (None, None), "too few: keep the previous model"

@@ -1,0 +1,155 @@
+"""report / compare / sweep on tiny real runs (2 Flower + Ray runs in all, ~40 s)."""
+
+import re
+import shutil
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+from typer.testing import CliRunner
+
+from fogsim.cli import app
+from fogsim.study.compare import run_metrics
+from fogsim.study.plots import DPI, FIGSIZE
+from fogsim.study.results import load, read_csv
+from fogsim.study.sweep import parse_grid, split_values
+from tests.conftest import TINY
+
+runner = CliRunner()
+PIXELS = (int(FIGSIZE[1] * DPI), int(FIGSIZE[0] * DPI))
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def scenario_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sc") / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_dir(scenario_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("run", scenario_file, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def assert_png(path: Path) -> None:
+    assert path.stat().st_size > 1000
+    assert mpimg.imread(path).shape[:2] == PIXELS
+
+
+@pytest.mark.slow  # a real Flower + Ray run
+def test_report_writes_plots_and_tables_with_run_numbers(run_dir: Path) -> None:
+    result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    run = load(run_dir)
+    md = (run_dir / "report.md").read_text()
+    for name in ("accuracy", "traffic", "round_time", "classes", "participation"):
+        assert_png(run_dir / f"{name}.png")
+        assert f"]({name}.png)" in md
+    for r in run["rounds"]:
+        row = f"| {r['round']} | {r['accuracy']:.4f} | {r['loss']:.4f} |"
+        assert row in md
+        assert f"| {r['bytes_up']} | {r['bytes_down']} |" in md
+        assert f"| {r['sim_time_s']:.2f} |" in md  # the simulated round time is reported
+    # per class: size from fleet.csv, node-rounds and last params from nodes.csv
+    for cls in {f["class"] for f in run["fleet"]}:
+        size = sum(f["class"] == cls for f in run["fleet"])
+        rows = [n for n in run["nodes"] if n["class"] == cls]
+        assert re.search(rf"\| {cls} \| {size} \| .*\| {len(rows)} \|", md), md
+        peak = max(n["peak_memory"] for n in rows)  # modelled peak, from nodes.csv
+        assert re.search(rf"\| {cls} \| .*\| {peak} \|", md), (peak, md)
+
+
+@pytest.mark.slow  # a real Flower + Ray run
+def test_compare_table_and_overlay(run_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "copy"
+    shutil.copytree(run_dir, other)
+    result = invoke("compare", run_dir, other, "--target", "0.5", "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    rows = read_csv(tmp_path / "cmp" / "compare.csv")
+    assert [r["run"] for r in rows] == ["tiny", "copy"]
+    run = load(run_dir)
+    accs = [r["accuracy"] for r in run["rounds"]]
+    assert rows[0]["final_accuracy"] == accs[-1] == run["summary"]["final_accuracy"]
+    assert rows[0]["best_accuracy"] == max(accs)
+    assert rows[0]["rounds_to_target"] == 1  # tiny reaches 0.5 in round 1
+    total = sum(r["bytes_up"] + r["bytes_down"] for r in run["rounds"])
+    assert rows[0]["total_bytes"] == total
+    assert rows[0]["compression"] == 1.0  # fedavg: every node holds the dense model
+    assert_png(tmp_path / "cmp" / "compare_accuracy.png")
+    never = run_metrics(run_dir, 0.999)
+    assert never["rounds_to_target"] is None
+    # default --out: the first run's parent
+    assert invoke("compare", run_dir).exit_code == 0
+    assert (run_dir.parent / "compare.csv").exists()
+
+
+def test_bad_run_dirs_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for cmd in ("report", "compare"):
+        for d, msg in ((tmp_path / "missing", "no such run"), (tmp_path / "empty", "rounds.csv")):
+            result = invoke(cmd, d)
+            assert result.exit_code == 2 and msg in result.output, result.output
+
+
+def test_grid_parsing() -> None:
+    assert split_values("0.05,0.1") == ["0.05", "0.1"]
+    assert split_values("[64,32],[8]") == ["[64,32]", "[8]"]
+    assert parse_grid(["strategy.name=fedavg,fedavg"]) == [("strategy.name", ["fedavg"])]
+
+
+def test_sweep_validates_every_point_before_running(scenario_file: Path, tmp_path: Path) -> None:
+    result = invoke(
+        "sweep", scenario_file, "--grid", "train.lr=0.1,-1", "--out", tmp_path / "s", "-q"
+    )
+    assert result.exit_code == 2 and "train.lr=-1" in result.output, result.output
+    assert not (tmp_path / "s").exists()
+    result = invoke("sweep", scenario_file, "--grid", "strategy.name=fedavg,nope", "-q")
+    assert result.exit_code == 2 and "strategy.name=nope" in result.output
+    assert invoke("sweep", scenario_file, "--grid", "train.lr").exit_code == 2
+
+
+@pytest.mark.slow  # a real Flower + Ray run
+def test_sweep_resumes_and_summarizes(scenario_file: Path, run_dir: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    finished = sweep / "train.lr=0.1__seed=7"
+    shutil.copytree(run_dir, finished)  # a finished run (has summary.json): kept as is
+    stamp = (finished / "rounds.csv").stat().st_mtime_ns
+    unfinished = sweep / "train.lr=0.05__seed=7"
+    unfinished.mkdir()
+    (unfinished / "rounds.csv").write_text("round,accuracy\n1,0.0\n")  # no summary: redone
+    args = ["sweep", scenario_file, "--grid", "train.lr=0.05,0.1", "--set", "run.rounds=1"]
+    result = invoke(*args, "--set", "simulation.evaluate_clients=0", "--out", sweep, "-q")
+    assert result.exit_code == 0, result.output
+    assert (finished / "rounds.csv").stat().st_mtime_ns == stamp
+    redone = load(unfinished)
+    assert redone["summary"]["rounds"] == 1 and redone["scenario"]["train"]["lr"] == 0.05
+    assert redone["scenario"]["run"]["name"] == unfinished.name
+    rows = read_csv(sweep / "sweep.csv")
+    assert [r["train.lr"] for r in rows] == [0.05, 0.1]
+    assert rows[0]["final_accuracy_mean"] == redone["rounds"][-1]["accuracy"]
+    assert rows[1]["final_accuracy_mean"] == load(run_dir)["summary"]["final_accuracy"]
+    assert rows[0]["final_accuracy_std"] == ""  # one repeat: no spread
+    assert len(read_csv(sweep / "compare.csv")) == 2
+    assert_png(sweep / "sweep_accuracy.png")
+
+
+def test_sweep_plan_names_and_seeds(scenario_file: Path) -> None:
+    from fogsim.study.sweep import plan
+
+    runs = plan(scenario_file, [], parse_grid(["train.lr=0.05,0.1"]), repeat=2)
+    names = [p.name for p, _ in runs]
+    assert names == [
+        "train.lr=0.05__seed=7",
+        "train.lr=0.05__seed=8",
+        "train.lr=0.1__seed=7",
+        "train.lr=0.1__seed=8",
+    ]
+    assert [(s.train.lr, s.run.seed) for _, s in runs][1] == (0.05, 8)
