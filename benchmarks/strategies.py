@@ -5,8 +5,8 @@ already has ``summary.json`` is reused, so an interrupted benchmark resumes) and
 one table, also written to ``OUT/strategies.csv``, one row per strategy:
 
 - final / best global test accuracy, and rounds until it first reaches 95%;
-- deployable accuracy per device class in the final round (``acc_<class>``; '-' where
-  the strategy gives that class nothing that fits);
+- per device class, the mean and minimum test accuracy of the models its devices hold
+  at the end (``summary.json``; '-' where the class holds nothing);
 - total bytes up / down (MB), mean upload bytes per client-round / (4 x held params),
   mean simulated round time (s);
 - fraction of the fleet that took part (nodes seen in nodes.csv / fleet size) and the
@@ -76,12 +76,13 @@ def summarize(scenario_path: str, overrides: list[str], strategy: str, run_dir: 
     if not rounds:
         return row
     accs = [r["accuracy"] for r in rounds]
-    last = rounds[-1]
     row["final_acc"] = 100 * accs[-1]
     row["best_acc"] = 100 * max(accs)
-    for c in classes:
-        v = last.get(f"acc_{c}", "")
-        row[f"acc_{c}"] = 100 * v if isinstance(v, int | float) else "-"
+    final = t.get("summary", {}).get("classes", {})
+    for c in classes:  # the models the class's devices hold, at the end (devices.csv)
+        mean, low = final.get(c, {}).get("mean"), final.get(c, {}).get("min")
+        row[f"acc_{c}"] = 100 * mean if mean is not None else "-"
+        row[f"min_{c}"] = 100 * low if low is not None else "-"
     row["r95"] = next((r["round"] for r in rounds if r["accuracy"] >= TARGET), "-")
     row["up_MB"] = sum(r["bytes_up"] for r in rounds) / 1e6
     row["down_MB"] = sum(r["bytes_down"] for r in rounds) / 1e6

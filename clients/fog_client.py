@@ -60,12 +60,19 @@ def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:
     """(train x, train y, held-out x, held-out y) of fleet node ``node``."""
     data = spec.data
     indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed)[node]
-    train_idx, test_idx = split_local(indices, data.client_test_fraction, spec.seed + node)
+    train_idx, test_idx = split_local(indices, data.client_test_fraction, [spec.seed, node])
     ds = load_dataset(data.dataset, data.path)
     return (
         *ds.tensors(ds.train_x[train_idx], ds.train_y[train_idx]),
         *ds.tensors(ds.train_x[test_idx], ds.train_y[test_idx]),
     )
+
+
+def stream_seed(*key: int) -> int:
+    """A 64-bit seed for torch from (seed, round, node): numpy's SeedSequence hashes
+    the whole key, so no two keys share a stream (``seed*a + round*b + node`` would:
+    node 10,007 in round r is node 0 in round r+1)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0])
 
 
 def train_dynhp_round(
@@ -176,7 +183,7 @@ def train(msg: Message) -> Message:
     x, y, _, _ = local_data(spec, node)
     model = model_from_state(msg.content[wire.ARRAYS].to_torch_state_dict())
     macs_in = macs_per_sample(model)
-    gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + rnd * 10_007 + node)
+    gen = torch.Generator().manual_seed(stream_seed(spec.seed, rnd, node))
     if fault == "crash":
         raise InjectedCrash(f"injected crash of node {node} in round {rnd}")
     # a fixed sub-model keeps its neurons: echo their indices back with the weights

@@ -182,8 +182,11 @@ def partition(
     raise ValueError(f"unknown partitioning {scheme!r}; allowed: {', '.join(PARTITIONINGS)}")
 
 
-def split_local(indices: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    """A node's (train, held-out) index arrays; held-out feeds client-side evaluation."""
+def split_local(
+    indices: np.ndarray, test_fraction: float, seed: int | list[int]
+) -> tuple[np.ndarray, ...]:
+    """A node's (train, held-out) index arrays; held-out feeds client-side evaluation.
+    ``seed``: an int or a list of ints (a ``SeedSequence`` entropy, e.g. [seed, node])."""
     if test_fraction <= 0 or len(indices) < 2:
         return indices, indices[:0]
     rng = np.random.default_rng(seed)

@@ -3,7 +3,8 @@
 Class sizes come from ``count`` or ``share`` (shares rounded by largest remainder so
 counts add up to ``fleet.nodes``); which node gets which class is a seeded shuffle,
 and a class with ``memory_max`` draws each node's budget log-uniformly between
-``memory`` and ``memory_max``. The same scenario and seed always build the same fleet.
+``memory`` and ``memory_max`` (whole bytes, within both); a class without it gives
+every node exactly ``memory``. The same scenario and seed always build the same fleet.
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def build_fleet(section: FleetSection, seed: int) -> Fleet:
     rng = np.random.default_rng([seed, 0xF1EE7])
     labels = np.repeat(np.arange(len(section.classes)), class_counts(section))
     rng.shuffle(labels)
-    low = np.array([c.memory for c in section.classes], dtype=float)[labels]
-    high = np.array([c.memory_max or c.memory for c in section.classes], dtype=float)[labels]
-    budgets = np.exp(rng.uniform(np.log(low), np.log(high))).astype(np.int64)
+    low = np.array([c.memory for c in section.classes], dtype=np.int64)[labels]
+    high = np.array([c.memory_max or c.memory for c in section.classes], dtype=np.int64)[labels]
+    drawn = np.floor(np.exp(rng.uniform(np.log(low), np.log(high))))  # float: may round
+    budgets = np.where(high > low, np.clip(drawn.astype(np.int64), low, high), low)
     return Fleet(list(section.classes), labels, budgets)
 
 

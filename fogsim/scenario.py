@@ -212,6 +212,18 @@ class SimulationSection(Section):
     min_replies: int = Field(
         1, ge=1, description="fewer good updates in a round: the previous model is kept"
     )
+    device_eval_nodes: int | None = Field(
+        10,
+        ge=0,
+        description="per class and round, devices whose own model is evaluated (a seeded "
+        "sample of those holding one; none = all, 0 = none); at the end every one is",
+    )
+    device_eval_samples: int | None = Field(
+        2000,
+        ge=1,
+        description="test images for the per-round device evaluation (a seeded subset; "
+        "none = the whole test split, as at the end)",
+    )
 
     @property
     def flower_nodes(self) -> int:

@@ -90,6 +90,7 @@ def test_fleet_counts_and_seeded_assignment(tiny_scenario) -> None:
     a, b = build_fleet(sc.fleet, 1), build_fleet(sc.fleet, 1)
     assert (a.node_class == b.node_class).all()
     assert a.counts() == {"big": 4, "small": 6}
+    assert (a.budgets[a.node_class == 1] == 512 * 1024).all(), "a fixed budget is exact"
     spread = load_scenario(tiny_scenario, ["fleet.classes.1.memory_max='16MiB'"])
     budgets = build_fleet(spread.fleet, 0).budgets[a.node_class == 1]
     assert budgets.min() >= 512 * 1024 and budgets.max() <= 16 * 2**20

@@ -15,16 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fogsim.data import load_dataset
-from fogsim.device.models import FogNet, model_from_state
+from fogsim.device.models import FogNet
 from fogsim.device.training import evaluate
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario
 from fogsim.strategies import FogStrategy, build_strategy
+from fogsim.study.deployed import class_summary, device_rows, round_class_accuracy
 from fogsim.study.results import STATUSES, TRAINED, Checkpoint, RunWriter
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -120,6 +122,7 @@ class RoundLoop:
             "final_accuracy": final,
             "best_accuracy": self.best,
             "wall_s": self.elapsed,
+            "classes": self.finish(),
         }
         self.writer.write_json("summary.json", summary)
         return summary
@@ -143,7 +146,7 @@ class RoundLoop:
             "accuracy": acc,
             "loss": loss,
             **round_row(strategy, self.fleet, new_arrays is None, client_eval or MetricRecord()),
-            **self.deployable_accuracy(rnd, acc),
+            **self.class_accuracy(rnd),
             "wall_s": time.perf_counter() - t0,
         }
         return arrays, row
@@ -168,24 +171,31 @@ class RoundLoop:
         if self.progress:
             self.progress({**row, "rounds": self.scenario.run.rounds})
 
-    def deployable_accuracy(self, rnd: int, acc: float) -> dict[str, Any]:
-        """Test accuracy of the model each device class can train (its smallest budget);
-        blank where the strategy gives that class nothing that fits, ``acc`` (the global
-        model's, already measured) where it is the whole global model."""
-        state = {k: v.numpy() for k, v in self.model.state_dict().items()}
-        out: dict[str, Any] = {}
-        for c, cls in enumerate(self.fleet.classes):
-            budgets = self.fleet.budgets[self.fleet.node_class == c]
-            if len(budgets) == 0:
-                continue
-            sub = self.strategy.deployable(state, int(budgets.min()), rnd)
-            if sub is None:
-                out[f"acc_{cls.name}"] = ""
-            elif sub is state:
-                out[f"acc_{cls.name}"] = acc
-            else:
-                out[f"acc_{cls.name}"] = evaluate(model_from_state(sub), *self.test)[0]
-        return out
+    def global_state(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.model.state_dict().items()}
+
+    def class_accuracy(self, rnd: int) -> dict[str, Any]:
+        """Per class, the accuracy of the models its devices hold (a sample of them, on
+        a test subset: ``fogsim.study.deployed``)."""
+        sim = self.scenario.simulation
+        if sim.device_eval_nodes == 0:
+            return {}
+        rng = np.random.default_rng([self.scenario.run.seed, rnd, 2])
+        x, y = self.test
+        if sim.device_eval_samples is not None and sim.device_eval_samples < len(x):
+            pick = np.random.default_rng([self.scenario.run.seed, 0xE7A1]).permutation(len(x))
+            index = torch.from_numpy(np.sort(pick[: sim.device_eval_samples]))
+            x, y = x[index], y[index]
+        return round_class_accuracy(
+            self.strategy, self.fleet, self.global_state(), x, y, sim.device_eval_nodes, rng
+        )
+
+    def finish(self) -> dict[str, Any]:
+        """devices.csv (every device's own model on the whole test split) and the
+        per-class summary of it."""
+        rows = device_rows(self.strategy, self.fleet, self.global_state(), *self.test)
+        self.writer.write_devices(rows)
+        return class_summary(rows, self.fleet)
 
 
 def make_server_app(

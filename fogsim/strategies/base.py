@@ -52,8 +52,8 @@ from fogsim.study.results import STATUSES
 class FogStrategy(FedAvg):
     """A Flower strategy over a fleet: seeded sampling of fleet nodes, one message per
     node, replies classified and accounted. Subclasses say what each node gets
-    (:meth:`node_payload`), how good replies merge (:meth:`aggregate`) and what a device
-    of a given budget can deploy (:meth:`deployable`)."""
+    (:meth:`node_payload`), how good replies merge (:meth:`aggregate`) and which part
+    of the global model a node holds once it has trained (:meth:`held_model`)."""
 
     name = "base"
 
@@ -71,6 +71,7 @@ class FogStrategy(FedAvg):
         self.sent: list[tuple[int, Message]] = []  # this round's (fleet node, training message)
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
+        self.holders: dict[int, int] = {}  # node -> last round it trained (holds a model)
 
     # --- the hooks -------------------------------------------------------------
     @abstractmethod
@@ -86,10 +87,10 @@ class FogStrategy(FedAvg):
         """Merge good replies (sorted by node) into the new global model."""
 
     @abstractmethod
-    def deployable(
-        self, state: dict[str, np.ndarray], budget: int, server_round: int
-    ) -> dict[str, np.ndarray] | None:
-        """The part of global ``state`` a device with ``budget`` can train, or None."""
+    def held_model(self, node: int, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model ``node`` holds, given global weights ``state``: the part of the
+        global model it trained at its last participation (a node in :attr:`holders`),
+        with the current global values. This is what the device deploys."""
 
     def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
         """Remember per-node state from a reply that trained (before aggregation); a
@@ -97,11 +98,12 @@ class FogStrategy(FedAvg):
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs besides the global model (picklable); strategies
-        that remember per-node state override this and :meth:`load_state_dict`."""
-        return {}
+        that remember more per-node state extend this and :meth:`load_state_dict`."""
+        return {"holders": self.holders}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (called before the first resumed round)."""
+        self.holders = state.get("holders", {})
 
     # --- sampling and messages -------------------------------------------------
     def sample(self, k: int, grid: Grid, server_round: int, stream: int = 0) -> list[int]:
@@ -237,6 +239,7 @@ class FogStrategy(FedAvg):
                 continue
             if status[node] != "rejected":
                 self.on_reply(node, msg, straggler=status[node] == "straggler")
+                self.holders[node] = server_round
             up += rows[node]["bytes_up"]
             sim_times.append(min(sim_s, deadline) if deadline else sim_s)
             if status[node] == "ok":

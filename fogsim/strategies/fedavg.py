@@ -15,7 +15,6 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from fogsim.device.memory import widest_fraction
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
 from fogsim.scenario import Scenario
@@ -40,17 +39,17 @@ class FedAvgDense(FogStrategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return FedAvg.aggregate_train(self, server_round, replies)
 
-    def deployable(
-        self, state: dict[str, np.ndarray], budget: int, server_round: int
-    ) -> dict[str, np.ndarray] | None:
-        """The whole model, for a budget that trains it at the minimum batch."""
-        full = widest_fraction(self.arch, budget, self.optimizer, self.min_batch) == 1.0
-        return state if full else None
+    def held_model(self, node: int, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The whole global model."""
+        return state
 
 
 @register("fedavg-feasible")
 class FedAvgFeasible(FedAvgDense):
-    """FedAvg restricted to the nodes that can hold the full model."""
+    """FedAvg restricted to the nodes that can hold the full model; each trains it at
+    the largest batch (up to the scenario's) that fits its budget."""
+
+    mode = "plain"  # the client sizes its batch to its budget
 
     def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
         super().__init__(scenario, fleet)

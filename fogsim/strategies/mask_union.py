@@ -45,7 +45,6 @@ class MaskUnion(SubModelStrategy):
 
     def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
         super().__init__(scenario, fleet)
-        self.kept: dict[int, Kept] = {}
         self.dynhp_state: dict[int, ArrayRecord] = {}
         self.participations: dict[int, int] = {}
         sc = scenario
@@ -90,18 +89,18 @@ class MaskUnion(SubModelStrategy):
 
     def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
         # A straggler still pruned on its device: its mask and state are real.
-        self.kept[node] = wire.unpack_kept(msg.content[wire.KEPT])
+        super().on_reply(node, msg, straggler)
         self.dynhp_state[node] = msg.content[wire.DYNHP]
         self.participations[node] = self.participations.get(node, 0) + 1
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "kept": self.kept,
+            **super().state_dict(),
             "dynhp": {n: {k: a.numpy() for k, a in r.items()} for n, r in self.dynhp_state.items()},
             "participations": self.participations,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.kept = state["kept"]
+        super().load_state_dict(state)
         self.dynhp_state = {n: wire.numpy_record(r) for n, r in state["dynhp"].items()}
         self.participations = state["participations"]

@@ -18,7 +18,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fogsim.device.memory import widest_fraction
 from fogsim.device.pruning import Kept, extract_submodel, scatter_add_submodel
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
@@ -37,6 +36,7 @@ class SubModelStrategy(FogStrategy):
         self.widths = self.arch.widths
         self.takes_part = fleet.budgets >= self.budget_for(0.0)  # width 1 fits
         self.global_state: dict[str, np.ndarray] = {}
+        self.kept: dict[int, Kept] = {}  # node -> the neurons it held when it last trained
 
     @abstractmethod
     def kept_at(self, fraction: float, server_round: int) -> Kept:
@@ -78,11 +78,19 @@ class SubModelStrategy(FogStrategy):
         self.round_stats["union_params"] = held
         return wire.numpy_record(self.global_state), None
 
-    def deployable(
-        self, state: dict[str, np.ndarray], budget: int, server_round: int
-    ) -> dict[str, np.ndarray] | None:
-        f = widest_fraction(self.arch, budget, self.optimizer, self.min_batch)
-        return extract_submodel(state, self.kept_at(f, server_round)) if f > 0 else None
+    def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
+        self.kept[node] = wire.unpack_kept(msg.content[wire.KEPT])
+
+    def held_model(self, node: int, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The global weights of the neurons the node held when it last trained."""
+        return {k: v.numpy() for k, v in extract_submodel(state, self.kept[node]).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "kept": self.kept}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.kept = state.get("kept", {})
 
     def nested(self, fraction: float) -> Kept:
         """The first ``ceil(fraction * width)`` neurons of each group (HeteroFL slices)."""

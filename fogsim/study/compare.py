@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fogsim.study.plots import plot_overlay
-from fogsim.study.report import Table, column, fmt, load_run, num, round_time
+from fogsim.study.report import Table, column, fmt, load_run, num, own_cell, round_time
 from fogsim.study.results import strategy_name
 
 COLUMNS = [
@@ -70,15 +70,33 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
         "mean_round_time_s": sum(times) / len(times) if times else None,
         "round_time_source": source,
         "compression": compression,
+        **own_accuracy_columns(run.get("summary", {}).get("classes", {})),
         "series": ([r["round"] for r in rounds], acc),
     }
 
 
+def own_accuracy_columns(classes: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """``acc_<class>`` and ``acc_<class>_min``: mean and minimum accuracy of the models
+    the class's devices hold at the end (summary.json, from devices.csv)."""
+    out = {}
+    for name, c in classes.items():
+        out[f"acc_{name}"], out[f"acc_{name}_min"] = c.get("mean"), c.get("min")
+    return out
+
+
+def class_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-class accuracy columns of any of ``rows``, in first-seen order."""
+    seen = {k: None for m in rows for k in m if k.startswith("acc_")}
+    return list(seen)
+
+
 def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs") -> Table:
+    classes = [c[4:] for c in class_columns(rows) if not c.endswith("_min")]
     table = Table(
         title,
         ["run", "strategy", "rounds", "final acc", "best acc", f"rounds to {target:g}"]
-        + ["bytes up+down", "mean round time (s)", "compression"],
+        + ["bytes up+down", "mean round time (s)", "compression"]
+        + [f"{c} devices: mean (min)" for c in classes],
     )
     for m in rows:
         table.rows.append(
@@ -92,6 +110,7 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
                 fmt(m["total_bytes"], "int"),
                 fmt(m["mean_round_time_s"], "s") + f" ({m['round_time_source']})",
                 fmt_ratio(m["compression"]),
+                *(own_cell(m.get(f"acc_{c}"), m.get(f"acc_{c}_min")) for c in classes),
             ]
         )
     return table
@@ -116,7 +135,7 @@ def compare(
     """Write ``compare.csv`` and ``compare_accuracy.png`` into ``out_dir``."""
     rows = [run_metrics(d, target) for d in run_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(out_dir / "compare.csv", rows, COLUMNS)
+    csv_path = write_csv(out_dir / "compare.csv", rows, COLUMNS + class_columns(rows))
     series = [(f"{m['run']} ({m['strategy']})", *m["series"], None) for m in rows]
     png = plot_overlay(series, out_dir / "compare_accuracy.png", target)
     return rows, csv_path, png

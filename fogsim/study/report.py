@@ -166,7 +166,8 @@ def class_table(run: dict[str, Any]) -> Table:
     counts = per_class_round(run, "", "count")
     headers = ["class", "nodes", "budget bytes", "params (final mean)", "batch size (final)"]
     headers += ["peak memory (max)", "peak / own budget (max)", "node-rounds"]
-    headers += ["participation", "failed"]
+    headers += ["participation", "devices' accuracy: mean (min)", "failed"]
+    final = run.get("summary", {}).get("classes", {})
     table = Table("per device class", headers)
     for c, size in sizes.items():
         top = max(peak[c].values()) if peak.get(c) else None
@@ -186,10 +187,21 @@ def class_table(run: dict[str, Any]) -> Table:
                 fmt(ratio, "%"),
                 str(trained),
                 fmt(share, "%"),
+                own_cell(final.get(c, {}).get("mean"), final.get(c, {}).get("min")),
                 str(failed),
             ]
         )
     return table
+
+
+def own_cell(mean: float | None, low: float | None) -> str:
+    """A class's devices' accuracy as ``mean (min)``."""
+    return fmt(None) if mean is None else f"{fmt(mean, 'acc')} ({fmt(low, 'acc')})"
+
+
+def round_classes(rounds: list[dict[str, Any]]) -> list[str]:
+    """Device classes with per-class accuracy columns in rounds.csv."""
+    return [c[4:] for c in rounds[0] if c.startswith("acc_") and not c.endswith("_min")]
 
 
 def last(by_round: dict[int, float]) -> float | None:
@@ -203,9 +215,9 @@ def plot_accuracy(run: dict[str, Any], path: Path) -> Path:
     fig, (acc, loss) = figure(2)
     line(acc, xs, column(rounds, "accuracy"), "global (test split)", linewidth=2)
     line(acc, xs, column(rounds, "client_accuracy"), "clients (mean)")
-    for c in rounds[0]:
-        if c.startswith("acc_"):
-            line(acc, xs, column(rounds, c), f"deployable on {c[4:]}", linestyle="--")
+    for cls in round_classes(rounds):
+        line(acc, xs, column(rounds, f"acc_{cls}"), f"{cls} devices (mean)", linestyle="--")
+        line(acc, xs, column(rounds, f"acc_{cls}_min"), f"{cls} devices (min)", linestyle=":")
     for c, label in (("loss", "global"), ("client_loss", "clients"), ("train_loss", "train")):
         line(loss, xs, column(rounds, c), label)
     acc.set(title="accuracy", xlabel="round")

@@ -6,6 +6,8 @@ Files (all plain text, CSV columns documented in the README):
 - ``rounds.csv``: one row per finished round, appended and flushed as it ends.
 - ``nodes.csv``: one row per node that trained in a round.
 - ``fleet.csv``: node → device class and budget.
+- ``devices.csv``: at the end, every device holding a model and its test accuracy
+  (``fogsim.study.deployed``).
 - ``model.pt``: the latest global ``state_dict`` (rewritten atomically each round).
 - ``checkpoint.pt``: what a resumed run needs (see :class:`Checkpoint`), rewritten
   atomically after each round's rows are on disk.
@@ -64,6 +66,9 @@ NODE_COLUMNS = [
     "bytes_up",
     "sim_time_s",
 ]
+
+
+DEVICE_COLUMNS = ["node", "class", "budget_bytes", "last_round", "params", "accuracy", "loss"]
 
 
 @dataclass
@@ -147,6 +152,11 @@ class RunWriter:
         (self.dir / "fleet.csv").unlink(missing_ok=True)
         CsvLog(self.dir / "fleet.csv").append(rows)
 
+    def write_devices(self, rows: list[dict[str, Any]]) -> None:
+        """devices.csv: every device holding a model and that model's test accuracy."""
+        (self.dir / "devices.csv").unlink(missing_ok=True)
+        CsvLog(self.dir / "devices.csv", DEVICE_COLUMNS).append(rows)
+
     def write_model(self, state: dict[str, torch.Tensor]) -> None:
         atomic_write(self.dir / "model.pt", lambda p: torch.save(state, p))
 
@@ -198,7 +208,7 @@ def load(run_dir: str | Path) -> dict[str, Any]:
     """A run's tables as lists of dicts (``pandas.DataFrame(tables["rounds"])`` works)."""
     run_dir = Path(run_dir)
     out: dict[str, Any] = {}
-    for name in ("rounds", "nodes", "fleet"):
+    for name in ("rounds", "nodes", "fleet", "devices"):
         if (run_dir / f"{name}.csv").exists():
             out[name] = read_csv(run_dir / f"{name}.csv")
     for name in ("scenario", "summary"):

@@ -19,7 +19,7 @@ from typing import Any
 
 from fogsim.checks import load_checked
 from fogsim.scenario import Scenario, ScenarioError
-from fogsim.study.compare import COLUMNS, run_metrics, write_csv
+from fogsim.study.compare import COLUMNS, class_columns, run_metrics, write_csv
 from fogsim.study.plots import plot_overlay
 from fogsim.study.report import Table, fmt
 
@@ -164,7 +164,8 @@ def summarize(
     """Write ``compare.csv`` (per run), ``sweep.csv`` (mean/std per grid point) and
     ``sweep_accuracy.png`` (mean accuracy per round, std band) into ``out_dir``."""
     metrics = [run_metrics(d, target) for d in dirs]
-    write_csv(out_dir / "compare.csv", metrics, COLUMNS)
+    per_class = class_columns(metrics)
+    write_csv(out_dir / "compare.csv", metrics, COLUMNS + per_class)
     groups: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
     for (point, _), m in zip(runs, metrics, strict=True):
         groups.setdefault(point.grid, []).append(m)
@@ -175,8 +176,8 @@ def summarize(
         row["repeats"] = len(ms)
         row["strategy"] = ms[0]["strategy"]
         row["reached_target"] = sum(m["rounds_to_target"] is not None for m in ms)
-        for col in AGGREGATED:
-            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([m[col] for m in ms])
+        for col in AGGREGATED + per_class:
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([m.get(col) for m in ms])
         rows.append(row)
         n_rounds = min(len(m["series"][0]) for m in ms)  # rounds all repeats finished
         per_round = [mean_std([m["series"][1][r] for m in ms]) for r in range(n_rounds)]
@@ -184,7 +185,7 @@ def summarize(
         std = [s or 0.0 for _, s in per_round] if len(ms) > 1 else None
         series.append((label, list(range(1, n_rounds + 1)), [m for m, _ in per_round], std))
     columns = [*keys, "strategy", "repeats", "reached_target"]
-    columns += [f"{c}_{s}" for c in AGGREGATED for s in ("mean", "std")]
+    columns += [f"{c}_{s}" for c in AGGREGATED + per_class for s in ("mean", "std")]
     write_csv(out_dir / "sweep.csv", rows, columns)
     plot_overlay(series, out_dir / "sweep_accuracy.png", target, "accuracy per round (mean ± std)")
     table = Table("sweep (mean ± std over repeats)", [*keys, "n", "final acc", "best acc"])
