@@ -11,35 +11,47 @@ Methods (MLP 784-300-100-10, SGD momentum 0.9, LR 0.01 at batch 16, sqrt-scaled)
 - dynhp-static: DynHP under the budget, batch fixed at its starting size (ablation);
 - dynhp: DynHP (Taylor, gate, budget start, dynamic batch).
 
-The budget is what the final-size model needs to train at batch 64. Memory is the
-modelled training memory (``fogsim.device.memory``, byte-exact vs torch); the mean is over
-training steps. Usage: ``python benchmarks/dynhp_vs_competitors.py [--quick]``.
+The budget is what the final-size model needs to train at batch 64. Every method runs
+once per seed (model init and batch order); the table is mean ± std over the seeds,
+written to ``benchmarks/results/dynhp_vs_competitors.json`` (``--out`` elsewhere) and
+rendered into the README by ``benchmarks/results_io.py --readme``. Memory is the
+modelled training memory (``fogsim.device.memory``); the mean is over training steps.
+
+Usage::
+
+    python benchmarks/dynhp_vs_competitors.py                 # 5 seeds, 10x, MNIST + F-MNIST
+    python benchmarks/dynhp_vs_competitors.py --quick         # 3 seeds, 15k samples, 3 epochs
+    python benchmarks/dynhp_vs_competitors.py --targets 2,4,10 --seeds 0,1,2,3,4
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 import torch
+from results_io import pm, renderer, stats, write
 
 from fogsim.data import load_dataset
+from fogsim.device.arch import Arch
 from fogsim.device.centralized import final_model_budget, uniform_widths
 from fogsim.device.dynhp import DynHP, DynHPConfig
 from fogsim.device.dynhp_train import train_dynhp
-from fogsim.device.memory import Arch
 from fogsim.device.models import FogNet, num_params
 from fogsim.device.training import evaluate
 
 HIDDEN = (300, 100)
 OPT = "sgd-momentum"
 LR, BASE_BATCH, DENSE_BATCH = 0.01, 16, 64
+METHODS = ["dense", "small-dense", "one-shot", "iterative", "dynhp-static", "dynhp"]
 
 
 def run(
     method: str, data: tuple[torch.Tensor, ...], target: float, epochs: float, seed: int
 ) -> dict[str, float]:
+    """One method, one seed: test accuracy, final size, modelled memory, wall time."""
     x, y, xt, yt = data
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -47,29 +59,31 @@ def run(
     budget = final_model_budget(arch, target, DENSE_BATCH, OPT)
     t0 = time.perf_counter()
     mem: list[int] = []
-    common = dict(optimizer=OPT, lr=LR, lr_batch=BASE_BATCH, generator=gen)
+    common: dict[str, Any] = dict(optimizer=OPT, lr=LR, lr_batch=BASE_BATCH, generator=gen)
+    plain = DynHPConfig(target_compression=1.0, dynamic_batch=False)
     if method in ("dense", "small-dense"):
         widths = HIDDEN if method == "dense" else uniform_widths(arch, target)
         model = FogNet((), widths)
-        cfg = DynHPConfig(target_compression=1.0, dynamic_batch=False)
         st = train_dynhp(
-            model, x, y, DynHP(cfg, model), budget=None, epochs=epochs, batch=DENSE_BATCH, **common
+            model,
+            x,
+            y,
+            DynHP(plain, model),
+            budget=None,
+            epochs=epochs,
+            batch=DENSE_BATCH,
+            **common,
         )
         mem += st.memory
     elif method == "one-shot":
         model = FogNet((), HIDDEN)
-        cfg = DynHPConfig(target_compression=1.0, dynamic_batch=False)
         e1 = round(0.7 * epochs * len(x)) / len(x)
         st = train_dynhp(
-            model, x, y, DynHP(cfg, model), budget=None, epochs=e1, batch=DENSE_BATCH, **common
+            model, x, y, DynHP(plain, model), budget=None, epochs=e1, batch=DENSE_BATCH, **common
         )
         mem += st.memory
-        pcfg = DynHPConfig(
-            target_compression=target,
-            criterion="weight-norm",
-            dynamic_batch=False,
-        )
-        h = DynHP(pcfg, arch)
+        cut = DynHPConfig(target_compression=target, criterion="weight-norm", dynamic_batch=False)
+        h = DynHP(cut, arch)
         h.check(model, 1.0, st.optimizer)
         st = train_dynhp(
             model,
@@ -83,87 +97,118 @@ def run(
             **{**common, "optimizer": st.optimizer},
         )
         mem += st.memory
+    elif method == "iterative":
+        model = FogNet((), HIDDEN)
+        cfg = DynHPConfig(
+            target_compression=target,
+            criterion="weight-norm",
+            patience=1,
+            dynamic_batch=False,
+            check_every=20,
+        )
+        st = train_dynhp(
+            model,
+            x,
+            y,
+            DynHP(cfg, arch),
+            budget=None,
+            epochs=epochs,
+            batch=DENSE_BATCH,
+            **common,
+        )
+        mem += st.memory
     else:
         model = FogNet((), HIDDEN)
-        if method == "iterative":
-            cfg = DynHPConfig(
-                target_compression=target,
-                criterion="weight-norm",
-                patience=1,
-                dynamic_batch=False,
-                check_every=20,
-            )
-            st = train_dynhp(
-                model,
-                x,
-                y,
-                DynHP(cfg, arch),
-                budget=None,
-                epochs=epochs,
-                batch=DENSE_BATCH,
-                **common,
-            )
-        else:
-            cfg = DynHPConfig(
-                target_compression=target,
-                dynamic_batch=method == "dynhp",
-                min_batch=BASE_BATCH,
-                max_batch=256,
-            )
-            st = train_dynhp(model, x, y, DynHP(cfg, arch), budget=budget, epochs=epochs, **common)
+        cfg = DynHPConfig(
+            target_compression=target,
+            dynamic_batch=method == "dynhp",
+            min_batch=BASE_BATCH,
+            max_batch=256,
+        )
+        st = train_dynhp(model, x, y, DynHP(cfg, arch), budget=budget, epochs=epochs, **common)
         mem += st.memory
     wall = time.perf_counter() - t0
     acc, _ = evaluate(model, xt, yt)
-    return dict(
-        acc=acc,
-        params=num_params(model),
-        peak=max(mem),
-        mean=float(np.mean(mem)),
-        wall=wall,
-        budget=budget,
-    )
+    return {
+        "accuracy": acc,
+        "params": num_params(model),
+        "peak_memory": max(mem),
+        "mean_memory": float(np.mean(mem)),
+        "wall_s": wall,
+        "budget": budget,
+    }
 
 
-def table(dataset: str, target: float, results: dict[str, dict[str, float]]) -> str:
-    dense = results["dense"]
+def rows_for(dataset: str, target: float, per_seed: dict[str, list[dict[str, float]]]) -> list:
+    """One row per method: each figure as mean ± std over the seeds, and the accuracy
+    gap to dense paired by seed (the same seed's dense run)."""
+    dense = per_seed["dense"]
+    rows = []
+    for method, runs in per_seed.items():
+        gap = [100 * (d["accuracy"] - r["accuracy"]) for d, r in zip(dense, runs, strict=True)]
+        rows.append(
+            {
+                "dataset": dataset,
+                "target": target,
+                "method": method,
+                **{k: stats([r[k] for r in runs]) for k in runs[0] if k != "budget"},
+                "compression": stats([dense[0]["params"] / r["params"] for r in runs]),
+                "error_vs_dense_pt": stats(gap),
+                "budget": runs[0]["budget"],
+            }
+        )
+    return rows
+
+
+@renderer("dynhp_vs_competitors")
+def table(doc: dict[str, Any]) -> str:
     lines = [
-        f"\n{dataset} MLP 784-300-100-10, target {target:g}x "
-        f"(budget for the budgeted DynHP runs: {results['dynhp']['budget'] / 1024:.0f} KiB)",
-        f"{'method':<14}{'acc %':>8}{'err Δ':>8}{'params':>9}{'comp':>7}"
-        f"{'peak mem':>10}{'vs dense':>9}{'mean mem':>10}{'vs dense':>9}{'wall s':>8}",
+        "| data set | target | method | accuracy % | Δ vs dense (pt) | compression | "
+        "peak memory (KiB) | mean memory (KiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
+    for r in doc["rows"]:
         lines.append(
-            f"{name:<14}{100 * r['acc']:>8.2f}{100 * (dense['acc'] - r['acc']):>+8.2f}"
-            f"{r['params']:>9}{dense['params'] / r['params']:>6.1f}x"
-            f"{r['peak'] / 1024:>8.0f}Ki{100 * (r['peak'] / dense['peak'] - 1):>+8.0f}%"
-            f"{r['mean'] / 1024:>8.0f}Ki{100 * (r['mean'] / dense['mean'] - 1):>+8.0f}%"
-            f"{r['wall']:>8.1f}"
+            f"| {r['dataset']} | {r['target']:g}x | {r['method']} | {pm(r['accuracy'], 100)} | "
+            f"{pm(r['error_vs_dense_pt'])} | {pm(r['compression'], digits=1)}x | "
+            f"{pm(r['peak_memory'], 1 / 1024, 0)} | {pm(r['mean_memory'], 1 / 1024, 0)} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10x only, 15k samples, 3 epochs")
+    ap.add_argument("--quick", action="store_true", help="3 seeds, 15k samples, 3 epochs")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--datasets", default="mnist,fashion-mnist")
-    ap.add_argument("--targets", default=None, help="e.g. 2,4,10")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--targets", default="10", help="e.g. 2,4,10")
+    ap.add_argument("--seeds", default=None, help="comma-separated (default 0..4; quick 0..2)")
+    ap.add_argument("--out", default="dynhp_vs_competitors", help="results file name")
     args = ap.parse_args()
     epochs = args.epochs or (3 if args.quick else 6)
-    targets = [float(t) for t in (args.targets or ("10" if args.quick else "2,4,10")).split(",")]
+    seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.quick else "0,1,2,3,4")).split(",")]
     limit = 15000 if args.quick else None
-    methods = ["small-dense", "one-shot", "iterative", "dynhp-static", "dynhp"]
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
     for ds in args.datasets.split(","):
         d = load_dataset(ds)
         data = (*d.tensors(d.train_x[:limit], d.train_y[:limit]), *d.tensors(d.test_x, d.test_y))
-        dense = run("dense", data, 1.0, epochs, args.seed)
-        for target in targets:
-            results = {"dense": dense}
-            for m in methods:
-                results[m] = run(m, data, target, epochs, args.seed)
-            print(table(ds, target, results), flush=True)
+        dense = [run("dense", data, 1.0, epochs, s) for s in seeds]
+        for target in [float(t) for t in args.targets.split(",")]:
+            per_seed = {"dense": dense}
+            for m in METHODS[1:]:
+                per_seed[m] = [run(m, data, target, epochs, s) for s in seeds]
+                acc = stats([r["accuracy"] for r in per_seed[m]])
+                print(f"{ds} {target:g}x {m}: accuracy {pm(acc, 100)} %", flush=True)
+            rows += rows_for(ds, target, per_seed)
+    path = write(
+        args.out,
+        rows,
+        seeds,
+        settings={"epochs": epochs, "train_limit": limit, "hidden": HIDDEN, "lr": LR},
+    )
+    print(table({"rows": rows}))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,160 +1,153 @@
-"""Aggregation strategies head to head on one fleet scenario (real Flower + Ray runs).
+"""Aggregation strategies head to head on fleet scenarios (real Flower + Ray runs).
 
-Runs the scenario once per strategy (each into ``OUT/<strategy>``; a run dir that
-already has ``summary.json`` is reused, so an interrupted benchmark resumes) and prints
-one table, also written to ``OUT/strategies.csv``, one row per strategy:
+Every (scenario, strategy, seed) is one ``fogsim`` run into ``OUT/<scenario>/<strategy>
+/seed=<s>`` (a finished run made with the same scenario is reused, so an interrupted
+benchmark picks up where it stopped). Per scenario and strategy the table gives, as
+mean ± std over the seeds:
 
-- final / best global test accuracy, and rounds until it first reaches 95%;
-- per device class, the mean and minimum test accuracy of the models its devices hold
-  at the end (``summary.json``; '-' where the class holds nothing);
-- total bytes up / down (MB), mean upload bytes per client-round / (4 x held params),
-  mean simulated round time (s);
-- fraction of the fleet that took part (nodes seen in nodes.csv / fleet size) and the
-  static fraction the strategy allows (fedavg-feasible: classes holding the full model);
-- peak modelled training memory / budget per class (max over client-rounds, %) and the
-  number of over-budget client-rounds (fedavg-dense is the infeasible upper bound).
+- the global model's final test accuracy;
+- per device class, the mean and the minimum test accuracy of the models the class's
+  devices hold at the end (``summary.json``, from ``devices.csv``: each device's own
+  mask or slice, on the whole test split);
+- total bytes up + down (MB) and simulated time (s);
+- the largest peak modelled memory over a node's own budget, and over-budget
+  client-rounds (``fedavg-dense`` is the infeasible upper bound).
+
+It writes ``benchmarks/results/strategies.json`` (``--results`` to name it otherwise),
+rendered into the README by ``benchmarks/results_io.py --readme``.
 
 Usage::
 
-    python benchmarks/strategies.py --quick                  # 5 rounds, 40 nodes
-    python benchmarks/strategies.py --scenario scenarios/fleet5-mnist-dirichlet.toml \\
-        --rounds 10 --strategies mask-union,heterofl --out runs/bench-dir --set train.lr=0.05
+    python benchmarks/strategies.py --quick            # 1 scenario, 3 seeds, 5 rounds, 40 nodes
+    python benchmarks/strategies.py --scenarios fleet5-mnist-iid,fleet5-mnist-dirichlet \\
+        --seeds 1,2,3 --strategies heterofl,fedrolex,mask-union --set train.lr=0.05
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from fogsim.fleet import build_fleet
-from fogsim.scenario import load_scenario
-from fogsim.strategies import build_strategy
-from fogsim.study.results import load
+from results_io import pm, renderer, stats, write
 
+from fogsim.checks import load_checked
+from fogsim.study.results import load, stored_scenario_changes
+
+ROOT = Path(__file__).resolve().parent.parent
 ALL = ["fedavg-dense", "fedavg-feasible", "heterofl", "fedrolex", "mask-union"]
 QUICK = ["run.rounds=5", "fleet.nodes=40", "simulation.clients_per_round=10"]
-TARGET = 0.95
 
 
-def run_one(scenario_path: str, overrides: list[str], strategy: str, run_dir: Path) -> None:
-    """One real simulation of ``strategy`` into ``run_dir`` unless already finished."""
-    if (run_dir / "summary.json").exists():
-        print(f"[{strategy}] done already in {run_dir}, reusing", flush=True)
+def run_one(path: Path, overrides: list[str], run_dir: Path, label: str) -> None:
+    """One real simulation into ``run_dir`` unless a finished run of this very scenario
+    is there already."""
+    sc = load_checked(path, overrides)
+    if (run_dir / "summary.json").exists() and not stored_scenario_changes(run_dir, sc):
+        print(f"[{label}] done already in {run_dir}, reusing", flush=True)
         return
-    shutil.rmtree(run_dir, ignore_errors=True)  # the CSVs append: start a partial run afresh
-    sc = load_scenario(scenario_path, [*overrides, f"strategy.name='{strategy}'"])
+    shutil.rmtree(run_dir, ignore_errors=True)  # partial or different: start afresh
     from fogsim.flower.engine import simulate  # imports Flower and Ray
 
     t0 = time.perf_counter()
-
-    def on_round(row: dict[str, Any]) -> None:
-        print(
-            f"[{strategy}] round {row['round']}/{row['rounds']} acc {row['accuracy']:.4f} "
-            f"wall {row['wall_s']:.1f}s (total {time.perf_counter() - t0:.0f}s)",
-            flush=True,
-        )
-
-    print(f"[{strategy}] starting ({sc.run.rounds} rounds, {sc.fleet.nodes} nodes)", flush=True)
-    simulate(sc, run_dir, progress=on_round)
-    print(f"[{strategy}] finished in {time.perf_counter() - t0:.0f}s", flush=True)
+    simulate(sc, run_dir)
+    print(f"[{label}] finished in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-def summarize(scenario_path: str, overrides: list[str], strategy: str, run_dir: Path) -> dict:
-    """The table row of one finished (or partial) run."""
+def run_figures(run_dir: Path) -> dict[str, Any]:
+    """The figures of one finished run."""
     t = load(run_dir)
-    rounds, nodes = t.get("rounds", []), t.get("nodes", [])
-    sc = load_scenario(scenario_path, [*overrides, f"strategy.name='{strategy}'"])
-    fleet = build_fleet(sc.fleet, sc.run.seed)
-    classes = [c.name for c in fleet.classes]
-    label = strategy + (" (infeasible bound)" if strategy in ("fedavg", "fedavg-dense") else "")
-    row: dict[str, Any] = {"strategy": label, "rounds": len(rounds)}
-    if not rounds:
-        return row
-    accs = [r["accuracy"] for r in rounds]
-    row["final_acc"] = 100 * accs[-1]
-    row["best_acc"] = 100 * max(accs)
-    final = t.get("summary", {}).get("classes", {})
-    for c in classes:  # the models the class's devices hold, at the end (devices.csv)
-        mean, low = final.get(c, {}).get("mean"), final.get(c, {}).get("min")
-        row[f"acc_{c}"] = 100 * mean if mean is not None else "-"
-        row[f"min_{c}"] = 100 * low if low is not None else "-"
-    row["r95"] = next((r["round"] for r in rounds if r["accuracy"] >= TARGET), "-")
-    row["up_MB"] = sum(r["bytes_up"] for r in rounds) / 1e6
-    row["down_MB"] = sum(r["bytes_down"] for r in rounds) / 1e6
-    trained = [n for n in nodes if n.get("status") == "ok" and n.get("params")]
-    ratios = [n["bytes_up"] / (4 * n["params"]) for n in trained if n["bytes_up"]]
-    row["up/4params"] = sum(ratios) / len(ratios) if ratios else "-"
-    row["sim_round_s"] = sum(r["sim_time_s"] for r in rounds) / len(rounds)
-    row["took_part"] = len({n["node"] for n in nodes}) / fleet.num_nodes
-    row["allowed"] = float(build_strategy(sc, fleet).takes_part.mean())
-    for c in classes:
-        rows = [n for n in nodes if n["class"] == c and n.get("budget_bytes")]
-        peak = max((n["peak_memory"] / n["budget_bytes"] for n in rows), default=None)
-        row[f"mem%_{c}"] = 100 * peak if peak is not None else "-"
-    row["over_budget"] = sum(int(n.get("over_budget") or 0) for n in nodes)
-    row["wall_s"] = t.get("summary", {}).get("wall_s", sum(r["wall_s"] for r in rounds))
-    return row
+    rounds, nodes, summary = t["rounds"], t["nodes"], t["summary"]
+    ratios = [n["peak_memory"] / n["budget_bytes"] for n in nodes if n.get("peak_memory")]
+    return {
+        "final_accuracy": summary["final_accuracy"],
+        "classes": summary["classes"],
+        "mb": sum(r["bytes_up"] + r["bytes_down"] for r in rounds) / 1e6,
+        "sim_time_s": sum(r["sim_time_s"] for r in rounds),
+        "wall_s": summary["wall_s"],
+        "peak_over_budget": max(ratios, default=None),
+        "over_budget": sum(int(n.get("over_budget") or 0) for n in nodes),
+    }
 
 
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-    return str(v)
+def aggregate(scenario: str, strategy: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row: every figure as mean ± std over the seeds' runs."""
+    classes = list(runs[0]["classes"])
+    return {
+        "scenario": scenario,
+        "strategy": strategy,
+        **{k: stats([r[k] for r in runs]) for k in runs[0] if k != "classes"},
+        "classes": {
+            c: {
+                "mean": stats([r["classes"][c]["mean"] for r in runs]),
+                "min": stats([r["classes"][c]["min"] for r in runs]),
+            }
+            for c in classes
+        },
+    }
 
 
-def print_table(rows: list[dict], out: Path) -> None:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-
-    def join(vals: list[str]) -> str:
-        pairs = enumerate(zip(vals, widths, strict=True))
-        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in pairs)
-
-    line = join(cols)
-    print(line)
-    print("-" * len(line))
-    for x in cells:
-        print(join(x))
-    with (out / "strategies.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, cols)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"\n(acc in %; mem% = peak modelled memory / budget; table in {out / 'strategies.csv'})")
+@renderer("strategies")
+def table(doc: dict[str, Any]) -> str:
+    """One markdown table per scenario: strategies as rows, per class 'mean / min'."""
+    out = []
+    for scenario in dict.fromkeys(r["scenario"] for r in doc["rows"]):
+        rows = [r for r in doc["rows"] if r["scenario"] == scenario]
+        classes = list(rows[0]["classes"])
+        head = ["strategy", "global acc %"] + [f"{c}: mean / min %" for c in classes]
+        head += ["MB up+down", "peak / budget", "over budget"]
+        lines = [f"**{scenario}**", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for r in rows:
+            cells = [r["strategy"], pm(r["final_accuracy"], 100, 1)]
+            cells += [
+                f"{pm(r['classes'][c]['mean'], 100, 1)} / {pm(r['classes'][c]['min'], 100, 1)}"
+                for c in classes
+            ]
+            cells += [pm(r["mb"], digits=0), pm(r["peak_over_budget"], 100, 0) + " %"]
+            cells += [pm(r["over_budget"], digits=0)]
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", default="scenarios/fleet5-mnist-iid.toml")
-    ap.add_argument("--rounds", type=int, help="override run.rounds")
+    ap.add_argument("--scenarios", default="fleet5-mnist-iid,fleet5-mnist-dirichlet")
     ap.add_argument("--strategies", default=",".join(ALL), help="comma-separated names")
+    ap.add_argument("--seeds", default="1,2,3", help="comma-separated run.seed values")
+    ap.add_argument("--rounds", type=int, help="override run.rounds")
     ap.add_argument("--set", action="append", default=[], help="section.key=value override")
-    ap.add_argument("--out", default="runs/bench-strategies")
-    ap.add_argument("--quick", action="store_true", help="5 rounds, 40 nodes, 10 per round")
+    ap.add_argument("--out", default="runs/bench-strategies", help="where the runs go")
+    ap.add_argument("--results", default="strategies", help="results file name")
+    ap.add_argument("--quick", action="store_true", help="first scenario, 5 rounds, 40 nodes")
     args = ap.parse_args()
     overrides = (QUICK if args.quick else []) + args.set
     if args.rounds:
         overrides.append(f"run.rounds={args.rounds}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    t0 = time.perf_counter()
+    scenarios = args.scenarios.split(",")[: 1 if args.quick else None]
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for name in names:
-        try:
-            run_one(args.scenario, overrides, name, out / name)
-        except Exception:  # noqa: BLE001  (report and go on with the next strategy)
-            print(f"[{name}] CRASHED:\n{traceback.format_exc()}", flush=True)
-        rows.append(summarize(args.scenario, overrides, name, out / name))
-    print(f"\n{args.scenario} {' '.join(overrides)}  (wall {time.perf_counter() - t0:.0f}s)")
-    print_table(rows, out)
+    for scenario in scenarios:
+        path = ROOT / "scenarios" / f"{scenario}.toml"
+        for strategy in strategies:
+            runs = []
+            for seed in seeds:
+                run_dir = Path(args.out) / scenario / strategy / f"seed={seed}"
+                sets = [*overrides, f"strategy.name='{strategy}'", f"run.seed={seed}"]
+                try:
+                    run_one(path, sets, run_dir, f"{scenario} {strategy} seed {seed}")
+                    runs.append(run_figures(run_dir))
+                except Exception:  # noqa: BLE001  (report and go on with the next run)
+                    print(f"[{strategy} seed {seed}] FAILED:\n{traceback.format_exc()}")
+            if runs:
+                rows.append(aggregate(scenario, strategy, runs))
+    path = write(args.results, rows, seeds, overrides=overrides, scenarios=scenarios)
+    print(table({"rows": rows}))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def parse_bytes(value: Any) -> int:
     elif isinstance(value, str) and (m := SIZE_RE.match(value)):
         number, unit = float(m.group(1)), m.group(2).upper()
     else:
-        raise ValueError(f"expected a size such as 256KiB, 4MiB or 1GB, got {value!r}")
+        raise ValueError("expected a size such as 256KiB, 4MiB or 1GB")
     if unit not in UNITS:
         raise ValueError(f"unknown unit {unit!r}; allowed: B, KB, MB, GB, KiB, MiB, GiB")
     size = number * UNITS[unit]

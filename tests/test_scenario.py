@@ -45,7 +45,7 @@ BAD = [
     ("fleet.classes.0.count=20", ["counts sum to", "nodes = 10"]),
     ("fleet.classes=[]", ["fleet.classes", "at least 1"]),
     ("strategy.name=fedmagic", ["strategy.name", "fedmagic", "allowed", "fedavg"]),
-    ("simulation.clients_per_round=11", ["clients_per_round = 11", "fleet.nodes = 10"]),
+    ("simulation.clients_per_round=11", ["simulation.clients_per_round: 11", "fleet.nodes = 10"]),
     ("train.optimizer=lbfgs", ["train.optimizer", "'sgd' or 'adam'"]),
     ("train.lr=0", ["train.lr", "greater than 0"]),
 ]

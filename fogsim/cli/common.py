@@ -27,7 +27,12 @@ out = Console()
 err = Console(stderr=True)
 
 # options and arguments used by several commands, declared once
+# (typer 0.20 with click 8.5 drops an argument's help: commands say it in their docstring)
 ScenarioArg = Annotated[str, typer.Argument(help="Scenario file, or a shipped scenario's name.")]
+OptionalScenarioArg = Annotated[
+    str | None,
+    typer.Argument(help="Scenario file, or a shipped scenario's name (not with --resume)."),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a field: section.key=value (repeatable)."),

@@ -28,7 +28,7 @@ def dynhp(
         typer.Option(help="memory budget, e.g. '600KiB'; 'auto' = final model at --ref-batch"),
     ] = "auto",
     out: Annotated[Path, typer.Option(help="per-epoch CSV, written row by row")] = Path(
-        "results/dynhp.csv"
+        "runs/dynhp.csv"
     ),
     model: Annotated[str, typer.Option(help="mlp (784-300-100-10) or cnn")] = "mlp",
     criterion: Annotated[str, typer.Option(help="taylor, weight-norm, weight-norm-io")] = "taylor",
@@ -41,8 +41,9 @@ def dynhp(
 ) -> None:
     """Train one model centrally with DynHP under a memory budget; write a per-epoch CSV.
 
-    Example: ``fogsim dynhp --dataset fashion-mnist --epochs 6 --target 10
-    --budget auto --out results/dynhp_fmnist.csv``
+    Example:
+
+      fogsim dynhp --dataset fashion-mnist --epochs 6 --target 10 --out runs/dynhp-fmnist.csv
     """
     for option, value, allowed in (
         ("dataset", dataset, DATASETS),

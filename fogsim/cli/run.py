@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fogsim.checks import check
 from fogsim.cli.common import (
     SCENARIO_DIR,
+    OptionalScenarioArg,
     QuietOpt,
     ScenarioArg,
     SetOpt,
@@ -27,24 +30,16 @@ from fogsim.cli.common import (
 )
 from fogsim.device.memory import widest_fraction
 from fogsim.fleet import build_fleet
-from fogsim.scenario import Scenario, shown
-from fogsim.study.results import CHECKPOINT, STATUSES, finished_rounds
+from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
+from fogsim.study.results import (
+    CHECKPOINT,
+    STATUSES,
+    RunFailed,
+    finished_rounds,
+    holds_run,
+    stored_scenario_changes,
+)
 from fogsim.units import format_bytes
-
-# Fields that may differ when a run is resumed: they do not change its results.
-RESUME_MAY_DIFFER = {"run.output_dir", "simulation.ray_address"}
-
-
-def scenario_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted fields whose values differ between two scenario dumps."""
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += scenario_changes(a, b, f"{name}.")
-        elif a != b and name not in RESUME_MAY_DIFFER:
-            changed.append(f"{name} ({a!r} → {b!r})")
-    return changed
 
 
 def prepare_run_dir(run_dir: Path, sc: Scenario, overwrite: bool, resume: bool) -> bool:
@@ -58,11 +53,16 @@ def prepare_run_dir(run_dir: Path, sc: Scenario, overwrite: bool, resume: bool) 
     try:
         if run_dir.exists() and not run_dir.is_dir():
             fail(f"--out {where}: exists and is not a directory")
-        holds_run = any((run_dir / f).exists() for f in ("rounds.csv", CHECKPOINT))
-        if holds_run and overwrite:
+        existing = holds_run(run_dir)
+        if resume and not existing:
+            fail(
+                f"--resume {where}: nothing to resume there (no rounds.csv or {CHECKPOINT}); "
+                "check --out, or leave out --resume to start a new run"
+            )
+        if existing and overwrite:
             shutil.rmtree(run_dir)
-            holds_run = False
-        if holds_run:
+            existing = False
+        if existing:
             check_resumable(run_dir, sc, resume)
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -72,7 +72,7 @@ def prepare_run_dir(run_dir: Path, sc: Scenario, overwrite: bool, resume: bool) 
         fail(f"--out {where}: cannot write there ({e.strerror or e})")
     except ValueError as e:  # a NUL byte in the path
         fail(f"--out {where}: not a usable path ({e})")
-    return holds_run
+    return existing
 
 
 def check_resumable(run_dir: Path, sc: Scenario, resume: bool) -> None:
@@ -94,19 +94,16 @@ def check_resumable(run_dir: Path, sc: Scenario, resume: bool) -> None:
             f"--out {where}: holds an unfinished run ({done} round(s) on disk); "
             "pass --resume to continue it, --overwrite to start over, or choose another --out"
         )
-    stored = run_dir / "scenario.json"
-    if stored.exists():
-        changed = scenario_changes(json.loads(stored.read_text()), sc.model_dump(mode="json"))
-        if changed:
-            fail(
-                f"--resume {where}: the scenario differs from the run's (scenario.json): "
-                f"{'; '.join(changed)}; resume with the same scenario and --set options, "
-                "or --overwrite to start over"
-            )
+    if changed := stored_scenario_changes(run_dir, sc):
+        fail(
+            f"--resume {where}: the scenario differs from the run's (scenario.json): "
+            f"{'; '.join(changed)}; resume with the same scenario and --set options, "
+            "or --overwrite to start over"
+        )
 
 
 def run(
-    scenario: ScenarioArg,
+    scenario: OptionalScenarioArg = None,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out", help="Run directory (default: <run.output_dir>/<run.name>)."),
@@ -116,7 +113,7 @@ def run(
         str | None,
         typer.Option(
             help="Attach to a running Ray cluster: HOST:PORT of its head node "
-            "(e.g. 127.0.0.1:6379); overrides [simulation] ray_address."
+            "(e.g. 127.0.0.1:6379); overrides \\[simulation] ray_address."
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
@@ -128,8 +125,9 @@ def run(
 ) -> None:
     """Run a scenario as a Flower + Ray federated simulation.
 
-    Every finished round is on disk; after a crash or kill, the same command with
-    --resume continues from the last finished round.
+    SCENARIO is a scenario file or the name of a shipped one (see fogsim scenarios).
+    Every finished round is on disk; after a crash or kill, --resume --out DIR
+    continues from the last finished round with the run's own scenario (DIR/scenario.json).
 
     Examples:
 
@@ -137,17 +135,26 @@ def run(
 
       fogsim run quickstart --set run.rounds=5 --set train.lr=0.1 --out runs/lr01
 
-      fogsim run quickstart --out runs/lr01 --resume
+      fogsim run --out runs/lr01 --resume
     """
-    sc = load(scenario, set_)
+    if resume and scenario is None:
+        sc = stored_scenario(out_dir)
+    else:
+        sc = load(scenario or "", set_)
     load_data(sc)
     check_cluster(ray_address or sc.simulation.ray_address)
     run_dir = out_dir or Path(sc.run.output_dir) / sc.run.name
     resuming = prepare_run_dir(run_dir, sc, overwrite, resume)
-
+    if not quiet:
+        print_fleet(sc, err)
     started = time.perf_counter()
-    if not simulate_with_progress(sc, run_dir, resuming, ray_address, verbose, quiet):
-        interrupted(run_dir, f"fogsim run {scenario} --out {run_dir} --resume")
+    try:
+        finished = simulate_with_progress(sc, run_dir, resuming, ray_address, verbose, quiet)
+    except RunFailed as e:
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if not finished:
+        interrupted(run_dir, f"fogsim run --out {run_dir} --resume")
     if not quiet:
         summary = json.loads((run_dir / "summary.json").read_text())
         out.print(
@@ -156,6 +163,30 @@ def run(
             f"results in {run_dir}",
             markup=False,
         )
+
+
+def stored_scenario(run_dir: Path | None) -> Scenario:
+    """The scenario a run in ``run_dir`` was started with (its scenario.json)."""
+    if run_dir is None:
+        fail("--resume without a SCENARIO needs --out: the run directory to continue")
+        raise AssertionError  # unreachable
+    stored = run_dir / "scenario.json"
+    where = shown(str(stored))
+    try:
+        raw = json.loads(stored.read_text())
+    except FileNotFoundError:
+        fail(f"--resume {shown(str(run_dir))}: nothing to resume there (no scenario.json)")
+        raise
+    except (OSError, ValueError) as e:
+        fail(f"--resume: cannot read {where} ({e})")
+        raise
+    try:
+        sc = validate_scenario(raw, where)
+        check(sc, where)
+    except ScenarioError as e:
+        fail(str(e))
+        raise
+    return sc
 
 
 def simulate_with_progress(
@@ -176,6 +207,11 @@ def simulate_with_progress(
     def on_round(row: dict[str, Any]) -> None:
         if row.get("resumed"):
             info = f"resumed after round {row['round']}"
+            if not quiet:
+                progress.console.print(
+                    f"resuming {run_dir} after round {row['round']} of {row['rounds']}",
+                    markup=False,
+                )
         else:
             info = f"acc {row['accuracy']:.4f}  loss {row['loss']:.4f}" + round_problems(row)
         progress.update(task, completed=row["round"], info=info)
@@ -221,8 +257,12 @@ def fleet_table(sc: Scenario) -> Table:
     fleet = build_fleet(sc.fleet, sc.run.seed)
     arch = sc.model.shape
     kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
+    dense = "x".join(map(str, arch.widths))
     table = Table(
-        title=f"fleet: {sc.fleet.nodes} nodes; widest = widest model trainable at batch {batch}"
+        title=f"fleet: {sc.fleet.nodes} nodes",
+        caption=f"widest model: what the class's smallest budget trains at batch {batch} "
+        f"({kind}): its share of the dense width and its neurons per layer (dense: {dense}); "
+        "cannot train: nodes whose budget holds no model at all (they sit out)",
     )
     cols = ("class", "nodes", "budget", "FLOP/s", "up/down Mbit/s", "avail.")
     for col in (*cols, "widest model", "cannot train"):
@@ -252,16 +292,39 @@ def fleet_table(sc: Scenario) -> Table:
     return table
 
 
+def print_fleet(sc: Scenario, console: Console) -> None:
+    """The fleet table, and a warning naming the classes with nodes that sit out."""
+    console.print(fleet_table(sc))
+    fleet, need = build_fleet(sc.fleet, sc.run.seed), sc.smallest_training_memory
+    stuck = {
+        c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())
+        for i, c in enumerate(sc.fleet.classes)
+    }
+    if any(stuck.values()):
+        listed = ", ".join(f"{n} of {name!r}" for name, n in stuck.items() if n)
+        console.print(
+            f"warning: {sum(stuck.values())} node(s) can train no model and sit out the whole "
+            f"run ({listed}): the narrowest model needs {format_bytes(need)} at batch "
+            f"{sc.dynhp.min_batch}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
 def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
-    """Check a scenario and print it resolved (defaults filled in) with a fleet summary.
+    """Check a scenario (schema, strategy, fleet and data, all that run checks before
+    it starts) and print it resolved (defaults filled in) with a fleet summary.
+
+    SCENARIO is a scenario file or the name of a shipped one (see fogsim scenarios).
 
     Example:
 
       fogsim validate scenarios/quickstart.toml --set fleet.nodes=100
     """
     sc = load(scenario, set_)
+    load_data(sc)
     out.print_json(json.dumps(sc.model_dump(mode="json")))
-    out.print(fleet_table(sc))
+    print_fleet(sc, out)
     out.print("[green]valid[/]")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,8 +24,17 @@ from fogsim.cli.common import (
 )
 from fogsim.cli.run import interrupted
 from fogsim.scenario import Scenario
-from fogsim.study.report import ReportError, load_run, write_report
-from fogsim.study.sweep import Point, SweepError, parse_grid, plan, run_all, summarize
+from fogsim.study.report import write_report
+from fogsim.study.series import ReportError, load_run
+from fogsim.study.sweep import (
+    Point,
+    SweepError,
+    mismatched_runs,
+    parse_grid,
+    plan,
+    run_all,
+    summarize,
+)
 
 
 def check_run_dirs(run_dirs: list[Path]) -> None:
@@ -97,6 +107,20 @@ def sweep_dir_of(sc: Scenario, out_dir: Path | None) -> Path:
     return sweep_dir
 
 
+def redo_mismatched(runs: list[tuple[Point, Scenario]], sweep_dir: Path, overwrite: bool) -> None:
+    """Refuse runs in ``sweep_dir`` made with another scenario, or (``overwrite``)
+    delete them so they are run again."""
+    stale = mismatched_runs(runs, sweep_dir)
+    if stale and not overwrite:
+        listed = " | ".join(f"{name}: {'; '.join(why)}" for name, why in stale.items())
+        fail(
+            f"--out {sweep_dir}: {len(stale)} run(s) there were made with another scenario: "
+            f"{listed}; pass --overwrite to redo them, or choose another --out"
+        )
+    for name in stale:
+        shutil.rmtree(sweep_dir / name)
+
+
 def sweep(
     scenario: ScenarioArg,
     grid: Annotated[
@@ -110,12 +134,18 @@ def sweep(
     ] = None,
     set_: SetOpt = None,
     target: TargetOpt = 0.9,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo runs in --out made with another scenario.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run every combination of --grid values (x --repeat seeds), one run directory
     each, then write sweep.csv / compare.csv / sweep_accuracy.png for the whole sweep.
 
-    Run it again after an interruption: finished runs (with summary.json) are kept.
+    SCENARIO is a scenario file or the name of a shipped one (see fogsim scenarios).
+    Run it again after an interruption: finished runs (with summary.json) are kept,
+    unfinished ones resumed. A run in --out made with another scenario (e.g. other
+    --set options) is refused, or redone with --overwrite.
 
     Examples:
 
@@ -135,6 +165,7 @@ def sweep(
     for address in {s.simulation.ray_address for _, s in runs}:
         check_cluster(address)
     sweep_dir = sweep_dir_of(sc, out_dir)
+    redo_mismatched(runs, sweep_dir, overwrite)
 
     from fogsim.flower import engine  # imports Flower and Ray: only when running
 

@@ -14,14 +14,11 @@ from pathlib import Path
 import torch
 
 from fogsim.data import load_dataset
+from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHP, DynHPConfig
 from fogsim.device.dynhp_train import TrainStats, train_dynhp
-from fogsim.device.measure import measure_training_memory
-from fogsim.device.memory import (
-    Arch,
-    largest_fraction,
-    training_memory,
-)
+from fogsim.device.heap import HeapCounterUnavailable, measure_steps
+from fogsim.device.memory import largest_fraction, training_memory
 from fogsim.device.models import FogNet, num_params
 from fogsim.device.training import evaluate
 from fogsim.units import format_bytes
@@ -77,6 +74,17 @@ class CentralizedRun:
     train_limit: int | None = None  # use only the first N training images
 
 
+def measured_step(model: FogNet, batch: int, optimizer: str) -> int | str:
+    """A training step of the model's widths at ``batch`` measured from the heap
+    (``fogsim.device.heap``: a fresh process, a few seconds); blank if the heap counter
+    cannot run here."""
+    point = {"channels": model.channels, "hidden": model.hidden, "batch": batch}
+    try:
+        return measure_steps([{**point, "optimizer": optimizer}])[0]["measured"]
+    except HeapCounterUnavailable:
+        return ""
+
+
 def epoch_row(
     epoch: int, model: FogNet, stats: TrainStats, run: CentralizedRun, dense: int, acc: float
 ) -> dict[str, float]:
@@ -91,7 +99,7 @@ def epoch_row(
         "compression": round(dense / params, 3),
         "batch_size": batch,
         "modelled_memory": training_memory(model, batch, run.optimizer),
-        "measured_memory": measure_training_memory(model, batch, run.optimizer),
+        "measured_memory": measured_step(model, batch, run.optimizer),
         "wall_s": round(stats.wall_s, 2),
     }
 

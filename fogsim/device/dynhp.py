@@ -36,7 +36,14 @@ choices; each is a :class:`DynHPConfig` field.
   ``none``.
 - **Budget start**: if the budget cannot hold the model at ``min_batch``, it is
   first pruned by the same criterion (weights only, before any gradient) until it
-  does; so the budget holds at every step (modelled memory, see ``memory.py``).
+  does; so the budget holds at every training step. That first pruning runs on the
+  model as received, so it needs the old widths' parameters plus one new tensor: more
+  than the budget, as the model it starts from already is (in a federation the server
+  sends a sub-model that fits instead, so devices never need it).
+- **Pruning memory**: gradients are freed right after the optimizer step, so a
+  pruning check holds parameters and optimizer state only, and ``remove_neurons``
+  rebuilds one tensor at a time: its peak is below the training step of the widths
+  before the pruning, which the batch was sized to fit.
 
 The training loop that applies all this is ``fogsim.device.dynhp_train``.
 
@@ -56,7 +63,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from fogsim.device.memory import Arch, BudgetError, optimizer_kind, training_memory
+from fogsim.device.arch import Arch
+from fogsim.device.memory import BudgetError, optimizer_kind, training_memory
 from fogsim.device.models import FogNet
 from fogsim.device.pruning import Kept, full_kept, remove_neurons
 
@@ -142,7 +150,10 @@ class DynHP:
                 s = torch.bmm(w.unsqueeze(1), gw.unsqueeze(2)).reshape(-1)
                 s = (s + prod.bias * prod.bias.grad).abs()
             else:
-                s = torch.sqrt((w * w).sum(1) + prod.bias**2)
+                # row norms as batched dot products: ``(w * w).sum(1)`` would build a
+                # temporary the size of the weight (the largest tensor, for fc0)
+                rows = torch.bmm(w.unsqueeze(1), w.unsqueeze(2)).reshape(-1)
+                s = torch.sqrt(rows + prod.bias**2)
                 if self.cfg.criterion == "weight-norm-io":
                     span = model.consumer_span(g)
                     cw = cons.weight.reshape(cons.weight.shape[0], -1, span)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,6 +123,7 @@ def train_dynhp(
     lr_batch: int | None = None,
     batch: int | None = None,
     generator: torch.Generator | None = None,
+    on_phase: Callable[[str, torch.optim.Optimizer | None], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with DynHP for ``epochs`` passes over ``x, y``.
 
@@ -132,11 +134,15 @@ def train_dynhp(
     by ``lr_scaling`` as the batch changes. ``batch`` fixes the batch when
     ``cfg.dynamic_batch`` is off (default: the budget's batch at the start). Returns
     per-step stats; the optimizer used is ``stats.optimizer`` so callers can continue it.
+    ``on_phase(phase, optimizer)`` is called as each phase starts ("fit", "step",
+    "check") and at the "end": how ``fogsim.device.heap`` measures each phase.
     """
     cfg, kind = dynhp.cfg, optimizer_kind(optimizer)
     t0, stats, n = time.perf_counter(), TrainStats(), len(x)
+    phase = on_phase or (lambda name, opt: None)
     # 1. a budget that cannot hold the model at min_batch: prune it to fit first
     if budget is not None and training_memory(model, cfg.min_batch, kind) > budget:
+        phase("fit", optimizer if isinstance(optimizer, torch.optim.Optimizer) else None)
         stats.pruned += dynhp.fit_to_budget(model, budget, optimizer)
     opt, base_lr = _optimizer(model, optimizer, lr, momentum)
     stats.optimizer = opt
@@ -156,20 +162,27 @@ def train_dynhp(
     seen, step = 0, 0
     while seen < total:
         # 2. one step; neurons are scored between backward and the update
+        phase("step", opt)
         idx = shuffle.take(min(bs, total - seen))
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x[idx]), y[idx])
         loss.backward()
         dynhp.update_scores(model)
         opt.step()
+        # the gradients are spent: freed now, a pruning check holds only params and
+        # optimizer state, and remove_neurons' one new tensor fits where they were
+        opt.zero_grad(set_to_none=True)
         seen, step = seen + len(idx), step + 1
         progress = p0 + (p1 - p0) * seen / total
         stats.record(loss.item(), model, len(idx), kind, cur_lr, progress)
+        del loss  # its graph holds the Parameters: kept, it would pin pre-pruning ones
         # 3. a pruning check on the schedule; the smaller net trains a bigger batch
         if step % cfg.check_every == 0 or seen >= total:
+            phase("check", opt)
             removed = dynhp.check(model, progress, opt)
             stats.pruned += removed
             if removed and cfg.dynamic_batch:
                 bs, cur_lr = use_batch(choose_batch(model, cfg, budget, kind, n))
+    phase("end", opt)
     stats.wall_s = time.perf_counter() - t0
     return stats

@@ -10,17 +10,54 @@ otherwise:
   temporaries the size of the parameter it is updating, so 2x the largest tensor;
 - the input batch (images + int64 labels) and the activations: rather than adding
   "saved activations x batch" (which over-counts by up to 70% for the CNN: most
-  activations are freed before the last gradients exist), :meth:`Arch.phases`
+  activations are freed before the last gradients exist), ``replay.step_phases``
   replays what autograd allocates and frees layer by layer (pre-activation and
   ReLU output, pooled output and int64 max-pool indices, the gradient maps of the
   backward pass, weight gradients appearing layer by layer) and the peak is the
-  largest live total over those moments.
+  largest live total over those moments;
+- convolutions as oneDNN really runs them (see "Convolutions");
+- per-step bookkeeping that is not tensor data (see "Bookkeeping").
 
 At every moment memory is affine in the batch size (``fixed + per_sample * batch``),
 so the largest batch under a budget is a min of divisions (:func:`max_batch_size`).
-Against ``fogsim.device.measure.measure_training_memory`` (live tensor bytes) the model
-is within 0.1% for MLPs, CNNs and pruned widths at batch 1..256 with SGD, momentum
-and Adam (the remainder is the scalar loss and Adam's step counters).
+Convolutions. PyTorch runs CPU float32 convolutions with oneDNN (``torch.backends.
+mkldnn``, on by default; the model assumes it stays on: off, PyTorch uses NNPACK with a
+persistent, cache-dependent workspace for batch >= 16 and a whole-batch im2col buffer
+below, and is 1.2-1.8x slower for CNNs of 4+ channels here). oneDNN computes in
+channel-blocked layouts (``nChw8c`` with AVX2, ``nChw16c`` with AVX-512) whose channel
+count is padded up to the block (:func:`conv_block`), and reorders between them and
+PyTorch's plain NCHW tensors inside each op; per conv (``c_in -> c`` channels, ``hw``
+pixels, ``pad`` = rounded up to the block):
+
+- forward: an input with ``c_in >= block`` is first reordered (``pad(c_in) * hw``,
+  and the weights); the result is written blocked (``pad(c) * hw``) and reordered
+  into the plain output (``c * hw``); the blocked copies die with the op;
+- backward data (not for the first conv): blocked output grad (``pad(c) * hw``) and
+  weights -> blocked input grad (``pad(c_in) * hw``) -> plain input grad;
+- backward weights: blocked output grad again plus the input reordered to blocked
+  (``pad(c_in) * hw``, also for the 1-channel image: 8x its size) -> a blocked
+  weight grad (``pad(c) * pad(c_in) * 25``) -> the plain weight grad.
+
+For narrow convs these copies dominate: with 1-channel convs a step takes 4.5x what
+the plain tensors do (a tensor-only model was 1.5-4.5x under the heap for 1..8
+channels).
+
+Bookkeeping. A step also allocates what is not tensor data: autograd nodes and
+saved-variable records, TensorImpl/StorageImpl and Python objects of every
+intermediate, malloc headers, and for convs oneDNN's per-call primitive and memory
+descriptors: ~12.5 KB + ~3.3 KB per layer (:data:`STEP_OVERHEAD` uses 13.5 KB, for
+run-to-run spread), plus ~30 KB while a graph with convolutions lives
+(:data:`ONEDNN_GRAPH_OVERHEAD`).
+
+The model is checked against the process heap itself (``fogsim.device.heap``: an
+LD_PRELOAD malloc counter; the peak of live heap bytes during one steady-state step
+above the bytes alive before it, plus the parameters, optimizer state and batch that
+were alive): within [1.00, 1.13] x measured for MLPs and CNNs of 1..64 channels,
+batch 1..512, SGD, momentum and Adam, dense and pruned widths (AVX2, torch 2.13;
+``tests/device/test_memory.py``). Not in it, and not in the model: library caches that
+persist *between* steps, shared by every model a process trains (MKL's GEMM buffer
+pool, 0.3-2.1 MB, and oneDNN's primitive cache, ~5-14 KB per primitive and shape):
+they grow on a process's first step and its first step at a new shape.
 """
 
 from __future__ import annotations
@@ -32,12 +69,17 @@ from dataclasses import dataclass
 
 import torch
 
-from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES, FogNet
+from fogsim.device.arch import Arch
+from fogsim.device.models import FogNet
+from fogsim.device.replay import (
+    LABEL_BYTES,
+    ONEDNN_GRAPH_OVERHEAD,
+    OPTIMIZER_STATE,
+    OPTIMIZER_WORKSPACE,
+    step_overhead,
+    step_phases,
+)
 from fogsim.units import format_bytes
-
-OPTIMIZER_STATE = {"sgd": 0, "sgd-momentum": 1, "adam": 2}
-OPTIMIZER_WORKSPACE = {"sgd": 0, "sgd-momentum": 0, "adam": 2}
-LABEL_BYTES = 8  # int64 labels
 
 
 class BudgetError(ValueError):
@@ -51,7 +93,8 @@ class MemoryBreakdown:
     ``total`` is the simulated peak of live bytes, which is at most the sum of the
     parts: not everything is alive at once (e.g. most activations are freed by the
     time the last gradient is allocated). ``activations`` is the batch-dependent
-    part at the peak, net of the input batch.
+    part at the peak, net of the input batch (oneDNN's blocked copies included);
+    ``overhead`` is the per-step bookkeeping at the peak (module doc).
     """
 
     params: int
@@ -61,6 +104,7 @@ class MemoryBreakdown:
     inputs: int
     activations: int
     total: int
+    overhead: int = 0
 
 
 def optimizer_kind(optimizer: str | torch.optim.Optimizer) -> str:
@@ -78,168 +122,6 @@ def optimizer_kind(optimizer: str | torch.optim.Optimizer) -> str:
     raise ValueError(f"no memory model for optimizer {type(optimizer).__name__}")
 
 
-@dataclass(frozen=True)
-class Arch:
-    """The shape facts the memory model needs; cheaper to pass around than a model."""
-
-    channels: tuple[int, ...]
-    hidden: tuple[int, ...]
-    in_shape: tuple[int, int, int] = IMAGE_SHAPE
-    num_classes: int = NUM_CLASSES
-
-    @classmethod
-    def of(cls, model: FogNet | Arch) -> Arch:
-        if isinstance(model, Arch):
-            return model
-        return cls(tuple(model.channels), tuple(model.hidden), model.in_shape, model.num_classes)
-
-    @property
-    def widths(self) -> list[int]:
-        """Every prunable neuron group's width, conv channels first (as FogNet)."""
-        return [*self.channels, *self.hidden]
-
-    def with_widths(self, widths: list[int] | tuple[int, ...]) -> Arch:
-        n = len(self.channels)
-        return Arch(tuple(widths[:n]), tuple(widths[n:]), self.in_shape, self.num_classes)
-
-    def scaled(self, fraction: float) -> Arch:
-        """Every group cut to ``ceil(fraction * width)`` neurons (at least 1)."""
-        return self.with_widths([max(1, math.ceil(fraction * w)) for w in self.widths])
-
-    def param_shapes(self) -> list[tuple[int, ...]]:
-        """Shapes of every parameter, in ``model.parameters()`` order."""
-        c_in, h, w = self.in_shape
-        shapes: list[tuple[int, ...]] = []
-        for c in self.channels:
-            shapes += [(c, c_in, 5, 5), (c,)]
-            c_in, h, w = c, h // 2, w // 2
-        sizes = [c_in * h * w, *self.hidden, self.num_classes]
-        for a, b in zip(sizes, sizes[1:], strict=False):
-            shapes += [(b, a), (b,)]
-        return shapes
-
-    def num_params(self) -> int:
-        return sum(math.prod(s) for s in self.param_shapes())
-
-    def phases(self, optimizer: str = "sgd", dtype_bytes: int = 4) -> list[tuple[int, int]]:
-        """``(fixed_bytes, bytes_per_sample)`` of live tensors at each candidate peak.
-
-        Replays, layer by layer, what autograd allocates and frees during
-        forward, backward and the optimizer step of a FogNet (see module doc), so
-        the peak at batch ``b`` is ``max(f + s * b for f, s in phases)``.
-        """
-        step = _StepReplay(self, optimizer, dtype_bytes)
-        step.forward()
-        step.loss()
-        step.backward_head()
-        step.backward_convs()
-        step.optimizer_step()
-        return step.phases
-
-
-class _StepReplay:
-    """The live bytes of one training step, replayed in allocation order.
-
-    ``fixed`` counts batch-independent bytes (parameters, optimizer state, gradients as
-    they appear), ``per_sample`` the bytes per sample of the batch (input, activations,
-    their gradients); :meth:`mark` records a moment where the total may peak.
-    """
-
-    def __init__(self, arch: Arch, optimizer: str, dtype_bytes: int) -> None:
-        self.arch, self.optimizer, self.d = arch, optimizer, dtype_bytes
-        self.sizes = [math.prod(s) for s in arch.param_shapes()]
-        self.fixed = sum(self.sizes) * self.d * (1 + OPTIMIZER_STATE[optimizer])
-        self.per_sample = math.prod(arch.in_shape) * self.d + LABEL_BYTES  # the batch
-        self.phases: list[tuple[int, int]] = []
-        self.param = len(self.sizes) - 1  # the next bias whose gradient backward makes
-        _, h, w = arch.in_shape
-        self.blocks = []  # per conv block: (pre-pool map, pooled map) elements per sample
-        for c in arch.channels:
-            self.blocks.append((c * h * w, c * (h // 2) * (w // 2)))
-            h, w = h // 2, w // 2
-        first = arch.channels[-1] * h * w if arch.channels else math.prod(arch.in_shape)
-        self.fc_in = [first, *arch.hidden]  # input width of each linear layer
-
-    def mark(self) -> None:
-        self.phases.append((self.fixed, self.per_sample))
-
-    def grads_of_next_layer(self) -> None:
-        """Backward allocates one layer's weight and bias gradients."""
-        self.fixed += (self.sizes[self.param - 1] + self.sizes[self.param]) * self.d
-        self.param -= 2
-
-    def forward(self) -> None:
-        """Per block the pre-activation and ReLU output coexist, then the pre-activation
-        dies; the pooled output and its int64 max-pool indices are saved. Each hidden
-        linear layer likewise keeps its ReLU output."""
-        d = self.d
-        for a, q in self.blocks:
-            self.per_sample += 2 * a * d
-            self.mark()
-            self.per_sample += -a * d + q * d + q * 8
-            self.mark()
-        for u in self.arch.hidden:
-            self.per_sample += 2 * u * d
-            self.mark()
-            self.per_sample -= u * d
-
-    def loss(self) -> None:
-        """Logits and log-softmax, then the backward of the loss: nll and log-softmax
-        gradients."""
-        k, d = self.arch.num_classes, self.d
-        self.per_sample += 2 * k * d
-        self.mark()
-        self.per_sample -= k * d
-        self.per_sample += 2 * k * d
-        self.mark()
-        self.per_sample -= k * d
-
-    def backward_head(self) -> None:
-        """The linear layers, last first: input gradient (unless it is the image),
-        weight gradients, then the ReLU backward of the layer before."""
-        d, k = self.d, self.arch.num_classes
-        n_conv = len(self.arch.channels)
-        outs = [*self.arch.hidden, k]
-        for j in reversed(range(len(outs))):
-            if j > 0 or n_conv > 0:
-                self.per_sample += self.fc_in[j] * d
-            self.grads_of_next_layer()
-            self.mark()
-            self.per_sample -= outs[j] * d  # incoming gradient
-            if j == len(outs) - 1:
-                self.per_sample -= k * d  # saved log-softmax
-            if j > 0:  # ReLU backward of the previous hidden layer
-                self.per_sample += self.fc_in[j] * d
-                self.mark()
-                self.per_sample -= 2 * self.fc_in[j] * d  # its output grad, saved output
-            elif n_conv:
-                self.per_sample -= self.fc_in[0] * d  # saved pooled input of layer 0
-
-    def backward_convs(self) -> None:
-        """Conv blocks, last first: max-pool backward, ReLU backward, conv backward
-        (input gradient unless it is the image, weight gradients)."""
-        d = self.d
-        for i in reversed(range(len(self.blocks))):
-            a, q = self.blocks[i]
-            self.per_sample += a * d  # max-pool backward: grad of the ReLU output
-            self.mark()
-            self.per_sample -= q * d + q * 8  # pooled grad, indices
-            self.per_sample += a * d  # ReLU backward
-            self.mark()
-            self.per_sample -= 2 * a * d  # ReLU output grad and saved ReLU output
-            if i > 0:
-                self.per_sample += self.blocks[i - 1][1] * d  # conv input grad
-            self.grads_of_next_layer()
-            self.mark()
-            self.per_sample -= a * d  # conv output grad
-            if i > 0:
-                self.per_sample -= self.blocks[i - 1][1] * d  # saved conv input
-
-    def optimizer_step(self) -> None:
-        self.fixed += OPTIMIZER_WORKSPACE[self.optimizer] * max(self.sizes) * self.d
-        self.mark()
-
-
 def memory_breakdown(
     model: FogNet | Arch,
     batch_size: int,
@@ -251,7 +133,12 @@ def memory_breakdown(
     kind = optimizer_kind(optimizer)
     sizes = [math.prod(s) for s in arch.param_shapes()]
     n = sum(sizes)
-    fixed, per = max(arch.phases(kind, dtype_bytes), key=lambda fs: fs[0] + fs[1] * batch_size)
+    phases = step_phases(arch, kind, dtype_bytes)
+    peak = max(range(len(phases)), key=lambda i: phases[i][0] + phases[i][1] * batch_size)
+    fixed, per = phases[peak]
+    overhead = step_overhead(arch)
+    if arch.channels and peak < len(phases) - 1:  # the graph with its oneDNN objects lives
+        overhead += ONEDNN_GRAPH_OVERHEAD
     inputs = (math.prod(arch.in_shape) * dtype_bytes + LABEL_BYTES) * batch_size
     return MemoryBreakdown(
         params=n * dtype_bytes,
@@ -261,6 +148,7 @@ def memory_breakdown(
         inputs=inputs,
         activations=per * batch_size - inputs,
         total=fixed + per * batch_size,
+        overhead=overhead,
     )
 
 
@@ -272,7 +160,7 @@ def training_memory(
 ) -> int:
     """Modelled peak bytes of training ``model`` at ``batch_size`` (see module doc)."""
     arch = Arch.of(model)
-    phases = arch.phases(optimizer_kind(optimizer), dtype_bytes)
+    phases = step_phases(arch, optimizer_kind(optimizer), dtype_bytes)
     return max(f + s * batch_size for f, s in phases)
 
 
@@ -288,7 +176,7 @@ def max_batch_size(
     Raises :class:`BudgetError` when even batch 1 does not fit.
     """
     arch = Arch.of(model)
-    phases = arch.phases(optimizer_kind(optimizer), dtype_bytes)
+    phases = step_phases(arch, optimizer_kind(optimizer), dtype_bytes)
     one = max(f + s for f, s in phases)
     if one > budget_bytes:
         raise BudgetError(

@@ -33,25 +33,38 @@ def full_kept(widths: Sequence[int]) -> Kept:
 def _swap_param(
     module: nn.Module,
     name: str,
-    new: torch.Tensor,
     optimizer: torch.optim.Optimizer | None,
-    slicer: Callable[[torch.Tensor], torch.Tensor],  # applied to matching optimizer state
+    slicer: Callable[[torch.Tensor], torch.Tensor],  # a fresh, smaller copy (index_select)
 ) -> None:
+    """Replace ``module.<name>`` by ``slicer`` of it, with its grad and optimizer state.
+
+    Memory: one tensor is rebuilt at a time and the old one is released before the next
+    is built, so the peak is what was resident plus *one* new (smaller) tensor, not old
+    + new of the parameter, its grad and every state buffer at once (``index_select``
+    already copies: no ``clone``). Order: grad, then each state buffer, then the
+    parameter (it keys the state, and nothing else is sliced from it)."""
     old = getattr(module, name)
-    param = nn.Parameter(new.detach().clone(), requires_grad=old.requires_grad)
+    state = optimizer.state.pop(old, None) if optimizer is not None else None
+    grad = None
     if old.grad is not None:
-        param.grad = slicer(old.grad).clone()
+        grad = slicer(old.grad)
+        old.grad = None  # the old gradient dies here
+    if state is not None:
+        for key in list(state):  # keys only: a list of items would keep every old buffer
+            value = state[key]
+            if torch.is_tensor(value) and value.shape == old.shape:
+                state[key] = slicer(value)  # the dict held the only other reference
+            del value
+    param = nn.Parameter(slicer(old.detach()), requires_grad=old.requires_grad)
+    param.grad = grad
+    del grad
     setattr(module, name, param)
-    if optimizer is None:
-        return
-    for group in optimizer.param_groups:
-        group["params"] = [param if p is old else p for p in group["params"]]
-    if old in optimizer.state:
-        state = optimizer.state.pop(old)
-        optimizer.state[param] = {
-            k: slicer(v).clone() if torch.is_tensor(v) and v.shape == old.shape else v
-            for k, v in state.items()
-        }
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            group["params"] = [param if p is old else p for p in group["params"]]
+        if state is not None:
+            optimizer.state[param] = state
+    del old  # the last reference (module, param_groups and state re-keyed): freed here
 
 
 def remove_neurons(
@@ -87,9 +100,9 @@ def remove_neurons(
         return t.index_select(1, cols)
 
     with torch.no_grad():
-        _swap_param(producer, "weight", rows(producer.weight), optimizer, rows)
-        _swap_param(producer, "bias", rows(producer.bias), optimizer, rows)
-        _swap_param(consumer, "weight", in_cols(consumer.weight), optimizer, in_cols)
+        _swap_param(producer, "weight", optimizer, rows)
+        _swap_param(producer, "bias", optimizer, rows)
+        _swap_param(consumer, "weight", optimizer, in_cols)
     n = len(keep_idx)
     if isinstance(producer, nn.Conv2d):
         producer.out_channels = n

@@ -105,6 +105,53 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+RAY_TMP_PREFIX = "fogsim-ray-"  # a local Ray's session files: <tmp>/fogsim-ray-XXXX/
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _processes_using(directory: Path) -> list[int]:
+    """Processes whose command line or open files name ``directory``."""
+    mark, found = str(directory), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if mark in proc.joinpath("cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+                continue
+            for fd in proc.joinpath("fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith(mark):
+                        found.append(int(proc.name))
+                        break
+    return found
+
+
+def clean_stale_ray(tmp_root: Path | None = None) -> list[int]:
+    """Stop what a dead fogsim run left of its local Ray, remove its session files, and
+    return the process ids stopped.
+
+    A run killed outright (``kill -9``) cannot stop its Ray: the raylet's dashboard and
+    runtime-env agents outlive it (~190 MB). A session directory is named after the
+    process that started Ray (``session_<date>_<time>_<us>_<pid>``), so a fogsim Ray
+    directory whose sessions' drivers are all gone is stale; a run still starting (no
+    session yet) or alive is left alone."""
+    root = tmp_root or Path(tempfile.gettempdir())
+    stopped: list[int] = []
+    for directory in root.glob(RAY_TMP_PREFIX + "*"):
+        owners = [s.name.rsplit("_", 1)[-1] for s in directory.glob("session_*")]
+        pids = [int(p) for p in owners if p.isdigit()]
+        if not pids or any(_alive(p) for p in pids):
+            continue
+        for pid in _processes_using(directory):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                stopped.append(pid)
+        shutil.rmtree(directory, ignore_errors=True)
+    return stopped
+
+
 @contextlib.contextmanager
 def stop_on_signal(stop: threading.Event) -> Iterator[None]:
     """The first SIGINT/SIGTERM sets ``stop`` (the round loop ends after the round in
@@ -115,6 +162,12 @@ def stop_on_signal(stop: threading.Event) -> Iterator[None]:
 
     def handle(signum: int, frame: object) -> None:
         if stop.is_set():
+            print(
+                "\nstopping now: the round in progress is lost, the finished ones are on "
+                "disk (resume with --resume)",
+                file=sys.stderr,
+                flush=True,
+            )
             for pid in descendants(os.getpid()):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
@@ -195,7 +248,8 @@ def launch(
         init_args["address"] = address
     else:
         # Ray's socket paths must stay short, so its session lives in a short temp dir.
-        ray_tmp = tempfile.mkdtemp(prefix="fogsim-ray-")
+        clean_stale_ray()
+        ray_tmp = tempfile.mkdtemp(prefix=RAY_TMP_PREFIX)
         init_args["_temp_dir"] = ray_tmp
         init_args["num_cpus"] = os.cpu_count() or 1
     backend_config = {

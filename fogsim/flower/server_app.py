@@ -27,7 +27,7 @@ from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario
 from fogsim.strategies import FogStrategy, build_strategy
 from fogsim.study.deployed import class_summary, device_rows, round_class_accuracy
-from fogsim.study.results import STATUSES, TRAINED, Checkpoint, RunWriter
+from fogsim.study.results import STATUSES, TRAINED, Checkpoint, RunFailed, RunWriter
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -109,12 +109,15 @@ class RoundLoop:
         self.elapsed = ckpt.elapsed_s if ckpt else 0.0
         arrays = ArrayRecord(self.model.state_dict())
         final = ckpt.accuracy if ckpt else None
+        failed: list[int] = []  # the latest rounds in a row in which no update counted
         for rnd in range((ckpt.round + 1) if ckpt else 1, sc.run.rounds + 1):
             if self.stop.is_set():
                 return None
             arrays, row = self.round(grid, rnd, arrays)
             self.save(row)
             final = row["accuracy"]
+            failed = [*failed, rnd] if row["sampled"] and not row["aggregated"] else []
+            self.stop_if_failing(failed)
         summary = {
             "name": sc.run.name,
             "strategy": sc.strategy.name,
@@ -150,6 +153,23 @@ class RoundLoop:
             "wall_s": time.perf_counter() - t0,
         }
         return arrays, row
+
+    def stop_if_failing(self, failed: list[int]) -> None:
+        """Raise :class:`RunFailed` once ``[simulation] max_failed_rounds`` rounds in a row
+        counted no client update: a run whose model stopped learning must not end with
+        a final accuracy as if it had trained."""
+        limit = self.scenario.simulation.max_failed_rounds
+        if not limit or len(failed) < limit:
+            return
+        problems = self.strategy.round_stats.get("problems", [])
+        shown = "; ".join(problems[:3]) + (
+            f"; ... ({len(problems)} in all)" if len(problems) > 3 else ""
+        )
+        raise RunFailed(
+            f"rounds {failed[0]}-{failed[-1]}: no client update counted in {len(failed)} rounds "
+            f"in a row ([simulation] max_failed_rounds = {limit}); in round {failed[-1]}: "
+            f"{shown or 'no client replied'}. The finished rounds are in {self.writer.dir}."
+        )
 
     def save(self, row: dict[str, Any]) -> None:
         """Rows first (fsynced), then the model, then the checkpoint: a kill at any

@@ -228,9 +228,11 @@ class FogStrategy(FedAvg):
         good, errors = self.by_node(replies)
         deadline = self.scenario.simulation.deadline_s
         status: dict[int, str] = {node: "timed_out" for node, _ in self.sent}
+        problems = []  # what went wrong, in the clients' words
         for msg in errors:
             if (node := self.node_of_error(msg)) is not None:
                 status[node] = "crashed"
+                problems.append(f"node {node} crashed: {msg.error.reason}")
         rows: dict[int, dict[str, Any]] = {}
         accepted, up, sim_times = [], 0, []
         for msg in good:
@@ -247,8 +249,14 @@ class FogStrategy(FedAvg):
         if deadline and any(s in ("dropped", "timed_out") for s in status.values()):
             sim_times.append(deadline)  # the server waited for them until the deadline
         self.record_round(server_round, status, rows)
+        for node, what in sorted(status.items()):
+            if what not in ("ok", "crashed"):  # crashes are named above, with their error
+                problems.append(f"node {node}: {what.replace('_', ' ')}")
         self.round_stats.update(
-            aggregated=len(accepted), bytes_up=up, sim_time_s=max(sim_times, default=0.0)
+            aggregated=len(accepted),
+            bytes_up=up,
+            sim_time_s=max(sim_times, default=0.0),
+            problems=problems,
         )
         if len(accepted) < self.scenario.simulation.min_replies:
             return None, None

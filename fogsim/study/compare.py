@@ -10,9 +10,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from fogsim.study.plots import plot_overlay
-from fogsim.study.report import Table, column, fmt, load_run, num, own_cell, round_time
+from fogsim.study.plots import plot_cost_overlay, plot_overlay
+from fogsim.study.report import Table, fmt, own_cell
 from fogsim.study.results import strategy_name
+from fogsim.study.series import class_order, column, cumulative, load_run, num, round_time
 
 COLUMNS = [
     "run",
@@ -21,6 +22,8 @@ COLUMNS = [
     "final_accuracy",
     "best_accuracy",
     "rounds_to_target",
+    "bytes_to_target",
+    "time_to_target_s",
     "total_bytes",
     "mean_round_time_s",
     "round_time_source",
@@ -52,6 +55,10 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
         total = sum(v or 0 for v in (up or []) + (down or []))
         total = int(total) if total.is_integer() else total
     source, times = round_time(run)
+    traffic = cumulative([(u or 0) + (d or 0) for u, d in zip(up or [], down or [], strict=False)])
+    clock = cumulative(times)
+    hit = next((i for i, a in enumerate(acc) if a is not None and a >= target), None)
+    smallest = class_order(run)[-1] if class_order(run) else None
     times = [t for t in times if t is not None]
     compression = None
     last_round = rounds[-1]["round"]
@@ -66,12 +73,15 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
         "final_accuracy": acc[-1] if acc else None,
         "best_accuracy": max((a for a in acc if a is not None), default=None),
         "rounds_to_target": reached[0] if reached else None,
+        "bytes_to_target": traffic[hit] if hit is not None and traffic else None,
+        "time_to_target_s": clock[hit] if hit is not None else None,
         "total_bytes": total,
         "mean_round_time_s": sum(times) / len(times) if times else None,
         "round_time_source": source,
         "compression": compression,
         **own_accuracy_columns(run.get("summary", {}).get("classes", {})),
         "series": ([r["round"] for r in rounds], acc),
+        "cost": (traffic, clock, source, smallest, column(rounds, f"acc_{smallest}")),
     }
 
 
@@ -132,10 +142,16 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
 def compare(
     run_dirs: list[Path], out_dir: Path, target: float
 ) -> tuple[list[dict[str, Any]], Path, Path]:
-    """Write ``compare.csv`` and ``compare_accuracy.png`` into ``out_dir``."""
+    """Write ``compare.csv``, ``compare_accuracy.png`` (per round) and
+    ``compare_cost.png`` (against cumulative bytes and simulated time) into ``out_dir``."""
     rows = [run_metrics(d, target) for d in run_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(out_dir / "compare.csv", rows, COLUMNS + class_columns(rows))
-    series = [(f"{m['run']} ({m['strategy']})", *m["series"], None) for m in rows]
+    labels = [
+        m["run"] if m["run"] == m["strategy"] else f"{m['run']} ({m['strategy']})" for m in rows
+    ]
+    series = [(label, *m["series"], None) for label, m in zip(labels, rows, strict=True)]
     png = plot_overlay(series, out_dir / "compare_accuracy.png", target)
+    labelled = [(label, m["series"][1], *m["cost"]) for label, m in zip(labels, rows, strict=True)]
+    plot_cost_overlay(labelled, out_dir / "compare_cost.png", target)
     return rows, csv_path, png

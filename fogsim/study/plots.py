@@ -1,7 +1,11 @@
-"""The figures' common ground: matplotlib without a display, one size, shared helpers.
+"""Every figure fogsim draws, for a reader of a paper.
 
-Every figure is :data:`FIGSIZE` at :data:`DPI` (800x450 pixels, no "tight" cropping),
-so plots of different runs line up side by side.
+Conventions, kept in every figure: one colour per device class (in the scenario's
+class order, :func:`class_colors`), the global model in black and drawn last so no
+class line hides it; axes labelled with their units; memory and parameter counts on
+log axes (memory in KiB/MiB); legends where they cover no data. Every figure is
+:data:`FIGSIZE` at :data:`DPI` (800x450 pixels, no "tight" cropping), so plots of
+different runs line up side by side.
 """
 
 from __future__ import annotations
@@ -13,9 +17,27 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from fogsim.study.series import (  # noqa: E402
+    class_order,
+    class_sizes,
+    column,
+    cumulative,
+    per_class_round,
+    round_classes,
+    round_time,
+    slowest_class,
+)
+from fogsim.units import format_bytes  # noqa: E402
 
 FIGSIZE, DPI = (8.0, 4.5), 100
+GLOBAL = {"color": "black", "linewidth": 2.2, "zorder": 5}
+
+
+def class_colors(names: list[str]) -> dict[str, str]:
+    """One colour per class, by position in ``names`` (the scenario's order)."""
+    return {name: f"C{i % 10}" for i, name in enumerate(names)}
 
 
 def figure(ncols: int = 1) -> tuple[Any, list[Any]]:
@@ -24,45 +46,283 @@ def figure(ncols: int = 1) -> tuple[Any, list[Any]]:
     return fig, list(axes[0])
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    for ax in fig.axes:  # rounds are whole numbers
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+def save_figure(fig: Any, path: Path, integer_x: bool = True) -> Path:
+    if integer_x:  # rounds are whole numbers
+        for ax in fig.axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
-def line(ax: Any, xs: list[int], ys: list[float | None] | None, label: str, **kw: Any) -> None:
+def line(ax: Any, xs: list[float], ys: list[float | None] | None, label: str, **kw: Any) -> None:
     """A line through the points that have a value (none at all: nothing drawn)."""
     if ys is None:
         return
-    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and x is not None]
     if pts:
-        ax.plot(*zip(*pts, strict=True), marker="o", label=label, **kw)
+        kw.setdefault("marker", "o")
+        kw.setdefault("markersize", 3)
+        ax.plot(*zip(*pts, strict=True), label=label, **kw)
+
+
+def finish(ax: Any, title: str, xlabel: str, ylabel: str, legend: str | None = "best") -> None:
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc=legend, framealpha=0.85)
+
+
+def bytes_axis(ax: Any, axis: str = "y") -> None:
+    """A log axis of byte counts, ticks in B/KiB/MiB/GiB."""
+    getattr(ax, f"set_{axis}scale")("log", base=2)
+    getattr(ax, f"{axis}axis").set_major_formatter(FuncFormatter(lambda v, _: format_bytes(v)))
+
+
+# --- one run (fogsim report) -----------------------------------------------------
+def plot_accuracy(run: dict[str, Any], path: Path) -> Path:
+    """Test accuracy per round: the global model, each class's devices (mean dashed,
+    minimum dotted) and the clients' own held-out data; loss beside it."""
+    rounds = run["rounds"]
+    xs = [r["round"] for r in rounds]
+    colors = class_colors(class_order(run))
+    fig, (acc, loss) = figure(2)
+    for cls in round_classes(rounds):
+        c = colors.get(cls, "grey")
+        line(acc, xs, column(rounds, f"acc_{cls}"), f"{cls} devices, mean", color=c, ls="--")
+        line(acc, xs, column(rounds, f"acc_{cls}_min"), f"{cls} devices, min", color=c, ls=":")
+    line(acc, xs, column(rounds, "client_accuracy"), "clients' held-out data", color="grey")
+    line(acc, xs, column(rounds, "accuracy"), "global model", **GLOBAL)
+    line(loss, xs, column(rounds, "train_loss"), "training (clients)", color="C1")
+    line(loss, xs, column(rounds, "client_loss"), "clients' held-out data", color="grey")
+    line(loss, xs, column(rounds, "loss"), "global model", **GLOBAL)
+    finish(acc, "test accuracy", "round", "accuracy", legend="lower right")
+    finish(loss, "cross-entropy loss", "round", "loss (nats)", legend="upper right")
+    return save_figure(fig, path)
+
+
+def plot_accuracy_cost(run: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy against what it cost: cumulative bytes on the wire and cumulative
+    simulated time (the global model and each class's devices)."""
+    rounds = run["rounds"]
+    up, down = column(rounds, "bytes_up"), column(rounds, "bytes_down")
+    source, times = round_time(run)
+    if up is None and down is None:
+        return None
+    traffic = cumulative([(u or 0) + (d or 0) for u, d in zip(up or [], down or [], strict=False)])
+    clock = cumulative(times)
+    colors = class_colors(class_order(run))
+    fig, (by_bytes, by_time) = figure(2)
+    for ax, xs in ((by_bytes, traffic), (by_time, clock)):
+        for cls in round_classes(rounds):
+            ys = column(rounds, f"acc_{cls}")
+            line(ax, xs, ys, f"{cls} devices, mean", color=colors.get(cls, "grey"), ls="--")
+        line(ax, xs, column(rounds, "accuracy"), "global model", **GLOBAL)
+    bytes_axis(by_bytes, "x")
+    finish(
+        by_bytes,
+        "accuracy vs traffic",
+        "cumulative bytes up + down",
+        "test accuracy",
+        legend="lower right",
+    )
+    what = "simulated" if source == "sim_time_s" else "wall-clock"
+    finish(
+        by_time,
+        f"accuracy vs {what} time",
+        f"cumulative {what} time (s)",
+        "test accuracy",
+        legend="lower right",
+    )
+    return save_figure(fig, path, integer_x=False)
+
+
+def plot_traffic(run: dict[str, Any], path: Path) -> Path:
+    rounds = run["rounds"]
+    xs = [r["round"] for r in rounds]
+    fig, (ax,) = figure()
+    mb = {
+        c: [v / 1e6 if v is not None else None for v in (column(rounds, c) or [])]
+        for c in ("bytes_up", "bytes_down")
+    }
+    line(ax, xs, mb["bytes_up"] or None, "up (devices → server)", color="C0")
+    line(ax, xs, mb["bytes_down"] or None, "down (server → devices)", color="C1", ls="--")
+    finish(ax, "traffic per round (array payloads)", "round", "MB per round")
+    return save_figure(fig, path)
+
+
+def plot_round_time(run: dict[str, Any], path: Path) -> Path:
+    """Round time; each simulated round's marker in the colour of the class of its
+    slowest node (the straggler that set it), named in the legend."""
+    source, times = round_time(run)
+    xs = [r["round"] for r in run["rounds"]]
+    fig, (ax,) = figure()
+    line(ax, xs, times, "round", color="lightgrey", marker="")
+    slowest = slowest_class(run) if source == "sim_time_s" else {}
+    colors = class_colors(class_order(run))
+    for cls in dict.fromkeys(slowest.values()):
+        pts = [(x, t) for x, t in zip(xs, times, strict=True) if slowest.get(x) == cls and t]
+        ax.scatter(
+            *zip(*pts, strict=True),
+            color=colors.get(cls, "grey"),
+            zorder=3,
+            s=18,
+            label=f"slowest node: {cls}",
+        )
+    what = "simulated (download + compute + upload)" if source == "sim_time_s" else "wall-clock"
+    finish(ax, f"round time, {what}", "round", "seconds")
+    return save_figure(fig, path)
+
+
+def plot_classes(run: dict[str, Any], path: Path) -> Path | None:
+    """Per class: parameters held, batch size, and peak memory over each node's own
+    budget (the honest check: above 100% a node went over its budget); only the panels
+    whose nodes.csv columns exist, no figure at all when none does."""
+    panels = [
+        (name, title, ylabel, how)
+        for name, title, ylabel, how in (
+            ("params", "parameters held (mean)", "parameters (log)", "mean"),
+            ("batch_size", "batch size (mean)", "samples per batch", "mean"),
+            ("budget_share", "peak memory / budget", "max over nodes, each its own", "max"),
+        )
+        if column(run["nodes"], name) is not None
+    ]
+    if not panels:
+        return None
+    colors = class_colors(class_order(run))
+    fig, axes = figure(len(panels))
+    for ax, (name, title, ylabel, how) in zip(axes, panels, strict=True):
+        by_class = per_class_round(run, name, how)
+        for cls in (c for c in class_order(run) if c in by_class):
+            xs = sorted(by_class[cls])
+            ax.plot(
+                xs,
+                [by_class[cls][x] for x in xs],
+                marker="o",
+                markersize=3,
+                label=cls,
+                color=colors[cls],
+            )
+        if name == "params":
+            ax.set_yscale("log")
+        if name == "budget_share":
+            ax.axhline(1.0, color="red", linestyle=":", label="budget")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+        finish(ax, title, "round", ylabel, legend="best" if name == "params" else None)
+    return save_figure(fig, path)
+
+
+def plot_memory(run: dict[str, Any], path: Path) -> Path | None:
+    """Peak training memory per class (the largest node-round) on a log axis, with each
+    class's budget range as a band: memory is what limits these devices."""
+    peak = per_class_round(run, "peak_memory", "max")
+    if not peak:
+        return None
+    colors = class_colors(class_order(run))
+    budgets: dict[str, list[float]] = {}
+    for row in run["fleet"]:
+        budgets.setdefault(row["class"], []).append(float(row["budget_bytes"]))
+    fig, (ax,) = figure()
+    for cls in (c for c in class_order(run) if c in peak):
+        xs = sorted(peak[cls])
+        ax.plot(
+            xs,
+            [peak[cls][x] for x in xs],
+            marker="o",
+            markersize=3,
+            color=colors[cls],
+            label=f"{cls}: peak",
+        )
+        if cls in budgets:
+            low, high = min(budgets[cls]), max(budgets[cls])
+            ax.axhspan(low * 0.98, high * 1.02, color=colors[cls], alpha=0.12)
+    bytes_axis(ax)
+    finish(ax, "peak training memory (bands: each class's budgets)", "round", "bytes (log)")
+    return save_figure(fig, path)
+
+
+def plot_participation(run: dict[str, Any], path: Path) -> Path | None:
+    sizes = class_sizes(run)
+    counts = per_class_round(run, "", "count")
+    if not counts:
+        return None
+    xs = [r["round"] for r in run["rounds"]]
+    colors = class_colors(class_order(run))
+    fig, (ax,) = figure()
+    for cls in (c for c in class_order(run) if sizes.get(c)):
+        share = [counts.get(cls, {}).get(x, 0) / sizes[cls] for x in xs]
+        line(ax, xs, share, f"{cls} ({sizes[cls]} nodes)", color=colors[cls])
+    ax.set_ylim(0, 1.05)
+    finish(ax, "participation per round", "round", "nodes trained / class size")
+    return save_figure(fig, path)
+
+
+# --- several runs (fogsim compare, fogsim sweep) ------------------------------------
+def plot_cost_overlay(runs: list[tuple], path: Path, target: float | None = None) -> Path:
+    """Per run (label, global accuracy per round, cumulative bytes, cumulative time,
+    time source, smallest class, its devices' mean accuracy per round): accuracy against
+    traffic and against simulated time; the global model solid, the smallest class
+    dashed in the same colour."""
+    fig, (by_bytes, by_time) = figure(2)
+    sources = set()
+    for i, (label, acc, traffic, clock, source, smallest, small_acc) in enumerate(runs):
+        sources.add(source)
+        color = f"C{i % 10}"
+        for ax, xs in ((by_bytes, traffic), (by_time, clock)):
+            if not xs:
+                continue
+            line(ax, xs, acc, label, color=color)
+            line(ax, xs, small_acc, f"{label}: {smallest} devices", color=color, ls="--")
+    for ax in (by_bytes, by_time):
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle=":")
+    bytes_axis(by_bytes, "x")
+    what = "simulated" if sources == {"sim_time_s"} else "round"
+    finish(
+        by_bytes,
+        "accuracy vs traffic",
+        "cumulative bytes up + down",
+        "test accuracy",
+        legend="lower right",
+    )
+    finish(
+        by_time,
+        f"accuracy vs {what} time",
+        f"cumulative {what} time (s)",
+        "test accuracy",
+        legend=None,
+    )
+    return save_figure(fig, path, integer_x=False)
+
+
+Series = tuple[str, list[float], list[float | None], list[float] | None]
 
 
 def plot_overlay(
-    series: list[tuple[str, list[int], list[float | None], list[float] | None]],
+    series: list[Series],
     path: Path,
     target: float | None = None,
-    title: str = "accuracy per round",
+    title: str = "global test accuracy per round",
+    xlabel: str = "round",
+    log_bytes: bool = False,
 ) -> Path:
-    """One accuracy line per (label, rounds, values, std-or-None); std as a band."""
+    """One accuracy line per (label, x values, accuracies, std-or-None); std as a band."""
     fig, (ax,) = figure()
     for i, (label, xs, ys, std) in enumerate(series):
-        pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+        spread = std or [0.0] * len(ys)
+        pts = [(x, y, s) for x, y, s in zip(xs, ys, spread, strict=True) if None not in (x, y)]
         if not pts:
             continue
-        px, py = zip(*pts, strict=True)
-        ax.plot(px, py, marker="o", label=label, color=f"C{i % 10}")
+        px, py, ps = zip(*pts, strict=True)
+        ax.plot(px, py, marker="o", markersize=3, label=label, color=f"C{i % 10}")
         if std is not None:
-            lo = [y - s for y, s in zip(ys, std, strict=True) if y is not None]
-            hi = [y + s for y, s in zip(ys, std, strict=True) if y is not None]
+            lo = [y - s for y, s in zip(py, ps, strict=True)]
+            hi = [y + s for y, s in zip(py, ps, strict=True)]
             ax.fill_between(px, lo, hi, alpha=0.2, color=f"C{i % 10}")
     if target is not None:
         ax.axhline(target, color="grey", linestyle=":", label=f"target {target:g}")
-    ax.set(title=title, xlabel="round", ylabel="global test accuracy")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    if log_bytes:
+        bytes_axis(ax, "x")
+    finish(ax, title, xlabel, "global test accuracy", legend="lower right")
+    return save_figure(fig, path, integer_x=xlabel == "round")

@@ -85,6 +85,11 @@ class Checkpoint:
     elapsed_s: float  # wall seconds spent on finished rounds
 
 
+class RunFailed(RuntimeError):
+    """The run stopped because its rounds kept failing (no client update counted for
+    ``[simulation] max_failed_rounds`` rounds in a row); finished rounds are on disk."""
+
+
 class CsvLog:
     """Append-only CSV whose header is fixed by ``columns`` or the first row written."""
 
@@ -190,6 +195,36 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
     with path.open(newline="") as f:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# Fields that may differ when a run is resumed or reused: they do not change its results.
+RESUME_MAY_DIFFER = {"run.output_dir", "run.name", "simulation.ray_address"}
+
+
+def scenario_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted fields whose values differ between two scenario dumps."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += scenario_changes(a, b, f"{name}.")
+        elif a != b and name not in RESUME_MAY_DIFFER:
+            changed.append(f"{name} ({a!r} → {b!r})")
+    return changed
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run (finished or not)."""
+    return any((run_dir / f).exists() for f in ("rounds.csv", CHECKPOINT))
+
+
+def stored_scenario_changes(run_dir: Path, scenario: Any) -> list[str]:
+    """How ``scenario`` differs from the one the run in ``run_dir`` was made with (its
+    scenario.json); empty if they agree or the run stored none."""
+    stored = run_dir / "scenario.json"
+    if not stored.exists():
+        return []
+    return scenario_changes(json.loads(stored.read_text()), scenario.model_dump(mode="json"))
 
 
 def finished_rounds(run_dir: Path) -> int:

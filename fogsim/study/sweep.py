@@ -22,6 +22,7 @@ from fogsim.scenario import Scenario, ScenarioError
 from fogsim.study.compare import COLUMNS, class_columns, run_metrics, write_csv
 from fogsim.study.plots import plot_overlay
 from fogsim.study.report import Table, fmt
+from fogsim.study.results import holds_run, stored_scenario_changes
 
 
 class SweepError(ValueError):
@@ -109,12 +110,26 @@ def plan(
             raise SweepError(f"--grid combination {shown}: {e}") from None
         for i in range(repeat):
             point = Point(tuple(combo), seed0 + i)
-            runs.append((point, load_checked(scenario_path, [*sets, *point.overrides])))
+            sc = load_checked(scenario_path, [*sets, *point.overrides])
+            sc.run.name = point.name
+            runs.append((point, sc))
     return runs
 
 
 def is_finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").exists()
+
+
+def mismatched_runs(runs: list[tuple[Point, Scenario]], sweep_dir: Path) -> dict[str, list[str]]:
+    """Runs already in ``sweep_dir`` (finished or not) made with another scenario than
+    the sweep asks for now, each with the fields that differ: reusing or resuming
+    them would hand back results of a different experiment."""
+    found = {}
+    for point, sc in runs:
+        run_dir = sweep_dir / point.name
+        if holds_run(run_dir) and (changed := stored_scenario_changes(run_dir, sc)):
+            found[point.name] = changed
+    return found
 
 
 def run_all(
@@ -135,7 +150,6 @@ def run_all(
             on_run(i, point, done)
         if done:
             continue
-        sc.run.name = point.name
         simulate(sc, run_dir, run_dir.exists())
     return dirs
 
@@ -187,7 +201,11 @@ def summarize(
     columns = [*keys, "strategy", "repeats", "reached_target"]
     columns += [f"{c}_{s}" for c in AGGREGATED + per_class for s in ("mean", "std")]
     write_csv(out_dir / "sweep.csv", rows, columns)
-    plot_overlay(series, out_dir / "sweep_accuracy.png", target, "accuracy per round (mean ± std)")
+    repeats = max((len(ms) for ms in groups.values()), default=1)
+    title = "global test accuracy per round" + (
+        f" (mean ± std over {repeats} seeds)" if repeats > 1 else " (one seed each)"
+    )
+    plot_overlay(series, out_dir / "sweep_accuracy.png", target, title)
     table = Table("sweep (mean ± std over repeats)", [*keys, "n", "final acc", "best acc"])
     table.headers += [f"reached {target:g}", "bytes up+down", "round time (s)"]
     for row in rows:

@@ -64,3 +64,59 @@ def test_dynhp_bad_options_exit_2_without_traceback(args: list[str], says: str) 
     result = runner.invoke(app, ["dynhp", "--epochs", "1", *args])
     assert result.exit_code == 2 and says in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_resume_where_there_is_nothing_to_resume(tiny_scenario: Path, tmp_path: Path) -> None:
+    for args in (["run", str(tiny_scenario)], ["run"]):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "typo"), "--resume"])
+        assert result.exit_code == 2 and "nothing to resume" in result.output, result.output
+    result = runner.invoke(app, ["run", "--resume"])
+    assert result.exit_code == 2 and "needs --out" in result.output, result.output
+
+
+def test_validate_checks_the_data_as_run_does(tiny_scenario: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["validate", str(tiny_scenario), "--set", f"data.path='{tmp_path}'"]
+    )
+    assert result.exit_code == 2 and "not found" in result.output, result.output
+
+
+def test_error_words(tiny_scenario: Path) -> None:
+    """Fields located, --set options named, close keys suggested, sizes readable."""
+    cases = [
+        ("simulation.clients_per_round=40", ["simulation.clients_per_round: 40 exceeds"]),
+        ("train.learning_rate=0.1", ["train.learning_rate: unknown key; allowed: ", "lr"]),
+        ("fleet.classes.0.memry='1MiB'", ["did you mean 'memory'?"]),
+        ("fleet.classes.1.memory_max='128KiB'", ["memory_max: 128KiB is below memory 512KiB"]),
+        ("strategy.name='x'", ["strategy.name: 'x' is unknown"]),
+    ]
+    for override, words in cases:
+        result = runner.invoke(app, ["validate", str(tiny_scenario), "--set", override])
+        assert result.exit_code == 2, result.output
+        assert "(top level)" not in result.output, result.output
+        for word in [*words, f"(from --set {override})"] if "strategy" not in override else words:
+            assert word in result.output, (word, result.output)
+    result = runner.invoke(
+        app, ["validate", str(tiny_scenario), "--set", "fleet.classes.0.memory=-1MiB"]
+    )
+    assert result.output.count("-1MiB") == 2, result.output  # the value once, the --set once
+
+
+def test_run_prints_the_fleet_summary(tiny_scenario: Path, tmp_path: Path, monkeypatch) -> None:
+    """Nodes that cannot train are said before the run, not only by validate."""
+    import fogsim.flower.engine
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(fogsim.flower.engine, "simulate", stop)
+    args = ["run", str(tiny_scenario), "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, [*args, "--set", "fleet.classes.1.memory='1KiB'"])
+    assert isinstance(result.exception, Stop), result.output
+    assert "fleet: 10 nodes" in result.output
+    assert "warning: 6 node(s) can train no model and sit out the whole run (6 of 'small')" in (
+        result.output
+    )

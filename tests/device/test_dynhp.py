@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHP, DynHPConfig, cubic_target
 from fogsim.device.dynhp_train import train_dynhp
-from fogsim.device.memory import Arch, BudgetError, max_batch_size, training_memory
+from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, num_params
 
 
@@ -126,7 +127,9 @@ def test_budget_holds_at_every_step(arch, criterion):
     torch.manual_seed(0)
     model = FogNet(*arch)
     dense_mem = training_memory(model, 16, "sgd-momentum")
-    budget = dense_mem // 5  # cannot hold the dense net: budget start prunes first
+    # cannot hold the dense net: budget start prunes first (a CNN's narrowest model
+    # needs over a quarter of its dense one: oneDNN pads narrow maps to 8 channels)
+    budget = dense_mem // (3 if arch[0] else 5)
     cfg = DynHPConfig(
         target_compression=8,
         end=0.6,

@@ -147,6 +147,25 @@ def test_ctrl_c_stops_after_the_round_in_progress(tiny_scenario: Path, tmp_path:
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout
     assert left == "", f"Ray processes left: {left}"
     shutil.rmtree(ray_tmp, ignore_errors=True)
+    # the command it prints is the one that works: no scenario or --set to repeat
+    hint = err.split("to continue: ", 1)[1].split()
+    assert hint[:2] == ["fogsim", "run"] and "--set" not in hint, err
+    done = runner.invoke(app, [*hint[1:], "-q"])
+    assert done.exit_code == 0, done.output
+    assert load(tmp_path)["summary"]["rounds"] == 20 and rounds_on_disk(tmp_path) == 20
+
+
+@pytest.mark.slow  # a real Flower + Ray run
+def test_a_run_whose_clients_all_fail_stops_with_their_error(tiny_scenario: Path, tmp_path: Path):
+    """A plug-in failing on every client: the run stops with exit 1 and the clients'
+    error, not with a final accuracy of a model that never learnt."""
+    sets = ["run.rounds=6", "faults.crash=1.0", "simulation.evaluate_clients=0"]
+    args = ["run", str(tiny_scenario), "--out", str(tmp_path), "-q"]
+    result = runner.invoke(app, args + [x for s in sets for x in ("--set", s)])
+    assert result.exit_code == 1, result.output
+    assert "no client update counted in 3 rounds in a row" in result.output, result.output
+    assert "injected crash of node" in result.output and "final accuracy" not in result.output
+    assert rounds_on_disk(tmp_path) == 3 and not (tmp_path / "summary.json").exists()
 
 
 FAULTS = [

@@ -12,7 +12,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
 from fogsim.cli import app
-from fogsim.device.memory import Arch, training_memory, widest_fraction
+from fogsim.device.arch import Arch
+from fogsim.device.memory import training_memory, widest_fraction
 from fogsim.device.models import FogNet
 from fogsim.device.pruning import extract_submodel, full_kept
 from fogsim.fleet import build_fleet

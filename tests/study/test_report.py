@@ -1,5 +1,6 @@
 """report / compare / sweep on tiny real runs (2 Flower + Ray runs in all, ~40 s)."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from fogsim.cli import app
 from fogsim.study.compare import run_metrics
 from fogsim.study.plots import DPI, FIGSIZE
 from fogsim.study.results import load, read_csv
-from fogsim.study.sweep import parse_grid, split_values
+from fogsim.study.sweep import parse_grid, plan, split_values
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -121,6 +122,10 @@ def test_sweep_resumes_and_summarizes(scenario_file: Path, run_dir: Path, tmp_pa
     sweep.mkdir()
     finished = sweep / "train.lr=0.1__seed=7"
     shutil.copytree(run_dir, finished)  # a finished run (has summary.json): kept as is
+    sets = ["run.rounds=1", "simulation.evaluate_clients=0"]
+    planned = dict(plan(scenario_file, sets, parse_grid(["train.lr=0.05,0.1"]), 1))
+    made_by_this_sweep = [s for p, s in planned.items() if p.name == finished.name][0]
+    (finished / "scenario.json").write_text(json.dumps(made_by_this_sweep.model_dump(mode="json")))
     stamp = (finished / "rounds.csv").stat().st_mtime_ns
     unfinished = sweep / "train.lr=0.05__seed=7"
     unfinished.mkdir()
@@ -141,9 +146,23 @@ def test_sweep_resumes_and_summarizes(scenario_file: Path, run_dir: Path, tmp_pa
     assert_png(sweep / "sweep_accuracy.png")
 
 
-def test_sweep_plan_names_and_seeds(scenario_file: Path) -> None:
-    from fogsim.study.sweep import plan
+def test_sweep_refuses_runs_made_with_another_scenario(scenario_file: Path, tmp_path: Path):
+    """A run in --out from the same sweep with other --set options is not handed back as
+    if it were this sweep's (it would report 2 rounds for a 3-round sweep)."""
+    grid = ["--grid", "train.lr=0.1"]
+    old = plan(scenario_file, ["run.rounds=2"], parse_grid(grid[1:]), 1)[0]
+    stale = tmp_path / "s" / old[0].name
+    stale.mkdir(parents=True)
+    (stale / "scenario.json").write_text(json.dumps(old[1].model_dump(mode="json")))
+    (stale / "rounds.csv").write_text("round,accuracy\n1,0.5\n2,0.6\n")
+    (stale / "summary.json").write_text('{"rounds": 2}')
+    result = invoke("sweep", scenario_file, *grid, "--set", "run.rounds=3", "--out", stale.parent)
+    assert result.exit_code == 2, result.output
+    assert "another scenario" in result.output and "run.rounds (2 → 3)" in result.output
+    assert "--overwrite" in result.output and (stale / "summary.json").exists()
 
+
+def test_sweep_plan_names_and_seeds(scenario_file: Path) -> None:
     runs = plan(scenario_file, [], parse_grid(["train.lr=0.05,0.1"]), repeat=2)
     names = [p.name for p, _ in runs]
     assert names == [
@@ -153,3 +172,51 @@ def test_sweep_plan_names_and_seeds(scenario_file: Path) -> None:
         "train.lr=0.1__seed=8",
     ]
     assert [(s.train.lr, s.run.seed) for _, s in runs][1] == (0.05, 8)
+
+
+def test_report_compares_each_node_with_its_own_budget(scenario_file: Path, tmp_path: Path):
+    """Budgets drawn per node (memory_max): fleet.csv holds each node's own budget, and
+    the report's peak / budget is per node, so a big node of a class is not measured
+    against the class's smallest budget (a violation that did not happen)."""
+    from fogsim.fleet import build_fleet
+    from fogsim.scenario import load_scenario
+    from fogsim.study.report import class_table
+    from fogsim.study.results import RunWriter
+    from fogsim.study.series import load_run as load_report_run
+
+    sc = load_scenario(scenario_file, ["fleet.classes.1.memory_max='4MiB'"])
+    fleet = build_fleet(sc.fleet, sc.run.seed)
+    writer = RunWriter(tmp_path)
+    writer.fleet_table(fleet)
+    assert [r["budget_bytes"] for r in read_csv(tmp_path / "fleet.csv")] == fleet.budgets.tolist()
+    small = [n for n in range(fleet.num_nodes) if fleet.device(n).name == "small"]
+    biggest = max(small, key=fleet.budget)
+    assert fleet.budget(biggest) > 2 * sc.fleet.classes[1].memory  # spread enough to matter
+    writer.rounds.append([{"round": 1, "accuracy": 0.5, "loss": 1.0}])
+    row = {"round": 1, "node": biggest, "class": "small", "status": "ok", "num_examples": 1}
+    peak = int(0.75 * fleet.budget(biggest))
+    writer.nodes.append([{**row, "budget_bytes": fleet.budget(biggest), "peak_memory": peak}])
+    table = class_table(load_report_run(tmp_path))
+    cells = dict(zip(table.headers, next(r for r in table.rows if r[0] == "small"), strict=True))
+    assert cells["peak / own budget (max)"] == "75%"
+    low, high = min(fleet.budget(n) for n in small), fleet.budget(biggest)
+    assert cells["budget bytes"] == f"{low}..{high}"
+
+
+def test_report_says_why_a_class_sat_out(scenario_file: Path, tmp_path: Path) -> None:
+    from fogsim.fleet import build_fleet
+    from fogsim.scenario import load_scenario
+    from fogsim.study.report import class_table
+    from fogsim.study.results import RunWriter
+    from fogsim.study.series import load_run as load_report_run
+    from fogsim.units import format_bytes
+
+    sc = load_scenario(scenario_file, ["fleet.classes.1.memory='1KiB'"])
+    writer = RunWriter(tmp_path)
+    writer.write_json("scenario.json", sc.model_dump(mode="json"))
+    writer.fleet_table(build_fleet(sc.fleet, sc.run.seed))
+    writer.rounds.append([{"round": 1, "accuracy": 0.5, "loss": 1.0}])
+    table = class_table(load_report_run(tmp_path))
+    cells = dict(zip(table.headers, next(r for r in table.rows if r[0] == "small"), strict=True))
+    need = format_bytes(sc.smallest_training_memory)
+    assert cells["participation"] == f"0% (budget ≤ 1KiB < {need}, the narrowest model)"

@@ -1,0 +1,132 @@
+"""Benchmark results as JSON, and the README's tables made from them.
+
+Every benchmark writes its table to ``benchmarks/results/<name>.json`` with what it
+takes to judge and repeat it: the command line, the seeds, the date, the machine's
+cores and the versions that matter; each figure reported as ``{"mean", "std", "n",
+"values"}`` over the seeds (:func:`stats`). The README's result tables are rendered
+from those files (:func:`render`) between ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->`` markers by ``python benchmarks/results_io.py --readme``, and
+a test checks that the README matches the files, so no figure there is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+
+def stats(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample std (None for one value) and count over the values that exist."""
+    vs = [float(v) for v in values if v is not None]
+    return {
+        "mean": statistics.fmean(vs) if vs else None,
+        "std": statistics.stdev(vs) if len(vs) > 1 else None,
+        "n": len(vs),
+        "values": vs,
+    }
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import flwr
+
+        versions["flwr"] = flwr.__version__
+    except ImportError:
+        pass
+    return {"cores": os.cpu_count(), "platform": platform.platform(), **versions}
+
+
+def write(name: str, rows: list[dict[str, Any]], seeds: list[int], **about: Any) -> Path:
+    """``benchmarks/results/<name>.json``: the rows, the seeds, the command line, the
+    date and the machine, plus anything in ``about`` (settings of the run)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": name,
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "seeds": seeds,
+        **about,
+        "rows": rows,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def pm(cell: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (just the mean for one value; ``–`` for none)."""
+    if not cell or cell.get("mean") is None:
+        return "–"
+    text = f"{scale * cell['mean']:.{digits}f}"
+    return text + (f" ± {scale * cell['std']:.{digits}f}" if cell.get("std") is not None else "")
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {}
+
+
+def renderer(name: str) -> Callable[[Callable[[dict[str, Any]], str]], Callable]:
+    def deco(fn: Callable[[dict[str, Any]], str]) -> Callable:
+        RENDERERS[name] = fn
+        return fn
+
+    return deco
+
+
+def render(name: str) -> str:
+    """The markdown a results file stands for in the README (ends with its source)."""
+    doc = json.loads((RESULTS / f"{name}.json").read_text())
+    body = RENDERERS[name](doc)
+    seeds = ", ".join(map(str, doc["seeds"]))
+    return (
+        f"{body}\n\n<sub>from `benchmarks/results/{name}.json`: `{doc['command']}`, seeds "
+        f"{seeds}, {doc['date'][:10]}, {doc['machine']['cores']} cores</sub>"
+    )
+
+
+MARKED = re.compile(
+    r"(<!-- results:(?P<name>[\w-]+) -->\n)(.*?)(\n<!-- /results:(?P=name) -->)", re.S
+)
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    """name -> the rendered block the README holds between its markers."""
+    return {m.group("name"): m.group(3) for m in MARKED.finditer(text)}
+
+
+def update_readme() -> list[str]:
+    """Re-render every marked block of the README from its results file."""
+    import importlib
+
+    for module in ("dynhp_vs_competitors", "strategies", "scale"):
+        importlib.import_module(module)  # each registers its renderer
+    text = README.read_text()
+    names = list(readme_blocks(text))
+    text = MARKED.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), text)
+    README.write_text(text)
+    return names
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readme", action="store_true", help="re-render the README's tables")
+    args = ap.parse_args()
+    if args.readme:
+        sys.path.insert(0, str(Path(__file__).parent))
+        print("rendered:", ", ".join(update_readme()) or "no marked tables")

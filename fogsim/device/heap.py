@@ -1,0 +1,311 @@
+"""Training memory measured from the process heap itself, to check the memory model.
+
+``heapcount.c`` (next to this file) is a malloc/free counter loaded with
+``LD_PRELOAD``: every block of the malloc family adds its usable size, every free
+subtracts it, so ``current`` is the live heap of the process and ``peak`` its maximum
+since the last reset; anonymous ``mmap`` calls made outside malloc are counted apart
+(none happen during a step). It is compiled with the system C compiler on first use
+into ``$XDG_CACHE_HOME/fogsim`` (``~/.cache/fogsim``).
+
+A measurement runs in a fresh Python under the counter (``PYTHONMALLOC=malloc`` so
+Python objects are counted too, one torch thread as a client actor has), which then
+runs :func:`_worker`:
+
+- :func:`measure_steps`: per point (widths, batch, optimizer), a few warm-up steps so
+  optimizer state exists and library caches have settled, then the peak of one full
+  step (zero_grad, forward, loss, backward, optimizer step) above the heap alive
+  before it, plus the nbytes of the parameters, optimizer state and batch that were
+  alive: what :func:`fogsim.device.memory.training_memory` models.
+- :func:`measure_dynhp`: a real ``train_dynhp`` run with the heap read at each phase
+  boundary (``on_phase``): per training step, pruning check and budget fit, the peak
+  above the heap before it, plus the parameters, gradients and optimizer state alive
+  then. What a phase leaves allocated for good beyond those tensors (``kept``: a
+  library cache grown on a new shape, e.g. MKL's GEMM buffer pool or oneDNN's
+  primitive cache, process-wide and shared by every model the process trains) is
+  reported apart and not charged to the device (``device_peak``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+SOURCE = Path(__file__).with_name("heapcount.c")
+
+
+class HeapCounterUnavailable(RuntimeError):
+    """The heap counter cannot be built or loaded here (no C compiler, not Linux)."""
+
+
+def library() -> Path:
+    """The compiled counter (built once per source version)."""
+    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fogsim"
+    lib = cache / f"libheapcount-{digest}.so"
+    if lib.exists():
+        return lib
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not sys.platform.startswith("linux"):
+        raise HeapCounterUnavailable("measuring the heap needs Linux and a C compiler (cc)")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    built = subprocess.run(
+        [cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE), "-ldl"],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode:
+        raise HeapCounterUnavailable(f"cannot build the heap counter: {built.stderr[-500:]}")
+    os.replace(tmp, lib)
+    return lib
+
+
+def _run(request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """Run :func:`_worker` with ``request`` in a fresh Python under the counter."""
+    env = {
+        **os.environ,
+        "LD_PRELOAD": str(library()),
+        "PYTHONMALLOC": "malloc",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "fogsim.device.heap", json.dumps(request)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode:
+        raise RuntimeError(f"heap measurement failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_steps(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Measured bytes of one steady-state training step per point (dicts with
+    ``channels``, ``hidden``, ``batch``, ``optimizer``), in ``training_memory``'s
+    terms (``measured``), with the step's own part (``transient``) and anonymous mmap
+    growth outside malloc (``mmap_delta``, 0 when nothing bypasses the count)."""
+    return _run({"task": "steps", "points": points})["results"]
+
+
+def measure_dynhp(
+    channels: tuple[int, ...],
+    hidden: tuple[int, ...],
+    budget: int,
+    epochs: int = 3,
+    samples: int = 2000,
+    optimizer: str = "sgd-momentum",
+) -> dict[str, Any]:
+    """Phases of a real ``train_dynhp`` run on the first ``samples`` MNIST images under
+    ``budget``, set up as ``fogsim dynhp`` does: ``{"phases": [{"kind": "step" |
+    "check" | "fit", "device_peak", "peak", "kept", "modelled"?...}], "error"}``."""
+    request = {
+        "task": "dynhp",
+        "channels": list(channels),
+        "hidden": list(hidden),
+        "budget": budget,
+        "epochs": epochs,
+        "samples": samples,
+        "optimizer": optimizer,
+    }
+    return _run(request)
+
+
+# --- inside the measured process ------------------------------------------------------
+class Counter:
+    """The preloaded counter's functions (``ctypes``)."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(None)
+        if not hasattr(lib, "heapcount_current"):
+            raise HeapCounterUnavailable("libheapcount is not preloaded (LD_PRELOAD)")
+        for name in ("current", "peak", "mmap_current", "mmap_peak"):
+            getattr(lib, f"heapcount_{name}").restype = ctypes.c_long
+        self.lib = lib
+
+    def current(self) -> int:
+        return self.lib.heapcount_current()
+
+    def peak(self) -> int:
+        return self.lib.heapcount_peak()
+
+    def mmap(self) -> tuple[int, int]:
+        return self.lib.heapcount_mmap_current(), self.lib.heapcount_mmap_peak()
+
+    def reset_peak(self) -> None:
+        self.lib.heapcount_reset_peak()
+
+
+def _nbytes(*tensors: Any) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
+
+
+def _resident(model: Any, optimizer: Any, grads: bool = True) -> int:
+    """Bytes of the parameters (and gradients), optimizer state: what the memory
+    model counts as existing at a moment."""
+    import torch
+
+    params = list(model.parameters())
+    n = _nbytes(*params) + (_nbytes(*(p.grad for p in params)) if grads else 0)
+    if optimizer is not None:
+        state = optimizer.state.values()
+        n += _nbytes(*(v for s in state for v in s.values() if torch.is_tensor(v)))
+    return n
+
+
+def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dict[str, Any]:
+    import torch
+    from torch import nn
+
+    from fogsim.device.models import FogNet
+    from fogsim.device.training import optimizer_of_kind
+
+    torch.manual_seed(0)
+    model = FogNet(tuple(point["channels"]), tuple(point["hidden"]))
+    opt = optimizer_of_kind(point["optimizer"], model.parameters(), 0.01)
+    x = torch.randn(point["batch"], *model.in_shape)
+    y = torch.randint(0, model.num_classes, (point["batch"],))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    transients, mmaps = [], []
+    for _ in range(3):  # steady state: the three agree to a few bytes
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
+        base, (mmap_base, _) = counter.current(), counter.mmap()
+        counter.reset_peak()
+        step()
+        transients.append(counter.peak() - base)
+        mmaps.append(counter.mmap()[1] - mmap_base)
+    opt.zero_grad(set_to_none=True)
+    resident = _resident(model, opt, grads=False) + _nbytes(x, y)
+    return {
+        **point,
+        "transient": max(transients),
+        "measured": max(transients) + resident,
+        "mmap_delta": max(mmaps),
+    }
+
+
+def _warm_process(counter: Counter) -> None:
+    """First use of every op and optimizer in this process on tiny models, so one-time
+    initialisation (lazy imports, thread pools, library set-up) is not measured."""
+    for channels in ((), (1,)):
+        for kind in ("sgd", "sgd-momentum", "adam"):
+            for batch in (1, 16):
+                point = {"channels": channels, "hidden": (2,), "batch": batch, "optimizer": kind}
+                _step_point(counter, point, warmup=1)
+    gc.collect()
+
+
+class _Phases:
+    """``on_phase`` of ``train_dynhp``: the heap peak of each phase (module doc)."""
+
+    def __init__(self, counter: Counter, model: Any) -> None:
+        self.counter, self.model, self.optimizer = counter, model, None
+        self.records: list[dict[str, Any]] = []
+        self.open: dict[str, Any] | None = None
+
+    def __call__(self, phase: str, optimizer: Any) -> None:
+        self.close()
+        if phase != "end":
+            self.optimizer = optimizer
+            resident = _resident(self.model, optimizer)
+            self.open = {"kind": phase, "resident": resident, "base": self.counter.current()}
+            self.counter.reset_peak()
+
+    def close(self) -> None:
+        if self.open is None:
+            return
+        end, peak = self.counter.current(), self.counter.peak()
+        o, self.open = self.open, None
+        change = _resident(self.model, self.optimizer) - o["resident"]
+        kept = max(0, end - o["base"] - change)  # left allocated beyond its tensors
+        measured = peak - o["base"] + o["resident"]
+        self.records.append(
+            {"kind": o["kind"], "peak": measured, "kept": kept, "device_peak": measured - kept}
+        )
+
+
+def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from fogsim.data import load_dataset
+    from fogsim.device.dynhp import DynHP, DynHPConfig
+    from fogsim.device.dynhp_train import train_dynhp
+    from fogsim.device.models import FogNet
+
+    data = load_dataset("mnist")
+    n = request["samples"]
+    x, y = data.tensors(data.train_x[:n], data.train_y[:n])
+    torch.manual_seed(0)
+    model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
+    dynhp = DynHP(DynHPConfig(), model)
+    probe = _Phases(counter, model)
+    optimizer: Any = request["optimizer"]
+    modelled, error, epochs = [], None, request["epochs"]
+    try:
+        for epoch in range(epochs):
+            stats = train_dynhp(
+                model, x, y, dynhp, budget=request["budget"], epochs=1,
+                progress_range=(epoch / epochs, (epoch + 1) / epochs), optimizer=optimizer,
+                lr=0.01, generator=torch.Generator().manual_seed(epoch), on_phase=probe,
+            )  # fmt: skip
+            optimizer = stats.optimizer
+            modelled += stats.memory
+    except ValueError as e:  # BudgetError: the budget holds no model
+        error = f"{type(e).__name__}: {e}"
+    steps = [r for r in probe.records if r["kind"] == "step"]
+    for r, m in zip(steps, modelled, strict=False):
+        r["modelled"] = m
+    return {"phases": probe.records, "error": error, "widths": list(model.widths)}
+
+
+def _calibrate(counter: Counter) -> dict[str, int]:
+    """How a known allocation moves the count: a 3 MiB tensor, then its release."""
+    import torch
+
+    gc.collect()
+    before = counter.current()
+    block = torch.empty(3 << 20, dtype=torch.uint8)
+    allocated = counter.current() - before
+    del block
+    gc.collect()
+    return {"allocated": allocated, "after_free": counter.current() - before}
+
+
+def calibrate() -> dict[str, int]:
+    """Check the method on a known allocation: ``allocated`` should be 3 MiB (plus the
+    tensor's small bookkeeping) and ``after_free`` about 0."""
+    return _run({"task": "calibrate"})
+
+
+def _worker(request: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    counter = Counter()
+    if request["task"] == "calibrate":
+        return _calibrate(counter)
+    _warm_process(counter)
+    if request["task"] == "steps":
+        return {"results": [_step_point(counter, p) for p in request["points"]]}
+    return _dynhp_run(counter, request)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(json.loads(sys.argv[1]))))

@@ -1,0 +1,130 @@
+"""A run's files read as series to tabulate and plot.
+
+Everything comes from the run's files via :func:`fogsim.study.results.load`; a column
+that a run does not have (older runs, other strategies) is ``None`` here, so a table
+shows ``n/a`` and a plot leaves the line out instead of guessing: numbers shown are
+always numbers measured.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fogsim.study.results import TRAINED, load
+
+
+class ReportError(ValueError):
+    """A directory that is not a readable run; the message says which and why."""
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """``load()`` plus the checks a report needs: a directory with at least one round."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: no such run directory")
+    if not (run_dir / "rounds.csv").exists():
+        raise ReportError(f"{run_dir}: not a fogsim run (no rounds.csv)")
+    run = load(run_dir)
+    if not run.get("rounds"):
+        raise ReportError(f"{run_dir}: rounds.csv holds no finished round yet")
+    run.setdefault("nodes", [])
+    run.setdefault("fleet", [])
+    run["dir"] = run_dir
+    for n in run["nodes"]:  # each node against its own budget (budgets differ per node)
+        peak, budget = num(n.get("peak_memory")), num(n.get("budget_bytes"))
+        n["budget_share"] = peak / budget if peak is not None and budget else None
+    return run
+
+
+def num(value: Any) -> float | None:
+    """A CSV cell as a number, or None for blanks (a column a row did not fill)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def column(rows: list[dict[str, Any]], name: str) -> list[float | None] | None:
+    """Values of ``name`` per row, or None when no row has a number there."""
+    if not rows or name not in rows[0]:
+        return None
+    values = [num(r.get(name)) for r in rows]
+    return values if any(v is not None for v in values) else None
+
+
+def round_time(run: dict[str, Any]) -> tuple[str, list[float | None]]:
+    """Per-round time and its source: modelled ``sim_time_s`` when the run has it
+    (rounds.csv, else the slowest node per round), otherwise measured ``wall_s``."""
+    rounds = run["rounds"]
+    if (sim := column(rounds, "sim_time_s")) is not None:
+        return "sim_time_s", sim
+    if column(run["nodes"], "sim_time_s") is not None:
+        slowest: dict[int, float] = {}
+        for n in run["nodes"]:
+            if (t := num(n.get("sim_time_s"))) is not None:
+                slowest[n["round"]] = max(slowest.get(n["round"], 0.0), t)
+        return "sim_time_s", [slowest.get(r["round"]) for r in rounds]
+    return "wall_s", column(rounds, "wall_s") or [None] * len(rounds)
+
+
+def class_sizes(run: dict[str, Any]) -> dict[str, int]:
+    sizes: dict[str, int] = defaultdict(int)
+    for row in run["fleet"]:
+        sizes[row["class"]] += 1
+    for n in run["nodes"]:  # classes seen training but missing from fleet.csv
+        sizes.setdefault(n["class"], 0)
+    return dict(sizes)
+
+
+def per_class_round(run: dict[str, Any], name: str, how: str) -> dict[str, dict[int, float]]:
+    """class → round → mean (``how="mean"``), max or count of a nodes.csv column."""
+    groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for n in run["nodes"]:
+        if how == "count" and n.get("status", "ok") not in TRAINED:
+            continue  # a node that crashed, dropped out or refused did not train
+        value = 1.0 if how == "count" else num(n.get(name))
+        if value is not None:
+            groups[n["class"]][n["round"]].append(value)
+    agg = {"mean": lambda v: sum(v) / len(v), "max": max, "count": len}[how]
+    return {c: {r: float(agg(v)) for r, v in by.items()} for c, by in groups.items()}
+
+
+def round_classes(rounds: list[dict[str, Any]]) -> list[str]:
+    """Device classes with per-class accuracy columns in rounds.csv."""
+    return [c[4:] for c in rounds[0] if c.startswith("acc_") and not c.endswith("_min")]
+
+
+def last(by_round: dict[int, float]) -> float | None:
+    """The value in the last round that has one."""
+    return by_round[max(by_round)] if by_round else None
+
+
+def class_order(run: dict[str, Any]) -> list[str]:
+    """The run's device classes in the scenario's order (then any others seen), so every
+    table and plot lists them, and colours them, the same way."""
+    declared = [c["name"] for c in run.get("scenario", {}).get("fleet", {}).get("classes", [])]
+    seen = [r["class"] for r in run["fleet"]] + [n["class"] for n in run["nodes"]]
+    return list(dict.fromkeys([*declared, *seen]))
+
+
+def cumulative(values: list[float | None]) -> list[float | None]:
+    """Running sum; from the first missing value on, None (the sum is unknown)."""
+    out: list[float | None] = []
+    total: float | None = 0.0
+    for v in values:
+        total = None if v is None or total is None else total + v
+        out.append(total)
+    return out
+
+
+def slowest_class(run: dict[str, Any]) -> dict[int, str]:
+    """round -> the class of the node whose simulated round time was the longest."""
+    slowest: dict[int, tuple[float, str]] = {}
+    for n in run["nodes"]:
+        t = num(n.get("sim_time_s"))
+        if t is not None and t > slowest.get(n["round"], (-1.0, ""))[0]:
+            slowest[n["round"]] = (t, n["class"])
+    return {r: c for r, (_, c) in slowest.items()}
