@@ -30,7 +30,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fogsim.data import load_dataset, partition, split_local
+from fogsim.data import draw, load_dataset, partition, split_local
 from fogsim.device.dynhp import DynHP
 from fogsim.device.dynhp_train import train_dynhp
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
@@ -59,7 +59,11 @@ def _partitions(data_json: str, num_nodes: int, seed: int) -> list[np.ndarray]:
 def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:
     """(train x, train y, held-out x, held-out y) of fleet node ``node``."""
     data = spec.data
-    indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed)[node]
+    if data.partitioning == "draws":  # per node, on demand: nothing for the others
+        num_samples = len(load_dataset(data.dataset, data.path).train_y)
+        indices = draw(num_samples, data.samples_per_node, [spec.seed, node])
+    else:
+        indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed)[node]
     train_idx, test_idx = split_local(indices, data.client_test_fraction, [spec.seed, node])
     ds = load_dataset(data.dataset, data.path)
     return (

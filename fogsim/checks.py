@@ -56,6 +56,13 @@ def check_data(sc: Scenario) -> None:
     raises DatasetNotFoundError, DatasetError, or ScenarioError naming the split."""
     data = load_dataset(sc.data.dataset, sc.data.path)
     d = sc.data
+    if d.partitioning == "draws":
+        if d.samples_per_node > len(data.train_y):
+            raise ScenarioError(
+                f"data.samples_per_node = {d.samples_per_node}: the training set holds only "
+                f"{len(data.train_y)} samples"
+            )
+        return
     try:
         partition(
             data.train_y,

@@ -28,7 +28,7 @@ import torch
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 
 DATASETS = ("mnist", "fashion-mnist")
-PARTITIONINGS = ("iid", "dirichlet", "shards")
+PARTITIONINGS = ("iid", "dirichlet", "shards", "draws")
 FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -155,6 +155,8 @@ def partition(
     """
     rng = np.random.default_rng(seed)
     n = len(labels)
+    if scheme == "draws":
+        raise ValueError("draws are made per node: use draw(), not partition()")
     if num_nodes > n:
         raise ValueError(f"{num_nodes} nodes but only {n} samples")
     if scheme == "iid":
@@ -180,6 +182,20 @@ def partition(
                 out[node], out[donor] = out[donor][-1:], out[donor][:-1]
         return [np.sort(p) for p in out]
     raise ValueError(f"unknown partitioning {scheme!r}; allowed: {', '.join(PARTITIONINGS)}")
+
+
+def draw(num_samples: int, samples_per_node: int, seed: list[int]) -> np.ndarray:
+    """``draws`` partitioning: one node's own ``samples_per_node`` distinct samples,
+    drawn uniformly from all ``num_samples`` with ``seed`` ([run seed, node]).
+
+    Nodes draw independently (samples overlap between nodes), so a fleet far bigger
+    than the data set still gives every node real data, and a node's draw is computed
+    when it is needed, in O(samples_per_node): it does not depend on the fleet size, and
+    nothing is computed for the nodes that are never sampled."""
+    if samples_per_node > num_samples:
+        raise ValueError(f"samples_per_node = {samples_per_node} but only {num_samples} samples")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_samples, size=samples_per_node, replace=False))
 
 
 def split_local(

@@ -61,3 +61,15 @@ def test_partition_skew() -> None:
 def test_split_local() -> None:
     train, test = split_local(np.arange(100), 0.1, seed=1)
     assert len(test) == 10 and len(train) == 90 and not set(train) & set(test)
+
+
+def test_draws_are_per_node_seeded_and_independent_of_the_fleet_size() -> None:
+    from fogsim.data import draw
+
+    a = draw(60_000, 100, [3, 5])
+    assert len(a) == len(set(a.tolist())) == 100 and a.max() < 60_000
+    assert np.array_equal(a, draw(60_000, 100, [3, 5]))  # seeded by (seed, node) alone
+    assert not np.array_equal(a, draw(60_000, 100, [3, 6]))
+    assert not np.array_equal(a, draw(60_000, 100, [4, 5]))
+    with pytest.raises(ValueError, match="samples_per_node = 70000 but only 60000"):
+        draw(60_000, 70_000, [0, 0])

@@ -56,6 +56,9 @@ class DataSection(Section):
     partitioning: Literal[PARTITIONINGS] = "iid"  # type: ignore[valid-type]
     alpha: float = Field(0.5, gt=0)
     shards_per_node: int = Field(2, ge=1)
+    samples_per_node: int = Field(
+        100, ge=1, description="draws: each node's own draw from the training set"
+    )
     client_test_fraction: float = Field(0.1, ge=0, lt=1)
 
 

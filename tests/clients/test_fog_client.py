@@ -46,3 +46,15 @@ def test_fedavg_feasible_trains_at_a_batch_its_budget_holds(tiny_scenario) -> No
     assert metrics[wire.PEAK_MEMORY] <= budget and metrics[wire.OVER_BUDGET] == 0
     assert np.isfinite(reply.content[wire.ARRAYS]["fcs.0.weight"].numpy()).all()
     assert torch.is_tensor(reply.content[wire.ARRAYS].to_torch_state_dict()["fcs.0.bias"])
+
+
+def test_draws_give_every_node_of_a_huge_fleet_its_own_data(tiny_scenario) -> None:
+    from clients.fog_client import local_data
+    from fogsim.flower.wire import ClientSpec
+
+    sets = ["fleet.nodes=100000", "data.partitioning='draws'", "data.samples_per_node=50"]
+    spec = ClientSpec.of(load_scenario(tiny_scenario, sets))
+    x, y, hx, hy = local_data(spec, 99_999)
+    assert len(x) + len(hx) == 50 and len(x) == len(y) and len(hx) == len(hy) == 5
+    x2, *_ = local_data(spec, 99_998)
+    assert not torch.equal(x, x2)  # its own draw
