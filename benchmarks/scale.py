@@ -31,6 +31,11 @@ Usage::
     python benchmarks/scale.py --quick      # 100 and 1,000 nodes, 100 per round: ~7 min
     python benchmarks/scale.py              # + 10,000 nodes, 300 of 1,000: ~30 min on 2 cores
     python benchmarks/scale.py --rows 1000:300:300   # nodes:per-round[:max_in_flight]
+    python benchmarks/scale.py --quick --repeats 3 --json benchmarks/results/scale.json
+
+``--json PATH`` writes the table (one object per row and strategy; with ``--repeats`` the
+mean over the repeats and its ``_std``) as a results file (``results_io``), which the
+README's scale table is rendered from.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from results_io import pm, renderer, stats
+from results_io import write as write_results
 
 from fogsim.flower.engine import descendants
 from fogsim.study.results import load
@@ -218,6 +226,7 @@ def child_flower(args: argparse.Namespace) -> None:
 
 # --- the table ------------------------------------------------------------------
 def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
     nodes, per_round, *rest = (int(v) for v in row.split(":"))
     in_flight = rest[0] if rest else None
     out: dict[str, Any] = {"nodes": nodes, "per_round": per_round, "in_flight": in_flight}
@@ -301,12 +310,68 @@ def print_table(results: list[dict[str, Any]], rounds: int) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+MB = 1 << 20
+
+
+def json_rows(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One object per (row, strategy), each figure's mean over the repeats and its std
+    (``vs_*``: fogsim over the floor / plain Flower, per repeat, then averaged)."""
+    out = []
+    for i, first in enumerate(repeats[0]):
+        runs = [rep[i] for rep in repeats]
+        for strategy in ("mask-union", "fedavg"):
+            figures = {
+                "s_per_round": [r[strategy]["sec"] for r in runs],
+                "floor_s": [r[strategy]["floor"] for r in runs],
+                "vs_floor": [r[strategy]["sec"] / r[strategy]["floor"] for r in runs],
+                "flower_s": [r["flower"]["sec"] for r in runs] if strategy == "fedavg" else None,
+                "vs_flower": [r[strategy]["sec"] / r["flower"]["sec"] for r in runs]
+                if strategy == "fedavg"
+                else None,
+                "rss_mb": [r[strategy]["rss"] / MB for r in runs],
+                "pss_mb": [r[strategy]["pss"] / MB for r in runs],
+                "work_s": [r[strategy]["work"] for r in runs],
+                "samples_per_client": [r[strategy]["samples"] for r in runs],
+            }
+            row: dict[str, Any] = {
+                "nodes": first["nodes"],
+                "per_round": first["per_round"],
+                "in_flight": first["in_flight"] or min(first["per_round"], 100),
+                "strategy": strategy,
+                "repeats": len(runs),
+            }
+            for name, values in figures.items():
+                s = stats(values) if values is not None else None
+                row[name] = s["mean"] if s else None
+                row[f"{name}_std"] = s["std"] if s else None
+            out.append(row)
+    return out
+
+
+@renderer("scale")
+def markdown(doc: dict[str, Any]) -> str:
+    head = "| nodes | per round | in flight | strategy | s/round | vs floor | vs Flower | PSS MB |"
+    lines = [head, "|---" * 8 + "|"]
+    for r in doc["rows"]:
+        cell = {k: {"mean": r[k], "std": r[f"{k}_std"]} for k in ("s_per_round", "vs_floor")}
+        flower = {"mean": r["vs_flower"], "std": r["vs_flower_std"]}
+        pss = {"mean": r["pss_mb"], "std": r["pss_mb_std"]}
+        lines.append(
+            f"| {r['nodes']:,} | {r['per_round']} | {r['in_flight']} | {r['strategy']} | "
+            f"{pm(cell['s_per_round'])} | {pm(cell['vs_floor'])}x | "
+            f"{pm(flower) + 'x' if r['vs_flower'] is not None else '–'} | {pm(pss, digits=0)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 nodes, 4 rounds")
     parser.add_argument("--rows", nargs="*", help="nodes:per_round[:max_in_flight] ...")
     parser.add_argument("--rounds", type=int, help="rounds per run (default 6, quick 4)")
     parser.add_argument("--out", type=Path, help="keep run directories and logs here")
+    parser.add_argument("--repeats", type=int, default=1, help="measure every row N times")
+    parser.add_argument("--json", type=Path, help="write the table as a results file here")
     parser.add_argument("--child", choices=["floor", "flower"], help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -319,8 +384,17 @@ def main() -> None:
     work = args.out or Path(tempfile.mkdtemp(prefix="fogsim-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"runs and logs in {work}", flush=True)
-    results = [measure_row(row, rounds, work) for row in rows]
-    print_table(results, rounds)
+    repeats = [
+        [measure_row(row, rounds, work / f"repeat{i}") for row in rows] for i in range(args.repeats)
+    ]
+    for results in repeats:
+        print_table(results, rounds)
+    if args.json:
+        name = args.json.stem
+        path = write_results(name, json_rows(repeats), [], rounds=rounds, row_specs=rows)
+        if path.resolve() != args.json.resolve():
+            args.json.write_text(path.read_text())
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
