@@ -293,18 +293,19 @@ def plot_availability(run: dict[str, Any], path: Path) -> Path | None:
     """When nodes were on: per class, the share of its nodes up at each round's start
     (trace, diurnal model and per-round probability), against the simulated clock's
     time of day; a cross where nodes of the class departed mid-round (their number).
-    None for runs without these columns."""
+    None for runs without these columns or with every node on in every round."""
     rounds, sizes = run["rounds"], class_sizes(run)
     starts = column(rounds, "sim_clock_s")
     classes = [c for c in class_order(run) if sizes.get(c) and column(rounds, f"up_{c}")]
-    if starts is None or not classes:
-        return None
+    ups = {c: column(rounds, f"up_{c}") or [] for c in classes}
+    if starts is None or all(u == sizes[c] for c in classes for u in ups[c]):
+        return None  # no column, or every node on in every round: nothing to show
     gone = Counter((n["class"], n["round"]) for n in run["nodes"] if n["status"] == "departed")
     hours = scaled(starts, 3600.0)
     colors = class_colors(class_order(run))
     fig, (ax,) = figure()
     for c in classes:
-        share = [None if u is None else u / sizes[c] for u in column(rounds, f"up_{c}") or []]
+        share = [None if u is None else u / sizes[c] for u in ups[c]]
         line(ax, hours, share, f"{c} ({sizes[c]} nodes)", color=colors[c])
         for r, x, y in zip(rounds, hours, share, strict=True):
             if (k := gone[(c, r["round"])]) and y is not None:

@@ -237,7 +237,7 @@ def test_energy_in_report_and_compare_from_the_run_files(tmp_path: Path) -> None
     ]
     parts = {"energy_compute_j": 1.0, "energy_radio_j": 2.0, "energy_idle_j": 3.0}
     for r in rounds:
-        r.update(energy_j=12.0, energy_j_a=6.0, energy_j_b=6.0, up_a=1, up_b=1)
+        r.update(energy_j=12.0, energy_j_a=6.0, energy_j_b=6.0, up_a=int(r["round"] > 1), up_b=1)
         row = {"round": r["round"], "status": "ok", "energy_j": 6.0, **parts}
         writer.nodes.append([{**row, "node": 0, "class": "a"}, {**row, "node": 1, "class": "b"}])
     writer.rounds.append(rounds)
