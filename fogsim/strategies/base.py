@@ -55,7 +55,7 @@ from fogsim.scenario import Scenario
 from fogsim.study.results import STATUSES
 
 ENERGY_PARTS = ("energy_j", "energy_compute_j", "energy_radio_j", "energy_idle_j")
-MAX_WAITS = 1000  # window openings skipped looking for a node on (all with no battery)
+MAX_WAITS = 1000  # window openings tried in search of a node on (low battery keeps one off)
 
 
 class FogStrategy(FedAvg):

@@ -90,44 +90,61 @@ def plot_accuracy(run: dict[str, Any], path: Path) -> Path:
     minimum dotted) and the clients' own held-out data; loss beside it."""
     rounds = run["rounds"]
     xs = [r["round"] for r in rounds]
-    colors = class_colors(class_order(run))
     fig, (acc, loss) = figure(2)
-    for cls in round_classes(rounds):
-        c = colors.get(cls, "grey")
-        line(acc, xs, column(rounds, f"acc_{cls}"), f"{cls} devices, mean", color=c, ls="--")
-        line(acc, xs, column(rounds, f"acc_{cls}_min"), f"{cls} devices, min", color=c, ls=":")
+    class_accuracy_lines(acc, run, xs, with_min=True)
     line(acc, xs, column(rounds, "client_accuracy"), "clients' held-out data", color="grey")
     line(acc, xs, column(rounds, "accuracy"), "global model", **GLOBAL)
     line(loss, xs, column(rounds, "train_loss"), "training (clients)", color="C1")
     line(loss, xs, column(rounds, "client_loss"), "clients' held-out data", color="grey")
     line(loss, xs, column(rounds, "loss"), "global model", **GLOBAL)
+    low, high = acc.get_ylim()
+    acc.set_ylim(low - 0.4 * (high - low), high)  # room for the legend below the lines
     finish(acc, "test accuracy", "round", "accuracy", legend="lower right")
     finish(loss, "cross-entropy loss", "round", "loss (nats)", legend="upper right")
     return save_figure(fig, path)
 
 
-def accuracy_lines(ax: Any, run: dict[str, Any], xs: list[float | None]) -> None:
-    """Each class's devices' mean accuracy (dashed) and the global model against ``xs``.
-    Classes whose devices' accuracy is the same in every round where both have one
-    (they hold the same model: all of it) share one grey line naming them, instead of
-    lines hiding each other."""
-    rounds, colors = run["rounds"], class_colors(class_order(run))
-    groups: list[tuple[list[str], list[float | None]]] = []
+def same_model_groups(rounds: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[tuple]:
+    """Classes grouped when their devices' accuracy columns (``acc_<class><kind>``) agree
+    in every round where both have a value (they hold the same model: all of it);
+    each group as (class names, {kind: merged values})."""
+    groups: list[tuple[list[str], dict[str, list[float | None]]]] = []
     for cls in round_classes(rounds):
-        if (ys := column(rounds, f"acc_{cls}")) is None:
-            continue
+        series = {k: column(rounds, f"acc_{cls}{k}") or [None] * len(rounds) for k in kinds}
         for names, merged in groups:
-            pairs = [(a, b) for a, b in zip(merged, ys, strict=True) if None not in (a, b)]
-            if pairs and all(abs(a - b) < 1e-9 for a, b in pairs):  # type: ignore[operator]
+            pairs = [p for k in kinds for p in zip(merged[k], series[k], strict=True)]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if pairs and all(abs(a - b) < 1e-9 for a, b in pairs):
                 names.append(cls)
-                merged[:] = [a if a is not None else b for a, b in zip(merged, ys, strict=True)]
+                for k in kinds:
+                    both = zip(merged[k], series[k], strict=True)
+                    merged[k] = [b if a is None else a for a, b in both]
                 break
         else:
-            groups.append(([cls], list(ys)))
-    for names, ys in groups:
+            groups.append(([cls], series))
+    return groups
+
+
+def class_accuracy_lines(
+    ax: Any, run: dict[str, Any], xs: list[float | None], with_min: bool = False
+) -> None:
+    """Each class's devices' mean accuracy (dashed; minimum dotted) against ``xs``.
+    Classes whose devices hold the same model share one grey line naming them all,
+    instead of identical lines hiding each other."""
+    colors = class_colors(class_order(run))
+    kinds = ("", "_min") if with_min else ("",)
+    for names, series in same_model_groups(run["rounds"], kinds):
         color = colors.get(names[0], "grey") if len(names) == 1 else "grey"
-        line(ax, xs, ys, " = ".join(names) + " devices, mean", color=color, ls="--")
-    line(ax, xs, column(rounds, "accuracy"), "global model", **GLOBAL)
+        who = " = ".join(names) + " devices"
+        line(ax, xs, series[""], f"{who}, mean", color=color, ls="--")
+        if with_min:
+            line(ax, xs, series["_min"], f"{who}, min", color=color, ls=":")
+
+
+def accuracy_lines(ax: Any, run: dict[str, Any], xs: list[float | None]) -> None:
+    """The classes' devices' mean accuracy and the global model against ``xs``."""
+    class_accuracy_lines(ax, run, xs)
+    line(ax, xs, column(run["rounds"], "accuracy"), "global model", **GLOBAL)
 
 
 def time_unit(seconds: list[float | None]) -> tuple[float, str]:
