@@ -29,7 +29,7 @@ class Fleet:
     budgets: np.ndarray  # memory budget in bytes per node
     ids: list[str]  # per node: its fleet file id, or its index
     availability: NodeAvailability  # windows in time (none: always on)
-    rows: list[dict[str, Any]] | None = None  # per node: fleet file fog, region, data share
+    file_rows: list[dict[str, Any]] | None = None  # per node: its fleet file fog, region, share
 
     @property
     def num_nodes(self) -> int:
@@ -81,11 +81,11 @@ def build_fleet(section: FleetSection, seed: int) -> Fleet:
     high = np.array([c.memory_max or c.memory for c in section.classes], dtype=np.int64)[labels]
     drawn = np.floor(np.exp(rng.uniform(np.log(low), np.log(high))))  # float: may round
     budgets = np.where(high > low, np.clip(drawn.astype(np.int64), low, high), low)
-    rows = None
+    file_rows = None
     if inv is not None:
         own = np.array([m.memory or 0 for m in inv.members], dtype=np.int64)
         budgets = np.where(own > 0, own, budgets)
-        rows = [
+        file_rows = [
             {"fog": m.fog or "", "region": m.region or "", "data_share": m.data_share or 1.0}
             for m in inv.members
         ]
@@ -99,7 +99,7 @@ def build_fleet(section: FleetSection, seed: int) -> Fleet:
         section.min_battery,
         seed,
     )
-    return Fleet(list(section.classes), labels, budgets, ids, availability, rows)
+    return Fleet(list(section.classes), labels, budgets, ids, availability, file_rows)
 
 
 def check_trainable(scenario: Scenario, fleet: Fleet) -> None:

@@ -184,7 +184,7 @@ class RunWriter:
                     "device": d.device or "",
                     "radio": d.radio or "",
                     **figures,
-                    **(fleet.rows[node] if fleet.rows else {}),
+                    **(fleet.file_rows[node] if fleet.file_rows else {}),
                 }
             )
         (self.dir / "fleet.csv").unlink(missing_ok=True)

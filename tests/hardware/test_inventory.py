@@ -62,7 +62,7 @@ def test_the_inventory_becomes_the_fleet_in_file_order(tmp_path) -> None:
     ]
     assert fleet.budgets.tolist() == [64 << 20, 1 << 20, 512 << 10, 192 << 20, 4 << 30]
     assert fleet.device(4).radio == "ethernet"  # a catalogue device's own radio
-    assert fleet.rows is not None and fleet.rows[1] == {
+    assert fleet.file_rows is not None and fleet.file_rows[1] == {
         "fog": "gw-1",
         "region": "north",
         "data_share": 1.0,
