@@ -42,7 +42,9 @@ from fogsim.scenario import DataSection
 
 
 @functools.lru_cache(maxsize=2)
-def _partitions(data_json: str, num_nodes: int, seed: int) -> list[np.ndarray]:
+def _partitions(
+    data_json: str, num_nodes: int, seed: int, shares: tuple[float, ...] | None
+) -> list[np.ndarray]:
     """Every node's sample indices, computed once per worker process (keyed by the
     ``[data]`` section as JSON: sections are not hashable)."""
     data = DataSection.model_validate_json(data_json)
@@ -53,6 +55,7 @@ def _partitions(data_json: str, num_nodes: int, seed: int) -> list[np.ndarray]:
         seed=seed,
         alpha=data.alpha,
         shards_per_node=data.shards_per_node,
+        weights=list(shares) if shares is not None else None,
     )
 
 
@@ -63,7 +66,7 @@ def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:
         num_samples = len(load_dataset(data.dataset, data.path).train_y)
         indices = draw(num_samples, data.samples_per_node, [spec.seed, node])
     else:
-        indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed)[node]
+        indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed, spec.shares)[node]
     train_idx, test_idx = split_local(indices, data.client_test_fraction, [spec.seed, node])
     ds = load_dataset(data.dataset, data.path)
     return (

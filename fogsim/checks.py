@@ -71,6 +71,7 @@ def check_data(sc: Scenario) -> None:
             seed=sc.run.seed,
             alpha=d.alpha,
             shards_per_node=d.shards_per_node,
+            weights=sc.fleet.data_shares,
         )
     except ValueError as e:
         raise ScenarioError(

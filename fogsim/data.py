@@ -143,15 +143,19 @@ def partition(
     seed: int = 0,
     alpha: float = 0.5,
     shards_per_node: int = 2,
+    weights: list[float] | None = None,
 ) -> list[np.ndarray]:
     """Split sample indices across nodes; every sample goes to exactly one node.
 
-    - ``iid``: a seeded shuffle cut into near-equal parts.
+    - ``iid``: a seeded shuffle cut into near-equal parts (or, with ``weights``, parts
+      in proportion to them, each at least one sample).
     - ``dirichlet``: per class, proportions drawn from Dirichlet(``alpha``) over nodes
-      (small alpha = skewed label mixes); every node is then topped up to at least one
-      sample from the largest partitions so nobody is empty.
+      (small alpha = skewed label mixes; with ``weights``, node ``i``'s concentration is
+      ``alpha * N * w_i / sum(w)``, so its expected share follows its weight); every
+      node is then topped up to at least one sample from the largest partitions so
+      nobody is empty.
     - ``shards``: sort by label, cut into ``num_nodes * shards_per_node`` shards, deal
-      each node ``shards_per_node`` random shards (McMahan et al. 2017).
+      each node ``shards_per_node`` random shards (McMahan et al. 2017); no weights.
     """
     rng = np.random.default_rng(seed)
     n = len(labels)
@@ -159,8 +163,15 @@ def partition(
         raise ValueError("draws are made per node: use draw(), not partition()")
     if num_nodes > n:
         raise ValueError(f"{num_nodes} nodes but only {n} samples")
+    w = None if weights is None else np.asarray(weights, dtype=float)
+    if w is not None and (len(w) != num_nodes or not (w > 0).all()):
+        raise ValueError(f"weights: {len(w)} positive numbers needed, one per node")
     if scheme == "iid":
+        if w is not None:
+            return [np.sort(p) for p in np.split(rng.permutation(n), _cuts(w, n))]
         return [np.sort(p) for p in np.array_split(rng.permutation(n), num_nodes)]
+    if w is not None and scheme == "shards":
+        raise ValueError("shards deal every node the same number of shards: no weights")
     if scheme == "shards":
         if num_nodes * shards_per_node > n:
             raise ValueError(f"{num_nodes} nodes x {shards_per_node} shards but only {n} samples")
@@ -172,7 +183,8 @@ def partition(
         parts: list[list[np.ndarray]] = [[] for _ in range(num_nodes)]
         for c in np.unique(labels):
             idx = rng.permutation(np.flatnonzero(labels == c))
-            cuts = (np.cumsum(rng.dirichlet(np.full(num_nodes, alpha))) * len(idx)).astype(int)
+            conc = np.full(num_nodes, alpha) if w is None else alpha * num_nodes * w / w.sum()
+            cuts = (np.cumsum(rng.dirichlet(conc)) * len(idx)).astype(int)
             for node, chunk in enumerate(np.split(idx, cuts[:-1])):
                 parts[node].append(chunk)
         out = [np.concatenate(p) for p in parts]
@@ -196,6 +208,18 @@ def draw(num_samples: int, samples_per_node: int, seed: list[int]) -> np.ndarray
         raise ValueError(f"samples_per_node = {samples_per_node} but only {num_samples} samples")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(num_samples, size=samples_per_node, replace=False))
+
+
+def _cuts(weights: np.ndarray, n: int) -> np.ndarray:
+    """Where to cut ``n`` shuffled samples so part ``i`` holds about ``n * w_i / sum(w)``
+    (largest remainders), at least one each."""
+    exact = n * weights / weights.sum()
+    sizes = np.maximum(1, np.floor(exact).astype(int))
+    for i in np.argsort(-(exact - sizes), kind="stable")[: max(0, n - sizes.sum())]:
+        sizes[i] += 1
+    while sizes.sum() > n:  # the minimum of one pushed it over: take from the largest
+        sizes[np.argmax(sizes)] -= 1
+    return np.cumsum(sizes)[:-1]
 
 
 def split_local(

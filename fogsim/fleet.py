@@ -1,18 +1,23 @@
-"""The fleet: which device class (budget, speed, links) each node belongs to.
+"""The fleet: which device class (budget, speed, links, power) each node belongs to,
+and when each node is on.
 
 Class sizes come from ``count`` or ``share`` (shares rounded by largest remainder so
 counts add up to ``fleet.nodes``); which node gets which class is a seeded shuffle,
 and a class with ``memory_max`` draws each node's budget log-uniformly between
 ``memory`` and ``memory_max`` (whole bytes, within both); a class without it gives
-every node exactly ``memory``. The same scenario and seed always build the same fleet.
+every node exactly ``memory``. A fleet from a file (``[fleet] file``) takes each
+node's class and budget from its row instead: node ``k`` is the file's ``k``-th
+device. The same scenario and seed always build the same fleet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from fogsim.hardware.availability import NodeAvailability, build_availability
 from fogsim.scenario import DeviceClass, FleetSection, Scenario
 from fogsim.units import format_bytes
 
@@ -22,6 +27,9 @@ class Fleet:
     classes: list[DeviceClass]
     node_class: np.ndarray  # class index per node
     budgets: np.ndarray  # memory budget in bytes per node
+    ids: list[str]  # per node: its fleet file id, or its index
+    availability: NodeAvailability  # windows in time (none: always on)
+    file_rows: list[dict[str, Any]] | None = None  # per node: its fleet file fog, region, share
 
     @property
     def num_nodes(self) -> int:
@@ -37,19 +45,14 @@ class Fleet:
         tally = np.bincount(self.node_class, minlength=len(self.classes))
         return {c.name: int(n) for c, n in zip(self.classes, tally, strict=True)}
 
-    def available(self, rng: np.random.Generator) -> np.ndarray:
-        """Nodes that are up this round (each with its class's availability)."""
+    def available(self, rng: np.random.Generator, t: float = 0.0) -> np.ndarray:
+        """Nodes that are up for a round starting at simulated time ``t``: each with its
+        class's availability, and only inside its windows in time."""
         p = np.array([c.availability for c in self.classes])[self.node_class]
-        return np.flatnonzero(rng.random(self.num_nodes) < p)
-
-
-def simulated_seconds(device: DeviceClass, bytes_down: int, bytes_up: int, flops: float) -> float:
-    """Download + compute + upload time of one client round on ``device``, from its
-    class's link bandwidths and compute speed (a synchronous round takes as long as
-    its slowest sampled client)."""
-    down = bytes_down * 8 / (device.down_mbps * 1e6)
-    up = bytes_up * 8 / (device.up_mbps * 1e6)
-    return down + flops / device.flops + up
+        drawn = rng.random(self.num_nodes) < p
+        if self.availability.limited:
+            drawn &= self.availability.up(t)
+        return np.flatnonzero(drawn)
 
 
 def class_counts(section: FleetSection) -> list[int]:
@@ -67,13 +70,36 @@ def class_counts(section: FleetSection) -> list[int]:
 
 def build_fleet(section: FleetSection, seed: int) -> Fleet:
     rng = np.random.default_rng([seed, 0xF1EE7])
-    labels = np.repeat(np.arange(len(section.classes)), class_counts(section))
-    rng.shuffle(labels)
+    names = [c.name for c in section.classes]
+    inv = section.inventory
+    if inv is None:
+        labels = np.repeat(np.arange(len(section.classes)), class_counts(section))
+        rng.shuffle(labels)
+    else:
+        labels = np.array([names.index(m.class_name) for m in inv.members], dtype=np.int64)
     low = np.array([c.memory for c in section.classes], dtype=np.int64)[labels]
     high = np.array([c.memory_max or c.memory for c in section.classes], dtype=np.int64)[labels]
     drawn = np.floor(np.exp(rng.uniform(np.log(low), np.log(high))))  # float: may round
     budgets = np.where(high > low, np.clip(drawn.astype(np.int64), low, high), low)
-    return Fleet(list(section.classes), labels, budgets)
+    file_rows = None
+    if inv is not None:
+        own = np.array([m.memory or 0 for m in inv.members], dtype=np.int64)
+        budgets = np.where(own > 0, own, budgets)
+        file_rows = [
+            {"fog": m.fog or "", "region": m.region or "", "data_share": m.data_share or 1.0}
+            for m in inv.members
+        ]
+    ids = section.node_ids
+    availability = build_availability(
+        ids,
+        labels,
+        names,
+        [c.diurnal.model if c.diurnal else None for c in section.classes],
+        section.trace,
+        section.min_battery,
+        seed,
+    )
+    return Fleet(list(section.classes), labels, budgets, ids, availability, file_rows)
 
 
 def check_trainable(scenario: Scenario, fleet: Fleet) -> None:

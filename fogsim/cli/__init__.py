@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from fogsim import __version__
-from fogsim.cli import dynhp, run, study
+from fogsim.cli import dynhp, hardware, run, study
 from fogsim.cli.common import out
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ def main(
     """fogsim: federated fog-learning simulator."""
 
 
-for command in (run.run, run.validate, run.scenarios, study.report, study.compare, study.sweep):
+commands = (run.run, run.validate, run.scenarios, hardware.devices)
+for command in (*commands, study.report, study.compare, study.sweep):
     app.command()(command)
 app.command("dynhp")(dynhp.dynhp)

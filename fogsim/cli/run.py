@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -29,7 +30,7 @@ from fogsim.cli.common import (
     progress_bar,
 )
 from fogsim.device.memory import widest_fraction
-from fogsim.fleet import build_fleet
+from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
 from fogsim.study.results import (
     CHECKPOINT,
@@ -252,8 +253,9 @@ def round_problems(row: dict[str, Any]) -> str:
 
 
 def fleet_table(sc: Scenario) -> Table:
-    """Per class: size, budget, links, and the widest model each budget trains at the
-    minimum batch (``[dynhp] min_batch``); nodes that can train nothing, and why."""
+    """Per class: size, device and radio, budgets, links, availability, and the widest
+    model each budget trains at the minimum batch (``[dynhp] min_batch``); nodes that
+    can train nothing, and why."""
     fleet = build_fleet(sc.fleet, sc.run.seed)
     arch = sc.model.shape
     kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
@@ -264,17 +266,16 @@ def fleet_table(sc: Scenario) -> Table:
         f"({kind}): its share of the dense width and its neurons per layer (dense: {dense}); "
         "cannot train: nodes whose budget holds no model at all (they sit out)",
     )
-    cols = ("class", "nodes", "budget", "FLOP/s", "up/down Mbit/s", "avail.")
+    cols = ("class", "nodes", "device / radio", "budget", "FLOP/s", "up/down Mbit/s", "avail.")
     for col in (*cols, "widest model", "cannot train"):
-        table.add_column(col, justify="left" if col in ("class", "widest model") else "right")
+        left = col in ("class", "device / radio", "avail.", "widest model")
+        table.add_column(col, justify="left" if left else "right")
     counts = fleet.counts()
     need = sc.smallest_training_memory  # below this a node trains nothing
     for i, c in enumerate(sc.fleet.classes):
         budgets = fleet.budgets[fleet.node_class == i]
         low = int(budgets.min()) if len(budgets) else c.memory
-        budget = format_bytes(c.memory) + (
-            f"..{format_bytes(c.memory_max)}" if c.memory_max else ""
-        )
+        high = int(budgets.max()) if len(budgets) else c.memory_max or c.memory
         f = widest_fraction(arch, low, kind, batch)
         fit = arch.scaled(f).widths
         stuck = int((budgets < need).sum())
@@ -282,14 +283,30 @@ def fleet_table(sc: Scenario) -> Table:
         table.add_row(
             escape(c.name),
             str(counts[c.name]),
-            budget,
+            escape(f"{c.device or '-'} / {c.radio or '-'}"),
+            format_bytes(low) + (f"..{format_bytes(high)}" if high > low else ""),
             f"{c.flops:.3g}",
             f"{c.up_mbps:g}/{c.down_mbps:g}",
-            f"{c.availability:g}",
+            availability_text(sc, fleet, i),
             f"{f:.0%} " + "x".join(map(str, fit)) if f > 0 else "none",
             why,
         )
     return table
+
+
+def availability_text(sc: Scenario, fleet: Fleet, i: int) -> str:
+    """A class's availability: its per-round probability, then its windows in time
+    (the trace's, or its diurnal model's)."""
+    c = sc.fleet.classes[i]
+    text = f"{c.availability:g}"
+    mine = np.flatnonzero(fleet.node_class == i)
+    traced = sum(fleet.availability.windows[n] is not None for n in mine)
+    if traced:
+        text += ", trace" + (f" ({traced} of {len(mine)} nodes)" if traced < len(mine) else "")
+    if c.diurnal is not None and traced < len(mine):
+        d = c.diurnal
+        text += f", {d.share:.0%} of the day from {d.from_h:g}h ±{d.jitter_h:g}h"
+    return text
 
 
 def print_fleet(sc: Scenario, console: Console) -> None:

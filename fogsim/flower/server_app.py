@@ -71,12 +71,15 @@ def round_row(
         **{s: stats[s] for s in STATUSES if s != "ok"},
         "failed": stats["sampled"] - stats["aggregated"],
         **{f"failed_{c.name}": failed_by[c.name] for c in fleet.classes},
+        **{f"up_{name}": n for name, n in stats["up_by_class"].items()},
         "bytes_up": stats["bytes_up"],
         "bytes_down": stats.get("bytes_down_train", 0),
+        "sim_clock_s": stats["sim_clock_s"],
         "sim_time_s": stats["sim_time_s"],
         "mean_params": sum(r["params"] for r in trained) / len(trained) if trained else "",
         "union_params": stats.get("union_params", ""),
         "over_budget": sum(int(r.get("over_budget") or 0) for r in rows),
+        **strategy.energy_columns(),
     }
 
 

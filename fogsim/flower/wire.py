@@ -89,6 +89,7 @@ class ClientSpec(BaseModel):
     dynhp: DynHPConfig
     faults: FaultsSection
     threads: int  # torch intra-op threads of a client actor
+    shares: tuple[float, ...] | None = None  # per node: its relative share of the data
 
     @classmethod
     def of(cls, sc: Scenario) -> ClientSpec:
@@ -101,6 +102,7 @@ class ClientSpec(BaseModel):
             dynhp=sc.dynhp.device_config(),
             faults=sc.faults,
             threads=sc.simulation.torch_threads,
+            shares=sc.fleet.data_shares,
         )
 
 

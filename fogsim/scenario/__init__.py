@@ -10,13 +10,12 @@ from fogsim.scenario.files import (
     shown,
     validate_scenario,
 )
+from fogsim.scenario.fleet_section import DeviceClass, Diurnal, FleetSection
 from fogsim.scenario.schema import (
     DataSection,
-    DeviceClass,
     DynHPSection,
     FaultRates,
     FaultsSection,
-    FleetSection,
     ModelSection,
     RunSection,
     Scenario,
@@ -28,6 +27,7 @@ from fogsim.scenario.schema import (
 __all__ = [
     "DataSection",
     "DeviceClass",
+    "Diurnal",
     "DynHPSection",
     "FaultRates",
     "FaultsSection",

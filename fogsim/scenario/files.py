@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 import typing
@@ -169,8 +170,23 @@ def validate_scenario(
         raise ScenarioError(_format_errors(source, e, overrides or [])) from None
 
 
+# files a scenario names: a relative path in the scenario file is relative to the file,
+# one set with --set to the current directory; the resolved scenario holds them absolute
+PATH_FIELDS = (("fleet", "file"), ("fleet", "trace"))
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the file paths a scenario names absolute, relative to ``base``."""
+    for section, key in PATH_FIELDS:
+        table = raw.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
+            table[key] = os.path.abspath(os.path.join(base, os.path.expanduser(table[key])))
+    return raw
+
+
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override (``--set``) and validate a scenario file."""
     path = Path(path)
-    raw = apply_overrides(read_toml(path), overrides or [])
+    raw = resolve_paths(read_toml(path), path.parent)
+    raw = resolve_paths(apply_overrides(raw, overrides or []), Path.cwd())
     return validate_scenario(raw, shown(str(path)), overrides)

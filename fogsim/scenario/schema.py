@@ -10,14 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    model_validator,
-)
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from fogsim.data import DATASETS, PARTITIONINGS
 from fogsim.device.arch import Arch
@@ -25,15 +18,11 @@ from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.memory import training_memory
 from fogsim.device.models import IMAGE_SHAPE
 from fogsim.device.training import OPTIMIZERS
-from fogsim.units import format_bytes, parse_bytes
+from fogsim.scenario.base import Section
+from fogsim.scenario.fleet_section import FleetSection
 
-ByteSize = Annotated[int, BeforeValidator(parse_bytes)]
 MAX_CONV_BLOCKS = int(math.log2(min(IMAGE_SHAPE[1:])))  # each 2x2 pool halves the image
 MAX_PARAMS = 100_000_000  # the dense model lives on the server and on every client
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _file_name(name: str) -> str:
@@ -132,52 +121,6 @@ class DynHPSection(DynHPConfig):
         return DynHPConfig(**fields)
 
 
-class DeviceClass(Section):
-    name: str = Field(min_length=1)
-    share: float | None = Field(None, gt=0)
-    count: int | None = Field(None, ge=0)
-    memory: ByteSize
-    memory_max: ByteSize | None = Field(
-        None, description="if set, budgets are drawn log-uniform in [memory, memory_max]"
-    )
-    flops: float = Field(1e9, gt=0, description="compute speed, FLOP/s")
-    up_mbps: float = Field(10.0, gt=0, description="uplink bandwidth, Mbit/s")
-    down_mbps: float = Field(50.0, gt=0, description="downlink bandwidth, Mbit/s")
-    availability: float = Field(1.0, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _share_or_count(self) -> DeviceClass:
-        if (self.share is None) == (self.count is None):
-            raise ValueError("give exactly one of share or count")
-        if self.memory_max is not None and self.memory_max < self.memory:
-            raise ValueError(
-                f"memory_max: {format_bytes(self.memory_max)} is below memory "
-                f"{format_bytes(self.memory)}"
-            )
-        return self
-
-
-class FleetSection(Section):
-    nodes: int = Field(10, ge=1, le=1_000_000)
-    classes: list[DeviceClass] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _counts_fit(self) -> FleetSection:
-        names = [c.name for c in self.classes]
-        if len(set(names)) != len(names):
-            raise ValueError(f"device class names must be unique, got {names}")
-        if not math.isfinite(self.nodes * sum(c.share or 0.0 for c in self.classes)):
-            raise ValueError("class shares are too large; give relative shares such as 0.25")
-        counts = [c.count for c in self.classes]
-        if all(c is not None for c in counts) and sum(counts) != self.nodes:
-            raise ValueError(f"class counts sum to {sum(counts)} but nodes = {self.nodes}")
-        if any(c is not None for c in counts) and any(c is None for c in counts):
-            fixed = sum(c for c in counts if c is not None)
-            if fixed > self.nodes:
-                raise ValueError(f"class counts sum to {fixed} > nodes = {self.nodes}")
-        return self
-
-
 class StrategySection(Section):
     name: str = "fedavg"
     params: dict[str, Any] = {}
@@ -220,6 +163,19 @@ class SimulationSection(Section):
     round_timeout_s: float = Field(3600.0, gt=0)
     deadline_s: float | None = Field(
         None, gt=0, description="simulated seconds; slower clients' updates are dropped"
+    )
+    start_h: float = Field(
+        0.0,
+        ge=0,
+        le=24 * 365,
+        description="simulated clock time at which the run starts, hours (t = 0 is midnight "
+        "of day 1 on the clock that traces and diurnal models use)",
+    )
+    round_interval_s: float | None = Field(
+        None,
+        gt=0,
+        description="simulated seconds from one round's start to the next's, at least "
+        "(rounds on a schedule); none = the next round starts when this one ends",
     )
     min_replies: int = Field(
         1, ge=1, description="fewer good updates in a round: the previous model is kept"
@@ -309,6 +265,11 @@ class Scenario(Section):
                     f"faults.classes.{name}: no such class in fleet.classes; "
                     f"allowed: {', '.join(names)}"
                 )
+        if self.fleet.data_shares is not None and self.data.partitioning in ("shards", "draws"):
+            problems.append(
+                f"data.partitioning: {self.data.partitioning!r} gives every node the same "
+                "number of samples; fleet.file's data_share needs 'iid' or 'dirichlet'"
+            )
         if sim.min_replies > sim.clients_per_round:
             problems.append(
                 f"simulation.min_replies: {sim.min_replies} exceeds "

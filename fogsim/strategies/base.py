@@ -15,9 +15,13 @@
   sorted by fleet node before averaging so float sums are reproducible.
 - **Accounting.** Bytes sent and received per node and round are counted from the
   actual arrays on the wire; with the client's training FLOPs they give each client's
-  simulated time (``fogsim.fleet.simulated_seconds``). Clients slower than
+  simulated timeline and energy (``fogsim.hardware.energy``). Clients slower than
   ``deadline_s`` are stragglers: counted, and left out of the aggregate.
   :attr:`node_rows` and :attr:`round_stats` feed the results writer.
+- **Time.** Rounds run on a simulated clock (``fogsim.clock``): nodes are sampled
+  among those whose availability window covers the round's start, and a node whose
+  window ends before its own finish ``departed``: its update is lost, the energy it
+  spent until then counted.
 - **Untrusted replies.** Every sampled node ends the round with one status
   (:data:`~fogsim.study.results.STATUSES`): only ``ok`` updates are averaged. A reply
   with NaN/Inf is ``rejected`` before any strategy hook sees it; a crash (Flower error
@@ -42,11 +46,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fogsim.clock import RoundClock, cut_short
 from fogsim.device.memory import training_memory, widest_fraction
-from fogsim.fleet import Fleet, simulated_seconds
+from fogsim.fleet import Fleet
 from fogsim.flower import wire
+from fogsim.hardware.energy import Timeline, has_energy, node_energy, timeline
 from fogsim.scenario import Scenario
 from fogsim.study.results import STATUSES
+
+ENERGY_PARTS = ("energy_j", "energy_compute_j", "energy_radio_j", "energy_idle_j")
+MAX_WAITS = 1000  # window openings tried in search of a node on (low battery keeps one off)
 
 
 class FogStrategy(FedAvg):
@@ -72,6 +81,10 @@ class FogStrategy(FedAvg):
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
         self.holders: dict[int, int] = {}  # node -> last round it trained (holds a model)
+        sim = scenario.simulation
+        self.clock = RoundClock(sim.round_interval_s, now_s=sim.start_h * 3600.0)
+        self.timelines: dict[int, Timeline] = {}  # this round's, per node that replied
+        self.up_by_class = np.zeros(len(fleet.classes), dtype=int)  # nodes on, this round
 
     # --- the hooks -------------------------------------------------------------
     @abstractmethod
@@ -99,11 +112,12 @@ class FogStrategy(FedAvg):
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs besides the global model (picklable); strategies
         that remember more per-node state extend this and :meth:`load_state_dict`."""
-        return {"holders": self.holders}
+        return {"holders": self.holders, "clock_s": self.clock.now_s}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (called before the first resumed round)."""
         self.holders = state.get("holders", {})
+        self.clock.now_s = state.get("clock_s", self.clock.now_s)
 
     # --- sampling and messages -------------------------------------------------
     def sample(self, k: int, grid: Grid, server_round: int, stream: int = 0) -> list[int]:
@@ -115,11 +129,27 @@ class FogStrategy(FedAvg):
                 raise RuntimeError(
                     f"Flower registered {len(self.node_ids)} nodes, expected {expected}"
                 )
-        rng = np.random.default_rng([self.scenario.run.seed, server_round, stream])
-        up = self.fleet.available(rng)
+        up, rng = self.candidates(server_round, stream)
+        waits = 0
+        while stream == 0 and not self.takes_part[up].any() and waits < MAX_WAITS:
+            # nobody is on: the round starts when the first window opens
+            t = self.fleet.availability.next_open(self.clock.now_s, np.flatnonzero(self.takes_part))
+            if not np.isfinite(t):
+                break
+            self.clock.wait_until(t)
+            up, rng, waits = *self.candidates(server_round, stream), waits + 1
         if stream == 0:  # training: only nodes the strategy lets take part
+            self.up_by_class = np.bincount(
+                self.fleet.node_class[up], minlength=len(self.fleet.classes)
+            )
             up = up[self.takes_part[up]]
         return sorted(int(n) for n in rng.choice(up, size=min(k, len(up)), replace=False))
+
+    def candidates(self, server_round: int, stream: int) -> tuple[np.ndarray, np.random.Generator]:
+        """Nodes up at the round's start on the clock, and the round's generator to
+        sample them with (seeded by (seed, round, stream))."""
+        rng = np.random.default_rng([self.scenario.run.seed, server_round, stream])
+        return self.fleet.available(rng, self.clock.now_s), rng
 
     def _messages(
         self,
@@ -154,7 +184,9 @@ class FogStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         nodes = self.sample(self.scenario.simulation.clients_per_round, grid, server_round)
-        self.node_rows, self.round_stats = [], {"sampled": len(nodes)}
+        up = dict(zip((c.name for c in self.fleet.classes), self.up_by_class.tolist(), strict=True))
+        self.node_rows, self.round_stats = [], {"sampled": len(nodes), "up_by_class": up}
+        self.timelines = {}
         config[wire.ROUND] = server_round
         messages = self._messages(nodes, arrays, config, MessageType.TRAIN, server_round)
         self.sent = list(zip(nodes, messages, strict=True))
@@ -203,22 +235,32 @@ class FogStrategy(FedAvg):
         return sent.get(msg.metadata.reply_to_message_id)
 
     def arrived(self, msg: Message) -> tuple[int, str, dict[str, Any], float | None]:
-        """(fleet node, status, nodes.csv fields, simulated seconds) of a non-error
-        reply; no simulated time for a node that dropped out or refused to train."""
+        """(fleet node, status, nodes.csv fields, simulated seconds it kept the round
+        going) of a non-error reply: ``departed`` if its window closed before its own
+        finish, a ``straggler`` past the deadline; no time for a node that dropped out
+        or refused to train (a refusal's download is in :attr:`timelines`)."""
         metrics = msg.content[wire.METRICS]
         node, status = int(metrics[wire.NODE]), self.reply_status(msg)
         row = {k.replace("-", "_"): v for k, v in metrics.items() if k != wire.NODE}
+        device = self.fleet.device(node)
+        if status == "over_budget":
+            self.timelines[node] = timeline(device, self.bytes_down[node], 0, 0.0)
         if status in ("dropped", "over_budget"):
             return node, status, row, None
         # a rejected reply may lack weights or FLOPs: count what arrived
         up = wire.array_bytes(msg.content[wire.ARRAYS]) if wire.ARRAYS in msg.content else 0
         flops = float(metrics.get(wire.TRAIN_FLOPS, 0.0))
-        sim_s = simulated_seconds(self.fleet.device(node), self.bytes_down[node], up, flops)
+        tl = self.timelines[node] = timeline(device, self.bytes_down[node], up, flops)
+        row.update(bytes_up=up, sim_time_s=tl.total_s)
+        start = self.clock.now_s
+        gone = cut_short(start, tl.total_s, self.fleet.availability.until(node, start))
+        if gone is not None:
+            row["departed_s"] = gone
+            return node, "departed", row, gone
         deadline = self.scenario.simulation.deadline_s
-        if status == "ok" and deadline is not None and sim_s > deadline:
+        if status == "ok" and deadline is not None and tl.total_s > deadline:
             status = "straggler"
-        row.update(bytes_up=up, sim_time_s=sim_s)
-        return node, status, row, sim_s
+        return node, status, row, tl.total_s
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -239,52 +281,102 @@ class FogStrategy(FedAvg):
             node, status[node], rows[node], sim_s = self.arrived(msg)
             if sim_s is None:
                 continue
-            if status[node] != "rejected":
+            if status[node] not in ("rejected", "departed"):
                 self.on_reply(node, msg, straggler=status[node] == "straggler")
                 self.holders[node] = server_round
-            up += rows[node]["bytes_up"]
+            if status[node] != "departed":  # its upload never (fully) arrived
+                up += rows[node]["bytes_up"]
             sim_times.append(min(sim_s, deadline) if deadline else sim_s)
             if status[node] == "ok":
                 accepted.append(msg)
         if deadline and any(s in ("dropped", "timed_out") for s in status.values()):
             sim_times.append(deadline)  # the server waited for them until the deadline
-        self.record_round(server_round, status, rows)
+        round_s = max(sim_times, default=0.0)
+        self.record_round(server_round, status, rows, round_s)
         for node, what in sorted(status.items()):
             if what not in ("ok", "crashed"):  # crashes are named above, with their error
                 problems.append(f"node {node}: {what.replace('_', ' ')}")
         self.round_stats.update(
             aggregated=len(accepted),
             bytes_up=up,
-            sim_time_s=max(sim_times, default=0.0),
+            sim_time_s=round_s,
+            sim_clock_s=self.clock.now_s,
             problems=problems,
         )
+        self.clock.advance(round_s)
         if len(accepted) < self.scenario.simulation.min_replies:
             return None, None
         return self.aggregate(server_round, accepted)
 
+    def energy(self, node: int, what: str, row: dict[str, Any], round_s: float) -> dict[str, float]:
+        """nodes.csv energy fields of ``node`` (``fogsim.hardware.energy``): a node that
+        sent its update waits idle for the round to end; none if its class lacks a
+        figure or its timeline is unknown (it dropped out, crashed or never replied)."""
+        tl = self.timelines.get(node)
+        if tl is None or what in ("dropped", "crashed", "timed_out"):
+            return {}
+        waits = what in ("ok", "straggler", "rejected")
+        e = node_energy(
+            self.fleet.device(node),
+            tl,
+            self.bytes_down[node],
+            int(row.get("bytes_up") or 0),
+            wait_s=max(0.0, round_s - tl.total_s) if waits else 0.0,
+            stop_s=row.get("departed_s"),
+        )
+        if e is None:
+            return {}
+        parts = (e.total_j, e.compute_j, e.radio_j, e.idle_j)
+        return dict(zip(ENERGY_PARTS, parts, strict=True))
+
     def record_round(
-        self, server_round: int, status: dict[int, str], rows: dict[int, dict[str, Any]]
+        self,
+        server_round: int,
+        status: dict[int, str],
+        rows: dict[int, dict[str, Any]],
+        round_s: float,
     ) -> None:
-        """One nodes.csv row per sampled node, and the round's counts per status."""
+        """One nodes.csv row per sampled node (with its energy and, from a trace, its
+        battery level), and the round's counts per status and energy per class."""
+        energy: Counter[str] = Counter()
         for node in sorted(status):
+            row = rows.get(node, {})
+            spent = self.energy(node, status[node], row, round_s)
+            battery = self.fleet.availability.battery(node, self.clock.now_s)
+            cls = self.fleet.device(node).name
             self.node_rows.append(
                 {
                     "round": server_round,
                     "node": node,
-                    "class": self.fleet.device(node).name,
+                    "class": cls,
                     "budget_bytes": self.fleet.budget(node),
                     "status": status[node],
                     "bytes_down": self.bytes_down[node],
-                    **rows.get(node, {}),
+                    **row,
+                    **spent,
+                    "battery": "" if battery is None else battery,
                 }
             )
+            energy.update(spent)
+            energy[f"energy_j_{cls}"] += spent.get("energy_j", 0.0)
         tally = Counter(status.values())
         self.round_stats.update(
             **{s: tally[s] for s in STATUSES if s != "ok"},
             failed_by_class=Counter(
                 self.fleet.device(n).name for n, s in status.items() if s != "ok"
             ),
+            energy=energy,
         )
+
+    def energy_columns(self) -> dict[str, float]:
+        """rounds.csv energy of the round just ended: per class with every energy
+        figure (``energy_j_<class>``), and totals by part when every class has them."""
+        spent = self.round_stats.get("energy", Counter())
+        known = [c.name for c in self.fleet.classes if has_energy(c)]
+        out = {f"energy_j_{c}": spent[f"energy_j_{c}"] for c in known}
+        if len(known) == len(self.fleet.classes):
+            out |= {k: spent[k] for k in ENERGY_PARTS}
+        return out
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

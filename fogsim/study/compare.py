@@ -13,7 +13,15 @@ from typing import Any
 from fogsim.study.plots import plot_cost_overlay, plot_overlay
 from fogsim.study.report import Table, fmt, own_cell
 from fogsim.study.results import strategy_name
-from fogsim.study.series import class_order, column, cumulative, load_run, num, round_time
+from fogsim.study.series import (
+    class_order,
+    column,
+    cumulative,
+    elapsed,
+    load_run,
+    num,
+    round_time,
+)
 
 COLUMNS = [
     "run",
@@ -24,7 +32,9 @@ COLUMNS = [
     "rounds_to_target",
     "bytes_to_target",
     "time_to_target_s",
+    "energy_to_target_j",
     "total_bytes",
+    "total_energy_j",
     "mean_round_time_s",
     "round_time_source",
     "compression",
@@ -56,7 +66,8 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
         total = int(total) if total.is_integer() else total
     source, times = round_time(run)
     traffic = cumulative([(u or 0) + (d or 0) for u, d in zip(up or [], down or [], strict=False)])
-    clock = cumulative(times)
+    clock = elapsed(run)[1]
+    energy = cumulative(column(rounds, "energy_j") or [None] * len(rounds))
     hit = next((i for i, a in enumerate(acc) if a is not None and a >= target), None)
     smallest = class_order(run)[-1] if class_order(run) else None
     times = [t for t in times if t is not None]
@@ -75,13 +86,16 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
         "rounds_to_target": reached[0] if reached else None,
         "bytes_to_target": traffic[hit] if hit is not None and traffic else None,
         "time_to_target_s": clock[hit] if hit is not None else None,
+        "energy_to_target_j": energy[hit] if hit is not None else None,
         "total_bytes": total,
+        "total_energy_j": energy[-1] if energy else None,
         "mean_round_time_s": sum(times) / len(times) if times else None,
         "round_time_source": source,
         "compression": compression,
         **own_accuracy_columns(run.get("summary", {}).get("classes", {})),
         "series": ([r["round"] for r in rounds], acc),
         "cost": (traffic, clock, source, smallest, column(rounds, f"acc_{smallest}")),
+        "energy": energy,
     }
 
 
@@ -105,7 +119,7 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
     table = Table(
         title,
         ["run", "strategy", "rounds", "final acc", "best acc", f"rounds to {target:g}"]
-        + ["bytes up+down", "mean round time (s)", "compression"]
+        + ["bytes up+down", "mean round time (s)", "compression", f"energy to {target:g} (J)"]
         + [f"{c} devices: mean (min)" for c in classes],
     )
     for m in rows:
@@ -120,6 +134,7 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
                 fmt(m["total_bytes"], "int"),
                 fmt(m["mean_round_time_s"], "s") + f" ({m['round_time_source']})",
                 fmt_ratio(m["compression"]),
+                fmt(m["energy_to_target_j"], "int"),
                 *(own_cell(m.get(f"acc_{c}"), m.get(f"acc_{c}_min")) for c in classes),
             ]
         )
@@ -154,4 +169,12 @@ def compare(
     png = plot_overlay(series, out_dir / "compare_accuracy.png", target)
     labelled = [(label, m["series"][1], *m["cost"]) for label, m in zip(labels, rows, strict=True)]
     plot_cost_overlay(labelled, out_dir / "compare_cost.png", target)
+    by_energy = [
+        (label, [None if e is None else e / 1e3 for e in m["energy"]], m["series"][1], None)
+        for label, m in zip(labels, rows, strict=True)
+        if any(e is not None for e in m["energy"])
+    ]
+    if by_energy:
+        title, xlabel = "global test accuracy vs energy", "cumulative energy of sampled nodes (kJ)"
+        plot_overlay(by_energy, out_dir / "compare_energy.png", target, title, xlabel)
     return rows, csv_path, png

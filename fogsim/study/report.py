@@ -12,6 +12,7 @@ from typing import Any
 from fogsim.study import plots
 from fogsim.study.results import strategy_name
 from fogsim.study.series import (
+    class_energy,
     class_order,
     class_sizes,
     column,
@@ -64,6 +65,7 @@ def round_table(run: dict[str, Any]) -> Table:
         ("client_accuracy", "acc"),
         ("bytes_up", "int"),
         ("bytes_down", "int"),
+        ("energy_j", "int"),
     ]
     cols = [(c, k) for c, k in cols if column(rounds, c) is not None]
     if any(num(r.get("failed")) for r in rounds):  # clients that did not count
@@ -82,8 +84,9 @@ def round_table(run: dict[str, Any]) -> Table:
 
 def class_table(run: dict[str, Any]) -> Table:
     """Per device class: size, budget, final params and batch size, peak memory,
-    participation (node-rounds trained / (rounds x class size)), and node-rounds whose
-    update was not averaged (crashed, dropped, rejected, ...: ``status`` in nodes.csv)."""
+    participation (node-rounds trained / (rounds x class size)), node-rounds whose
+    update was not averaged (crashed, dropped, rejected, ...: ``status`` in nodes.csv),
+    and energy (per node-round and in all, over node-rounds whose energy is known)."""
     sizes = class_sizes(run)
     budgets: dict[str, list[float]] = defaultdict(list)
     for row in run["fleet"]:
@@ -98,6 +101,8 @@ def class_table(run: dict[str, Any]) -> Table:
     headers = ["class", "nodes", "budget bytes", "params (final mean)", "batch size (final)"]
     headers += ["peak memory (max)", "peak / own budget (max)", "node-rounds"]
     headers += ["participation", "devices' accuracy: mean (min)", "failed"]
+    headers += ["energy J per node-round (mean)", "energy J (total)"]
+    energy = class_energy(run)
     final = run.get("summary", {}).get("classes", {})
     idle = idle_reasons(run, budgets)
     table = Table("per device class", headers)
@@ -122,6 +127,8 @@ def class_table(run: dict[str, Any]) -> Table:
                 fmt(share, "%") + (f" ({idle[c]})" if trained == 0 and c in idle else ""),
                 own_cell(final.get(c, {}).get("mean"), final.get(c, {}).get("min")),
                 str(failed),
+                fmt(energy[c]["mean"]) if c in energy else NA,
+                fmt(energy[c]["total"], "int") if c in energy else NA,
             ]
         )
     return table
@@ -176,6 +183,8 @@ def write_report(run_dir: str | Path) -> Report:
         plots.plot_classes(run, d / "classes.png"),
         plots.plot_memory(run, d / "memory.png"),
         plots.plot_participation(run, d / "participation.png"),
+        plots.plot_availability(run, d / "availability.png"),
+        plots.plot_energy(run, d / "energy.png"),
     ]
     drawn = [p for p in drawn if p is not None]
     tables = [round_table(run), class_table(run)]

@@ -43,7 +43,16 @@ def atomic_write(path: Path, write: Any) -> None:
 
 # What became of a sampled node's training in a round (``status`` in nodes.csv); only
 # ``ok`` updates are averaged, and TRAINED ones ran on the device.
-STATUSES = ("ok", "straggler", "dropped", "timed_out", "crashed", "rejected", "over_budget")
+STATUSES = (
+    "ok",
+    "straggler",
+    "dropped",
+    "departed",
+    "timed_out",
+    "crashed",
+    "rejected",
+    "over_budget",
+)
 TRAINED = ("ok", "straggler")
 
 NODE_COLUMNS = [
@@ -65,8 +74,27 @@ NODE_COLUMNS = [
     "bytes_down",
     "bytes_up",
     "sim_time_s",
+    "departed_s",
+    "battery",
+    "energy_j",
+    "energy_compute_j",
+    "energy_radio_j",
+    "energy_idle_j",
 ]
 
+
+# a node's figures in fleet.csv (its class's: catalogue or scenario)
+FIGURES = (
+    "flops",
+    "up_mbps",
+    "down_mbps",
+    "latency_ms",
+    "active_w",
+    "idle_w",
+    "tx_j_per_byte",
+    "rx_j_per_byte",
+    "connect_j",
+)
 
 DEVICE_COLUMNS = ["node", "class", "budget_bytes", "last_round", "params", "accuracy", "loss"]
 
@@ -140,18 +168,23 @@ class RunWriter:
         atomic_write(self.dir / name, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
 
     def fleet_table(self, fleet: Fleet) -> None:
-        """fleet.csv: each node's class, its own budget, speed and links."""
+        """fleet.csv: each node's class, its own budget, its figures (device, radio,
+        speed, links, power) and, for a fleet from a file, its id, fog node, region
+        and data share."""
         rows = []
         for node in range(fleet.num_nodes):
             d = fleet.device(node)
+            figures = {f: "" if getattr(d, f) is None else getattr(d, f) for f in FIGURES}
             rows.append(
                 {
                     "node": node,
+                    "id": fleet.ids[node],
                     "class": d.name,
                     "budget_bytes": fleet.budget(node),
-                    "flops": d.flops,
-                    "up_mbps": d.up_mbps,
-                    "down_mbps": d.down_mbps,
+                    "device": d.device or "",
+                    "radio": d.radio or "",
+                    **figures,
+                    **(fleet.file_rows[node] if fleet.file_rows else {}),
                 }
             )
         (self.dir / "fleet.csv").unlink(missing_ok=True)

@@ -128,3 +128,39 @@ def slowest_class(run: dict[str, Any]) -> dict[int, str]:
         if t is not None and t > slowest.get(n["round"], (-1.0, ""))[0]:
             slowest[n["round"]] = (t, n["class"])
     return {r: c for r, (_, c) in slowest.items()}
+
+
+def elapsed(run: dict[str, Any]) -> tuple[str, list[float | None]]:
+    """Simulated seconds from the run's start to the end of each round and their
+    source: the clock (``sim_clock_s``: rounds may wait for a schedule or for nodes to
+    come on), else cumulative round times (simulated, or wall-clock)."""
+    source, times = round_time(run)
+    starts = column(run["rounds"], "sim_clock_s")
+    if starts is None or starts[0] is None:
+        return source, cumulative(times)
+    return source, [
+        None if s is None or t is None else s - starts[0] + t
+        for s, t in zip(starts, times, strict=True)
+    ]
+
+
+PARTS = ("compute", "radio", "idle")
+
+
+def class_energy(run: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per class, from nodes.csv: node-rounds with a known energy (``n``), their mean
+    energy in all and by part (J), and the class's total (J)."""
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for row in run["nodes"]:
+        if (total := num(row.get("energy_j"))) is None:
+            continue
+        s = sums[row["class"]]
+        s["n"] += 1
+        s["total"] += total
+        for part in PARTS:
+            s[part] += num(row.get(f"energy_{part}_j")) or 0.0
+    return {
+        c: {"n": s["n"], "total": s["total"], "mean": s["total"] / s["n"]}
+        | {part: s[part] / s["n"] for part in PARTS}
+        for c, s in sums.items()
+    }

@@ -228,6 +228,8 @@ commands = st.sampled_from(["validate", "run"])
 def test_mutated_scenario_files(case: tuple[dict[str, Any], list[str]], command: str) -> None:
     doc, touched = case
     with scratch() as d:
+        for companion in (ROOT / "scenarios").glob("*.csv"):  # fleet files, traces
+            shutil.copy(companion, d)
         path = d / "scenario.toml"
         path.write_text(to_toml(doc), encoding="utf-8")
         names = [n for t in touched for n in prefixes(t)] + CROSS

@@ -62,3 +62,90 @@ def test_ray_simulation_writes_results_and_is_seeded(tiny_scenario: Path, tmp_pa
     # the local Ray cluster (gcs_server, raylet, ...) was started by this process
     left = subprocess.run(["pgrep", "-a", "-P", str(os.getpid())], capture_output=True, text=True)
     assert left.stdout == "", f"processes left behind: {left.stdout}"
+
+
+DEVICES_TOML = """
+[run]
+name = "field"
+seed = 7
+rounds = 3
+
+[model]
+hidden = [64, 32]
+
+[train]
+lr = 0.1
+
+[fleet]
+file = "fleet.csv"
+trace = "trace.csv"
+
+[[fleet.classes]]
+name = "small"
+device = "esp32-s3"
+radio = "lora"
+
+[[fleet.classes]]
+name = "big"
+device = "raspberry-pi-4"
+memory = "8MiB"
+
+[strategy]
+name = "mask-union"
+
+[simulation]
+clients_per_round = 5
+round_interval_s = 600
+"""
+FLEET = "id,class,memory,data_share\n" + "".join(
+    f"gw{i},big,,2\n" if i < 4 else f"s{i},small,512KiB,1\n" for i in range(10)
+)
+TRACE = "class,start_s,end_s\nsmall,0,100\n"  # the sensors leave 100 s into round 1
+
+
+def test_a_field_of_catalogue_devices_with_a_trace(tmp_path: Path) -> None:
+    """Catalogue classes, a fleet file and a trace in a real run: energy per node-round
+    as the energy model computes it from the node's own row, rounds on the clock, and
+    nodes whose window closes mid-round departing with their update lost."""
+    from fogsim.hardware.energy import node_energy, timeline
+    from fogsim.scenario import DeviceClass
+
+    for name, text in (("sc.toml", DEVICES_TOML), ("fleet.csv", FLEET), ("trace.csv", TRACE)):
+        (tmp_path / name).write_text(text)
+    run = run_cli(tmp_path / "sc.toml", tmp_path / "out")
+    rounds, nodes, fleet = run["rounds"], run["nodes"], run["fleet"]
+    ids = [f"gw{i}" for i in range(4)] + [f"s{i}" for i in range(4, 10)]
+    assert [f["id"] for f in fleet] == ids and [f["node"] for f in fleet] == list(range(10))
+    assert [f["data_share"] for f in fleet] == [2.0] * 4 + [1.0] * 6
+    examples = {n["class"]: n["num_examples"] for n in nodes}  # the clients' own split
+    assert 1.9 < examples["big"] / examples["small"] < 2.1, examples
+    assert [r["sim_clock_s"] for r in rounds] == [0.0, 600.0, 1200.0]  # a round every 10 min
+    first = [n for n in nodes if n["round"] == 1]
+    gone = [n for n in first if n["class"] == "small"]
+    assert gone and all(n["status"] == "departed" and n["departed_s"] == 100.0 for n in gone)
+    assert rounds[0]["departed"] == len(gone)
+    assert rounds[0]["aggregated"] == len(first) - len(gone)
+    assert all(n["class"] == "big" for n in nodes if n["round"] > 1), "sensors are off after 100 s"
+    assert [r["up_small"] for r in rounds] == [6, 0, 0]
+    for n in nodes:  # each row's energy, from the row's own bytes and FLOPs
+        row = fleet[n["node"]]
+        dev = DeviceClass(name="x", count=1, memory=1, **{k: row[k] for k in FIGURES})
+        tl = timeline(dev, n["bytes_down"], n["bytes_up"], n["train_flops"])
+        assert n["sim_time_s"] == pytest.approx(tl.total_s)
+        r = rounds[n["round"] - 1]
+        wait = 0.0 if n["status"] == "departed" else r["sim_time_s"] - tl.total_s
+        stop = n["departed_s"] if n["status"] == "departed" else None
+        e = node_energy(dev, tl, n["bytes_down"], n["bytes_up"], wait_s=wait, stop_s=stop)
+        assert e is not None and n["energy_j"] == pytest.approx(e.total_j)
+    for r in rounds:
+        mine = [n["energy_j"] for n in nodes if n["round"] == r["round"]]
+        assert r["energy_j"] == pytest.approx(sum(mine))
+        assert r["energy_j"] == pytest.approx(r["energy_j_big"] + r["energy_j_small"])
+    result = runner.invoke(app, ["report", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    for png in ("energy.png", "availability.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
+
+
+FIGURES = ("flops", "up_mbps", "down_mbps", "latency_ms", "active_w", "idle_w")
+FIGURES += ("tx_j_per_byte", "rx_j_per_byte", "connect_j")

@@ -220,3 +220,34 @@ def test_report_says_why_a_class_sat_out(scenario_file: Path, tmp_path: Path) ->
     cells = dict(zip(table.headers, next(r for r in table.rows if r[0] == "small"), strict=True))
     need = format_bytes(sc.smallest_training_memory)
     assert cells["participation"] == f"0% (budget ≤ 1KiB < {need}, the narrowest model)"
+
+
+def test_energy_in_report_and_compare_from_the_run_files(tmp_path: Path) -> None:
+    """Energy columns as a run writes them: per class in the report's table and plot,
+    energy to a target and in all in compare.csv (no Ray: the files are written here)."""
+    from fogsim.study.report import class_table, write_report
+    from fogsim.study.results import RunWriter
+    from fogsim.study.series import load_run as load_report_run
+
+    writer = RunWriter(tmp_path / "run")
+    rounds = [
+        {"round": 1, "accuracy": 0.5, "loss": 1.0, "sim_clock_s": 0.0, "sim_time_s": 10.0},
+        {"round": 2, "accuracy": 0.8, "loss": 0.5, "sim_clock_s": 60.0, "sim_time_s": 10.0},
+        {"round": 3, "accuracy": 0.9, "loss": 0.4, "sim_clock_s": 120.0, "sim_time_s": 10.0},
+    ]
+    parts = {"energy_compute_j": 1.0, "energy_radio_j": 2.0, "energy_idle_j": 3.0}
+    for r in rounds:
+        r.update(energy_j=12.0, energy_j_a=6.0, energy_j_b=6.0, up_a=int(r["round"] > 1), up_b=1)
+        row = {"round": r["round"], "status": "ok", "energy_j": 6.0, **parts}
+        writer.nodes.append([{**row, "node": 0, "class": "a"}, {**row, "node": 1, "class": "b"}])
+    writer.rounds.append(rounds)
+    (tmp_path / "run" / "fleet.csv").write_text("node,class,budget_bytes\n0,a,1000\n1,b,1000\n")
+    table = class_table(load_report_run(tmp_path / "run"))
+    cells = dict(zip(table.headers, table.rows[0], strict=True))
+    assert cells["energy J per node-round (mean)"] == "6" and cells["energy J (total)"] == "18"
+    report = write_report(tmp_path / "run")
+    assert {p.name for p in report.plots} >= {"energy.png", "availability.png"}
+    assert_png(tmp_path / "run" / "energy.png")
+    m = run_metrics(tmp_path / "run", 0.8)
+    assert m["energy_to_target_j"] == 24.0 and m["total_energy_j"] == 36.0
+    assert m["time_to_target_s"] == 70.0  # on the clock: round 2 started at 60 s, took 10
