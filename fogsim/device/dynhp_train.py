@@ -21,7 +21,7 @@ from torch import nn
 from fogsim.device.dynhp import DynHP, DynHPConfig
 from fogsim.device.memory import max_batch_size, optimizer_kind, training_memory
 from fogsim.device.models import FogNet
-from fogsim.device.training import optimizer_of_kind
+from fogsim.device.training import clip_gradients, masked_logits, optimizer_of_kind
 
 
 @dataclass
@@ -122,6 +122,8 @@ def train_dynhp(
     lr_batch: int | None = None,
     batch: int | None = None,
     generator: torch.Generator | None = None,
+    clip: float | None = None,
+    label_mask: torch.Tensor | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with DynHP for ``epochs`` passes over ``x, y``.
 
@@ -132,6 +134,8 @@ def train_dynhp(
     by ``lr_scaling`` as the batch changes. ``batch`` fixes the batch when
     ``cfg.dynamic_batch`` is off (default: the budget's batch at the start). Returns
     per-step stats; the optimizer used is ``stats.optimizer`` so callers can continue it.
+    ``clip`` and ``label_mask`` are as in ``fogsim.device.training.train_epochs``
+    (neurons are scored on the gradients before clipping).
     """
     cfg, kind = dynhp.cfg, optimizer_kind(optimizer)
     t0, stats, n = time.perf_counter(), TrainStats(), len(x)
@@ -158,9 +162,10 @@ def train_dynhp(
         # 2. one step; neurons are scored between backward and the update
         idx = shuffle.take(min(bs, total - seen))
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[idx]), y[idx])
+        loss = loss_fn(masked_logits(model(x[idx]), label_mask), y[idx])
         loss.backward()
         dynhp.update_scores(model)
+        clip_gradients(model, clip)
         opt.step()
         seen, step = seen + len(idx), step + 1
         progress = p0 + (p1 - p0) * seen / total

@@ -43,8 +43,16 @@ from fogsim.strategies.submodel import SubModelStrategy
 class MaskUnion(SubModelStrategy):
     mode = "dynhp"
 
-    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
-        super().__init__(scenario, fleet)
+    def __init__(
+        self,
+        scenario: Scenario,
+        fleet: Fleet,
+        *,
+        scaler: bool = False,
+        clip_grad: float | None = None,
+        label_mask: bool = False,
+    ) -> None:
+        super().__init__(scenario, fleet, scaler=scaler, clip_grad=clip_grad, label_mask=label_mask)
         self.dynhp_state: dict[int, ArrayRecord] = {}
         self.participations: dict[int, int] = {}
         sc = scenario
