@@ -14,7 +14,8 @@ each a keyword parameter, sent to the client in the message config):
   by global width / its width (HeteroFL's ``Scaler``, ``1/rate``; identity in a
   deployed model: ``fogsim.device.models``), so narrow and wide models train weights
   of the same magnitude;
-- ``clip_grad``: clip each step's gradient norm (both reference codes clip to 1);
+- ``clip_grad``: clip each step's gradient norm to this (both reference codes clip
+  to 1; 0 or None: no clipping);
 - ``label_mask``: the client zeroes the logits of labels absent from its data while
   training and replies its examples per label; the output layer's row of label ``c``
   is then averaged only over the clients that hold label ``c`` (HeteroFL's
@@ -56,9 +57,10 @@ class SubModelStrategy(FogStrategy):
         label_mask: bool = False,
     ) -> None:
         super().__init__(scenario, fleet)
-        if clip_grad is not None and not clip_grad > 0:
-            raise ValueError(f"clip_grad must be positive or None, not {clip_grad}")
-        self.scaler, self.clip_grad, self.label_mask = bool(scaler), clip_grad, bool(label_mask)
+        if clip_grad is not None and not clip_grad >= 0:
+            raise ValueError(f"clip_grad must be >= 0 (0: no clipping), not {clip_grad}")
+        self.scaler, self.label_mask = bool(scaler), bool(label_mask)
+        self.clip_grad = float(clip_grad) if clip_grad else None
         self.widths = self.arch.widths
         self.takes_part = fleet.budgets >= self.budget_for(0.0)  # width 1 fits
         self.global_state: dict[str, np.ndarray] = {}

@@ -147,6 +147,17 @@ def test_client_applies_the_care_a_message_asks(tiny_scenario, name) -> None:
     assert counts.tolist() == torch.bincount(y, minlength=10).tolist()
 
 
+def test_rivals_train_as_their_reference_code_and_mask_union_plainly(tiny_scenario) -> None:
+    sc = load_scenario(tiny_scenario)
+    fleet = build_fleet(sc.fleet, 0)
+    for name in ("heterofl", "fedrolex"):
+        assert STRATEGIES[name](sc, fleet).care() == {wire.CLIP: 1.0, wire.LABEL_MASK: 1}
+        assert STRATEGIES[name](sc, fleet, clip_grad=0, label_mask=False).care() == {}
+    assert STRATEGIES["mask-union"](sc, fleet).care() == {}
+    with pytest.raises(ValueError, match="clip_grad"):
+        STRATEGIES["heterofl"](sc, fleet, clip_grad=-1.0)
+
+
 # --- aggregation of output rows by label --------------------------------------------------
 def reply(state: dict, kept, n: int, node: int, counts: list[int] | None) -> Message:
     content = RecordDict(
