@@ -1,25 +1,49 @@
 """``mask-union`` (default for pruning fleets): DynHP on every client, union of masks.
 
-- **Sub-model extraction.** A node that has trained before gets back exactly the
-  neurons it kept (its DynHP mask). A new node gets, per group, the ``k`` neurons of
-  largest incoming-weight L2 norm in the current global model (weight-norm is the
-  importance the server can compute without data), ``k = ceil(f * width)`` for the
-  largest fraction ``f`` its budget trains at the minimum batch (memory model).
-- **Local training.** The client runs DynHP under its budget: it prunes further on the
-  schedule and grows its batch into the memory freed. The schedule runs across rounds:
-  a node's progress is its participations so far over ``[dynhp] participations``.
-- **Per-device target.** A device prunes only as far as its budget asks: its target
-  compression is ``min([dynhp] target_compression, dense / the widest model it trains
-  at max_batch)``, at least 1. A cloudlet that trains the dense model at the largest
-  batch keeps it; a sensor goes to the full target. (A fleet-wide 10x would shrink
-  every device, and the federation with it, to a tenth of the model.)
-- **Client state lives on the server.** The node's mask (``kept``) and DynHP state
-  (scores, gate streaks) come back in the reply and are sent with its next message,
+- **Masks** (``masks``, default ``"nested"``). Each round the server sends a node the
+  neurons it holds: per group, the first ``k = ceil(f * width)`` of one fixed neuron
+  order, ``f`` the largest width fraction its budget trains at the minimum batch
+  (memory model). The order is the initial global model's incoming-weight L2 norm,
+  largest first (weight-norm is the importance the server can compute without
+  data), fixed at the first round and kept in checkpoints. So masks are nested:
+  every device of a budget holds the same neurons, a smaller device a prefix of a
+  bigger one's, and the neurons small devices deploy are trained by every device.
+  ``masks = "own"`` is the earlier design: a node keeps its own DynHP mask from
+  round to round (a new node starts from the top-k by weight norm of the current
+  global model), so each device's mask drifts its own way.
+- **Local training.** The client runs DynHP under its budget: importance scores,
+  pruning on the schedule, the batch growing into the memory freed and the LR
+  following the batch (``[dynhp] lr_scaling``). The schedule runs across rounds: a
+  node's progress is its participations so far over ``[dynhp] participations``.
+  With nested masks the node starts each round from its prefix with fresh DynHP
+  state; with own masks its DynHP state (scores, gate streaks) travels with it.
+- **Per-device target** (``target_batch``, default ``"min"``). A device prunes only
+  as far as its budget asks: its target compression is ``min([dynhp]
+  target_compression, dense / the widest model it trains at the batch)``, at least 1,
+  the batch being ``[dynhp] min_batch`` (``"min"``) or ``max_batch`` (``"max"``, the
+  earlier design). A device deploys its final mask, so ``"min"`` keeps every neuron
+  it can train at the minimum batch, and DynHP removes neurons only where the budget
+  demands it; ``"max"`` prunes further to train at the largest batch.
+- **Client state lives on the server.** The node's mask (``kept``) and, with own
+  masks, its DynHP state come back in the reply and are sent with its next message,
   so clients are stateless (Flower's ``context.state`` is not needed, and a
   checkpoint of the server is a checkpoint of the whole fleet).
 - **Aggregation.** Element-wise ``sum n_k m_k w_k / sum n_k m_k`` over the clients
   holding each parameter (``SubModelStrategy``); the global model is the union of
   the client masks.
+- **Training care** (``scaler``, ``clip_grad``, ``label_mask``): as in
+  ``SubModelStrategy``, all off by default (on the fleet5 scenarios none of them
+  helped mask-union; see ``RESEARCH.md``).
+
+Why these defaults (``RESEARCH.md``: fleet5 MNIST / Fashion-MNIST, IID and
+Dirichlet(0.3), MLP and CNN, by the accuracy each device's own model reaches): with
+own masks every small device deployed a different sub-network that only it had
+trained on its own, and pruning to the max-batch target removed ~11% more of a
+sensor's parameters than its budget required; both cost the smallest devices their
+mean and, above all, their minimum. Re-choosing masks each round by the current
+global model's weight norms (or by DynHP scores aggregated on the server) gave the
+best mean but a device that last trained in round 2 deploys a round-2 mask that
+later rounds moved away from (sensor minimum 0.81-0.93 against 0.94 for the rest).
 """
 
 from __future__ import annotations
@@ -28,7 +52,7 @@ import math
 from typing import Any, Literal
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message
 
 from fogsim.device.memory import widest_fraction
 from fogsim.device.pruning import Kept
@@ -37,6 +61,9 @@ from fogsim.flower import wire
 from fogsim.scenario import Scenario
 from fogsim.strategies.registry import register
 from fogsim.strategies.submodel import SubModelStrategy
+
+MASKS = ("nested", "own")
+TARGET_BATCHES = ("min", "max")
 
 
 @register("mask-union")
@@ -48,32 +75,19 @@ class MaskUnion(SubModelStrategy):
         scenario: Scenario,
         fleet: Fleet,
         *,
+        masks: Literal["nested", "own"] = "nested",
+        target_batch: Literal["min", "max"] = "min",
         scaler: bool = False,
         clip_grad: float | None = None,
         label_mask: bool = False,
-        steer: bool = False,
-        fixed_order: bool = False,
-        stickiness: float = 0.0,
-        regrow: bool = False,
-        target_batch: Literal["max", "min"] = "max",
-        importance_ema: float = 0.5,
-        importance_prior: Literal["weight-norm", "rank"] = "weight-norm",
     ) -> None:
         super().__init__(scenario, fleet, scaler=scaler, clip_grad=clip_grad, label_mask=label_mask)
-        if target_batch not in ("max", "min"):
-            raise ValueError(f"target_batch must be 'max' or 'min', not {target_batch!r}")
-        if not 0 <= importance_ema < 1:
-            raise ValueError(f"importance_ema must be in [0, 1), not {importance_ema}")
-        self.steer, self.regrow = bool(steer), bool(regrow)
-        self.fixed_order = bool(fixed_order)
-        self.order: list[np.ndarray] | None = None
-        self.stickiness = float(stickiness)
-        self.last_top: dict[tuple[int, ...], Kept] = {}
-        self.target_batch, self.importance_ema = target_batch, float(importance_ema)
-        self.importance_prior = importance_prior
-        # per group, the server's importance of every global neuron (steer)
-        self.importance: list[np.ndarray] | None = None
-        self.sent_kept: dict[int, Kept] = {}  # this round: node -> the neurons it was sent
+        if masks not in MASKS:
+            raise ValueError(f"masks must be one of {', '.join(MASKS)}, not {masks!r}")
+        if target_batch not in TARGET_BATCHES:
+            raise ValueError(f"target_batch must be 'min' or 'max', not {target_batch!r}")
+        self.masks, self.target_batch = masks, target_batch
+        self.order: list[np.ndarray] | None = None  # nested: per group, neurons by rank
         self.dynhp_state: dict[int, ArrayRecord] = {}
         self.participations: dict[int, int] = {}
         sc = scenario
@@ -82,62 +96,46 @@ class MaskUnion(SubModelStrategy):
 
     def target(self, node: int) -> float:
         """The node's target compression: ``min(target_compression, dense / widest model
-        it trains at max_batch)``, at least 1 (computed when the node is sampled)."""
+        it trains at the min or max batch)``, at least 1 (computed when it is sampled)."""
         dynhp = self.scenario.dynhp
         budget = self.fleet.budget(node)
-        batch = dynhp.max_batch if self.target_batch == "max" else dynhp.min_batch
+        batch = dynhp.min_batch if self.target_batch == "min" else dynhp.max_batch
         f = widest_fraction(self.arch, budget, self.optimizer, batch)
         ratio = self.arch.num_params() / self.arch.scaled(f).num_params()
         return min(dynhp.target_compression, max(1.0, ratio))
 
-    def weight_norms(self) -> list[np.ndarray]:
-        """Per group, each neuron's incoming-weight L2 norm in the current global model."""
+    def weight_order(self) -> list[np.ndarray]:
+        """Per group, the neurons by incoming-weight L2 norm in the current global
+        model, largest first (ties: lower index first)."""
         out = []
         n_conv = len(self.arch.channels)
         for g, w in enumerate(self.widths):
             name = f"convs.{g}.weight" if g < n_conv else f"fcs.{g - n_conv}.weight"
-            out.append(np.linalg.norm(self.global_state[name].reshape(w, -1), axis=1))
+            norms = np.linalg.norm(self.global_state[name].reshape(w, -1), axis=1)
+            out.append(np.argsort(-norms, kind="stable"))
         return out
 
     def kept_at(self, fraction: float, server_round: int) -> Kept:
-        """Per group, the ``ceil(fraction * width)`` most important neurons: by the
-        server's aggregated importance (``steer``, once it has one), else by
-        incoming-weight norm in the current global model."""
-        rank = self.importance if self.steer and self.importance is not None else None
-        if self.fixed_order:
-            self.order = self.order or self.weight_norms()
-            rank = self.order
-        rank = rank or self.weight_norms()
+        """Per group, the first ``ceil(fraction * width)`` neurons of the order: the
+        fixed one (nested masks; set on first use) or the current weight-norm one."""
+        if self.masks == "nested":
+            self.order = self.order or self.weight_order()
+            order = self.order
+        else:
+            order = self.weight_order()
         sizes = self.arch.scaled(fraction).widths
-        out = [np.sort(np.argsort(-r, kind="stable")[:k]) for k, r in zip(sizes, rank, strict=True)]
-        prev = self.last_top.get(tuple(sizes))
-        if self.stickiness > 0 and prev is not None:
-            out = [self._sticky(p, r) for p, r in zip(prev, rank, strict=True)]
-        self.last_top[tuple(sizes)] = out
-        return out
-
-    def _sticky(self, prev: np.ndarray, rank: np.ndarray) -> np.ndarray:
-        inside = np.zeros(len(rank), dtype=bool)
-        inside[prev] = True
-        while inside.any() and not inside.all():
-            i = np.flatnonzero(inside)[np.argmin(rank[inside])]
-            o = np.flatnonzero(~inside)[np.argmax(rank[~inside])]
-            if rank[o] <= (1 + self.stickiness) * rank[i]:
-                break
-            inside[i], inside[o] = False, True
-        return np.flatnonzero(inside)
+        return [np.sort(o[:k]) for k, o in zip(sizes, order, strict=True)]
 
     def kept_for(self, node: int, server_round: int) -> Kept:
-        if self.regrow or node not in self.kept:
-            return super().kept_for(node, server_round)
-        return self.kept[node]
+        if self.masks == "own" and node in self.kept:
+            return self.kept[node]
+        return super().kept_for(node, server_round)
 
     def node_payload(
         self, node: int, arrays: ArrayRecord, server_round: int
     ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
         records, config = super().node_payload(node, arrays, server_round)
-        self.sent_kept[node] = wire.unpack_kept(records[wire.KEPT])
-        if node in self.dynhp_state and not self.regrow:
+        if self.masks == "own" and node in self.dynhp_state:
             records[wire.DYNHP] = self.dynhp_state[node]
         config[wire.TARGET] = self.target(node)
         p = self.participations.get(node, 0)
@@ -148,66 +146,20 @@ class MaskUnion(SubModelStrategy):
     def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
         # A straggler still pruned on its device: its mask and state are real.
         super().on_reply(node, msg, straggler)
-        self.dynhp_state[node] = msg.content[wire.DYNHP]
+        if self.masks == "own":
+            self.dynhp_state[node] = msg.content[wire.DYNHP]
         self.participations[node] = self.participations.get(node, 0) + 1
-
-    def aggregate(
-        self, server_round: int, replies: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        before = self.weight_norms() if self.importance is None else None
-        out = super().aggregate(server_round, replies)
-        if self.steer:
-            self.update_importance(replies, before)
-        return out
-
-    def update_importance(self, replies: list[Message], initial: list[np.ndarray] | None) -> None:
-        """Fold this round's DynHP scores into the server's importance (``steer``).
-
-        Per client, its scores of the neurons it kept, divided by their mean (units
-        differ between devices and rounds), and 0 for neurons it was sent but pruned;
-        per neuron, the example-weighted mean over the clients that held it, folded
-        into an EMA (``importance_ema``); neurons nobody held keep their importance.
-        The first importance is the global model's weight norms (divided by their
-        mean), the ranking new nodes got until then."""
-        if self.importance is None and self.importance_prior == "rank":
-            # the initial order, as a spread 2 (first) .. 0 (last): a strong prior
-            self.importance = []
-            for w in initial or []:
-                rank = np.empty(len(w))
-                rank[np.argsort(-w, kind="stable")] = np.arange(len(w))
-                self.importance.append(2.0 * (1.0 - rank / len(w)))
-        if self.importance is None:
-            self.importance = [w / max(float(w.mean()), 1e-12) for w in initial or []]
-        num = [np.zeros(w) for w in self.widths]
-        den = [np.zeros(w) for w in self.widths]
-        for msg in replies:
-            node = int(msg.content[wire.METRICS][wire.NODE])
-            n = float(msg.content[wire.METRICS][wire.NUM_EXAMPLES])
-            kept = wire.unpack_kept(msg.content[wire.KEPT])
-            state = wire.unpack_dynhp_state(msg.content[wire.DYNHP])
-            sent = self.sent_kept.get(node, kept)
-            for g, k in enumerate(kept):
-                s = state["score"][g][k]
-                if not state["seen"][g][k].all() or len(s) == 0:
-                    continue  # scored nothing (no gradient step)
-                num[g][k] += n * s / max(float(s.mean()), 1e-12)
-                den[g][sent[g]] += n  # pruned this round: importance 0
-        a = self.importance_ema
-        self.importance = [
-            np.where(d > 0, a * old + (1 - a) * nu / np.maximum(d, 1e-300), old)
-            for old, nu, d in zip(self.importance, num, den, strict=True)
-        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "importance": self.importance,
             "dynhp": {n: {k: a.numpy() for k, a in r.items()} for n, r in self.dynhp_state.items()},
             "participations": self.participations,
+            "order": self.order,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.dynhp_state = {n: wire.numpy_record(r) for n, r in state["dynhp"].items()}
         self.participations = state["participations"]
-        self.importance = state.get("importance")
+        self.order = state.get("order")
