@@ -32,7 +32,7 @@ from flwr.clientapp import ClientApp
 
 from fogsim.data import load_dataset, partition, split_local
 from fogsim.device.dynhp import DynHP
-from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.dynhp_train import lr_scale, train_dynhp
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, macs_per_sample, model_from_state, num_params, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
@@ -140,7 +140,10 @@ def train_fixed(
     batch = min(train.batch_size, len(x))
     if cfg[wire.MODE] == "plain":
         batch = max_batch_size(model, int(cfg[wire.BUDGET]), kind, cap=batch)
-    opt = make_optimizer(train.optimizer, model.parameters(), train.lr, train.momentum)
+    lr = train.lr
+    if int(cfg.get(wire.BATCH_LR, 0)):  # the LR follows the batch, as DynHP's does
+        lr *= lr_scale(spec.dynhp.lr_scaling, batch, train.batch_size)
+    opt = make_optimizer(train.optimizer, model.parameters(), lr, train.momentum)
     loss = train_epochs(
         model,
         x,

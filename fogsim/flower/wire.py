@@ -64,6 +64,7 @@ SPEC = "spec"  # ClientSpec as JSON
 SCALER = "scaler"  # 1: scale hidden outputs by global / local width in training (HeteroFL)
 CLIP = "clip-grad"  # > 0: clip the gradient norm to this each step
 LABEL_MASK = "label-mask"  # 1: mask the logits of labels absent locally, reply LABELS
+BATCH_LR = "batch-lr"  # 1 (fixed sub-models): scale the LR with the batch as DynHP does
 
 MODES = ("dense", "plain", "dynhp")
 

@@ -42,8 +42,16 @@ class HeteroFL(SubModelStrategy):
         scaler: bool = False,
         clip_grad: float | None = 1.0,
         label_mask: bool = True,
+        batch_lr: bool = False,
     ) -> None:
-        super().__init__(scenario, fleet, scaler=scaler, clip_grad=clip_grad, label_mask=label_mask)
+        super().__init__(
+            scenario,
+            fleet,
+            scaler=scaler,
+            clip_grad=clip_grad,
+            label_mask=label_mask,
+            batch_lr=batch_lr,
+        )
 
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         return self.nested(fraction)

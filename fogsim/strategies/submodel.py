@@ -22,6 +22,11 @@ each a keyword parameter, sent to the client in the message config):
   ``label_split`` masking, its ``mask = 1``).
 
 HeteroFL's static batch norm has no counterpart: FogNet has no normalisation layers.
+
+One more option, for fair comparisons with ``mask-union`` rather than from any
+reference code: ``batch_lr`` scales a fixed sub-model's LR with its batch the way
+DynHP scales its own (``[dynhp] lr_scaling`` of ``batch / [train] batch_size``), so a
+small device training at batch 18 uses ``lr * sqrt(18/32)`` as DynHP's clients do.
 """
 
 from __future__ import annotations
@@ -55,8 +60,10 @@ class SubModelStrategy(FogStrategy):
         scaler: bool = False,
         clip_grad: float | None = None,
         label_mask: bool = False,
+        batch_lr: bool = False,
     ) -> None:
         super().__init__(scenario, fleet)
+        self.batch_lr = bool(batch_lr)
         if clip_grad is not None and not clip_grad >= 0:
             raise ValueError(f"clip_grad must be >= 0 (0: no clipping), not {clip_grad}")
         self.scaler, self.label_mask = bool(scaler), bool(label_mask)
@@ -97,6 +104,8 @@ class SubModelStrategy(FogStrategy):
             out[wire.CLIP] = float(self.clip_grad)
         if self.label_mask:
             out[wire.LABEL_MASK] = 1
+        if self.batch_lr and self.mode == "plain":
+            out[wire.BATCH_LR] = 1
         return out
 
     def aggregate(

@@ -147,6 +147,26 @@ def test_client_applies_the_care_a_message_asks(tiny_scenario, name) -> None:
     assert counts.tolist() == torch.bincount(y, minlength=10).tolist()
 
 
+def test_batch_lr_scales_a_fixed_sub_models_lr_with_its_batch(tiny_scenario) -> None:
+    sc = load_scenario(tiny_scenario, ["train.batch_size=64"])
+    fleet = build_fleet(sc.fleet, sc.run.seed)
+    trained = {}
+    for batch_lr in (False, True):
+        s = STRATEGIES["heterofl"](sc, fleet, **{**NO_CARE, "batch_lr": batch_lr})
+        node = next(n for n in range(fleet.num_nodes) if s.width_fraction(n) < 1)
+        reply = train(message(s, node))
+        assert reply.content[wire.METRICS][wire.BATCH_SIZE] < 64
+        trained[batch_lr] = reply.content[wire.ARRAYS]["fcs.0.weight"].numpy()
+    assert not np.allclose(trained[True], trained[False])
+    # with the LR scaled by hand instead, the same weights
+    batch = reply.content[wire.METRICS][wire.BATCH_SIZE]
+    lr = sc.train.lr * (batch / 64) ** 0.5  # [dynhp] lr_scaling: sqrt
+    sc_lr = load_scenario(tiny_scenario, ["train.batch_size=64", f"train.lr={lr!r}"])
+    s = STRATEGIES["heterofl"](sc_lr, fleet, **NO_CARE)
+    by_hand = train(message(s, node)).content[wire.ARRAYS]["fcs.0.weight"].numpy()
+    assert np.allclose(by_hand, trained[True], atol=1e-6)
+
+
 def test_rivals_train_as_their_reference_code_and_mask_union_plainly(tiny_scenario) -> None:
     sc = load_scenario(tiny_scenario)
     fleet = build_fleet(sc.fleet, 0)
