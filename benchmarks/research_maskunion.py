@@ -64,6 +64,13 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.clip_grad=0",
         "strategy.params.label_mask=false",
     ],
+    "heterofl-batchlr": ["strategy.name='heterofl'", "strategy.params.batch_lr=true"],
+    "heterofl-plain-batchlr": [
+        "strategy.name='heterofl'",
+        "strategy.params.clip_grad=0",
+        "strategy.params.label_mask=false",
+        "strategy.params.batch_lr=true",
+    ],
     "fedrolex": ["strategy.name='fedrolex'"],
     "fedrolex-plain": [
         "strategy.name='fedrolex'",
