@@ -32,10 +32,10 @@ from flwr.clientapp import ClientApp
 
 from fogsim.data import draw, load_dataset, partition, split_local
 from fogsim.device.dynhp import DynHP
-from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.dynhp_train import lr_scale, train_dynhp
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, macs_per_sample, model_from_state, num_params, train_flops
-from fogsim.device.training import evaluate, make_optimizer, train_epochs
+from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
 from fogsim.flower import wire
 from fogsim.flower.wire import ClientSpec
 from fogsim.scenario import DataSection
@@ -89,8 +89,10 @@ def train_dynhp_round(
     x: torch.Tensor,
     y: torch.Tensor,
     gen: torch.Generator,
+    care: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, ArrayRecord]]:
-    """DynHP on this node's sub-model, resuming the node's scores and schedule."""
+    """DynHP on this node's sub-model, resuming the node's scores and schedule;
+    ``care``: :func:`training_care`."""
     cfg, train = msg.content[wire.CONFIG], spec.train
     global_arch = spec.model.shape
     kept = wire.unpack_kept(msg.content[wire.KEPT])
@@ -112,6 +114,7 @@ def train_dynhp_round(
         momentum=train.momentum,
         lr_batch=train.batch_size,
         generator=gen,
+        **care,
     )
     records = {
         wire.KEPT: wire.pack_kept(dynhp.kept),
@@ -134,17 +137,29 @@ def train_fixed(
     x: torch.Tensor,
     y: torch.Tensor,
     gen: torch.Generator,
+    care: dict[str, Any],
 ) -> dict[str, Any]:
     """Plain local SGD on a fixed (sub-)model. Budget-aware strategies ("plain") shrink
-    the batch to fit the node's budget; "dense" ignores the budget (and reports it)."""
+    the batch to fit the node's budget; "dense" ignores the budget (and reports it).
+    ``care``: :func:`training_care`."""
     cfg, train = msg.content[wire.CONFIG], spec.train
     kind = train.memory_kind
     batch = min(train.batch_size, len(x))
     if cfg[wire.MODE] == "plain":
         batch = max_batch_size(model, int(cfg[wire.BUDGET]), kind, cap=batch)
-    opt = make_optimizer(train.optimizer, model.parameters(), train.lr, train.momentum)
+    lr = train.lr
+    if int(cfg.get(wire.BATCH_LR, 0)):  # the LR follows the batch, as DynHP's does
+        lr *= lr_scale(spec.dynhp.lr_scaling, batch, train.batch_size)
+    opt = make_optimizer(train.optimizer, model.parameters(), lr, train.momentum)
     loss = train_epochs(
-        model, x, y, epochs=train.local_epochs, batch_size=batch, optimizer=opt, generator=gen
+        model,
+        x,
+        y,
+        epochs=train.local_epochs,
+        batch_size=batch,
+        optimizer=opt,
+        generator=gen,
+        **care,
     )
     return {
         wire.TRAIN_LOSS: loss,
@@ -153,6 +168,18 @@ def train_fixed(
         wire.PRUNED: 0,
         "samples": len(x) * train.local_epochs,
     }
+
+
+def training_care(spec: ClientSpec, cfg: ConfigRecord, model: FogNet, y: torch.Tensor) -> dict:
+    """What the message asks of local training besides the model (HeteroFL's care for
+    sub-models, see ``fogsim.strategies.submodel``): the Scaler (set on ``model``),
+    gradient clipping and label masking; returns the keyword arguments of the
+    training loop (``clip``, ``label_mask``)."""
+    if int(cfg.get(wire.SCALER, 0)):
+        model.scale_to = spec.model.shape.widths
+    clip = float(cfg.get(wire.CLIP, 0.0))
+    mask = present_labels(y, model.num_classes) if int(cfg.get(wire.LABEL_MASK, 0)) else None
+    return {"clip": clip if clip > 0 else None, "label_mask": mask}
 
 
 class InjectedCrash(RuntimeError):
@@ -195,15 +222,19 @@ def train(msg: Message) -> Message:
         raise InjectedCrash(f"injected crash of node {node} in round {rnd}")
     # a fixed sub-model keeps its neurons: echo their indices back with the weights
     records = {wire.KEPT: msg.content[wire.KEPT]} if wire.KEPT in msg.content else {}
+    care = training_care(spec, cfg, model, y)
     try:
         if cfg[wire.MODE] == "dynhp":
-            metrics, records = train_dynhp_round(spec, msg, model, x, y, gen)
+            metrics, records = train_dynhp_round(spec, msg, model, x, y, gen, care)
         else:
-            metrics = train_fixed(spec, msg, model, x, y, gen)
+            metrics = train_fixed(spec, msg, model, x, y, gen, care)
     except BudgetError as e:  # refuse rather than train over budget
         needed = training_memory(model, 1, spec.train.memory_kind)
         refusal = {wire.NODE: node, wire.OVER_BUDGET: 1, wire.NEEDED_MEMORY: needed}
         return wire.reply(msg, refusal, {wire.ERROR: ConfigRecord({"reason": str(e)})})
+    if care["label_mask"] is not None:
+        counts = torch.bincount(y, minlength=model.num_classes)[: model.num_classes]
+        records[wire.LABELS] = wire.pack_labels(counts.numpy())
     if fault == "corrupt":
         corrupt(model)
     # FLOPs: the model shrinks while DynHP trains; average its start and end cost.

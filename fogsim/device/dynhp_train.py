@@ -22,7 +22,7 @@ from torch import nn
 from fogsim.device.dynhp import DynHP, DynHPConfig
 from fogsim.device.memory import max_batch_size, optimizer_kind, training_memory
 from fogsim.device.models import FogNet
-from fogsim.device.training import optimizer_of_kind
+from fogsim.device.training import clip_gradients, masked_logits, optimizer_of_kind
 
 
 @dataclass
@@ -124,6 +124,8 @@ def train_dynhp(
     batch: int | None = None,
     generator: torch.Generator | None = None,
     on_phase: Callable[[str, torch.optim.Optimizer | None], None] | None = None,
+    clip: float | None = None,
+    label_mask: torch.Tensor | None = None,
 ) -> TrainStats:
     """Train ``model`` in place with DynHP for ``epochs`` passes over ``x, y``.
 
@@ -136,6 +138,8 @@ def train_dynhp(
     per-step stats; the optimizer used is ``stats.optimizer`` so callers can continue it.
     ``on_phase(phase, optimizer)`` is called as each phase starts ("fit", "step",
     "check") and at the "end": how ``fogsim.device.heap`` measures each phase.
+    ``clip`` and ``label_mask`` are as in ``fogsim.device.training.train_epochs``
+    (neurons are scored on the gradients before clipping).
     """
     cfg, kind = dynhp.cfg, optimizer_kind(optimizer)
     t0, stats, n = time.perf_counter(), TrainStats(), len(x)
@@ -165,9 +169,10 @@ def train_dynhp(
         phase("step", opt)
         idx = shuffle.take(min(bs, total - seen))
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[idx]), y[idx])
+        loss = loss_fn(masked_logits(model(x[idx]), label_mask), y[idx])
         loss.backward()
         dynhp.update_scores(model)
+        clip_gradients(model, clip)
         opt.step()
         # the gradients are spent: freed now, a pruning check holds only params and
         # optimizer state, and remove_neurons' one new tensor fits where they were

@@ -8,6 +8,15 @@ Hidden "neuron groups" are numbered in forward order: the conv channels first, t
 the hidden units of the fully connected layers. Group ``i`` is produced by
 :meth:`FogNet.producer` ``(i)`` and consumed by :meth:`FogNet.consumer` ``(i)``; the
 output layer is never a group, so it is never pruned.
+
+**Scaler** (HeteroFL, Diao et al. 2021): a sub-model whose group ``g`` holds
+``w_g`` of the global model's ``W_g`` neurons can be told the global widths
+(:attr:`FogNet.scale_to`); in training mode it then multiplies the pre-activation of
+every hidden group by ``W_g / w_g``, so that the next layer, which sees only ``w_g``
+of its ``W_g`` inputs, gets inputs of the magnitude the global model gives it. In
+evaluation mode (a deployed model) it is the identity, as in HeteroFL's ``Scaler``.
+The scaling is in place on the layer's output (which neither a conv nor a linear
+backward needs), so it costs no memory (``fogsim.device.memory`` holds unchanged).
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ class FogNet(nn.Module):
         self.spatial = h * w  # pixels per channel entering the first linear layer
         sizes = [c_in * self.spatial, *hidden, num_classes]
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+        # global widths per group: set, the hidden outputs are scaled in training (Scaler)
+        self.scale_to: list[int] | None = None
 
     @property
     def channels(self) -> list[int]:
@@ -75,12 +86,21 @@ class FogNet(nn.Module):
         """Input columns of the consumer per neuron (the flattened pixels of a channel)."""
         return self.spatial if group == len(self.convs) - 1 else 1
 
+    def _scaled(self, z: torch.Tensor, group: int) -> torch.Tensor:
+        """``z`` (group ``group``'s pre-activation) times ``scale_to / width`` in
+        training mode, in place; unchanged otherwise (see the module doc)."""
+        if self.scale_to is None or not self.training:
+            return z
+        width = z.shape[1]
+        return z.mul_(self.scale_to[group] / width) if width != self.scale_to[group] else z
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = nn.functional.max_pool2d(torch.relu(conv(x)), 2)
+        for g, conv in enumerate(self.convs):
+            x = nn.functional.max_pool2d(torch.relu(self._scaled(conv(x), g)), 2)
         x = x.flatten(1)
-        for fc in self.fcs[:-1]:
-            x = torch.relu(fc(x))
+        n_conv = len(self.convs)
+        for i, fc in enumerate(list(self.fcs)[:-1]):
+            x = torch.relu(self._scaled(fc(x), n_conv + i))
         return self.fcs[-1](x)
 
 

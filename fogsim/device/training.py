@@ -38,6 +38,24 @@ def batches(
     yield from order.split(batch_size)
 
 
+def present_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Bool mask of the labels that occur in ``y`` (HeteroFL's ``label_split``)."""
+    return torch.bincount(y, minlength=num_classes)[:num_classes] > 0
+
+
+def masked_logits(logits: torch.Tensor, label_mask: torch.Tensor | None) -> torch.Tensor:
+    """HeteroFL's label masking: the logits of labels absent from the local data are
+    set to 0 (in place: a linear layer's backward does not need its output, so this
+    costs no memory), so local training does not push them down."""
+    return logits if label_mask is None else logits.masked_fill_(~label_mask, 0.0)
+
+
+def clip_gradients(model: nn.Module, clip: float | None) -> None:
+    """Clip the gradients' global L2 norm to ``clip`` (HeteroFL and FedRolex use 1)."""
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+
+
 def train_epochs(
     model: nn.Module,
     x: torch.Tensor,
@@ -47,8 +65,12 @@ def train_epochs(
     batch_size: int,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator | None = None,
+    clip: float | None = None,
+    label_mask: torch.Tensor | None = None,
 ) -> float:
-    """Train in place with cross-entropy; returns the mean loss over the last epoch."""
+    """Train in place with cross-entropy; returns the mean loss over the last epoch.
+    ``clip``: clip the gradient norm each step; ``label_mask``: the labels whose
+    logits stay (:func:`masked_logits`)."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     total, count = 0.0, 0
@@ -56,8 +78,9 @@ def train_epochs(
         total, count = 0.0, 0
         for idx in batches(len(x), batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
+            loss = loss_fn(masked_logits(model(x[idx]), label_mask), y[idx])
             loss.backward()
+            clip_gradients(model, clip)
             optimizer.step()
             total += loss.item() * len(idx)
             count += len(idx)

@@ -11,11 +11,14 @@ A training message (server → client) is a ``RecordDict`` of:
   those neurons (``fogsim.device.pruning``);
 - ``dynhp`` (:data:`DYNHP`, ``mask-union``): the node's DynHP state from its last
   participation (scores, gate streaks, seen flags, in global indices);
-- ``config`` (:data:`CONFIG`): the keys ``NODE`` … ``SPEC`` below.
+- ``config`` (:data:`CONFIG`): the keys ``NODE`` … ``SPEC`` below, and the
+  sub-model strategies' training care (``SCALER``, ``CLIP``, ``LABEL_MASK``).
 
 The reply (client → server) holds ``metrics`` (:data:`METRICS`, keys below; their
 names with ``-`` → ``_`` are the columns of ``nodes.csv``) and, unless the node
-dropped out or refused, ``arrays`` (the trained weights), ``kept`` and ``dynhp``; a
+dropped out or refused, ``arrays`` (the trained weights), ``kept`` and ``dynhp``,
+and ``labels`` (:data:`LABELS`: the node's training examples per label) when the
+message asked for ``LABEL_MASK``; a
 refusal adds ``error`` (:data:`ERROR`, ``reason``). Clients keep no state: what a node
 must remember between rounds comes back in its reply and goes out with its next
 message, so any Flower node can serve any fleet node.
@@ -46,6 +49,7 @@ DYNHP = "dynhp"
 CONFIG = "config"
 METRICS = "metrics"
 ERROR = "error"
+LABELS = "labels"  # reply: {"labels": int64 examples per label} (label-masking strategies)
 
 # config keys (server → client)
 NODE = "node"  # the fleet node this message is for
@@ -56,6 +60,11 @@ ROUND = "server-round"
 TARGET = "target-compression"  # dynhp: this device's target compression
 PROGRESS_START, PROGRESS_END = "progress-start", "progress-end"  # dynhp: its schedule span
 SPEC = "spec"  # ClientSpec as JSON
+# sub-model training care (absent = off)
+SCALER = "scaler"  # 1: scale hidden outputs by global / local width in training (HeteroFL)
+CLIP = "clip-grad"  # > 0: clip the gradient norm to this each step
+LABEL_MASK = "label-mask"  # 1: mask the logits of labels absent locally, reply LABELS
+BATCH_LR = "batch-lr"  # 1 (fixed sub-models): scale the LR with the batch as DynHP does
 
 MODES = ("dense", "plain", "dynhp")
 
@@ -155,6 +164,14 @@ def pack_dynhp_state(state: dict[str, list[np.ndarray]]) -> ArrayRecord:
 
 def unpack_dynhp_state(record: ArrayRecord) -> dict[str, list[np.ndarray]]:
     return {name: unpack_groups(record, name) for name in DYNHP_STATE}
+
+
+def pack_labels(counts: np.ndarray) -> ArrayRecord:
+    return numpy_record({LABELS: np.asarray(counts, dtype=np.int64)})
+
+
+def unpack_labels(record: ArrayRecord) -> np.ndarray:
+    return record[LABELS].numpy().astype(np.int64)
 
 
 def reply(msg: Message, metrics: dict[str, Any], records: dict[str, Any] | None = None) -> Message:

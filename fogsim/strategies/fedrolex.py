@@ -3,17 +3,45 @@
 A node of width fraction ``f`` holds ``k = ceil(f * width)`` neurons per group, the
 window ``(arange(k) + round) mod width``: it rolls by one each round, so over time
 every neuron of the global model is trained by small devices too.
+
+**As the reference code trains** (``AIoT-MLSys-Lab/FedRolex``, built on HeteroFL's:
+``resnet_client.py`` clips gradient norms to 1 and masks absent labels, the
+server's ``combine`` averages output rows over the clients holding each label):
+``clip_grad = 1.0`` and ``label_mask = True`` by default; its ``Scaler`` is off
+(``scaler = False``) for the reason given in ``fogsim.strategies.heterofl``: it
+relies on batch norm, which FogNet lacks.
 """
 
 import numpy as np
 
 from fogsim.device.pruning import Kept
+from fogsim.fleet import Fleet
+from fogsim.scenario import Scenario
 from fogsim.strategies.registry import register
 from fogsim.strategies.submodel import SubModelStrategy
 
 
 @register("fedrolex")
 class FedRolex(SubModelStrategy):
+    def __init__(
+        self,
+        scenario: Scenario,
+        fleet: Fleet,
+        *,
+        scaler: bool = False,
+        clip_grad: float | None = 1.0,
+        label_mask: bool = True,
+        batch_lr: bool = False,
+    ) -> None:
+        super().__init__(
+            scenario,
+            fleet,
+            scaler=scaler,
+            clip_grad=clip_grad,
+            label_mask=label_mask,
+            batch_lr=batch_lr,
+        )
+
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         sizes = self.arch.scaled(fraction).widths
         return [

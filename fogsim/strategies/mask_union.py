@@ -1,31 +1,55 @@
 """``mask-union`` (default for pruning fleets): DynHP on every client, union of masks.
 
-- **Sub-model extraction.** A node that has trained before gets back exactly the
-  neurons it kept (its DynHP mask). A new node gets, per group, the ``k`` neurons of
-  largest incoming-weight L2 norm in the current global model (weight-norm is the
-  importance the server can compute without data), ``k = ceil(f * width)`` for the
-  largest fraction ``f`` its budget trains at the minimum batch (memory model).
-- **Local training.** The client runs DynHP under its budget: it prunes further on the
-  schedule and grows its batch into the memory freed. The schedule runs across rounds:
-  a node's progress is its participations so far over ``[dynhp] participations``.
-- **Per-device target.** A device prunes only as far as its budget asks: its target
-  compression is ``min([dynhp] target_compression, dense / the widest model it trains
-  at max_batch)``, at least 1. A cloudlet that trains the dense model at the largest
-  batch keeps it; a sensor goes to the full target. (A fleet-wide 10x would shrink
-  every device, and the federation with it, to a tenth of the model.)
-- **Client state lives on the server.** The node's mask (``kept``) and DynHP state
-  (scores, gate streaks) come back in the reply and are sent with its next message,
+- **Masks** (``masks``, default ``"nested"``). Each round the server sends a node the
+  neurons it holds: per group, the first ``k = ceil(f * width)`` of one fixed neuron
+  order, ``f`` the largest width fraction its budget trains at the minimum batch
+  (memory model). The order is the initial global model's incoming-weight L2 norm,
+  largest first (weight-norm is the importance the server can compute without
+  data), fixed at the first round and kept in checkpoints. So masks are nested:
+  every device of a budget holds the same neurons, a smaller device a prefix of a
+  bigger one's, and the neurons small devices deploy are trained by every device.
+  ``masks = "own"`` is the earlier design: a node keeps its own DynHP mask from
+  round to round (a new node starts from the top-k by weight norm of the current
+  global model), so each device's mask drifts its own way.
+- **Local training.** The client runs DynHP under its budget: importance scores,
+  pruning on the schedule, the batch growing into the memory freed and the LR
+  following the batch (``[dynhp] lr_scaling``). The schedule runs across rounds: a
+  node's progress is its participations so far over ``[dynhp] participations``.
+  With nested masks the node starts each round from its prefix with fresh DynHP
+  state; with own masks its DynHP state (scores, gate streaks) travels with it.
+- **Per-device target** (``target_batch``, default ``"min"``). A device prunes only
+  as far as its budget asks: its target compression is ``min([dynhp]
+  target_compression, dense / the widest model it trains at the batch)``, at least 1,
+  the batch being ``[dynhp] min_batch`` (``"min"``) or ``max_batch`` (``"max"``, the
+  earlier design). A device deploys its final mask, so ``"min"`` keeps every neuron
+  it can train at the minimum batch, and DynHP removes neurons only where the budget
+  demands it; ``"max"`` prunes further to train at the largest batch.
+- **Client state lives on the server.** The node's mask (``kept``) and, with own
+  masks, its DynHP state come back in the reply and are sent with its next message,
   so clients are stateless (Flower's ``context.state`` is not needed, and a
   checkpoint of the server is a checkpoint of the whole fleet).
 - **Aggregation.** Element-wise ``sum n_k m_k w_k / sum n_k m_k`` over the clients
   holding each parameter (``SubModelStrategy``); the global model is the union of
   the client masks.
+- **Training care** (``scaler``, ``clip_grad``, ``label_mask``): as in
+  ``SubModelStrategy``, all off by default (on the fleet5 scenarios none of them
+  helped mask-union; see ``RESEARCH.md``).
+
+Why these defaults (``RESEARCH.md``: fleet5 MNIST / Fashion-MNIST, IID and
+Dirichlet(0.3), MLP and CNN, by the accuracy each device's own model reaches): with
+own masks every small device deployed a different sub-network that only it had
+trained on its own, and pruning to the max-batch target removed ~11% more of a
+sensor's parameters than its budget required; both cost the smallest devices their
+mean and, above all, their minimum. Re-choosing masks each round by the current
+global model's weight norms (or by DynHP scores aggregated on the server) gave the
+best mean but a device that last trained in round 2 deploys a round-2 mask that
+later rounds moved away from (sensor minimum 0.81-0.93 against 0.94 for the rest).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -38,13 +62,32 @@ from fogsim.scenario import Scenario
 from fogsim.strategies.registry import register
 from fogsim.strategies.submodel import SubModelStrategy
 
+MASKS = ("nested", "own")
+TARGET_BATCHES = ("min", "max")
+
 
 @register("mask-union")
 class MaskUnion(SubModelStrategy):
     mode = "dynhp"
 
-    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
-        super().__init__(scenario, fleet)
+    def __init__(
+        self,
+        scenario: Scenario,
+        fleet: Fleet,
+        *,
+        masks: Literal["nested", "own"] = "nested",
+        target_batch: Literal["min", "max"] = "min",
+        scaler: bool = False,
+        clip_grad: float | None = None,
+        label_mask: bool = False,
+    ) -> None:
+        super().__init__(scenario, fleet, scaler=scaler, clip_grad=clip_grad, label_mask=label_mask)
+        if masks not in MASKS:
+            raise ValueError(f"masks must be one of {', '.join(MASKS)}, not {masks!r}")
+        if target_batch not in TARGET_BATCHES:
+            raise ValueError(f"target_batch must be 'min' or 'max', not {target_batch!r}")
+        self.masks, self.target_batch = masks, target_batch
+        self.order: list[np.ndarray] | None = None  # nested: per group, neurons by rank
         self.dynhp_state: dict[int, ArrayRecord] = {}
         self.participations: dict[int, int] = {}
         sc = scenario
@@ -53,33 +96,46 @@ class MaskUnion(SubModelStrategy):
 
     def target(self, node: int) -> float:
         """The node's target compression: ``min(target_compression, dense / widest model
-        it trains at max_batch)``, at least 1 (computed when the node is sampled)."""
+        it trains at the min or max batch)``, at least 1 (computed when it is sampled)."""
         dynhp = self.scenario.dynhp
         budget = self.fleet.budget(node)
-        f = widest_fraction(self.arch, budget, self.optimizer, dynhp.max_batch)
+        batch = dynhp.min_batch if self.target_batch == "min" else dynhp.max_batch
+        f = widest_fraction(self.arch, budget, self.optimizer, batch)
         ratio = self.arch.num_params() / self.arch.scaled(f).num_params()
         return min(dynhp.target_compression, max(1.0, ratio))
 
-    def kept_at(self, fraction: float, server_round: int) -> Kept:
-        """Per group, the ``ceil(fraction * width)`` neurons of largest incoming-weight
-        norm in the current global model."""
+    def weight_order(self) -> list[np.ndarray]:
+        """Per group, the neurons by incoming-weight L2 norm in the current global
+        model, largest first (ties: lower index first)."""
         out = []
         n_conv = len(self.arch.channels)
-        sizes = self.arch.scaled(fraction).widths
-        for g, (k, w) in enumerate(zip(sizes, self.widths, strict=True)):
+        for g, w in enumerate(self.widths):
             name = f"convs.{g}.weight" if g < n_conv else f"fcs.{g - n_conv}.weight"
-            weight = self.global_state[name].reshape(w, -1)
-            out.append(np.sort(np.argsort(-np.linalg.norm(weight, axis=1), kind="stable")[:k]))
+            norms = np.linalg.norm(self.global_state[name].reshape(w, -1), axis=1)
+            out.append(np.argsort(-norms, kind="stable"))
         return out
 
+    def kept_at(self, fraction: float, server_round: int) -> Kept:
+        """Per group, the first ``ceil(fraction * width)`` neurons of the order: the
+        fixed one (nested masks; set on first use) or the current weight-norm one."""
+        if self.masks == "nested":
+            self.order = self.order or self.weight_order()
+            order = self.order
+        else:
+            order = self.weight_order()
+        sizes = self.arch.scaled(fraction).widths
+        return [np.sort(o[:k]) for k, o in zip(sizes, order, strict=True)]
+
     def kept_for(self, node: int, server_round: int) -> Kept:
-        return self.kept.get(node) or super().kept_for(node, server_round)
+        if self.masks == "own" and node in self.kept:
+            return self.kept[node]
+        return super().kept_for(node, server_round)
 
     def node_payload(
         self, node: int, arrays: ArrayRecord, server_round: int
     ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
         records, config = super().node_payload(node, arrays, server_round)
-        if node in self.dynhp_state:
+        if self.masks == "own" and node in self.dynhp_state:
             records[wire.DYNHP] = self.dynhp_state[node]
         config[wire.TARGET] = self.target(node)
         p = self.participations.get(node, 0)
@@ -90,7 +146,8 @@ class MaskUnion(SubModelStrategy):
     def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
         # A straggler still pruned on its device: its mask and state are real.
         super().on_reply(node, msg, straggler)
-        self.dynhp_state[node] = msg.content[wire.DYNHP]
+        if self.masks == "own":
+            self.dynhp_state[node] = msg.content[wire.DYNHP]
         self.participations[node] = self.participations.get(node, 0) + 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -98,9 +155,11 @@ class MaskUnion(SubModelStrategy):
             **super().state_dict(),
             "dynhp": {n: {k: a.numpy() for k, a in r.items()} for n, r in self.dynhp_state.items()},
             "participations": self.participations,
+            "order": self.order,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.dynhp_state = {n: wire.numpy_record(r) for n, r in state["dynhp"].items()}
         self.participations = state["participations"]
+        self.order = state.get("order")

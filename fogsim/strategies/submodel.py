@@ -6,6 +6,27 @@ server sends only those weights and their indices; a reply is added in place wit
 ``scatter_add_submodel`` and each global parameter becomes the example-weighted average
 over the clients that hold it, ``sum n_k m_k w_k / sum n_k m_k``; parameters no client
 holds this round keep their value. With every mask full this is FedAvg exactly.
+
+**Training care for sub-models** (HeteroFL's reference code, which FedRolex's reuses;
+each a keyword parameter, sent to the client in the message config):
+
+- ``scaler``: in training, a sub-model multiplies each hidden group's pre-activation
+  by global width / its width (HeteroFL's ``Scaler``, ``1/rate``; identity in a
+  deployed model: ``fogsim.device.models``), so narrow and wide models train weights
+  of the same magnitude;
+- ``clip_grad``: clip each step's gradient norm to this (both reference codes clip
+  to 1; 0 or None: no clipping);
+- ``label_mask``: the client zeroes the logits of labels absent from its data while
+  training and replies its examples per label; the output layer's row of label ``c``
+  is then averaged only over the clients that hold label ``c`` (HeteroFL's
+  ``label_split`` masking, its ``mask = 1``).
+
+HeteroFL's static batch norm has no counterpart: FogNet has no normalisation layers.
+
+One more option, for fair comparisons with ``mask-union`` rather than from any
+reference code: ``batch_lr`` scales a fixed sub-model's LR with its batch the way
+DynHP scales its own (``[dynhp] lr_scaling`` of ``batch / [train] batch_size``), so a
+small device training at batch 18 uses ``lr * sqrt(18/32)`` as DynHP's clients do.
 """
 
 from __future__ import annotations
@@ -18,7 +39,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from fogsim.device.pruning import Kept, extract_submodel, scatter_add_submodel
+from fogsim.device.pruning import Kept, extract_submodel, scatter_add_submodel, submodel_index
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
 from fogsim.scenario import Scenario
@@ -31,8 +52,22 @@ class SubModelStrategy(FogStrategy):
 
     mode = "plain"  # client training mode: "plain" (fixed sub-model) or "dynhp"
 
-    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        fleet: Fleet,
+        *,
+        scaler: bool = False,
+        clip_grad: float | None = None,
+        label_mask: bool = False,
+        batch_lr: bool = False,
+    ) -> None:
         super().__init__(scenario, fleet)
+        self.batch_lr = bool(batch_lr)
+        if clip_grad is not None and not clip_grad >= 0:
+            raise ValueError(f"clip_grad must be >= 0 (0: no clipping), not {clip_grad}")
+        self.scaler, self.label_mask = bool(scaler), bool(label_mask)
+        self.clip_grad = float(clip_grad) if clip_grad else None
         self.widths = self.arch.widths
         self.takes_part = fleet.budgets >= self.budget_for(0.0)  # width 1 fits
         self.global_state: dict[str, np.ndarray] = {}
@@ -58,7 +93,20 @@ class SubModelStrategy(FogStrategy):
         kept = self.kept_for(node, server_round)
         sub = extract_submodel(self.global_state, kept)  # torch tensors
         records = {wire.ARRAYS: ArrayRecord(sub), wire.KEPT: wire.pack_kept(kept)}
-        return records, {wire.MODE: self.mode}
+        return records, {wire.MODE: self.mode, **self.care()}
+
+    def care(self) -> dict[str, Any]:
+        """The training care config keys sent with every message (module doc)."""
+        out: dict[str, Any] = {}
+        if self.scaler:
+            out[wire.SCALER] = 1
+        if self.clip_grad is not None:
+            out[wire.CLIP] = float(self.clip_grad)
+        if self.label_mask:
+            out[wire.LABEL_MASK] = 1
+        if self.batch_lr and self.mode == "plain":
+            out[wire.BATCH_LR] = 1
+        return out
 
     def aggregate(
         self, server_round: int, replies: list[Message]
@@ -66,10 +114,23 @@ class SubModelStrategy(FogStrategy):
         shapes = {k: v.shape for k, v in self.global_state.items()}
         num = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
         den = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
+        out_w, out_b = f"fcs.{len(self.arch.hidden)}.weight", f"fcs.{len(self.arch.hidden)}.bias"
         for msg in replies:
             n = float(msg.content[wire.METRICS][wire.NUM_EXAMPLES])
             sub = {k: v.numpy() for k, v in msg.content[wire.ARRAYS].items()}
-            scatter_add_submodel(num, den, sub, wire.unpack_kept(msg.content[wire.KEPT]), n)
+            kept = wire.unpack_kept(msg.content[wire.KEPT])
+            if self.label_mask and wire.LABELS in msg.content:
+                # output rows of labels the client lacks are not averaged in (weight 0)
+                has = (wire.unpack_labels(msg.content[wire.LABELS]) > 0).astype(np.float64)
+                index = submodel_index(shapes, kept)
+                for name in (out_w, out_b):
+                    weight = np.broadcast_to(
+                        (n * has).reshape(-1, *[1] * (sub[name].ndim - 1)), sub[name].shape
+                    )
+                    num[name][index[name]] += weight * sub[name]
+                    den[name][index[name]] += weight
+                sub = {k: v for k, v in sub.items() if k not in (out_w, out_b)}
+            scatter_add_submodel(num, den, sub, kept, n)
         self.global_state = {
             k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
             for k, old in self.global_state.items()

@@ -1,0 +1,108 @@
+"""mask-union's masks and targets: nested prefixes of one fixed order, a target that
+keeps every neuron a device trains at the minimum batch, and the earlier own-mask
+design kept as an option."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.fog_client import train
+from fogsim.device.models import FogNet
+from fogsim.fleet import build_fleet
+from fogsim.flower import wire
+from fogsim.scenario import load_scenario
+from fogsim.strategies import STRATEGIES
+
+SPREAD = ["fleet.nodes=30", "fleet.classes.1.memory='300KiB'", "fleet.classes.1.memory_max='6MiB'"]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+
+
+def strategy(tiny_scenario, **params):
+    sc = load_scenario(tiny_scenario, SPREAD)
+    s = STRATEGIES["mask-union"](sc, build_fleet(sc.fleet, 3), **params)
+    torch.manual_seed(0)
+    s.global_state = {k: v.numpy() for k, v in FogNet((), (64, 32)).state_dict().items()}
+    return s
+
+
+def norms_order(state: dict) -> list[np.ndarray]:
+    return [
+        np.argsort(-np.linalg.norm(state[f"fcs.{i}.weight"], axis=1), kind="stable") for i in (0, 1)
+    ]
+
+
+def test_nested_masks_are_prefixes_of_the_initial_weight_norm_order(tiny_scenario) -> None:
+    s = strategy(tiny_scenario)
+    order = norms_order(s.global_state)
+    nodes = [n for n in range(s.fleet.num_nodes) if s.takes_part[n]]
+    first = {n: s.kept_for(n, 1) for n in nodes}
+    for kept in first.values():  # each group: the first k of the order
+        for g, k in enumerate(kept):
+            assert set(k) == set(order[g][: len(k)])
+    by_size = sorted(first.values(), key=lambda k: sum(map(len, k)))
+    for small, big in zip(
+        by_size, by_size[1:], strict=False
+    ):  # a smaller mask is inside a bigger one
+        assert all(set(a) <= set(b) for a, b in zip(small, big, strict=True))
+    assert len({tuple(map(len, k)) for k in by_size}) > 3
+    # the order is fixed: new weights, a node that trained and pruned, the same prefix
+    rng = np.random.default_rng(1)
+    s.global_state = {k: rng.normal(size=v.shape) for k, v in s.global_state.items()}
+    assert not np.array_equal(norms_order(s.global_state)[0], order[0])
+    node = nodes[0]
+    s.kept[node] = [k[:1] for k in first[node]]
+    for n in nodes:
+        assert all(np.array_equal(a, b) for a, b in zip(s.kept_for(n, 7), first[n], strict=True))
+    restored = strategy(tiny_scenario)
+    restored.load_state_dict(s.state_dict())
+    assert all(np.array_equal(a, b) for a, b in zip(restored.order, s.order, strict=True))
+
+
+def test_own_masks_keep_each_nodes_mask(tiny_scenario) -> None:
+    s = strategy(tiny_scenario, masks="own", target_batch="max")
+    node = next(n for n in range(s.fleet.num_nodes) if s.takes_part[n])
+    assert [set(k) for k in s.kept_for(node, 1)] == [
+        set(o[: len(k)])
+        for o, k in zip(norms_order(s.global_state), s.kept_for(node, 1), strict=True)
+    ]
+    own = [np.array([1, 5]), np.array([0, 3])]
+    s.kept[node] = own
+    assert s.kept_for(node, 2) is own
+
+
+def test_bad_options_are_refused(tiny_scenario) -> None:
+    with pytest.raises(ValueError, match="masks"):
+        strategy(tiny_scenario, masks="random")
+    with pytest.raises(ValueError, match="target_batch"):
+        strategy(tiny_scenario, target_batch="median")
+
+
+def dynhp_round(s, node: int, participations: int) -> Message:
+    """The node's reply to a training message at the given point of its schedule."""
+    s.participations[node] = participations
+    model = FogNet((), (64, 32))
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in s.global_state.items()})
+    records, extra = s.node_payload(node, ArrayRecord(model.state_dict()), 1)
+    config = {**extra, wire.NODE: node, wire.CLASS: s.fleet.device(node).name}
+    config.update({wire.BUDGET: s.fleet.budget(node), wire.ROUND: 1, wire.SPEC: s.spec})
+    content = RecordDict({**records, wire.CONFIG: ConfigRecord(config)})
+    return train(Message(content, dst_node_id=1, message_type=MessageType.TRAIN))
+
+
+def test_min_target_deploys_every_neuron_the_budget_trains(tiny_scenario) -> None:
+    pruned = {}
+    for batch in ("min", "max"):
+        s = strategy(tiny_scenario, target_batch=batch)
+        node = min(range(s.fleet.num_nodes), key=s.fleet.budget)
+        sent = s.kept_for(node, 1)
+        last = dynhp_round(s, node, s.planned - 1)  # the schedule's end: target forced
+        kept = wire.unpack_kept(last.content[wire.KEPT])
+        pruned[batch] = sum(len(a) - len(b) for a, b in zip(sent, kept, strict=True))
+        assert last.content[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
+    assert pruned["min"] == 0 and pruned["max"] > 0
