@@ -7,9 +7,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from fogsim.device.measure import measure_training_memory
 
 from clients.fog_client import local_data, train
-from fogsim.device.measure import measure_training_memory
 from fogsim.device.models import FogNet
 from fogsim.device.pruning import extract_submodel
 from fogsim.device.training import make_optimizer, present_labels, train_epochs
