@@ -53,33 +53,6 @@ def test_scaler_scales_conv_channels_too() -> None:
     assert torch.allclose(net(x), out(torch.relu(fc0(a))), atol=1e-5)
 
 
-def saved_for_backward(net: FogNet, batch: int) -> int:
-    """Bytes autograd keeps for the backward pass of one training step: the part of
-    the training memory a change to the forward pass could grow."""
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    x = torch.randn(batch, 1, 28, 28)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net(x).sum().backward()
-    return total
-
-
-def test_scaler_costs_no_memory() -> None:
-    """The Scaler scales in place: no tensor more is kept for the backward pass."""
-    for channels, hidden in [((), (30, 20)), ((3, 4), (16,))]:
-        torch.manual_seed(0)
-        net = FogNet(channels, hidden)
-        net.train()
-        plain = saved_for_backward(net, 16)
-        net.scale_to = [2 * w for w in net.widths]
-        assert saved_for_backward(net, 16) == plain
-
-
 # --- clipping and label masking in the training loop ------------------------------------
 def data(labels: list[int], n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
