@@ -10,7 +10,6 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from fogsim.study.plots import plot_cost_overlay, plot_overlay
 from fogsim.study.report import Table, fmt, own_cell
 from fogsim.study.results import strategy_name
 from fogsim.study.series import (
@@ -159,6 +158,8 @@ def compare(
 ) -> tuple[list[dict[str, Any]], Path, Path]:
     """Write ``compare.csv``, ``compare_accuracy.png`` (per round) and
     ``compare_cost.png`` (against cumulative bytes and simulated time) into ``out_dir``."""
+    from fogsim.study.plots import plot_cost_overlay, plot_overlay  # matplotlib, when drawing
+
     rows = [run_metrics(d, target) for d in run_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(out_dir / "compare.csv", rows, COLUMNS + class_columns(rows))

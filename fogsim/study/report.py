@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fogsim.study import plots
 from fogsim.study.results import strategy_name
 from fogsim.study.series import (
     class_energy,
@@ -173,6 +172,8 @@ class Report:
 
 def write_report(run_dir: str | Path) -> Report:
     """Write the PNGs and ``report.md`` into ``run_dir``; return them and the tables."""
+    from fogsim.study import plots  # matplotlib: imported by the commands that draw only
+
     run = load_run(run_dir)
     d = run["dir"]
     drawn = [

@@ -20,7 +20,6 @@ from typing import Any
 from fogsim.checks import load_checked
 from fogsim.scenario import Scenario, ScenarioError
 from fogsim.study.compare import COLUMNS, class_columns, run_metrics, write_csv
-from fogsim.study.plots import plot_overlay
 from fogsim.study.report import Table, fmt
 from fogsim.study.results import holds_run, stored_scenario_changes
 
@@ -177,6 +176,8 @@ def summarize(
 ) -> tuple[list[dict[str, Any]], Table]:
     """Write ``compare.csv`` (per run), ``sweep.csv`` (mean/std per grid point) and
     ``sweep_accuracy.png`` (mean accuracy per round, std band) into ``out_dir``."""
+    from fogsim.study.plots import plot_overlay  # matplotlib, when drawing
+
     metrics = [run_metrics(d, target) for d in dirs]
     per_class = class_columns(metrics)
     write_csv(out_dir / "compare.csv", metrics, COLUMNS + per_class)
