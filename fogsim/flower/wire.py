@@ -131,6 +131,26 @@ def numpy_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
+def to_numpy(array: Array) -> np.ndarray:
+    """A read-only numpy view of a Flower ``Array``, without copying or parsing.
+
+    Flower stores a numpy array as the bytes of an ``.npy`` file; ``Array.numpy()``
+    reads them back with ``np.load``, whose header parse (``ast.literal_eval``) cost
+    1.6 ms an array: measured, more than half the server's time per round at 100
+    clients of mask-union, where every reply is read twice (finite check, then the
+    average). The dtype and shape are already in the ``Array``; the data start after
+    the header, whose length the header's first bytes give. Anything but a C-ordered
+    numpy array goes through ``Array.numpy()``."""
+    data = memoryview(array.data)
+    if array.stype != "numpy.ndarray" or bytes(data[:6]) != b"\x93NUMPY":
+        return array.numpy()
+    size = 2 if data[6] == 1 else 4  # header length field: 2 bytes in format 1.0, else 4
+    start = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
+    if b"'fortran_order': True" in bytes(data[8 + size : start]):
+        return array.numpy()
+    return np.frombuffer(data, np.dtype(array.dtype), offset=start).reshape(array.shape)
+
+
 def array_bytes(arrays: ArrayRecord) -> int:
     """Payload bytes of an ArrayRecord (the tensors' data, without framing), from each
     array's dtype and shape: deserialising them just to count would cost more than
@@ -145,7 +165,7 @@ def pack_groups(arrays: list[np.ndarray], prefix: str) -> dict[str, np.ndarray]:
 
 def unpack_groups(record: ArrayRecord, prefix: str) -> list[np.ndarray]:
     n = sum(1 for k in record if k.startswith(prefix + "."))
-    return [record[f"{prefix}.{g}"].numpy() for g in range(n)]
+    return [to_numpy(record[f"{prefix}.{g}"]).copy() for g in range(n)]  # small; writable
 
 
 def pack_kept(kept: Kept) -> ArrayRecord:
@@ -172,7 +192,7 @@ def pack_labels(counts: np.ndarray) -> ArrayRecord:
 
 
 def unpack_labels(record: ArrayRecord) -> np.ndarray:
-    return record[LABELS].numpy().astype(np.int64)
+    return to_numpy(record[LABELS]).astype(np.int64)
 
 
 def reply(metrics: dict[str, Any], records: dict[str, Any] | None = None) -> RecordDict:

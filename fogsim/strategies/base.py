@@ -233,7 +233,7 @@ class FogStrategy(FedAvg):
         if metrics.get(wire.OVER_BUDGET) and wire.ARRAYS not in msg.content:
             return "over_budget"
         if wire.ARRAYS not in msg.content or not all(
-            np.isfinite(a.numpy()).all() for a in msg.content[wire.ARRAYS].values()
+            np.isfinite(wire.to_numpy(a)).all() for a in msg.content[wire.ARRAYS].values()
         ):
             return "rejected"
         if not all(np.isfinite(float(v)) for v in metrics.values()):

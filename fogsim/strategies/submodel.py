@@ -117,7 +117,7 @@ class SubModelStrategy(FogStrategy):
         out_w, out_b = f"fcs.{len(self.arch.hidden)}.weight", f"fcs.{len(self.arch.hidden)}.bias"
         for msg in replies:
             n = float(msg.content[wire.METRICS][wire.NUM_EXAMPLES])
-            sub = {k: v.numpy() for k, v in msg.content[wire.ARRAYS].items()}
+            sub = {k: wire.to_numpy(v) for k, v in msg.content[wire.ARRAYS].items()}
             kept = wire.unpack_kept(msg.content[wire.KEPT])
             if self.label_mask and wire.LABELS in msg.content:
                 # output rows of labels the client lacks are not averaged in (weight 0)
