@@ -159,6 +159,7 @@ def train_fixed(
         batch_size=batch,
         optimizer=opt,
         generator=gen,
+        proximal_mu=float(cfg.get(wire.PROXIMAL_MU, 0.0)),  # FedProx (a Flower strategy)
         **care,
     )
     return {

@@ -123,7 +123,7 @@ class RoundLoop:
             self.stop_if_failing(failed)
         summary = {
             "name": sc.run.name,
-            "strategy": sc.strategy.name,
+            "strategy": sc.strategy.label,
             "rounds": sc.run.rounds,
             "final_accuracy": final,
             "best_accuracy": self.best,

@@ -12,7 +12,9 @@ A training message (server → client) is a ``RecordDict`` of:
 - ``dynhp`` (:data:`DYNHP`, ``mask-union``): the node's DynHP state from its last
   participation (scores, gate streaks, seen flags, in global indices);
 - ``config`` (:data:`CONFIG`): the keys ``NODE`` … ``SPEC`` below, and the
-  sub-model strategies' training care (``SCALER``, ``CLIP``, ``LABEL_MASK``).
+  sub-model strategies' training care (``SCALER``, ``CLIP``, ``LABEL_MASK``), and
+  whatever a Flower strategy run as a plug-in puts in its config (``PROXIMAL_MU``
+  from ``FedProx`` is applied; other keys are ignored).
 
 The reply (client → server) holds ``metrics`` (:data:`METRICS`, keys below; their
 names with ``-`` → ``_`` are the columns of ``nodes.csv``) and, unless the node
@@ -65,6 +67,7 @@ SCALER = "scaler"  # 1: scale hidden outputs by global / local width in training
 CLIP = "clip-grad"  # > 0: clip the gradient norm to this each step
 LABEL_MASK = "label-mask"  # 1: mask the logits of labels absent locally, reply LABELS
 BATCH_LR = "batch-lr"  # 1 (fixed sub-models): scale the LR with the batch as DynHP does
+PROXIMAL_MU = "proximal-mu"  # > 0: FedProx's proximal term (Flower's FedProx sets it)
 
 MODES = ("dense", "plain", "dynhp")
 

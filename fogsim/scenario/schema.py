@@ -129,6 +129,24 @@ class StrategySection(Section):
         pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
         description="a module to import first: it registers your own strategies",
     )
+    flower: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$",
+        description="a Flower strategy class as 'module:Class' (e.g. "
+        "'flwr.serverapp.strategy:FedAdam'), built with params as its keyword "
+        "arguments; it trains the dense model on the nodes that can hold it",
+    )
+
+    @model_validator(mode="after")
+    def _one_strategy(self) -> StrategySection:
+        if self.flower is not None and "name" in self.model_fields_set:
+            raise ValueError(f"name = {self.name!r} and flower = {self.flower!r}: give one of them")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The strategy as results name it: its registered name or its Flower class."""
+        return self.flower or self.name
 
 
 class SimulationSection(Section):

@@ -153,7 +153,7 @@ def idle_reasons(run: dict[str, Any], budgets: dict[str, list[float]]) -> dict[s
             out[name] = (
                 f"budget ≤ {format_bytes(top)} < {format_bytes(narrowest)}, the narrowest model"
             )
-        elif sc.strategy.name == "fedavg-feasible" and top < full:
+        elif (sc.strategy.name == "fedavg-feasible" or sc.strategy.flower) and top < full:
             out[name] = f"budget ≤ {format_bytes(top)} < {format_bytes(full)}, the full model"
     return out
 
