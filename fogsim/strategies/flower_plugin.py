@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pickle
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -184,6 +185,22 @@ class FlowerStrategy(FedAvgFeasible):
                 "global model's"
             )
         return wire.numpy_record({k: v.astype(self.current[k].dtype) for k, v in new.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        """fogsim's state and the Flower strategy's attributes that pickle (FedAdam's
+        moments ``m_t``, ``v_t``...), so a resumed run goes on where it stopped."""
+        own = {}
+        for key, value in vars(self.inner).items():
+            try:
+                pickle.dumps(value)
+            except Exception:  # e.g. a lambda: the constructor sets it again on resume
+                continue
+            own[key] = value
+        return {**super().state_dict(), "flower": own}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        vars(self.inner).update(state.get("flower", {}))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

@@ -2,6 +2,7 @@
 Flower subclass registered under a name): built with keyword arguments, run for real
 on Flower + Ray, their failures ending the run with the reason."""
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,21 @@ def test_fedadam_result_is_cast_back_to_the_model_dtype(tiny_scenario: Path) -> 
     assert {a.dtype for a in arrays.values()} == {"float32"}
     raw, _ = FedAdam.aggregate_train(s.inner, 1, [reply(moved, 10, 0)])
     assert {a.dtype for a in raw.values()} == {"float64"}, "the bug this guards against"
+
+
+def test_a_resumed_run_restores_the_flower_strategys_state(tiny_scenario: Path) -> None:
+    """FedAdam's moments are in the checkpoint: a resumed run goes on with them."""
+    s = built(tiny_scenario, *ADAM)
+    torch.manual_seed(0)
+    state = FogNet((), (64, 32)).state_dict()
+    s.current = s.inner.current_arrays = {k: v.numpy() for k, v in state.items()}
+    s.aggregate(1, [reply({k: v + 0.1 for k, v in state.items()}, 10, 0)])
+    saved = pickle.loads(pickle.dumps(s.state_dict()))  # as the checkpoint holds it
+    again = built(tiny_scenario, *ADAM)
+    again.load_state_dict(saved)
+    for moment in ("m_t", "v_t"):
+        mine, theirs = getattr(s.inner, moment), getattr(again.inner, moment)
+        assert mine and all(np.array_equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_a_strategy_returning_another_model_ends_the_run(tiny_scenario: Path) -> None:
