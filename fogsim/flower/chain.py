@@ -14,7 +14,9 @@ This covers what PyTorch builds from ``Linear``, ``Conv2d``, ``BatchNorm``,
 activations, pooling and ``Flatten`` in a line (an MLP, LeNet-5, a VGG-like or
 skip-less ResNet-like CNN); a network whose arrays break the chain (a skip
 connection, grouped convolutions, a weight whose input matches no group) is refused,
-naming the array.
+naming the array. A skip connection between groups of equal widths leaves no trace in
+the arrays: :func:`check_model` traces the model itself with ``torch.fx`` and refuses
+it, naming the layer.
 
 ``kept`` is one sorted int array of global indices per group, as everywhere in
 fogsim (``fogsim.device.pruning``).
@@ -27,6 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 Kept = list[np.ndarray]
 
@@ -140,3 +145,70 @@ class ChainLayout:
     def sub_shapes(self, shapes: Mapping[str, Sequence[int]], kept: Kept) -> dict[str, tuple]:
         """The shapes of the sub-model holding ``kept``."""
         return {k: tuple(len(a) for a in self.axes(k, s, kept)) for k, s in shapes.items()}
+
+
+# what a chain may hold between its layers: one tensor in, one out, no weights to tie
+PASS_THROUGH = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+)
+LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def check_model(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Refuse, naming the layer, a model whose arrays :class:`ChainLayout` would slice
+    wrongly: traced with ``torch.fx`` on a batch of ``input_shape`` inputs, every
+    module must be a :data:`LAYERS` or :data:`PASS_THROUGH` one (a convolution not
+    grouped), used once, every operation must read one tensor (an ``add`` or ``cat``
+    of two is a skip connection, which ties neuron groups the arrays do not show),
+    and the layers must run in their ``state_dict`` order. The arrays alone cannot
+    tell a residual block from a chain whose widths happen to match: call this where
+    the model is known (the example ``ServerApp`` does)."""
+    graph = fx.symbolic_trace(model)
+    example = torch.zeros(2, *input_shape)
+    try:
+        ShapeProp(graph).propagate(example)
+    except RuntimeError as e:
+        cause = e.__cause__ or e
+        raise ChainError(
+            f"the model does not run on inputs of shape {tuple(example.shape)}: {cause}"
+        ) from None
+    modules = dict(graph.named_modules())
+    used: list[str] = []
+    for node in graph.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        tensors = [a for a in node.all_input_nodes if _is_tensor(a)]
+        if len(tensors) > 1:
+            names = ", ".join(str(a) for a in tensors)
+            raise ChainError(f"{node.name} ({node.target}) joins {names}: a skip connection")
+        if node.op != "call_module":
+            continue
+        module = modules[node.target]
+        if not isinstance(module, LAYERS + PASS_THROUGH):
+            raise ChainError(f"layer {node.target!r} ({type(module).__name__}) is not supported")
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ChainError(f"layer {node.target!r}: a grouped convolution")
+        if isinstance(module, LAYERS):
+            if node.target in used:
+                raise ChainError(f"layer {node.target!r} is used twice (shared weights)")
+            used.append(node.target)
+    order = [name for name, m in model.named_modules() if isinstance(m, LAYERS)]
+    if used != order:
+        raise ChainError(f"layers run in the order {used}, their arrays are stored as {order}")
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    return isinstance(node.meta.get("tensor_meta"), TensorMetadata)

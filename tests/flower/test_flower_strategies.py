@@ -4,6 +4,7 @@ sub-model it receives, masked averaging, budgets asked of the nodes, and the exa
 app under ``examples/flower_app`` run with ``run_simulation`` and ``flwr run .``."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from fogsim.flower import wire
-from fogsim.flower.chain import ChainError, ChainLayout
+from fogsim.flower.chain import ChainError, ChainLayout, check_model
 from fogsim.flower.client import budget_reply, load_arrays, node_budget, train_reply
 from fogsim.flower.strategies import BUDGET_KEY, FedRolex, HeteroFL, MaskUnion
 from tests.conftest import ROOT
@@ -81,6 +82,51 @@ def test_a_skip_connection_is_refused_naming_the_array() -> None:
     arrays = {"a.weight": (8, 4), "a.bias": (8,), "b.weight": (6, 12), "c.weight": (10, 6)}
     with pytest.raises(ChainError, match=r"'b.weight' .* 12 inputs are not a whole number"):
         ChainLayout.of(arrays)
+
+
+class Residual(nn.Module):
+    """Widths that match, so the arrays look like a chain: only tracing shows the skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + torch.relu(self.block(x))
+        return self.head(x.mean((2, 3)))
+
+
+class Reordered(nn.Module):
+    """Layers stored in another order than they run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.body = nn.Linear(16, 10), nn.Linear(784, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x.flatten(1))))
+
+
+def test_models_the_arrays_would_misread_are_refused_naming_the_layer() -> None:
+    check_model(lenet(), (1, 28, 28))
+    check_model(resnet_like(), (1, 28, 28))
+    assert ChainLayout.of(shapes(Residual())).widths == (8, 8), "the arrays cannot tell"
+    refused = {
+        Residual(): "add (<built-in function add>) joins relu, relu_1: a skip connection",
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=2)): "'1': a grouped",
+        nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.LayerNorm(8)): "'2' (LayerNorm)",
+        Reordered(): "order ['body', 'head'], their arrays are stored as ['head', 'body']",
+    }
+    for model, words in refused.items():
+        with pytest.raises(ChainError, match=re.escape(words)):
+            check_model(model, (1, 28, 28))
+    shared = nn.Linear(8, 8)
+    with pytest.raises(ChainError, match="'0' is used twice"):
+        check_model(nn.Sequential(shared, nn.ReLU(), shared), (8,))
+    with pytest.raises(ChainError, match=r"does not run on inputs of shape \(2, 1, 32, 32\)"):
+        check_model(lenet(), (1, 32, 32))
 
 
 def test_a_received_sub_model_is_the_dense_one_with_neurons_silenced() -> None:

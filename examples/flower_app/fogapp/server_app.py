@@ -6,6 +6,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result, Strategy
 
 from fogapp.task import accuracy, lenet5, settings, test_data
+from fogsim.flower.chain import check_model
 from fogsim.flower.client import load_arrays
 from fogsim.flower.strategies import FedRolex, HeteroFL, MaskUnion
 
@@ -22,6 +23,7 @@ def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = settings(context.run_config)
+    check_model(lenet5(), (1, 28, 28))  # a chain the strategies can slice (torch.fx)
     strategy = STRATEGIES[str(cfg["strategy"])](
         fraction_train=float(cfg["fraction-train"]), fraction_evaluate=0.5
     )
