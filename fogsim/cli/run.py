@@ -258,7 +258,7 @@ def fleet_table(sc: Scenario) -> Table:
     model each budget trains at the minimum batch (``[dynhp] min_batch``); nodes that
     can train nothing, and why."""
     fleet = build_fleet(sc.fleet, sc.run.seed)
-    arch = sc.model.shape
+    arch = sc.arch
     kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
     dense = "x".join(map(str, arch.widths))
     table = Table(

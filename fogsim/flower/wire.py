@@ -40,6 +40,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from pydantic import BaseModel, ConfigDict
 
+from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.pruning import Kept
 from fogsim.scenario import DataSection, FaultsSection, ModelSection, Scenario, TrainSection
@@ -102,6 +103,11 @@ class ClientSpec(BaseModel):
     faults: FaultsSection
     threads: int  # torch intra-op threads of a client actor
     shares: tuple[float, ...] | None = None  # per node: its relative share of the data
+
+    @property
+    def arch(self) -> Arch:
+        """The dense global architecture on the data set's images (``Scenario.arch``)."""
+        return self.model.shape_for(self.data)
 
     @classmethod
     def of(cls, sc: Scenario) -> ClientSpec:

@@ -73,7 +73,7 @@ class FogStrategy(FedAvg):
         self.spec = wire.ClientSpec.of(scenario).model_dump_json()  # sent with every message
         self.node_ids: list[int] = []
         self.bytes_down: dict[int, int] = {}
-        self.arch = scenario.model.shape
+        self.arch = scenario.arch
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains

@@ -219,7 +219,7 @@ def dense_notice(sc: Scenario, fleet: Fleet) -> str | None:
 
     if issubclass(strategy_class(sc), FogStrategy):
         return None
-    need = training_memory(sc.model.shape, sc.dynhp.min_batch, sc.train.memory_kind)
+    need = training_memory(sc.arch, sc.dynhp.min_batch, sc.train.memory_kind)
     out = {
         c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())
         for i, c in enumerate(fleet.classes)

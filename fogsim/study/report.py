@@ -145,7 +145,7 @@ def idle_reasons(run: dict[str, Any], budgets: dict[str, list[float]]) -> dict[s
     except ValueError:  # an older or edited scenario.json: no reason rather than a guess
         return {}
     narrowest = sc.smallest_training_memory
-    full = training_memory(sc.model.shape, sc.dynhp.min_batch, sc.train.memory_kind)
+    full = training_memory(sc.arch, sc.dynhp.min_batch, sc.train.memory_kind)
     out = {}
     for name, bs in budgets.items():
         top = max(bs, default=0)
