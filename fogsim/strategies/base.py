@@ -66,6 +66,18 @@ class FogStrategy(FedAvg):
 
     name = "base"
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> FogStrategy:
+        """Refuse, pointing to the right class, a Flower-style construction without a
+        scenario: the simulator's strategies need one; ``fogsim.flower.strategies`` has
+        the Flower-app ones. (No arguments at all is left to ``copy`` and ``pickle``.)"""
+        if (args and not isinstance(args[0], Scenario)) or (kwargs and not args):
+            raise TypeError(
+                f"{cls.__name__} here is fogsim's simulator strategy, built from a scenario "
+                "and a fleet; in a Flower app of your own use fogsim.flower.strategies "
+                "(MaskUnion, HeteroFL, FedRolex), which take Flower's keyword arguments"
+            )
+        return super().__new__(cls)
+
     def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=0, min_available_nodes=1)
         self.scenario = scenario

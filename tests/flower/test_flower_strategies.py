@@ -208,6 +208,14 @@ def test_budgets_set_each_nodes_width() -> None:
     assert rolled.kept_at(0.5, 5)[0].tolist() == [0, 1, 5]  # neurons 5, 6, 7 of 6: wraps
 
 
+def test_the_simulator_classes_point_a_flower_user_to_these() -> None:
+    from fogsim.strategies.mask_union import MaskUnion as SimulatorMaskUnion
+
+    with pytest.raises(TypeError, match="in a Flower app of your own use fogsim.flower"):
+        SimulatorMaskUnion(fraction_train=1.0)
+    assert MaskUnion(fraction_train=0.5).fraction_train == 0.5
+
+
 def test_the_client_helpers_speak_the_documented_keys() -> None:
     ctx = Context(1, 1, {"partition-id": 4, "num-partitions": 6}, {}, {"budgets": "8MiB, 1MiB"})
     assert node_budget(ctx) == 8 << 20  # partition 4 of a list of 2
