@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_io import renderer
+from results_io import write as write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 CNN = ["model.arch='cnn'", "model.hidden=[128]"]
 SCENARIOS: dict[str, tuple[str, list[str]]] = {
@@ -111,7 +114,7 @@ def run_inprocess(scenario: str, overrides: list[str]) -> dict[str, Any]:
     from flwr.app import ArrayRecord, ConfigRecord
     from flwr.supercore.task_identity import TaskIdentity
 
-    from clients.fog_client import train
+    from clients.fog_client import reply_train
     from fogsim.data import load_dataset
     from fogsim.device.training import evaluate
     from fogsim.fleet import build_fleet
@@ -138,7 +141,7 @@ def run_inprocess(scenario: str, overrides: list[str]) -> dict[str, Any]:
     arrays, up, down = ArrayRecord(model.state_dict()), 0, 0
     for rnd in range(1, sc.run.rounds + 1):
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), Grid()))
-        arrays = strategy.aggregate_train(rnd, [train(m) for m in messages])[0] or arrays
+        arrays = strategy.aggregate_train(rnd, [reply_train(m) for m in messages])[0] or arrays
         up += strategy.round_stats["bytes_up"]
         down += strategy.round_stats.get("bytes_down_train", 0)
     model.load_state_dict(arrays.to_torch_state_dict())
@@ -240,6 +243,41 @@ def main() -> None:
     for name in results:
         print(table(name, results[name]))
     print(f"(accuracy in %; mean ± std over seeds; written to {report})")
+    path = write_results(
+        "mask_union_vs_rivals", results_rows(results), seeds, engine=args.engine, variants=VARIANTS
+    )
+    print(f"wrote {path}")
+
+
+def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (scenario, variant) with its aggregates over seeds (results_io)."""
+    return [
+        {"scenario": name, "variant": variant, **entry["aggregate"]}
+        for name, variants in results.items()
+        for variant, entry in variants.items()
+        if entry.get("aggregate")
+    ]
+
+
+@renderer("mask_union_vs_rivals")
+def markdown(doc: dict[str, Any]) -> str:
+    """Per scenario, one table: a row per variant; per class its devices' mean and
+    minimum accuracy (each the mean ± std over seeds), global accuracy, MB up."""
+    out = []
+    for name in dict.fromkeys(r["scenario"] for r in doc["rows"]):
+        rows = [r for r in doc["rows"] if r["scenario"] == name]
+        classes = list(rows[0]["classes"])
+        head = ["variant", "global"] + [f"{c} mean (min)" for c in classes] + ["MB up"]
+        lines = [f"**{name}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [r["variant"], fmt(r["final_accuracy"])]
+            for c in classes:
+                cls = r["classes"][c]
+                cells.append(f"{fmt(cls['mean'])} ({fmt(cls['min'])})")
+            cells.append(fmt(r["bytes_up"], 1e-6, 0))
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 if __name__ == "__main__":

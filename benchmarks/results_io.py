@@ -79,6 +79,7 @@ def pm(cell: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {}
+BENCHMARKS = ("dynhp_vs_competitors", "strategies", "scale", "research_maskunion")  # modules
 
 
 def renderer(name: str) -> Callable[[Callable[[dict[str, Any]], str]], Callable]:
@@ -114,7 +115,7 @@ def update_readme() -> list[str]:
     """Re-render every marked block of the README from its results file."""
     import importlib
 
-    for module in ("dynhp_vs_competitors", "strategies", "scale"):
+    for module in BENCHMARKS:
         importlib.import_module(module)  # each registers its renderer
     text = README.read_text()
     names = list(readme_blocks(text))
@@ -129,4 +130,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.readme:
         sys.path.insert(0, str(Path(__file__).parent))
-        print("rendered:", ", ".join(update_readme()) or "no marked tables")
+        import results_io  # the module the benchmarks register their renderers with,
+        # not this __main__ copy of it
+
+        print("rendered:", ", ".join(results_io.update_readme()) or "no marked tables")

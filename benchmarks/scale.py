@@ -29,8 +29,8 @@ processes (Ray's and Flower's fixed costs included, as a user pays them):
 Usage::
 
     python benchmarks/scale.py --quick      # 100 and 1,000 nodes, 100 per round: ~7 min
-    python benchmarks/scale.py              # + 10,000 nodes, 300 of 1,000: ~30 min on 2 cores
-    python benchmarks/scale.py --rows 1000:300:300   # nodes:per-round[:max_in_flight]
+    python benchmarks/scale.py              # + 10,000 and 100,000 nodes, 1,000 per round
+    python benchmarks/scale.py --rows 100000:1000::60   # nodes:per-round[:in-flight[:draws]]
     python benchmarks/scale.py --quick --repeats 3 --json benchmarks/results/scale.json
 
 ``--json PATH`` writes the table (one object per row and strategy; with ``--repeats`` the
@@ -56,12 +56,14 @@ from results_io import pm, renderer, stats
 from results_io import write as write_results
 
 from fogsim.flower.engine import descendants
+from fogsim.scenario import load_scenario
 from fogsim.study.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "scale-mnist-1000.toml"
-FULL = ["100:100", "1000:100", "10000:100", "1000:300", "1000:300:300"]
+FULL = ["100:100", "1000:100", "10000:100", "1000:1000::60", "10000:1000::60", "100000:1000::60"]
 QUICK = ["100:100", "1000:100"]
+FLOWER_MAX_NODES = 10_000  # plain Flower registers a node per fleet node: past this, hours
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -105,8 +107,28 @@ def run_measured(cmd: list[str], log: Path) -> tuple[float, int, int]:
     return time.perf_counter() - t0, peak[0], peak[1]
 
 
+def parse_row(row: str) -> tuple[int, int, int | None, int | None]:
+    """``nodes:per_round[:max_in_flight[:samples_per_node]]`` (an empty field: the
+    default): (nodes, per round, messages in flight, samples per node or None). With
+    samples per node each node draws its own (``[data] partitioning = "draws"``), so
+    fleets bigger than the data set hold real data."""
+    fields = row.split(":") + ["", ""]
+    nodes, per_round = int(fields[0]), int(fields[1])
+    return (
+        nodes,
+        per_round,
+        int(fields[2]) if fields[2] else None,
+        int(fields[3]) if fields[3] else None,
+    )
+
+
 def overrides(
-    nodes: int, per_round: int, rounds: int, strategy: str, in_flight: int | None
+    nodes: int,
+    per_round: int,
+    rounds: int,
+    strategy: str,
+    in_flight: int | None,
+    draws: int | None = None,
 ) -> list[str]:
     out = [
         f"fleet.nodes={nodes}",
@@ -116,6 +138,8 @@ def overrides(
     ]
     if in_flight:
         out.append(f"simulation.max_in_flight={in_flight}")
+    if draws:
+        out += ["data.partitioning='draws'", f"data.samples_per_node={draws}"]
     return out
 
 
@@ -130,7 +154,7 @@ def child_floor(args: argparse.Namespace) -> None:
     from flwr.app import ArrayRecord, ConfigRecord
     from flwr.supercore.task_identity import TaskIdentity
 
-    from clients.fog_client import train
+    from clients.fog_client import reply_train
     from fogsim.fleet import build_fleet
     from fogsim.flower.server_app import initial_model
     from fogsim.scenario import load_scenario
@@ -151,7 +175,7 @@ def child_floor(args: argparse.Namespace) -> None:
     for rnd in range(1, sc.run.rounds + 1):
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), Grid()))
         t0 = time.perf_counter()
-        replies = [train(m) for m in messages]
+        replies = [reply_train(m) for m in messages]
         times.append(time.perf_counter() - t0)
         arrays = strategy.aggregate_train(rnd, replies)[0] or arrays
     Path(args.out).write_text(json.dumps({"round_s": times}))
@@ -227,13 +251,22 @@ def child_flower(args: argparse.Namespace) -> None:
 # --- the table ------------------------------------------------------------------
 def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
-    nodes, per_round, *rest = (int(v) for v in row.split(":"))
-    in_flight = rest[0] if rest else None
-    out: dict[str, Any] = {"nodes": nodes, "per_round": per_round, "in_flight": in_flight}
+    nodes, per_round, in_flight, draws = parse_row(row)
+    sim = load_scenario(
+        SCENARIO, overrides(nodes, per_round, rounds, "fedavg", in_flight)
+    ).simulation
+    out: dict[str, Any] = {
+        "nodes": nodes,
+        "per_round": per_round,
+        "in_flight": in_flight,
+        "samples_per_node": draws,
+        "messages": sim.messages(per_round),  # Flower messages per round (cohorts)
+        "cohort": sim.cohort(per_round),
+    }
     py = sys.executable
     fogsim = str(Path(py).with_name("fogsim"))
     for strategy in ("mask-union", "fedavg"):
-        over = overrides(nodes, per_round, rounds, strategy, in_flight)
+        over = overrides(nodes, per_round, rounds, strategy, in_flight, draws)
         sets = [a for o in over for a in ("--set", o)]
         run_dir = work / f"{row}-{strategy}"
         cmd = [fogsim, "run", str(SCENARIO), "--out", str(run_dir), "--quiet", "--overwrite"]
@@ -259,9 +292,13 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
             "work": median_after_first(compute),
         }
         print(f"  {row} {strategy}: {sec:.2f} s/round, floor {floor:.2f}", flush=True)
+    out["flower"] = None
+    if nodes > FLOWER_MAX_NODES:
+        return out
     flower_json = work / f"{row}-flower.json"
     me = [py, __file__, "--child", "flower", "--out", str(flower_json)]
-    sets = [a for o in overrides(nodes, per_round, rounds, "fedavg", None) for a in ("--set", o)]
+    over = overrides(nodes, per_round, rounds, "fedavg", None, draws)
+    sets = [a for o in over for a in ("--set", o)]
     wall, rss, pss = run_measured([*me, *sets], work / f"{row}-flower.log")
     sec = median_after_first(json.loads(flower_json.read_text())["round_s"])
     out["flower"] = {"sec": sec, "wall": wall, "rss": rss, "pss": pss}
@@ -272,7 +309,7 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
 def print_table(results: list[dict[str, Any]], rounds: int) -> None:
     mb = 1 << 20
     head = (
-        "nodes", "per rnd", "in flight", "strategy", "smp/cl", "s/round", "cl/s", "RSS MB",
+        "nodes", "per rnd", "msgs", "strategy", "smp/cl", "s/round", "cl/s", "RSS MB",
         "PSS MB", "work s", "floor s", "/floor", "Flower s", "/Flower", "Flwr RSS", "wall s",
     )  # fmt: skip
     lines = [head]
@@ -280,12 +317,12 @@ def print_table(results: list[dict[str, Any]], rounds: int) -> None:
         fl = r["flower"]
         for strategy in ("mask-union", "fedavg"):
             m = r[strategy]
-            dense = strategy == "fedavg"
+            dense = strategy == "fedavg" and fl is not None
             lines.append(
                 (
                     f"{r['nodes']:,}",
                     str(r["per_round"]),
-                    str(r["in_flight"] or min(r["per_round"], 100)),
+                    f"{r['messages']}x{r['cohort']}",
                     strategy,
                     f"{m['samples']:.0f}",
                     f"{m['sec']:.2f}",
@@ -320,13 +357,14 @@ def json_rows(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for i, first in enumerate(repeats[0]):
         runs = [rep[i] for rep in repeats]
         for strategy in ("mask-union", "fedavg"):
+            dense = strategy == "fedavg" and first["flower"] is not None
             figures = {
                 "s_per_round": [r[strategy]["sec"] for r in runs],
                 "floor_s": [r[strategy]["floor"] for r in runs],
                 "vs_floor": [r[strategy]["sec"] / r[strategy]["floor"] for r in runs],
-                "flower_s": [r["flower"]["sec"] for r in runs] if strategy == "fedavg" else None,
+                "flower_s": [r["flower"]["sec"] for r in runs] if dense else None,
                 "vs_flower": [r[strategy]["sec"] / r["flower"]["sec"] for r in runs]
-                if strategy == "fedavg"
+                if dense
                 else None,
                 "rss_mb": [r[strategy]["rss"] / MB for r in runs],
                 "pss_mb": [r[strategy]["pss"] / MB for r in runs],
@@ -337,6 +375,9 @@ def json_rows(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 "nodes": first["nodes"],
                 "per_round": first["per_round"],
                 "in_flight": first["in_flight"] or min(first["per_round"], 100),
+                "samples_per_node": first["samples_per_node"],
+                "messages": first["messages"],
+                "cohort": first["cohort"],
                 "strategy": strategy,
                 "repeats": len(runs),
             }
@@ -350,14 +391,18 @@ def json_rows(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 @renderer("scale")
 def markdown(doc: dict[str, Any]) -> str:
-    head = "| nodes | per round | in flight | strategy | s/round | vs floor | vs Flower | PSS MB |"
+    head = (
+        "| nodes | per round | messages × cohort | strategy | s/round | vs floor | vs Flower "
+        "| PSS MB |"
+    )
     lines = [head, "|---" * 8 + "|"]
     for r in doc["rows"]:
         cell = {k: {"mean": r[k], "std": r[f"{k}_std"]} for k in ("s_per_round", "vs_floor")}
         flower = {"mean": r["vs_flower"], "std": r["vs_flower_std"]}
         pss = {"mean": r["pss_mb"], "std": r["pss_mb_std"]}
         lines.append(
-            f"| {r['nodes']:,} | {r['per_round']} | {r['in_flight']} | {r['strategy']} | "
+            f"| {r['nodes']:,} | {r['per_round']} | {r['messages']} × {r['cohort']} | "
+            f"{r['strategy']} | "
             f"{pm(cell['s_per_round'])} | {pm(cell['vs_floor'])}x | "
             f"{pm(flower) + 'x' if r['vs_flower'] is not None else '–'} | {pm(pss, digits=0)} |"
         )
@@ -367,7 +412,9 @@ def markdown(doc: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 nodes, 4 rounds")
-    parser.add_argument("--rows", nargs="*", help="nodes:per_round[:max_in_flight] ...")
+    parser.add_argument(
+        "--rows", nargs="*", help="nodes:per_round[:max_in_flight[:samples_per_node]] ..."
+    )
     parser.add_argument("--rounds", type=int, help="rounds per run (default 6, quick 4)")
     parser.add_argument("--out", type=Path, help="keep run directories and logs here")
     parser.add_argument("--repeats", type=int, default=1, help="measure every row N times")

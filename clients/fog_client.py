@@ -1,9 +1,10 @@
 """The Flower ``ClientApp`` every simulated fog node runs: ``clients.fog_client:app``.
 
-A message says which fleet node it is for and carries that node's model and the
-scenario's client spec (``fogsim.flower.wire``: every key and record is defined
-there); the client trains or evaluates the model on the node's data partition and
-replies with compact weights and metrics. The app holds no state and closes over
+A message carries a cohort of fleet nodes (``fogsim.flower.cohort``): for each, which
+node it is and that node's model, with the scenario's client spec once
+(``fogsim.flower.wire``: every key and record is defined there); the client trains or
+evaluates each node's model on the node's data partition, one after another, and
+replies with each node's compact weights and metrics. The app holds no state and closes over
 nothing: the data set is loaded once per worker process, a node's partition is an
 index array into it, and the spec is validated once per process.
 
@@ -14,7 +15,8 @@ strategy (``mode = "dense"``) trains regardless, and flags every such round.
 
 Injected faults (``[faults]``) are drawn on the client from (seed, round, node), so
 the server learns of them only the way it would of real ones: a crash is an
-exception (Flower turns it into an error reply), corrupt weights are NaN/Inf arrays,
+exception (reported as that node's ``crash``, as Flower would report an error reply
+to a message of its own; the rest of its cohort is unharmed), corrupt weights are NaN/Inf arrays,
 and a dropped node sends no update (its reply carries only ``dropped-out = 1``:
 in simulated time nothing arrives before the deadline).
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fogsim.data import draw, load_dataset, partition, split_local
@@ -36,7 +38,7 @@ from fogsim.device.dynhp_train import lr_scale, train_dynhp
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, macs_per_sample, model_from_state, num_params, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
-from fogsim.flower import wire
+from fogsim.flower import cohort, wire
 from fogsim.flower.wire import ClientSpec
 from fogsim.scenario import DataSection
 
@@ -84,7 +86,7 @@ def stream_seed(*key: int) -> int:
 
 def train_dynhp_round(
     spec: ClientSpec,
-    msg: Message,
+    content: RecordDict,
     model: FogNet,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -93,13 +95,13 @@ def train_dynhp_round(
 ) -> tuple[dict[str, Any], dict[str, ArrayRecord]]:
     """DynHP on this node's sub-model, resuming the node's scores and schedule;
     ``care``: :func:`training_care`."""
-    cfg, train = msg.content[wire.CONFIG], spec.train
+    cfg, train = content[wire.CONFIG], spec.train
     global_arch = spec.arch
-    kept = wire.unpack_kept(msg.content[wire.KEPT])
+    kept = wire.unpack_kept(content[wire.KEPT])
     device_cfg = spec.dynhp.model_copy(update={"target_compression": float(cfg[wire.TARGET])})
     dynhp = DynHP(device_cfg, global_arch, kept)
-    if wire.DYNHP in msg.content:
-        state = wire.unpack_dynhp_state(msg.content[wire.DYNHP])
+    if wire.DYNHP in content:
+        state = wire.unpack_dynhp_state(content[wire.DYNHP])
         dynhp.load_state_dict({**state, "dense_params": global_arch.num_params()}, kept)
     stats = train_dynhp(
         model,
@@ -132,7 +134,7 @@ def train_dynhp_round(
 
 def train_fixed(
     spec: ClientSpec,
-    msg: Message,
+    content: RecordDict,
     model: FogNet,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -142,7 +144,7 @@ def train_fixed(
     """Plain local SGD on a fixed (sub-)model. Budget-aware strategies ("plain") shrink
     the batch to fit the node's budget; "dense" ignores the budget (and reports it).
     ``care``: :func:`training_care`."""
-    cfg, train = msg.content[wire.CONFIG], spec.train
+    cfg, train = content[wire.CONFIG], spec.train
     kind = train.memory_kind
     batch = min(train.batch_size, len(x))
     if cfg[wire.MODE] == "plain":
@@ -207,32 +209,33 @@ def corrupt(model: FogNet) -> None:
         w[1::11] = float("inf")
 
 
-def train(msg: Message) -> Message:
-    """One fleet node's round of training (see the module doc)."""
+def train(content: RecordDict) -> RecordDict:
+    """One fleet node's round of training (see the module doc): the reply content to
+    the content of its message (its part of a cohort message, ``fogsim.flower.cohort``)."""
     start = time.perf_counter()
-    spec, cfg = wire.spec_of(msg), msg.content[wire.CONFIG]
+    spec, cfg = wire.spec_of(content), content[wire.CONFIG]
     node, rnd = int(cfg[wire.NODE]), int(cfg[wire.ROUND])
     fault = injected_fault(spec, str(cfg[wire.CLASS]), node, rnd)
     if fault == "drop":
-        return wire.reply(msg, {wire.NODE: node, wire.DROPPED_OUT: 1})
+        return wire.reply({wire.NODE: node, wire.DROPPED_OUT: 1})
     x, y, _, _ = local_data(spec, node)
-    model = model_from_state(msg.content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
+    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
     macs_in = macs_per_sample(model)
     gen = torch.Generator().manual_seed(stream_seed(spec.seed, rnd, node))
     if fault == "crash":
         raise InjectedCrash(f"injected crash of node {node} in round {rnd}")
     # a fixed sub-model keeps its neurons: echo their indices back with the weights
-    records = {wire.KEPT: msg.content[wire.KEPT]} if wire.KEPT in msg.content else {}
+    records = {wire.KEPT: content[wire.KEPT]} if wire.KEPT in content else {}
     care = training_care(spec, cfg, model, y)
     try:
         if cfg[wire.MODE] == "dynhp":
-            metrics, records = train_dynhp_round(spec, msg, model, x, y, gen, care)
+            metrics, records = train_dynhp_round(spec, content, model, x, y, gen, care)
         else:
-            metrics = train_fixed(spec, msg, model, x, y, gen, care)
+            metrics = train_fixed(spec, content, model, x, y, gen, care)
     except BudgetError as e:  # refuse rather than train over budget
         needed = training_memory(model, 1, spec.train.memory_kind)
         refusal = {wire.NODE: node, wire.OVER_BUDGET: 1, wire.NEEDED_MEMORY: needed}
-        return wire.reply(msg, refusal, {wire.ERROR: ConfigRecord({"reason": str(e)})})
+        return wire.reply(refusal, {wire.ERROR: ConfigRecord({"reason": str(e)})})
     if care["label_mask"] is not None:
         counts = torch.bincount(y, minlength=model.num_classes)[: model.num_classes]
         records[wire.LABELS] = wire.pack_labels(counts.numpy())
@@ -250,17 +253,27 @@ def train(msg: Message) -> Message:
             wire.TIME_S: time.perf_counter() - start,
         }
     )
-    return wire.reply(msg, metrics, {wire.ARRAYS: ArrayRecord(model.state_dict()), **records})
+    return wire.reply(metrics, {wire.ARRAYS: ArrayRecord(model.state_dict()), **records})
 
 
-def evaluate_local(msg: Message) -> Message:
+def evaluate_local(content: RecordDict) -> RecordDict:
     """The received model's accuracy and loss on the node's held-out samples."""
-    spec, node = wire.spec_of(msg), int(msg.content[wire.CONFIG][wire.NODE])
+    spec, node = wire.spec_of(content), int(content[wire.CONFIG][wire.NODE])
     _, _, x, y = local_data(spec, node)
-    model = model_from_state(msg.content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
+    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
     acc, loss = evaluate(model, x, y)
     metrics = {wire.NODE: node, wire.NUM_EXAMPLES: len(x), wire.ACCURACY: acc, wire.LOSS: loss}
-    return wire.reply(msg, metrics)
+    return wire.reply(metrics)
+
+
+def reply_train(msg: Message) -> Message:
+    """The reply to a training message: each node of its cohort trained in turn."""
+    return Message(cohort.handle(msg.content, train), reply_to=msg)
+
+
+def reply_evaluate(msg: Message) -> Message:
+    """The reply to an evaluation message: each node of its cohort evaluated."""
+    return Message(cohort.handle(msg.content, evaluate_local), reply_to=msg)
 
 
 app = ClientApp()
@@ -268,11 +281,11 @@ app = ClientApp()
 
 @app.train()
 def _train(msg: Message, context: Context) -> Message:
-    torch.set_num_threads(wire.spec_of(msg).threads)  # = the actor's Ray CPUs
-    return train(msg)
+    torch.set_num_threads(wire.spec_of(msg.content).threads)  # = the actor's Ray CPUs
+    return reply_train(msg)
 
 
 @app.evaluate()
 def _evaluate(msg: Message, context: Context) -> Message:
-    torch.set_num_threads(wire.spec_of(msg).threads)
-    return evaluate_local(msg)
+    torch.set_num_threads(wire.spec_of(msg.content).threads)
+    return reply_evaluate(msg)

@@ -40,41 +40,36 @@ def si(value: float, unit: str) -> str:
     return f"{value:.2g} {unit}"
 
 
-def device_table() -> Table:
-    table = Table(title="devices (device = ...)", caption=CAPTION)
-    for col in ("name", "kind", "training memory", "speed", "active", "idle", "radio"):
-        table.add_column(col, justify="left" if col in ("name", "kind", "radio") else "right")
-    table.add_column("description", overflow="fold")
+WIDE = 130  # terminal columns below which kinds and descriptions are left out
+
+
+def device_table(describe: bool = True) -> Table:
+    """The devices; names and figures never wrap (a narrow terminal loses the kinds
+    and descriptions instead: see :data:`WIDE`)."""
+    table = Table(title="devices (device = ...)", caption="memory: what training may use")
+    cols = ("name", "kind", "memory", "speed", "active", "idle", "radio")
+    for col in cols if describe else [c for c in cols if c != "kind"]:
+        left = col in ("name", "kind", "radio")
+        table.add_column(col, justify="left" if left else "right", no_wrap=True)
+    if describe:
+        table.add_column("description", overflow="fold")
     for name, d in catalogue().devices.items():
-        table.add_row(
-            name,
-            d.kind,
-            format_bytes(d.memory),
-            si(d.flops, "FLOP/s"),
-            si(d.active_w, "W"),
-            si(d.idle_w, "W"),
-            d.radio,
-            d.description,
-        )
+        figures = (format_bytes(d.memory), si(d.flops, "FLOP/s"), si(d.active_w, "W"))
+        row = [name, *([d.kind] if describe else []), *figures, si(d.idle_w, "W"), d.radio]
+        table.add_row(*row, *([d.description] if describe else []))
     return table
 
 
-def radio_table() -> Table:
+def radio_table(describe: bool = True) -> Table:
     table = Table(title="radios (radio = ...)", caption=CAPTION)
-    for col in ("name", "up Mbit/s", "down Mbit/s", "latency", "TX", "RX", "per transfer"):
-        table.add_column(col, justify="left" if col == "name" else "right")
-    table.add_column("description", overflow="fold")
+    for col in ("name", "Mbit/s up/down", "latency", "TX per B", "RX per B", "per transfer"):
+        table.add_column(col, justify="left" if col == "name" else "right", no_wrap=True)
+    if describe:
+        table.add_column("description", overflow="fold")
     for name, r in catalogue().radios.items():
-        table.add_row(
-            name,
-            f"{r.up_mbps:g}",
-            f"{r.down_mbps:g}",
-            si(r.latency_ms / 1000, "s"),
-            si(r.tx_j_per_byte, "J/B"),
-            si(r.rx_j_per_byte, "J/B"),
-            si(r.connect_j, "J"),
-            r.description,
-        )
+        row = [name, f"{r.up_mbps:g} / {r.down_mbps:g}", si(r.latency_ms / 1000, "s")]
+        row += [si(r.tx_j_per_byte, "J"), si(r.rx_j_per_byte, "J"), si(r.connect_j, "J")]
+        table.add_row(*row, *([r.description] if describe else []))
     return table
 
 
@@ -111,5 +106,8 @@ def devices(
     if sources:
         out.print(source_table())
         return
-    out.print(device_table())
-    out.print(radio_table())
+    describe = out.width >= WIDE
+    out.print(device_table(describe))
+    out.print(radio_table(describe))  # its caption (CAPTION) is about both tables
+    if not describe:
+        out.print(f"(descriptions shown in a terminal of {WIDE}+ columns)")

@@ -81,14 +81,6 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-class _HideInjectedCrashes(logging.Filter):
-    """Flower logs each client exception with its traceback; crashes that ``[faults]``
-    injected on purpose are counted in the results instead (real ones still show)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "injected crash of node" not in record.getMessage()
-
-
 def descendants(pid: int) -> list[int]:
     """Process ids below ``pid`` (from /proc): Ray's processes under a run, to stop them
     at once or (``benchmarks/scale.py``) to measure them."""
@@ -240,8 +232,6 @@ def launch(
 
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
-    if not verbose and not any(isinstance(f, _HideInjectedCrashes) for f in flwr_logger.filters):
-        flwr_logger.addFilter(_HideInjectedCrashes())
     init_args: dict = {"include_dashboard": False, "log_to_driver": verbose}
     ray_tmp = None
     if address:

@@ -37,7 +37,7 @@ import math
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from pydantic import BaseModel, ConfigDict
 
 from fogsim.device.arch import Arch
@@ -130,8 +130,9 @@ def client_spec(text: str) -> ClientSpec:
     return ClientSpec.model_validate_json(text)
 
 
-def spec_of(msg: Message) -> ClientSpec:
-    return client_spec(str(msg.content[CONFIG][SPEC]))
+def spec_of(content: RecordDict) -> ClientSpec:
+    """The spec in a node's message content."""
+    return client_spec(str(content[CONFIG][SPEC]))
 
 
 def numpy_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -183,6 +184,6 @@ def unpack_labels(record: ArrayRecord) -> np.ndarray:
     return record[LABELS].numpy().astype(np.int64)
 
 
-def reply(msg: Message, metrics: dict[str, Any], records: dict[str, Any] | None = None) -> Message:
-    """The reply to ``msg``: its metrics and any records."""
-    return Message(RecordDict({METRICS: MetricRecord(metrics), **(records or {})}), reply_to=msg)
+def reply(metrics: dict[str, Any], records: dict[str, Any] | None = None) -> RecordDict:
+    """A node's reply content: its metrics and any records."""
+    return RecordDict({METRICS: MetricRecord(metrics), **(records or {})})

@@ -8,6 +8,7 @@ strategy registry, the fleet's budgets, the data set) is in ``fogsim.checks``.
 from __future__ import annotations
 
 import math
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
@@ -198,6 +199,13 @@ class SimulationSection(Section):
         "pending message for every registered node ten times a second: its cost grows "
         "with the square of this); none = all of a round at once",
     )
+    cohort_size: int | None = Field(
+        None,
+        ge=1,
+        description="fleet nodes per Flower message: each message carries a cohort of "
+        "sampled nodes, trained one after another by one client actor (results do not "
+        "depend on it); none = about two messages per local actor and round",
+    )
     ray_address: str | None = None
     engine: Literal["ray"] = "ray"
     round_timeout_s: float = Field(3600.0, gt=0)
@@ -239,10 +247,24 @@ class SimulationSection(Section):
         "none = the whole test split, as at the end)",
     )
 
+    def cohort(self, nodes: int) -> int:
+        """Fleet nodes per message for a round of ``nodes``: ``cohort_size``, or enough
+        that the round makes about two messages per actor this machine runs at once
+        (so each actor gets work twice and a slow cohort does not hold the round)."""
+        if self.cohort_size is not None:
+            return self.cohort_size
+        actors = max(1, int((os.cpu_count() or 1) / self.cpus_per_client))
+        return max(1, math.ceil(nodes / (2 * actors)))
+
+    def messages(self, nodes: int) -> int:
+        """Flower messages that carry a round of ``nodes`` fleet nodes."""
+        return math.ceil(nodes / self.cohort(nodes)) if nodes else 0
+
     @property
     def flower_nodes(self) -> int:
-        """Nodes registered with Flower: one per message in flight, not per fleet node."""
-        wanted = max(self.clients_per_round, self.evaluate_clients)
+        """Nodes registered with Flower: one per message in flight, not per fleet node
+        (a message carries a cohort of fleet nodes)."""
+        wanted = max(self.messages(self.clients_per_round), self.messages(self.evaluate_clients))
         return min(wanted, self.max_in_flight or wanted)
 
     @property

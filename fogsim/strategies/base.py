@@ -1,13 +1,14 @@
 """What every fogsim strategy shares, on top of Flower's ``FedAvg``.
 
-- **Fleet addressing.** Flower nodes are mailboxes, not fleet nodes: Flower registers
-  one per message in flight (``[simulation] max_in_flight``, see
-  ``SimulationSection.flower_nodes``), the ``j``-th message of a round goes to the
-  ``j``-th smallest Flower node id (modulo their number) and says which fleet node it
-  is for (``config["node"]``). The client trains that node's data under that node's
-  budget. Clients keep no state (it travels in the messages, ``fogsim.flower.wire``),
-  so any mailbox will do, and a fleet of 10,000 nodes costs Flower no more than the
-  nodes sampled.
+- **Fleet addressing.** Flower nodes are mailboxes, not fleet nodes. A round's sampled
+  fleet nodes travel in cohorts (``[simulation] cohort_size``, ``fogsim.flower.cohort``):
+  one message carries each of its nodes' payloads, as if each had a message of its
+  own, and Flower registers one node per message in flight (``max_in_flight``, see
+  ``SimulationSection.flower_nodes``); the ``j``-th message of a round goes to the
+  ``j``-th smallest Flower node id (modulo their number). The client trains each
+  node on that node's data under that node's budget. Clients keep no state (it
+  travels in the messages, ``fogsim.flower.wire``), so any mailbox will do, and a
+  fleet of 10,000 nodes costs Flower no more than the messages of a round.
 - **Seeded sampling.** Each round draws which nodes are up (class ``availability``) and
   which of those are sampled from a generator seeded by (seed, round), so any round can
   be replayed (Flower's ``sample_nodes`` uses the unseeded module ``random``).
@@ -42,14 +43,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fogsim.clock import RoundClock, cut_short
 from fogsim.device.memory import training_memory, widest_fraction
 from fogsim.fleet import Fleet
-from fogsim.flower import wire
+from fogsim.flower import cohort, wire
 from fogsim.hardware.energy import Timeline, has_energy, node_energy, timeline
 from fogsim.scenario import Scenario
 from fogsim.study.results import STATUSES
@@ -59,10 +60,11 @@ MAX_WAITS = 1000  # window openings tried in search of a node on (low battery ke
 
 
 class FogStrategy(FedAvg):
-    """A Flower strategy over a fleet: seeded sampling of fleet nodes, one message per
-    node, replies classified and accounted. Subclasses say what each node gets
-    (:meth:`node_payload`), how good replies merge (:meth:`aggregate`) and which part
-    of the global model a node holds once it has trained (:meth:`held_model`)."""
+    """A Flower strategy over a fleet: seeded sampling of fleet nodes, their payloads
+    in cohort messages, each node's reply classified and accounted. Subclasses say
+    what each node gets (:meth:`node_payload`), how good replies merge
+    (:meth:`aggregate`) and which part of the global model a node holds once it has
+    trained (:meth:`held_model`)."""
 
     name = "base"
 
@@ -89,7 +91,7 @@ class FogStrategy(FedAvg):
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
-        self.sent: list[tuple[int, Message]] = []  # this round's (fleet node, training message)
+        self.sent: list[Message] = []  # this round's training messages (cohorts of nodes)
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
         self.holders: dict[int, int] = {}  # node -> last round it trained (holds a model)
@@ -171,24 +173,28 @@ class FogStrategy(FedAvg):
         kind: str,
         server_round: int,
     ) -> list[Message]:
-        messages, down = [], 0
-        for j, node in enumerate(nodes):
-            records, extra = self.node_payload(node, arrays, server_round)
-            self.bytes_down[node] = wire.array_bytes(records[wire.ARRAYS])
-            down += self.bytes_down[node]
-            cfg = ConfigRecord(
-                {
-                    **config,
+        """The round's messages to ``nodes``: cohorts of ``[simulation] cohort_size``
+        (``fogsim.flower.cohort``), each node's payload as if it had its own message;
+        bytes down are counted per node, the shared model once for each node."""
+        size, down = self.scenario.simulation.cohort(len(nodes)), 0
+        shared = ConfigRecord({**config, wire.SPEC: self.spec})
+        messages = []
+        for j, start in enumerate(range(0, len(nodes), size)):
+            cohort_nodes, payloads = nodes[start : start + size], []
+            for node in cohort_nodes:
+                records, extra = self.node_payload(node, arrays, server_round)
+                self.bytes_down[node] = wire.array_bytes(records[wire.ARRAYS])
+                down += self.bytes_down[node]
+                own = {
                     **extra,
                     wire.NODE: node,
                     wire.CLASS: self.fleet.device(node).name,
                     wire.BUDGET: self.fleet.budget(node),
-                    wire.SPEC: self.spec,
                 }
-            )
-            record = RecordDict({**records, wire.CONFIG: cfg})
+                payloads.append({**records, wire.CONFIG: ConfigRecord(own)})
+            content = cohort.pack(cohort_nodes, payloads, shared, arrays)
             mailbox = self.node_ids[j % len(self.node_ids)]
-            messages.append(Message(record, dst_node_id=mailbox, message_type=kind))
+            messages.append(Message(content, dst_node_id=mailbox, message_type=kind))
         self.round_stats[f"bytes_down_{kind}"] = down
         return messages
 
@@ -200,9 +206,8 @@ class FogStrategy(FedAvg):
         self.node_rows, self.round_stats = [], {"sampled": len(nodes), "up_by_class": up}
         self.timelines = {}
         config[wire.ROUND] = server_round
-        messages = self._messages(nodes, arrays, config, MessageType.TRAIN, server_round)
-        self.sent = list(zip(nodes, messages, strict=True))
-        return messages
+        self.sent = self._messages(nodes, arrays, config, MessageType.TRAIN, server_round)
+        return self.sent
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -216,12 +221,19 @@ class FogStrategy(FedAvg):
 
     # --- replies ---------------------------------------------------------------
     @staticmethod
-    def by_node(replies: Iterable[Message]) -> tuple[list[Message], list[Message]]:
-        """(good replies sorted by fleet node, error replies)."""
-        replies = list(replies)
-        good = [m for m in replies if not m.has_error()]
+    def by_node(replies: Iterable[Message]) -> tuple[list[Message], dict[int, str]]:
+        """Cohort replies taken apart (``fogsim.flower.cohort``): (each node's good
+        reply as a Message of its own, sorted by fleet node; {node: crash reason} of
+        the nodes whose handling raised on the client). A whole-message error reply
+        (its actor died) is not here: see :meth:`crashed_cohorts`."""
+        good, crashed = [], {}
+        for msg in replies:
+            if not msg.has_error():
+                ok, failed = cohort.replies_of(msg)
+                good += ok.values()
+                crashed |= failed
         good.sort(key=lambda m: int(m.content[wire.METRICS][wire.NODE]))
-        return good, [m for m in replies if m.has_error()]
+        return good, crashed
 
     def reply_status(self, msg: Message) -> str:
         """Why a (non-error) training reply is or is not usable: ``ok``, ``dropped``
@@ -240,11 +252,17 @@ class FogStrategy(FedAvg):
             return "rejected"
         return "ok"
 
-    def node_of_error(self, msg: Message) -> int | None:
-        """The fleet node an error reply was for: it names only the message it answers
-        (Flower gives a message its id when it is sent; its mailbox is shared)."""
-        sent = {m.metadata.message_id: node for node, m in self.sent}
-        return sent.get(msg.metadata.reply_to_message_id)
+    def crashed_cohorts(self, replies: Iterable[Message]) -> dict[int, str]:
+        """{node: reason} for every node of a training message whose whole reply was
+        a Flower error (the ClientApp or its actor failed): an error reply names only
+        the message it answers, which names its cohort."""
+        sent = {m.metadata.message_id: cohort.nodes_of(m) for m in self.sent}
+        out = {}
+        for msg in replies:
+            if msg.has_error():
+                for node in sent.get(msg.metadata.reply_to_message_id, []):
+                    out[node] = msg.error.reason
+        return out
 
     def arrived(self, msg: Message) -> tuple[int, str, dict[str, Any], float | None]:
         """(fleet node, status, nodes.csv fields, simulated seconds it kept the round
@@ -279,14 +297,15 @@ class FogStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Classify every sampled node's reply (see :data:`STATUSES`), average the good
         ones, and record a row per node; nodes that never replied are ``timed_out``."""
-        good, errors = self.by_node(replies)
+        replies = list(replies)
+        good, crashed = self.by_node(replies)
+        crashed |= self.crashed_cohorts(replies)
         deadline = self.scenario.simulation.deadline_s
-        status: dict[int, str] = {node: "timed_out" for node, _ in self.sent}
+        status = {node: "timed_out" for m in self.sent for node in cohort.nodes_of(m)}
         problems = []  # what went wrong, in the clients' words
-        for msg in errors:
-            if (node := self.node_of_error(msg)) is not None:
-                status[node] = "crashed"
-                problems.append(f"node {node} crashed: {msg.error.reason}")
+        for node, reason in sorted(crashed.items()):
+            status[node] = "crashed"
+            problems.append(f"node {node} crashed: {reason}")
         rows: dict[int, dict[str, Any]] = {}
         accepted, up, sim_times = [], 0, []
         for msg in good:

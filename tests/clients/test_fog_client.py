@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.fog_client import stream_seed, train
@@ -40,12 +40,12 @@ def test_fedavg_feasible_trains_at_a_batch_its_budget_holds(tiny_scenario) -> No
     config = {**extra, wire.NODE: 0, wire.CLASS: "big", wire.BUDGET: budget, wire.ROUND: 1}
     config[wire.SPEC] = strategy.spec
     content = RecordDict({**records, wire.CONFIG: ConfigRecord(config)})
-    reply = train(Message(content, dst_node_id=1, message_type=MessageType.TRAIN))
-    metrics = reply.content[wire.METRICS]
+    reply = train(content)
+    metrics = reply[wire.METRICS]
     assert metrics[wire.BATCH_SIZE] <= sc.dynhp.min_batch
     assert metrics[wire.PEAK_MEMORY] <= budget and metrics[wire.OVER_BUDGET] == 0
-    assert np.isfinite(reply.content[wire.ARRAYS]["fcs.0.weight"].numpy()).all()
-    assert torch.is_tensor(reply.content[wire.ARRAYS].to_torch_state_dict()["fcs.0.bias"])
+    assert np.isfinite(reply[wire.ARRAYS]["fcs.0.weight"].numpy()).all()
+    assert torch.is_tensor(reply[wire.ARRAYS].to_torch_state_dict()["fcs.0.bias"])
 
 
 def test_draws_give_every_node_of_a_huge_fleet_its_own_data(tiny_scenario) -> None:

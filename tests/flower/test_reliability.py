@@ -2,7 +2,6 @@
 faults, non-finite updates, clients refusing to train over budget."""
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,10 +25,11 @@ from flwr.app import (
 from flwr.supercore.task_identity import TaskIdentity
 from typer.testing import CliRunner
 
-from clients.fog_client import injected_fault, train
+from clients.fog_client import injected_fault, reply_train
 from fogsim.cli import app
 from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
+from fogsim.flower import cohort
 from fogsim.flower.wire import ClientSpec
 from fogsim.scenario import load_scenario
 from fogsim.strategies import STRATEGIES
@@ -210,9 +210,13 @@ def test_injected_faults_are_counted_and_never_averaged(tiny_scenario: Path, tmp
     assert all(torch.isfinite(v).all() for v in model.values())
     assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0
     md = (tmp_path / "report.md").read_text()
-    for cls in ("big", "small"):  # the per-class table ends with the failures
+    table = md.split("## per device class", 1)[1].split("## ", 1)[0]
+    head, _, *body = [[c.strip() for c in line.strip("|").split("|")] for line in
+                      table.strip().splitlines()]  # fmt: skip
+    for cls in ("big", "small"):  # the per-class table has each class's failures
         failed = sum(n["class"] == cls and n["status"] != "ok" for n in run["nodes"])
-        assert re.search(rf"\| {cls} \| .* \| {failed} \|\n", md), md
+        row = next(r for r in body if r[0] == cls)
+        assert row[head.index("failed")] == str(failed), md
 
 
 @pytest.fixture
@@ -221,9 +225,11 @@ def task_identity():
 
 
 def train_message(state: dict, node: int, budget: int, spec: str, mode: str = "plain") -> Message:
-    config = {"node": node, "class": "small", "budget": budget, "mode": mode, "server-round": 1}
-    config["spec"] = spec
-    content = RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord(config)})
+    """A training message for one fleet node (a cohort of one)."""
+    own = {"node": node, "class": "small", "budget": budget, "mode": mode}
+    payload = {"arrays": ArrayRecord(state), "config": ConfigRecord(own)}
+    shared = ConfigRecord({"server-round": 1, "spec": spec})
+    content = cohort.pack([node], [payload], shared)
     return Message(content, dst_node_id=100 + node, message_type=MessageType.TRAIN)
 
 
@@ -235,16 +241,16 @@ def test_server_rejects_non_finite_and_counts_every_failure(tiny_scenario, task_
     sent = [train_message(state, n, b, s.spec) for n, b in enumerate(budgets)]
     for n, m in enumerate(sent):  # as Flower's grid does when it sends them
         m.metadata.__dict__["_message_id"] = f"m{n}"
-    s.sent = list(enumerate(sent))
+    s.sent = sent
     s.bytes_down = dict.fromkeys(range(5), 0)
-    good, bad, refused = (train(m) for m in sent[:3])
-    arrays = {k: v.numpy().copy() for k, v in bad.content["arrays"].items()}
+    good, bad, refused = (reply_train(m) for m in sent[:3])
+    arrays = {k: v.numpy().copy() for k, v in bad.content["1/arrays"].items()}
     arrays["fcs.0.weight"][0, 0] = np.nan
-    bad.content["arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()})
+    bad.content["1/arrays"] = ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()})
     crashed = Message(Error(0, "boom"), reply_to=sent[3])  # node 4 never replies
-    assert refused.content["metrics"]["over-budget"] == 1 and "arrays" not in refused.content
-    assert refused.content["metrics"]["needed-memory"] > 4 << 10
-    assert "cannot hold" in refused.content["error"]["reason"]
+    assert refused.content["2/metrics"]["over-budget"] == 1 and "2/arrays" not in refused.content
+    assert refused.content["2/metrics"]["needed-memory"] > 4 << 10
+    assert "cannot hold" in refused.content["2/error"]["reason"]
 
     new, _ = s.aggregate_train(1, [refused, bad, crashed, good])
     status = {r["node"]: r["status"] for r in s.node_rows}
@@ -253,9 +259,9 @@ def test_server_rejects_non_finite_and_counts_every_failure(tiny_scenario, task_
     classes = [s.fleet.device(n).name for n in (1, 2, 3, 4)]
     assert s.round_stats["failed_by_class"] == {c: classes.count(c) for c in set(classes)}
     for k, v in new.items():  # only the good update: its weights, untouched
-        assert np.array_equal(v.numpy(), good.content["arrays"][k].numpy())
+        assert np.array_equal(v.numpy(), good.content["0/arrays"][k].numpy())
 
-    empty = Message(RecordDict({"metrics": MetricRecord({"node": 4})}), reply_to=sent[4])
+    empty = Message(RecordDict({"4/metrics": MetricRecord({"node": 4})}), reply_to=sent[4])
     assert s.aggregate_train(1, [good, empty])[0] is not None  # no weights: rejected, no crash
     assert {r["node"]: r["status"] for r in s.node_rows}[4] == "rejected"
 

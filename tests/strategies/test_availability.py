@@ -12,7 +12,7 @@ from fogsim.fleet import build_fleet
 from fogsim.hardware.energy import node_energy, timeline
 from fogsim.scenario import load_scenario
 from fogsim.strategies import STRATEGIES
-from tests.strategies.test_strategies import reply, task_identity  # noqa: F401
+from tests.strategies.test_strategies import cohort_reply, reply, task_identity  # noqa: F401
 
 TRACE = """node,class,start_s,end_s,battery
 {a},,0,1000,0.9
@@ -91,7 +91,7 @@ def test_a_node_whose_window_closes_mid_round_departs(tiny_scenario, monkeypatch
         msg.content["metrics"]["train-flops"] = 5e9  # 1 s on a 5 GFLOP/s Pi 4
     s.bytes_down = {a: 1000, b: 1000}
     s.clock.now_s = 0.0
-    new, _ = s.aggregate_train(1, [leaves, stays])
+    new, _ = s.aggregate_train(1, [cohort_reply(leaves, stays)])
     rows = {r["node"]: r for r in s.node_rows}
     stay, gone = rows[a], rows[b]
     assert stay["status"] == "ok" and gone["status"] == "departed"
@@ -126,6 +126,6 @@ def test_no_energy_columns_for_classes_without_figures(tiny_scenario, monkeypatc
     msg = reply(state, None, 10, node=a, with_kept=False)
     msg.content["metrics"]["train-flops"] = 1e6
     s.bytes_down = {a: 0}
-    s.aggregate_train(1, [msg])
+    s.aggregate_train(1, [cohort_reply(msg)])
     assert s.node_rows[0]["energy_j"] > 0
     assert set(s.energy_columns()) == {"energy_j_big"}, "no fleet total from a partial fleet"

@@ -208,12 +208,8 @@ def test_the_client_applies_fedprox_proximal_term(tiny_scenario: Path) -> None:
         records, extra = s.node_payload(0, ArrayRecord(state), 1)
         config = {**extra, wire.NODE: 0, wire.CLASS: "big", wire.BUDGET: 8 << 20}
         config |= {wire.ROUND: 1, wire.SPEC: s.spec, wire.PROXIMAL_MU: mu}
-        msg = Message(
-            RecordDict({**records, wire.CONFIG: ConfigRecord(config)}),
-            dst_node_id=1,
-            message_type=MessageType.TRAIN,
-        )
-        out = train(msg).content[wire.ARRAYS].to_torch_state_dict()
+        content = RecordDict({**records, wire.CONFIG: ConfigRecord(config)})
+        out = train(content)[wire.ARRAYS].to_torch_state_dict()  # one node's content
         return sum(float(((out[k] - v) ** 2).sum()) for k, v in state.items())
 
     free, held = drift(0.0), drift(1.0)

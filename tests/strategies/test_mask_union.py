@@ -5,7 +5,7 @@ design kept as an option."""
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.fog_client import train
@@ -83,7 +83,7 @@ def test_bad_options_are_refused(tiny_scenario) -> None:
         strategy(tiny_scenario, target_batch="median")
 
 
-def dynhp_round(s, node: int, participations: int) -> Message:
+def dynhp_round(s, node: int, participations: int) -> RecordDict:
     """The node's reply to a training message at the given point of its schedule."""
     s.participations[node] = participations
     model = FogNet((), (64, 32))
@@ -92,7 +92,7 @@ def dynhp_round(s, node: int, participations: int) -> Message:
     config = {**extra, wire.NODE: node, wire.CLASS: s.fleet.device(node).name}
     config.update({wire.BUDGET: s.fleet.budget(node), wire.ROUND: 1, wire.SPEC: s.spec})
     content = RecordDict({**records, wire.CONFIG: ConfigRecord(config)})
-    return train(Message(content, dst_node_id=1, message_type=MessageType.TRAIN))
+    return train(content)
 
 
 def test_min_target_deploys_every_neuron_the_budget_trains(tiny_scenario) -> None:
@@ -102,7 +102,7 @@ def test_min_target_deploys_every_neuron_the_budget_trains(tiny_scenario) -> Non
         node = min(range(s.fleet.num_nodes), key=s.fleet.budget)
         sent = s.kept_for(node, 1)
         last = dynhp_round(s, node, s.planned - 1)  # the schedule's end: target forced
-        kept = wire.unpack_kept(last.content[wire.KEPT])
+        kept = wire.unpack_kept(last[wire.KEPT])
         pruned[batch] = sum(len(a) - len(b) for a, b in zip(sent, kept, strict=True))
-        assert last.content[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
+        assert last[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
     assert pruned["min"] == 0 and pruned["max"] > 0

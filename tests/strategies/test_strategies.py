@@ -17,6 +17,7 @@ from fogsim.device.memory import training_memory, widest_fraction
 from fogsim.device.models import FogNet
 from fogsim.device.pruning import extract_submodel, full_kept
 from fogsim.fleet import build_fleet
+from fogsim.flower import cohort
 from fogsim.flower.wire import pack_kept
 from fogsim.scenario import load_scenario
 from fogsim.strategies import STRATEGIES
@@ -49,6 +50,17 @@ def reply(state: dict, kept, n: int, node: int = 0, with_kept: bool = True) -> M
     )
     if with_kept:
         content["kept"] = pack_kept(kept)
+    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def cohort_reply(*replies: Message) -> Message:
+    """Nodes' replies as the client sends them: one cohort reply, each node's records
+    under its id (``fogsim.flower.cohort``)."""
+    content = RecordDict()
+    for m in replies:
+        node = int(m.content["metrics"]["node"])
+        for name, record in m.content.items():
+            content[cohort.key(node, name)] = record
     return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 
 
@@ -234,7 +246,7 @@ def test_stragglers_past_the_deadline_are_counted_and_left_out(tiny_scenario) ->
     fast.content["metrics"]["train-flops"] = 1e6  # 1 ms at 1 GFLOP/s
     slow.content["metrics"]["train-flops"] = 5e9  # 5 s: past the 1 s deadline
     s.bytes_down = {0: 0, 1: 0}
-    new, _ = s.aggregate_train(1, [slow, fast])
+    new, _ = s.aggregate_train(1, [cohort_reply(slow, fast)])
     assert s.round_stats["aggregated"] == 1 and s.round_stats["straggler"] == 1
     assert s.round_stats["sim_time_s"] == 1.0  # the round ends at the deadline
     assert [r["status"] for r in s.node_rows] == ["ok", "straggler"]
