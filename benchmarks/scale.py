@@ -208,7 +208,7 @@ def child_flower(args: argparse.Namespace) -> None:
         torch.set_num_threads(threads)
         node = int(context.node_config["partition-id"])
         x, y, _, _ = local_data(spec, node)
-        model = FogNet(sc.model.conv_channels, sc.model.hidden)
+        model = FogNet(sc.arch.channels, sc.arch.hidden, sc.arch.in_shape, sc.arch.num_classes)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         opt = make_optimizer(t.optimizer, model.parameters(), t.lr, t.momentum)
         loss = train_epochs(

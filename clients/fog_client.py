@@ -96,7 +96,7 @@ def train_dynhp_round(
     """DynHP on this node's sub-model, resuming the node's scores and schedule;
     ``care``: :func:`training_care`."""
     cfg, train = content[wire.CONFIG], spec.train
-    global_arch = spec.model.shape
+    global_arch = spec.arch
     kept = wire.unpack_kept(content[wire.KEPT])
     device_cfg = spec.dynhp.model_copy(update={"target_compression": float(cfg[wire.TARGET])})
     dynhp = DynHP(device_cfg, global_arch, kept)
@@ -161,6 +161,7 @@ def train_fixed(
         batch_size=batch,
         optimizer=opt,
         generator=gen,
+        proximal_mu=float(cfg.get(wire.PROXIMAL_MU, 0.0)),  # FedProx (a Flower strategy)
         **care,
     )
     return {
@@ -178,7 +179,7 @@ def training_care(spec: ClientSpec, cfg: ConfigRecord, model: FogNet, y: torch.T
     gradient clipping and label masking; returns the keyword arguments of the
     training loop (``clip``, ``label_mask``)."""
     if int(cfg.get(wire.SCALER, 0)):
-        model.scale_to = spec.model.shape.widths
+        model.scale_to = spec.arch.widths
     clip = float(cfg.get(wire.CLIP, 0.0))
     mask = present_labels(y, model.num_classes) if int(cfg.get(wire.LABEL_MASK, 0)) else None
     return {"clip": clip if clip > 0 else None, "label_mask": mask}
@@ -218,7 +219,7 @@ def train(content: RecordDict) -> RecordDict:
     if fault == "drop":
         return wire.reply({wire.NODE: node, wire.DROPPED_OUT: 1})
     x, y, _, _ = local_data(spec, node)
-    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict())
+    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
     macs_in = macs_per_sample(model)
     gen = torch.Generator().manual_seed(stream_seed(spec.seed, rnd, node))
     if fault == "crash":
@@ -259,7 +260,7 @@ def evaluate_local(content: RecordDict) -> RecordDict:
     """The received model's accuracy and loss on the node's held-out samples."""
     spec, node = wire.spec_of(content), int(content[wire.CONFIG][wire.NODE])
     _, _, x, y = local_data(spec, node)
-    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict())
+    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
     acc, loss = evaluate(model, x, y)
     metrics = {wire.NODE: node, wire.NUM_EXAMPLES: len(x), wire.ACCURACY: acc, wire.LOSS: loss}
     return wire.reply(metrics)

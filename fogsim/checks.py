@@ -56,6 +56,17 @@ def check_data(sc: Scenario) -> None:
     raises DatasetNotFoundError, DatasetError, or ScenarioError naming the split."""
     data = load_dataset(sc.data.dataset, sc.data.path)
     d = sc.data
+    if data.image_shape != tuple(d.image_shape):
+        raise ScenarioError(
+            f"data.image_shape = {list(d.image_shape)}: {d.path or d.dataset} holds images "
+            f"of {list(data.image_shape)} (channels, height, width)"
+        )
+    top = int(max(data.train_y.max(initial=0), data.test_y.max(initial=0)))
+    if top >= d.num_classes:
+        raise ScenarioError(
+            f"data.num_classes = {d.num_classes}: {d.path or d.dataset} has label {top}; "
+            f"num_classes must be at least {top + 1}"
+        )
     if d.partitioning == "draws":
         if d.samples_per_node > len(data.train_y):
             raise ScenarioError(

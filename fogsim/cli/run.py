@@ -32,6 +32,7 @@ from fogsim.cli.common import (
 from fogsim.device.memory import widest_fraction
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
+from fogsim.strategies.flower_plugin import dense_notice
 from fogsim.study.results import (
     CHECKPOINT,
     STATUSES,
@@ -257,7 +258,7 @@ def fleet_table(sc: Scenario) -> Table:
     model each budget trains at the minimum batch (``[dynhp] min_batch``); nodes that
     can train nothing, and why."""
     fleet = build_fleet(sc.fleet, sc.run.seed)
-    arch = sc.model.shape
+    arch = sc.arch
     kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
     dense = "x".join(map(str, arch.widths))
     table = Table(
@@ -326,6 +327,8 @@ def print_fleet(sc: Scenario, console: Console) -> None:
             markup=False,
             soft_wrap=True,
         )
+    if notice := dense_notice(sc, fleet):
+        console.print(notice, markup=False, soft_wrap=True)
 
 
 def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:

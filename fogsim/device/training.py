@@ -67,19 +67,28 @@ def train_epochs(
     generator: torch.Generator | None = None,
     clip: float | None = None,
     label_mask: torch.Tensor | None = None,
+    proximal_mu: float = 0.0,
 ) -> float:
     """Train in place with cross-entropy; returns the mean loss over the last epoch.
     ``clip``: clip the gradient norm each step; ``label_mask``: the labels whose
-    logits stay (:func:`masked_logits`)."""
+    logits stay (:func:`masked_logits`); ``proximal_mu``: FedProx's proximal term
+    ``mu/2 * ||w - w_received||^2`` added to the loss (the reported loss excludes it)."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     total, count = 0.0, 0
     for _ in range(epochs):
         total, count = 0.0, 0
         for idx in batches(len(x), batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(masked_logits(model(x[idx]), label_mask), y[idx])
-            loss.backward()
+            objective = loss
+            if anchor:
+                drift = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                objective = loss + proximal_mu / 2 * drift
+            objective.backward()
             clip_gradients(model, clip)
             optimizer.step()
             total += loss.item() * len(idx)

@@ -34,7 +34,8 @@ ProgressFn = Callable[[dict[str, Any]], None]
 
 def initial_model(scenario: Scenario) -> FogNet:
     torch.manual_seed(scenario.run.seed)
-    return FogNet(scenario.model.conv_channels, scenario.model.hidden)
+    arch = scenario.arch
+    return FogNet(arch.channels, arch.hidden, arch.in_shape, arch.num_classes)
 
 
 def exchange(grid: Grid, messages: Iterable[Message], wave: int, timeout: float) -> list[Message]:
@@ -123,7 +124,7 @@ class RoundLoop:
             self.stop_if_failing(failed)
         summary = {
             "name": sc.run.name,
-            "strategy": sc.strategy.name,
+            "strategy": sc.strategy.label,
             "rounds": sc.run.rounds,
             "final_accuracy": final,
             "best_accuracy": self.best,

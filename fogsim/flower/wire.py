@@ -12,7 +12,9 @@ A training message (server → client) is a ``RecordDict`` of:
 - ``dynhp`` (:data:`DYNHP`, ``mask-union``): the node's DynHP state from its last
   participation (scores, gate streaks, seen flags, in global indices);
 - ``config`` (:data:`CONFIG`): the keys ``NODE`` … ``SPEC`` below, and the
-  sub-model strategies' training care (``SCALER``, ``CLIP``, ``LABEL_MASK``).
+  sub-model strategies' training care (``SCALER``, ``CLIP``, ``LABEL_MASK``), and
+  whatever a Flower strategy run as a plug-in puts in its config (``PROXIMAL_MU``
+  from ``FedProx`` is applied; other keys are ignored).
 
 The reply (client → server) holds ``metrics`` (:data:`METRICS`, keys below; their
 names with ``-`` → ``_`` are the columns of ``nodes.csv``) and, unless the node
@@ -38,6 +40,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from pydantic import BaseModel, ConfigDict
 
+from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.pruning import Kept
 from fogsim.scenario import DataSection, FaultsSection, ModelSection, Scenario, TrainSection
@@ -65,6 +68,7 @@ SCALER = "scaler"  # 1: scale hidden outputs by global / local width in training
 CLIP = "clip-grad"  # > 0: clip the gradient norm to this each step
 LABEL_MASK = "label-mask"  # 1: mask the logits of labels absent locally, reply LABELS
 BATCH_LR = "batch-lr"  # 1 (fixed sub-models): scale the LR with the batch as DynHP does
+PROXIMAL_MU = "proximal-mu"  # > 0: FedProx's proximal term (Flower's FedProx sets it)
 
 MODES = ("dense", "plain", "dynhp")
 
@@ -99,6 +103,11 @@ class ClientSpec(BaseModel):
     faults: FaultsSection
     threads: int  # torch intra-op threads of a client actor
     shares: tuple[float, ...] | None = None  # per node: its relative share of the data
+
+    @property
+    def arch(self) -> Arch:
+        """The dense global architecture on the data set's images (``Scenario.arch``)."""
+        return self.model.shape_for(self.data)
 
     @classmethod
     def of(cls, sc: Scenario) -> ClientSpec:

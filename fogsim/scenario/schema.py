@@ -17,12 +17,11 @@ from fogsim.data import DATASETS, PARTITIONINGS
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.memory import training_memory
-from fogsim.device.models import IMAGE_SHAPE
+from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
 from fogsim.scenario.fleet_section import FleetSection
 
-MAX_CONV_BLOCKS = int(math.log2(min(IMAGE_SHAPE[1:])))  # each 2x2 pool halves the image
 MAX_PARAMS = 100_000_000  # the dense model lives on the server and on every client
 
 
@@ -50,6 +49,26 @@ class DataSection(Section):
         100, ge=1, description="draws: each node's own draw from the training set"
     )
     client_test_fraction: float = Field(0.1, ge=0, lt=1)
+    image_shape: list[Annotated[int, Field(ge=1)]] = Field(
+        list(IMAGE_SHAPE),
+        min_length=3,
+        max_length=3,
+        description="channels, height, width of one image (npz: checked against the file)",
+    )
+    num_classes: int = Field(NUM_CLASSES, ge=2, description="labels 0..num_classes-1")
+
+    @model_validator(mode="after")
+    def _shape_of_known_sets(self) -> DataSection:
+        if self.dataset == "npz":
+            if not self.path:
+                raise ValueError("path: dataset 'npz' needs path = your .npz file")
+        elif (tuple(self.image_shape), self.num_classes) != (IMAGE_SHAPE, NUM_CLASSES):
+            raise ValueError(
+                f"image_shape = {self.image_shape}, num_classes = {self.num_classes}: "
+                f"{self.dataset} has {list(IMAGE_SHAPE)} images in {NUM_CLASSES} classes "
+                "(set them only for dataset = 'npz')"
+            )
+        return self
 
 
 class ModelSection(Section):
@@ -57,25 +76,28 @@ class ModelSection(Section):
     hidden: list[Annotated[int, Field(ge=1)]] = [300, 100]
     channels: list[Annotated[int, Field(ge=1)]] = [16, 32]
 
-    @model_validator(mode="after")
-    def _buildable(self) -> ModelSection:
-        if len(self.conv_channels) > MAX_CONV_BLOCKS:
-            raise ValueError(
-                f"channels: {len(self.channels)} conv blocks pool the "
-                f"{IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} image away; at most {MAX_CONV_BLOCKS}"
-            )
-        if (n := self.shape.num_params()) > MAX_PARAMS:
-            raise ValueError(f"the dense model has {n:,} parameters; at most {MAX_PARAMS:,}")
-        return self
-
     @property
     def conv_channels(self) -> tuple[int, ...]:
         return tuple(self.channels) if self.arch == "cnn" else ()
 
-    @property
-    def shape(self) -> Arch:
-        """The dense global architecture, as the memory model sees it."""
-        return Arch(self.conv_channels, tuple(self.hidden))
+    def shape_for(self, data: DataSection) -> Arch:
+        """The dense global architecture on ``data``'s images, as the memory model sees
+        it (``Scenario.arch``)."""
+        in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
+        return Arch(self.conv_channels, tuple(self.hidden), in_shape, data.num_classes)
+
+    def problems(self, data: DataSection) -> list[str]:
+        """Why the model cannot be built on ``data``'s images (none: it can)."""
+        h, w = data.image_shape[1:]
+        blocks = int(math.log2(min(h, w)))  # each 2x2 pool halves the image
+        if len(self.conv_channels) > blocks:
+            return [
+                f"model.channels: {len(self.channels)} conv blocks pool the {h}x{w} image "
+                f"away; at most {blocks}"
+            ]
+        if (n := self.shape_for(data).num_params()) > MAX_PARAMS:
+            return [f"model: the dense model has {n:,} parameters; at most {MAX_PARAMS:,}"]
+        return []
 
 
 class TrainSection(Section):
@@ -130,6 +152,24 @@ class StrategySection(Section):
         pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
         description="a module to import first: it registers your own strategies",
     )
+    flower: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$",
+        description="a Flower strategy class as 'module:Class' (e.g. "
+        "'flwr.serverapp.strategy:FedAdam'), built with params as its keyword "
+        "arguments; it trains the dense model on the nodes that can hold it",
+    )
+
+    @model_validator(mode="after")
+    def _one_strategy(self) -> StrategySection:
+        if self.flower is not None and "name" in self.model_fields_set:
+            raise ValueError(f"name = {self.name!r} and flower = {self.flower!r}: give one of them")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The strategy as results name it: its registered name or its Flower class."""
+        return self.flower or self.name
 
 
 class SimulationSection(Section):
@@ -274,7 +314,7 @@ class Scenario(Section):
     def _cross_checks(self) -> Scenario:
         """Fields that must agree with each other. What needs more than the schema (the
         strategy registry, the fleet's budgets, the data set) is in ``fogsim.checks``."""
-        nodes, sim, problems = self.fleet.nodes, self.simulation, []
+        nodes, sim, problems = self.fleet.nodes, self.simulation, self.model.problems(self.data)
         for field in ("clients_per_round", "evaluate_clients"):
             if getattr(sim, field) > nodes:
                 problems.append(
@@ -302,8 +342,13 @@ class Scenario(Section):
         return self
 
     @property
+    def arch(self) -> Arch:
+        """The dense global architecture on the data set's images and classes."""
+        return self.model.shape_for(self.data)
+
+    @property
     def smallest_training_memory(self) -> int:
         """Bytes to train the narrowest model (one neuron per group) at ``[dynhp]
         min_batch``: a node with less can train nothing."""
-        smallest = self.model.shape.scaled(0.0)
+        smallest = self.arch.scaled(0.0)
         return training_memory(smallest, self.dynhp.min_batch, self.train.memory_kind)

@@ -68,6 +68,18 @@ class FogStrategy(FedAvg):
 
     name = "base"
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> FogStrategy:
+        """Refuse, pointing to the right class, a Flower-style construction without a
+        scenario: the simulator's strategies need one; ``fogsim.flower.strategies`` has
+        the Flower-app ones. (No arguments at all is left to ``copy`` and ``pickle``.)"""
+        if (args and not isinstance(args[0], Scenario)) or (kwargs and not args):
+            raise TypeError(
+                f"{cls.__name__} here is fogsim's simulator strategy, built from a scenario "
+                "and a fleet; in a Flower app of your own use fogsim.flower.strategies "
+                "(MaskUnion, HeteroFL, FedRolex), which take Flower's keyword arguments"
+            )
+        return super().__new__(cls)
+
     def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=0, min_available_nodes=1)
         self.scenario = scenario
@@ -75,7 +87,7 @@ class FogStrategy(FedAvg):
         self.spec = wire.ClientSpec.of(scenario).model_dump_json()  # sent with every message
         self.node_ids: list[int] = []
         self.bytes_down: dict[int, int] = {}
-        self.arch = scenario.model.shape
+        self.arch = scenario.arch
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains

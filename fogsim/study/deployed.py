@@ -54,7 +54,8 @@ def evaluate_held(
         weights = strategy.held_model(node, state)
         key = "global" if weights is state else _digest(weights)
         if key not in done:
-            model = model_from_state({k: torch.as_tensor(v) for k, v in weights.items()})
+            state_t = {k: torch.as_tensor(v) for k, v in weights.items()}
+            model = model_from_state(state_t, strategy.arch.in_shape)
             acc, loss = evaluate(model, x, y)
             done[key] = (acc, loss, sum(int(np.prod(np.shape(v))) for v in weights.values()))
         out[node] = done[key]

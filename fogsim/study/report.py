@@ -144,7 +144,7 @@ def idle_reasons(run: dict[str, Any], budgets: dict[str, list[float]]) -> dict[s
     except ValueError:  # an older or edited scenario.json: no reason rather than a guess
         return {}
     narrowest = sc.smallest_training_memory
-    full = training_memory(sc.model.shape, sc.dynhp.min_batch, sc.train.memory_kind)
+    full = training_memory(sc.arch, sc.dynhp.min_batch, sc.train.memory_kind)
     out = {}
     for name, bs in budgets.items():
         top = max(bs, default=0)
@@ -152,7 +152,7 @@ def idle_reasons(run: dict[str, Any], budgets: dict[str, list[float]]) -> dict[s
             out[name] = (
                 f"budget ≤ {format_bytes(top)} < {format_bytes(narrowest)}, the narrowest model"
             )
-        elif sc.strategy.name == "fedavg-feasible" and top < full:
+        elif (sc.strategy.name == "fedavg-feasible" or sc.strategy.flower) and top < full:
             out[name] = f"budget ≤ {format_bytes(top)} < {format_bytes(full)}, the full model"
     return out
 

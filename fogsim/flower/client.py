@@ -1,0 +1,102 @@
+"""The client side of ``fogsim.flower.strategies``, for a ``ClientApp`` of your own.
+
+Three calls turn a FedAvg client into one that trains whatever sub-model it receives::
+
+    app = ClientApp()
+
+    @app.query()
+    def query(msg, context):
+        return budget_reply(msg, node_budget(context))
+
+    @app.train()
+    def train(msg, context):
+        model = load_arrays(MyNet(), msg.content["arrays"])  # the sub-model's shapes
+        ...                                                   # your own training loop
+        return train_reply(msg, model, num_examples=len(data), metrics={"train-loss": loss})
+
+- :func:`node_budget`: the node's training memory in bytes, from its ``Context``:
+  ``node_config["budget-bytes"]`` (set per SuperNode with ``--node-config``) or,
+  as a simulation's nodes share one config, ``run_config["budgets"]``, a
+  comma-separated list of sizes ("8MiB,2MiB,512KiB") picked by ``partition-id``.
+- :func:`load_arrays`: your model with every parameter and buffer replaced by the
+  received array of the same name, whatever its shape: a sub-model is the same
+  network with fewer neurons per layer. Nothing is randomly re-initialised.
+- :func:`train_reply`: the reply FedAvg expects (``arrays``, ``metrics`` with
+  ``num-examples``), from the trained model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from torch import nn
+
+from fogsim.flower import wire
+from fogsim.flower.strategies import BUDGET_KEY
+from fogsim.units import parse_bytes
+
+
+def node_budget(context: Context, budgets: str = "") -> int | None:
+    """This node's budget in bytes (see the module doc; ``budgets`` stands in for a
+    run config without ``budgets``, as ``run_simulation`` passes none); None if
+    neither is set."""
+    if BUDGET_KEY in context.node_config:
+        return parse_bytes(context.node_config[BUDGET_KEY])
+    sizes = str(context.run_config.get("budgets", budgets)).split(",")
+    if sizes == [""] or "partition-id" not in context.node_config:
+        return None
+    return parse_bytes(sizes[int(context.node_config["partition-id"]) % len(sizes)].strip())
+
+
+def budget_reply(msg: Message, budget_bytes: int | None) -> Message:
+    """The answer to a strategy's budget query (no budget: the node trains everything)."""
+    metrics = {} if budget_bytes is None else {BUDGET_KEY: int(budget_bytes)}
+    return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+def load_arrays(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
+    """``model`` holding ``arrays`` as its parameters and buffers, in place, each of
+    the shape received (a layer's ``in_features``/``out_features`` are updated too,
+    so the model prints as what it is)."""
+    state = arrays.to_torch_state_dict()
+    names = dict(model.named_parameters()) | dict(model.named_buffers())
+    missing = sorted(set(names) - set(state))
+    extra = sorted(set(state) - set(names))
+    if missing or extra:
+        raise KeyError(f"received arrays do not match the model: missing {missing}, extra {extra}")
+    for name, value in state.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if isinstance(getattr(module, leaf), nn.Parameter):
+            setattr(module, leaf, nn.Parameter(value.clone()))
+        else:
+            module.register_buffer(leaf, value.clone())
+    for module in model.modules():
+        _update_sizes(module)
+    return model
+
+
+def _update_sizes(module: nn.Module) -> None:
+    """A layer's size attributes after its arrays were swapped for narrower ones."""
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Conv2d):
+        module.out_channels, module.in_channels = module.weight.shape[:2]
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+        module.num_features = module.running_mean.shape[0]
+
+
+def train_reply(
+    msg: Message, model: nn.Module, num_examples: int, metrics: dict[str, Any] | None = None
+) -> Message:
+    """The reply to a training message: the trained (sub-)model and its metrics."""
+    record = MetricRecord({**(metrics or {}), "num-examples": int(num_examples)})
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    content = RecordDict({wire.ARRAYS: ArrayRecord(state), wire.METRICS: record})
+    return Message(content, reply_to=msg)
+
+
+def shapes_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shapes of a model's arrays (what a strategy's ``memory_fn`` is given)."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
