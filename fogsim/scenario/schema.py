@@ -20,6 +20,7 @@ from fogsim.device.models import IMAGE_SHAPE
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
 from fogsim.scenario.fleet_section import FleetSection
+from fogsim.scenario.topology_section import TopologySection, topology_problems
 
 MAX_CONV_BLOCKS = int(math.log2(min(IMAGE_SHAPE[1:])))  # each 2x2 pool halves the image
 MAX_PARAMS = 100_000_000  # the dense model lives on the server and on every client
@@ -247,6 +248,7 @@ class Scenario(Section):
     dynhp: DynHPSection = DynHPSection()
     simulation: SimulationSection = SimulationSection()
     faults: FaultsSection = FaultsSection()
+    topology: TopologySection = TopologySection()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
@@ -275,6 +277,7 @@ class Scenario(Section):
                 f"simulation.min_replies: {sim.min_replies} exceeds "
                 f"simulation.clients_per_round = {sim.clients_per_round}"
             )
+        problems += topology_problems(self.topology, self.fleet)
         if problems:  # one line each, field first (see _format_errors)
             raise ValueError("\n".join(problems))
         return self
