@@ -43,6 +43,14 @@ class Link(Section):
         return self.latency_ms / 1000.0 + nbytes * 8 / (rate * 1e6)
 
 
+class DeviceLink(Section):
+    """A device's hop to its fog: each field left out stays its class's own."""
+
+    up_mbps: float | None = Field(None, gt=0)
+    down_mbps: float | None = Field(None, gt=0)
+    latency_ms: float | None = Field(None, ge=0)
+
+
 class TopologySection(Section):
     kind: Literal["flat", "hierarchical"] = "flat"
     fogs: int | None = Field(
@@ -53,10 +61,21 @@ class TopologySection(Section):
         None, description="assign = 'lists': per fog, the fleet node indices it serves"
     )
     fog_rounds: int = Field(1, ge=1, le=1000, description="fog rounds per cloud round")
-    device_link: Link | None = Field(
-        None, description="device ↔ fog (hierarchical); none: each device's own class link"
+    device_link: DeviceLink = Field(
+        DeviceLink(), description="device ↔ fog (hierarchical); a field left out: the class's"
     )
-    cloud_link: Link = Field(Link(), description="fog ↔ cloud (hierarchical)")
+    cloud_link: Link | None = Field(
+        None,
+        description="fog ↔ cloud (hierarchical; none: 100 Mbit/s each way, no latency); "
+        "given on a flat topology, every device transfer crosses it too (its latency "
+        "added, throughput at most its)",
+    )
+
+    @property
+    def wan(self) -> Link:
+        """The fog ↔ cloud link (its defaults when none is given)."""
+        return self.cloud_link or Link()
+
     cloud_deadline_s: float | None = Field(
         None, gt=0, description="simulated s; a fog model arriving later is a fog straggler"
     )

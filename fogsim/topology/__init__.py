@@ -9,6 +9,7 @@ strategy itself (flat, lock-step: fogsim as it always was), a fog tier
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fogsim.fleet import Fleet
@@ -25,12 +26,33 @@ def round_driver(scenario: Scenario, fleet: Fleet) -> Any:
     topo = scenario.topology
     if topo.kind == "hierarchical":
         return Hierarchy(scenario, fleet, fog_of(scenario, fleet))
+    fleet = through_cloud_link(scenario, fleet)
     if topo.aggregation == "buffered":
         from fogsim.topology.buffered import Buffered
 
         return Buffered(scenario, fleet)
     strategy: FogStrategy = build_strategy(scenario, fleet)
     return strategy
+
+
+def through_cloud_link(scenario: Scenario, fleet: Fleet) -> Fleet:
+    """A flat fleet whose devices reach the cloud across ``[topology] cloud_link`` when
+    the scenario gives one (the same wide-area link a fog tier would use): its latency
+    added to every transfer, throughput at most the link's. Not given: unchanged."""
+    link = scenario.topology.cloud_link
+    if link is None:
+        return fleet
+    classes = [
+        c.model_copy(
+            update={
+                "latency_ms": c.latency_ms + link.latency_ms,
+                "up_mbps": min(c.up_mbps, link.up_mbps),
+                "down_mbps": min(c.down_mbps, link.down_mbps),
+            }
+        )
+        for c in fleet.classes
+    ]
+    return dataclasses.replace(fleet, classes=classes)
 
 
 def tier_columns(stats: dict[str, Any]) -> dict[str, Any]:

@@ -67,12 +67,12 @@ def fog_scenario(scenario: Scenario, clients: int) -> Scenario:
 
 
 def fog_fleet(scenario: Scenario, fleet: Fleet) -> Fleet:
-    """The fleet as a fog sees it: with ``[topology] device_link`` every device reaches
-    its fog over that link (its radio's energy figures unchanged)."""
-    link = scenario.topology.device_link
-    if link is None:
+    """The fleet as a fog sees it: every device reaches its fog over ``[topology]
+    device_link`` (a field left out: its class's own; radio energy figures unchanged)."""
+    link = scenario.topology.device_link.model_dump(exclude_none=True)
+    if not link:
         return fleet
-    classes = [c.model_copy(update=link.model_dump()) for c in fleet.classes]
+    classes = [c.model_copy(update=link) for c in fleet.classes]
     return dataclasses.replace(fleet, classes=classes)
 
 
@@ -125,7 +125,7 @@ class Hierarchy:
         """``fog_rounds`` fog rounds on every fog, then the cloud's merge; None if no
         fog model arrived to merge (the global model is kept)."""
         topo, start = self.topology, self.cloud.clock.now_s
-        down_s = topo.cloud_link.seconds(wire.array_bytes(arrays), up=False)
+        down_s = topo.wan.seconds(wire.array_bytes(arrays), up=False)
         self.node_rows, self.round_stats = [], {"problems": [], "energy": Counter()}
         self.round_stats["failed_by_class"] = Counter()
         for fog in self.fogs:
@@ -196,7 +196,7 @@ class Hierarchy:
         for fog in self.fogs:
             state = {k: v.numpy() for k, v in fog.arrays.items()} if fog.weights is not None else {}
             nbytes = upload_bytes(state, fog.weights)
-            arrival = fog.strategy.clock.now_s + topo.cloud_link.seconds(nbytes, up=True)
+            arrival = fog.strategy.clock.now_s + topo.wan.seconds(nbytes, up=True)
             end = max(end, min(arrival, deadline))
             if fog.weights is None:
                 continue

@@ -178,3 +178,14 @@ def test_bad_topology_is_one_clear_error(scenario_file, sets, says) -> None:
     with pytest.raises(ScenarioError) as e:
         load_scenario(scenario_file, sets)
     assert says in str(e.value) and "fog.toml" in str(e.value) or says in str(e.value)
+
+
+def test_a_flat_fleet_given_a_cloud_link_crosses_it(scenario_file, tmp_path) -> None:
+    """Flat devices reach the cloud over the same wide-area link a fog would use: its
+    latency on each of their two transfers, its throughput as a cap."""
+    plain, nodes, _ = run_local(load_scenario(scenario_file, ["run.rounds=1"]), tmp_path / "a")
+    wan = "topology.cloud_link={latency_ms=100, up_mbps=1e12, down_mbps=1e12}"
+    _, via_wan, _ = run_local(load_scenario(scenario_file, ["run.rounds=1", wan]), tmp_path / "b")
+    assert [n["node"] for n in via_wan] == [n["node"] for n in nodes]
+    for a, b in zip(nodes, via_wan, strict=True):
+        assert b["sim_time_s"] == pytest.approx(a["sim_time_s"] + 0.2)
