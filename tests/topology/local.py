@@ -88,5 +88,8 @@ def run_local(sc: Scenario, out: Path) -> tuple[list[dict], list[dict], LocalGri
     torch.set_num_threads(1)  # as a client actor with one Ray CPU
     fleet = build_fleet(sc.fleet, sc.run.seed)
     grid = LocalGrid(sc.simulation.flower_nodes)
-    RoundLoop(sc, fleet, RunWriter(out)).run(grid)
+    writer = RunWriter(out)
+    writer.write_json("scenario.json", sc.model_dump(mode="json"))
+    writer.fleet_table(fleet)
+    RoundLoop(sc, fleet, writer).run(grid)
     return read_csv(out / "rounds.csv"), read_csv(out / "nodes.csv"), grid
