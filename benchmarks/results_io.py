@@ -114,7 +114,7 @@ def update_readme() -> list[str]:
     """Re-render every marked block of the README from its results file."""
     import importlib
 
-    for module in ("dynhp_vs_competitors", "strategies", "scale"):
+    for module in ("dynhp_vs_competitors", "strategies", "scale", "fog"):
         importlib.import_module(module)  # each registers its renderer
     text = README.read_text()
     names = list(readme_blocks(text))

@@ -14,7 +14,7 @@ def test_every_results_file_is_in_the_readme_as_rendered() -> None:
     files = sorted(results_io.RESULTS.glob("*.json"))
     if not files:
         pytest.skip("no benchmark results yet")
-    for module in ("dynhp_vs_competitors", "strategies", "scale"):
+    for module in ("dynhp_vs_competitors", "strategies", "scale", "fog"):
         __import__(module)  # each registers its renderer
     blocks = results_io.readme_blocks(results_io.README.read_text())
     for path in files:

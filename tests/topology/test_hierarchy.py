@@ -189,3 +189,26 @@ def test_a_flat_fleet_given_a_cloud_link_crosses_it(scenario_file, tmp_path) -> 
     assert [n["node"] for n in via_wan] == [n["node"] for n in nodes]
     for a, b in zip(nodes, via_wan, strict=True):
         assert b["sim_time_s"] == pytest.approx(a["sim_time_s"] + 0.2)
+
+
+def test_cli_refuses_a_bad_topology_with_exit_2(tmp_path) -> None:
+    """Through the CLI's error path: the file, the field, the value and what is allowed."""
+    from typer.testing import CliRunner
+
+    from fogsim.cli import app
+
+    (tmp_path / "fleet.csv").write_text(
+        "id,device,memory,fog\ngw-a,raspberry-pi-4,,\ngw-b,raspberry-pi-4,,\n"
+        "s1,esp32-s3,1MiB,gw-a\ns2,esp32-s3,1MiB,gw-b\n"
+    )
+    scenario = tmp_path / "f.toml"
+    scenario.write_text(
+        '[fleet]\nfile = "fleet.csv"\n[topology]\nkind = "hierarchical"\nassign = "file"\n'
+        "fogs = 3\n[simulation]\nclients_per_round = 2\n"
+    )
+    result = CliRunner().invoke(app, ["validate", str(scenario)])
+    assert result.exit_code == 2, result.output
+    assert "topology.fogs: 3" in result.output and "gives 2" in result.output
+    result = CliRunner().invoke(app, ["validate", str(scenario), "--set", "topology.kind='ring'"])
+    assert result.exit_code == 2 and "topology.kind" in result.output
+    assert "'flat'" in result.output and "'hierarchical'" in result.output
