@@ -212,3 +212,23 @@ def test_cli_refuses_a_bad_topology_with_exit_2(tmp_path) -> None:
     result = CliRunner().invoke(app, ["validate", str(scenario), "--set", "topology.kind='ring'"])
     assert result.exit_code == 2 and "topology.kind" in result.output
     assert "'flat'" in result.output and "'hierarchical'" in result.output
+
+
+def test_a_resumed_fog_tier_run_continues_as_if_uninterrupted(scenario_file, tmp_path) -> None:
+    from fogsim.flower.server_app import RoundLoop
+    from fogsim.study.results import RunWriter, read_csv
+    from tests.topology.local import LocalGrid
+
+    sets = [*HIER, "topology.fogs=2", "topology.fog_rounds=2"]
+    whole, _, _ = run_local(load_scenario(scenario_file, sets), tmp_path / "whole")
+    run_local(load_scenario(scenario_file, [*sets, "run.rounds=2"]), tmp_path / "cut")
+    sc = load_scenario(scenario_file, sets)
+    loop = RoundLoop(sc, build_fleet(sc.fleet, sc.run.seed), RunWriter(tmp_path / "cut"))
+    loop.resume = True
+    loop.run(LocalGrid(sc.simulation.flower_nodes))
+    resumed = read_csv(tmp_path / "cut" / "rounds.csv")
+    assert [r["round"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(whole, resumed, strict=True):
+        assert {k: v for k, v in a.items() if k != "wall_s"} == {
+            k: v for k, v in b.items() if k != "wall_s"
+        }
