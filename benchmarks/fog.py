@@ -94,7 +94,10 @@ def table(doc: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in doc["rows"]:
         cells = [r["variant"], pm(r["final_accuracy"], 100, 1)]
-        cells += [pm(r["sim_time_to_target_s"], digits=1), pm(r["sim_time_s"], digits=1)]
+        reached = pm(r["sim_time_to_target_s"], digits=1)
+        if 0 < r["sim_time_to_target_s"]["n"] < len(doc["seeds"]):  # some seeds never got there
+            reached += f" ({r['sim_time_to_target_s']['n']} of {len(doc['seeds'])} seeds)"
+        cells += [reached, pm(r["sim_time_s"], digits=1)]
         cells += [pm(r["cloud_bytes"], 1e-6, 0), pm(r["device_energy_j"], 1e-3, 2)]
         cells += [pm(r["wall_s"], digits=0)]
         lines.append("| " + " | ".join(cells) + " |")
