@@ -4,7 +4,8 @@
 Every variant does the same training work, ``ROUNDS x clients_per_round`` device
 updates: flat (``ROUNDS`` rounds); hierarchical with 1, 2 and 5 fog rounds per cloud
 round (``ROUNDS / fog_rounds`` cloud rounds); buffered (``ROUNDS x clients_per_round /
-buffer_size`` merges). Per variant, mean ± std over the seeds:
+buffer_size`` merges), at the server step 1 and at 0.2 (buffer_size / clients_per_round:
+per 100 updates, the step of one flat round). Per variant, mean ± std over the seeds:
 
 - ``final_accuracy``: the global model's test accuracy at the end;
 - ``sim_time_to_target_s``: simulated seconds from the start until the global model
@@ -59,6 +60,9 @@ def variants(rounds: int) -> list[tuple[str, str, list[str]]]:
         out.append((f"hierarchical-{k}", hier, sets))
     merges = rounds * 100 // 20  # clients_per_round / buffer_size of the shipped files
     out.append(("buffered", "fog-mnist-1000-buffered", [f"run.rounds={merges}"]))
+    # the same total server step per 100 updates as a flat round: 20 / 100 per merge
+    step = ["topology.server_lr=0.2", f"run.rounds={merges}"]
+    out.append(("buffered-lr0.2", "fog-mnist-1000-buffered", step))
     return out
 
 

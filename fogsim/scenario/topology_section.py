@@ -82,6 +82,12 @@ class TopologySection(Section):
     aggregation: Literal["sync", "buffered"] = "sync"
     buffer_size: int = Field(10, ge=1, description="buffered: updates merged per aggregation")
     concurrency: int = Field(100, ge=1, description="buffered: devices training at once")
+    server_lr: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="buffered: the server's step on each merged update (FedBuff's eta_g); none = 1",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TopologySection:

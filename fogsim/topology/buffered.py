@@ -9,10 +9,11 @@ starts at once with the model current then. An update that started from version
 ``v - s`` when the model is at version ``v`` is ``s`` stale, and counts with
 
     staleness weight  a(s) = 1 / sqrt(1 + s)      (FedBuff's polynomial choice),
-    w <- w + sum_k a(s_k) n_k m_k (w_k - w_start_k) / sum_k n_k m_k,
+    w <- w + eta * sum_k a(s_k) n_k m_k (w_k - w_start_k) / sum_k n_k m_k,
 
 each parameter over the devices holding it (``m_k``; dense strategies: all of them),
-``n_k`` a device's examples: with no staleness, exactly the strategy's own average.
+``n_k`` a device's examples, ``eta`` the server's step (``server_lr``, default 1): with
+no staleness and ``eta = 1``, exactly the strategy's own average.
 
 **Real compute in batches, order from the clock.** Devices that start while version
 ``v`` is current all train on version ``v``, whenever that happens in simulated time;
@@ -261,9 +262,10 @@ class Buffered:
         }
 
     def apply(self, rnd: int, version: int, accepted: list[Job]) -> ArrayRecord:
-        """``w + sum a(s) n m Δ / sum n m`` through the strategy's own aggregation (on
+        """``w + eta * sum a(s) n m Δ / sum n m`` through the strategy's own aggregation (on
         updates, from a zero model): once weighted by ``a(s) n``, once by ``n``."""
         s, current = self.strategy, self.versions[version]
+        step = self.topology.server_lr or 1.0
         weighted = [self.delta(j, staleness_weight(version - j.version)) for j in accepted]
         plain = [self.delta(j, 1.0) for j in accepted]
         mean, w_stale = self.aggregate(weighted, current, rnd)
@@ -273,7 +275,7 @@ class Buffered:
             ws = w_stale[k] if isinstance(w_stale, dict) else w_stale
             wp = w_plain[k] if isinstance(w_plain, dict) else w_plain
             scale = np.where(wp > 0, ws / np.maximum(wp, 1e-300), 0.0)
-            new[k] = (v + scale * mean[k]).astype(v.dtype)
+            new[k] = (v + step * scale * mean[k]).astype(v.dtype)
         if hasattr(s, "global_state"):
             s.global_state = new
         return wire.numpy_record(new)

@@ -67,6 +67,10 @@ def test_merge_adds_staleness_weighted_updates(name, scenario_file) -> None:
     np.testing.assert_allclose(got["fcs.0.weight"].numpy()[row], want, rtol=1e-5)
     if name == "mask-union":  # a row nobody held keeps version 2's value
         np.testing.assert_array_equal(got["fcs.0.weight"].numpy()[5], v2["fcs.0.weight"][5])
+    buf.topology = buf.topology.model_copy(update={"server_lr": 0.25})  # a quarter step
+    got = buf.apply(3, 2, stale)
+    want = v2["fcs.0.weight"][row] + 0.25 * staleness_weight(2) * (1.0 - v0["fcs.0.weight"][row])
+    np.testing.assert_allclose(got["fcs.0.weight"].numpy()[row], want, rtol=1e-5)
 
 
 def test_replies_merge_in_clock_order_on_the_model_of_their_start(scenario_file, tmp_path) -> None:
