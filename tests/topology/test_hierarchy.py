@@ -66,9 +66,12 @@ def test_fog_models_merge_to_the_average_over_all_their_devices(name, scenario_f
         assert np.array_equal(cloud["fcs.0.weight"][4:], state["fcs.0.weight"][4:])
 
 
-def test_one_fog_holding_every_device_gives_the_flat_run(scenario_file, tmp_path) -> None:
-    flat_rounds, flat_nodes, _ = run_local(load_scenario(scenario_file), tmp_path / "flat")
-    sc = load_scenario(scenario_file, [*HIER, "topology.fogs=1", IDEAL])
+@pytest.mark.parametrize("name", ["mask-union", "fedavg"])
+def test_one_fog_holding_every_device_gives_the_flat_run(name, scenario_file, tmp_path) -> None:
+    strategy = f"strategy.name='{name}'"
+    flat = load_scenario(scenario_file, [strategy])
+    flat_rounds, flat_nodes, _ = run_local(flat, tmp_path / "flat")
+    sc = load_scenario(scenario_file, [strategy, *HIER, "topology.fogs=1", IDEAL])
     fog_rounds, fog_nodes, _ = run_local(sc, tmp_path / "fog")
     assert len(fog_rounds) == len(flat_rounds) == 3
     assert flat_rounds[-1]["accuracy"] != flat_rounds[0]["accuracy"], "the model trains"
