@@ -79,7 +79,7 @@ def pm(cell: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {}
-BENCHMARKS = ("dynhp_vs_competitors", "strategies", "scale", "research_maskunion")  # modules
+BENCHMARKS = ("dynhp_vs_competitors", "strategies", "scale", "research_maskunion", "fog")  # modules
 
 
 def renderer(name: str) -> Callable[[Callable[[dict[str, Any]], str]], Callable]:

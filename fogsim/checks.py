@@ -14,8 +14,9 @@ from pathlib import Path
 from fogsim.data import load_dataset, partition
 from fogsim.fleet import build_fleet, check_trainable
 from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
-from fogsim.strategies import build_strategy, strategy_class
+from fogsim.strategies import strategy_class
 from fogsim.strategies.registry import StrategyError
+from fogsim.topology import TopologyError, round_driver
 
 
 def problems(sc: Scenario) -> list[str]:
@@ -32,8 +33,8 @@ def problems(sc: Scenario) -> list[str]:
         found.append(f"fleet: {e}")
     if not found:  # the strategy's own checks assume a known strategy and a usable fleet
         try:
-            build_strategy(sc, fleet)
-        except StrategyError as e:
+            round_driver(sc, fleet)
+        except (StrategyError, TopologyError) as e:
             found.append(str(e))
     return found
 

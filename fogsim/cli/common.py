@@ -39,7 +39,10 @@ SetOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 TargetOpt = Annotated[
-    float, typer.Option(min=0.0, max=1.0, help="Accuracy for 'rounds to target'.")
+    float,
+    typer.Option(
+        min=0.0, max=1.0, help="Accuracy for 'rounds, simulated time and cloud bytes to target'."
+    ),
 ]
 
 

@@ -47,17 +47,20 @@ def check_run_dirs(run_dirs: list[Path]) -> None:
 
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (holds rounds.csv).")],
+    target: TargetOpt = 0.9,
 ) -> None:
     """Write plots (PNG) and report.md into a run directory and print its tables.
 
-    Works on an unfinished run too (it reports the rounds written so far).
+    Works on an unfinished run too (it reports the rounds written so far). Accuracy is
+    plotted against rounds, simulated time and cloud-link bytes; report.md says when
+    (simulated time, cloud bytes) the global model first reached --target.
 
     Example:
 
-      fogsim report runs/quickstart
+      fogsim report runs/quickstart --target 0.85
     """
     check_run_dirs([run_dir])
-    rep = write_report(run_dir)
+    rep = write_report(run_dir, target)
     for t in rep.tables:
         out.print(rich_table(t))
     out.print(f"wrote {rep.markdown} and {len(rep.plots)} plots in {run_dir}")

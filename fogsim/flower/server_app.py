@@ -25,9 +25,10 @@ from fogsim.device.models import FogNet
 from fogsim.device.training import evaluate
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario
-from fogsim.strategies import FogStrategy, build_strategy
+from fogsim.strategies import FogStrategy
 from fogsim.study.deployed import class_summary, device_rows, round_class_accuracy
 from fogsim.study.results import STATUSES, TRAINED, Checkpoint, RunFailed, RunWriter
+from fogsim.topology import round_driver, tier_columns
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -81,6 +82,7 @@ def round_row(
         "union_params": stats.get("union_params", ""),
         "over_budget": sum(int(r.get("over_budget") or 0) for r in rows),
         **strategy.energy_columns(),
+        **tier_columns(stats),
     }
 
 
@@ -101,7 +103,7 @@ class RoundLoop:
         sc = self.scenario
         ds = load_dataset(sc.data.dataset, sc.data.path)
         self.test = ds.tensors(ds.test_x, ds.test_y)
-        self.strategy = build_strategy(sc, self.fleet)
+        self.strategy = round_driver(sc, self.fleet)  # a fog tier's, if any
         self.model = initial_model(sc)
         ckpt = self.writer.read_checkpoint() if self.resume else None
         if ckpt is not None:
@@ -139,8 +141,12 @@ class RoundLoop:
         returns the new global model and the round's rounds.csv row."""
         t0, strategy, sim = time.perf_counter(), self.strategy, self.scenario.simulation
         wave, timeout = sim.flower_nodes, sim.round_timeout_s
-        messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
-        new_arrays, _ = strategy.aggregate_train(rnd, exchange(grid, messages, wave, timeout))
+        if hasattr(strategy, "train_round"):  # a fog tier or buffered rounds: own exchanges
+            send = lambda m: exchange(grid, m, wave, timeout)  # noqa: E731
+            new_arrays = strategy.train_round(grid, rnd, arrays, send)
+        else:
+            messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
+            new_arrays, _ = strategy.aggregate_train(rnd, exchange(grid, messages, wave, timeout))
         if new_arrays is not None:
             arrays = new_arrays
         messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)

@@ -23,6 +23,7 @@ from fogsim.scenario.schema import (
     StrategySection,
     TrainSection,
 )
+from fogsim.scenario.topology_section import Link, TopologySection
 
 __all__ = [
     "DataSection",
@@ -32,12 +33,14 @@ __all__ = [
     "FaultRates",
     "FaultsSection",
     "FleetSection",
+    "Link",
     "ModelSection",
     "RunSection",
     "Scenario",
     "ScenarioError",
     "SimulationSection",
     "StrategySection",
+    "TopologySection",
     "TrainSection",
     "apply_overrides",
     "load_scenario",

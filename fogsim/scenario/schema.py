@@ -21,6 +21,7 @@ from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
 from fogsim.scenario.fleet_section import FleetSection
+from fogsim.scenario.topology_section import TopologySection, topology_problems
 
 MAX_PARAMS = 100_000_000  # the dense model lives on the server and on every client
 
@@ -309,6 +310,7 @@ class Scenario(Section):
     dynhp: DynHPSection = DynHPSection()
     simulation: SimulationSection = SimulationSection()
     faults: FaultsSection = FaultsSection()
+    topology: TopologySection = TopologySection()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
@@ -337,6 +339,7 @@ class Scenario(Section):
                 f"simulation.min_replies: {sim.min_replies} exceeds "
                 f"simulation.clients_per_round = {sim.clients_per_round}"
             )
+        problems += topology_problems(self.topology, self.fleet)
         if problems:  # one line each, field first (see _format_errors)
             raise ValueError("\n".join(problems))
         return self

@@ -72,6 +72,9 @@ class SubModelStrategy(FogStrategy):
         self.takes_part = fleet.budgets >= self.budget_for(0.0)  # width 1 fits
         self.global_state: dict[str, np.ndarray] = {}
         self.kept: dict[int, Kept] = {}  # node -> the neurons it held when it last trained
+        # per parameter, the weight behind the last aggregate (sum n_k m_k): what a fog
+        # tier's model is merged with at the cloud (fogsim.topology.merge)
+        self.merge_weights: dict[str, np.ndarray] | None = None
 
     @abstractmethod
     def kept_at(self, fraction: float, server_round: int) -> Kept:
@@ -135,6 +138,7 @@ class SubModelStrategy(FogStrategy):
             k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
             for k, old in self.global_state.items()
         }
+        self.merge_weights = den
         held = sum(int((d > 0).sum()) for d in den.values())
         self.round_stats["union_params"] = held
         return wire.numpy_record(self.global_state), None

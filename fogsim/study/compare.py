@@ -10,6 +10,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from fogsim.study.clock import cloud_traffic, to_target
 from fogsim.study.report import Table, fmt, own_cell
 from fogsim.study.results import strategy_name
 from fogsim.study.series import (
@@ -31,6 +32,8 @@ COLUMNS = [
     "rounds_to_target",
     "bytes_to_target",
     "time_to_target_s",
+    "cloud_bytes_to_target",
+    "total_cloud_bytes",
     "energy_to_target_j",
     "total_bytes",
     "total_energy_j",
@@ -76,6 +79,7 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
     held = [p for p in held if p is not None]
     if held and (dense := dense_params(run.get("scenario", {}))):
         compression = dense / (sum(held) / len(held))
+    hit_cloud = to_target(run, target)
     return {
         "run": run["dir"].name,
         "strategy": strategy_name(run) or "",
@@ -86,6 +90,8 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
         "bytes_to_target": traffic[hit] if hit is not None and traffic else None,
         "time_to_target_s": clock[hit] if hit is not None else None,
         "energy_to_target_j": energy[hit] if hit is not None else None,
+        "cloud_bytes_to_target": hit_cloud["cloud_bytes"] if hit_cloud else None,
+        "total_cloud_bytes": cloud_traffic(run)[-1],
         "total_bytes": total,
         "total_energy_j": energy[-1] if energy else None,
         "mean_round_time_s": sum(times) / len(times) if times else None,
@@ -95,6 +101,7 @@ def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
         "series": ([r["round"] for r in rounds], acc),
         "cost": (traffic, clock, source, smallest, column(rounds, f"acc_{smallest}")),
         "energy": energy,
+        "cloud": cloud_traffic(run),
     }
 
 
@@ -118,6 +125,7 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
     table = Table(
         title,
         ["run", "strategy", "rounds", "final acc", "best acc", f"rounds to {target:g}"]
+        + [f"sim time to {target:g} (s)", f"cloud bytes to {target:g}", "cloud bytes"]
         + ["bytes up+down", "mean round time (s)", "compression", f"energy to {target:g} (J)"]
         + [f"{c} devices: mean (min)" for c in classes],
     )
@@ -130,6 +138,9 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
                 fmt(m["final_accuracy"], "acc"),
                 fmt(m["best_accuracy"], "acc"),
                 "" if m["rounds_to_target"] is None else str(m["rounds_to_target"]),
+                fmt(m["time_to_target_s"], "s"),
+                fmt(m["cloud_bytes_to_target"], "int"),
+                fmt(m["total_cloud_bytes"], "int"),
                 fmt(m["total_bytes"], "int"),
                 fmt(m["mean_round_time_s"], "s") + f" ({m['round_time_source']})",
                 fmt_ratio(m["compression"]),
@@ -156,8 +167,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
 def compare(
     run_dirs: list[Path], out_dir: Path, target: float
 ) -> tuple[list[dict[str, Any]], Path, Path]:
-    """Write ``compare.csv``, ``compare_accuracy.png`` (per round) and
-    ``compare_cost.png`` (against cumulative bytes and simulated time) into ``out_dir``."""
+    """Write ``compare.csv``, ``compare_accuracy.png`` (per round),
+    ``compare_cost.png`` (against cumulative bytes and simulated time) and
+    ``compare_cloud.png`` (against cumulative cloud-link bytes) into ``out_dir``."""
     from fogsim.study.plots import plot_cost_overlay, plot_overlay  # matplotlib, when drawing
 
     rows = [run_metrics(d, target) for d in run_dirs]
@@ -170,6 +182,11 @@ def compare(
     png = plot_overlay(series, out_dir / "compare_accuracy.png", target)
     labelled = [(label, m["series"][1], *m["cost"]) for label, m in zip(labels, rows, strict=True)]
     plot_cost_overlay(labelled, out_dir / "compare_cost.png", target)
+    by_cloud = [
+        (label, m["cloud"], m["series"][1], None) for label, m in zip(labels, rows, strict=True)
+    ]
+    title, xlabel = "global test accuracy vs cloud-link bytes", "cumulative bytes on the cloud link"
+    plot_overlay(by_cloud, out_dir / "compare_cloud.png", target, title, xlabel, log_bytes=True)
     by_energy = [
         (label, [None if e is None else e / 1e3 for e in m["energy"]], m["series"][1], None)
         for label, m in zip(labels, rows, strict=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fogsim.study import clock
 from fogsim.study.results import strategy_name
 from fogsim.study.series import (
     class_energy,
@@ -170,14 +171,16 @@ class Report:
     markdown: Path
 
 
-def write_report(run_dir: str | Path) -> Report:
-    """Write the PNGs and ``report.md`` into ``run_dir``; return them and the tables."""
+def write_report(run_dir: str | Path, target: float = 0.9) -> Report:
+    """Write the PNGs and ``report.md`` into ``run_dir``; return them and the tables
+    (``target``: the test accuracy whose simulated time and cloud bytes it reports)."""
     from fogsim.study import plots  # matplotlib: imported by the commands that draw only
 
     run = load_run(run_dir)
     d = run["dir"]
     drawn = [
         plots.plot_accuracy(run, d / "accuracy.png"),
+        clock.plot_time_and_cloud(run, d / "accuracy_time_cloud.png", target),
         plots.plot_accuracy_cost(run, d / "accuracy_cost.png"),
         plots.plot_traffic(run, d / "traffic.png"),
         plots.plot_round_time(run, d / "round_time.png"),
@@ -195,7 +198,8 @@ def write_report(run_dir: str | Path) -> Report:
     lines.append(
         f"strategy **{strategy or NA}**, {len(run['rounds'])} rounds finished"
         + ("" if summary else " (run unfinished: no summary.json)")
-        + f"; final accuracy {fmt(num(run['rounds'][-1].get('accuracy')), 'acc')}."
+        + f"; final accuracy {fmt(num(run['rounds'][-1].get('accuracy')), 'acc')}. "
+        + clock.target_line(run, target)
     )
     for t in tables:
         lines += ["", f"## {t.title}", "", t.markdown()]

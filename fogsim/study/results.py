@@ -80,6 +80,10 @@ NODE_COLUMNS = [
     "energy_compute_j",
     "energy_radio_j",
     "energy_idle_j",
+    "fog",  # a fog tier's: the fog aggregator that served the node, and which of
+    "fog_round",  # the cloud round's fog rounds this was (blank on a flat topology)
+    "staleness",  # buffered rounds: model versions between the node's start and its merge
+    "sim_start_s",  # buffered rounds: the node's start on the simulated clock
 ]
 
 

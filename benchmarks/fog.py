@@ -1,0 +1,158 @@
+"""Flat vs fog tier vs buffered asynchronous rounds on the 1,000-device fog fleet
+(real Flower + Ray runs of ``scenarios/fog-mnist-1000*.toml``).
+
+Every variant does the same training work, ``ROUNDS x clients_per_round`` device
+updates: flat (``ROUNDS`` rounds); hierarchical with 1, 2 and 5 fog rounds per cloud
+round (``ROUNDS / fog_rounds`` cloud rounds); buffered (``ROUNDS x clients_per_round /
+buffer_size`` merges), at the server step 1 and at 0.2 (buffer_size / clients_per_round:
+per 100 updates, the step of one flat round). Per variant, mean ± std over the seeds:
+
+- ``final_accuracy``: the global model's test accuracy at the end;
+- ``sim_time_to_target_s``: simulated seconds from the start until the global model
+  first reaches ``TARGET`` test accuracy (none if it never does);
+- ``sim_time_s``: simulated seconds of the whole run;
+- ``cloud_bytes``: bytes on the cloud link, both ways (flat: the devices' own traffic);
+- ``device_energy_j``: the devices' energy (every class of this fleet has the figures);
+- ``wall_s``: real seconds of the run's rounds.
+
+Every (variant, seed) is one run into ``OUT/<variant>/seed=<s>`` (a finished run of
+the same scenario is reused). Usage::
+
+    python benchmarks/fog.py --json benchmarks/results/fog.json       # 3 seeds, 20 rounds
+    python benchmarks/fog.py --quick --json /tmp/fog.json             # 1 seed, 10 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_io import machine, pm, renderer, stats  # noqa: E402
+from strategies import run_one  # noqa: E402
+
+from fogsim.study.results import load  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 0.75  # test accuracy whose simulated time to reach is reported
+ROUNDS = 20  # flat rounds: the training work every variant does
+FIGURES = (
+    "final_accuracy",
+    "sim_time_to_target_s",
+    "sim_time_s",
+    "cloud_bytes",
+    "device_energy_j",
+    "wall_s",
+)
+
+
+def variants(rounds: int) -> list[tuple[str, str, list[str]]]:
+    """(variant, scenario, overrides) doing ``rounds x clients_per_round`` updates each."""
+    hier = "fog-mnist-1000-hierarchical"
+    out = [("flat", "fog-mnist-1000", [f"run.rounds={rounds}"])]
+    for k in (1, 2, 5):
+        sets = [f"run.rounds={max(1, rounds // k)}", f"topology.fog_rounds={k}"]
+        out.append((f"hierarchical-{k}", hier, sets))
+    merges = rounds * 100 // 20  # clients_per_round / buffer_size of the shipped files
+    out.append(("buffered", "fog-mnist-1000-buffered", [f"run.rounds={merges}"]))
+    # the same total server step per 100 updates as a flat round: 20 / 100 per merge
+    step = ["topology.server_lr=0.2", f"run.rounds={merges}"]
+    out.append(("buffered-lr0.2", "fog-mnist-1000-buffered", step))
+    return out
+
+
+def time_to(rounds: list[dict[str, Any]], target: float) -> float | None:
+    """Simulated seconds from the run's start to the end of the first round whose
+    global model reaches ``target``."""
+    start = rounds[0]["sim_clock_s"]
+    for r in rounds:
+        if r["accuracy"] >= target:
+            return r["sim_clock_s"] + r["sim_time_s"] - start
+    return None
+
+
+def run_figures(run_dir: Path, target: float) -> dict[str, Any]:
+    t = load(run_dir)
+    rounds, summary = t["rounds"], t["summary"]
+    energy = [r.get("energy_j") for r in rounds]
+    last = rounds[-1]
+    return {
+        "final_accuracy": summary["final_accuracy"],
+        "sim_time_to_target_s": time_to(rounds, target),
+        "sim_time_s": last["sim_clock_s"] + last["sim_time_s"] - rounds[0]["sim_clock_s"],
+        "cloud_bytes": sum(r["cloud_bytes"] for r in rounds),
+        "device_energy_j": sum(energy) if all(e not in (None, "") for e in energy) else None,
+        "wall_s": summary["wall_s"],
+    }
+
+
+@renderer("fog")
+def table(doc: dict[str, Any]) -> str:
+    head = ["variant", "final acc %", f"sim s to {doc['target']:.0%}", "sim s in all"]
+    head += ["cloud MB", "device kJ", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in doc["rows"]:
+        cells = [r["variant"], pm(r["final_accuracy"], 100, 1)]
+        reached = pm(r["sim_time_to_target_s"], digits=1)
+        if 0 < r["sim_time_to_target_s"]["n"] < len(doc["seeds"]):  # some seeds never got there
+            reached += f" ({r['sim_time_to_target_s']['n']} of {len(doc['seeds'])} seeds)"
+        cells += [reached, pm(r["sim_time_s"], digits=1)]
+        cells += [pm(r["cloud_bytes"], 1e-6, 0), pm(r["device_energy_j"], 1e-3, 2)]
+        cells += [pm(r["wall_s"], digits=0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True, help="where the results go (JSON)")
+    ap.add_argument("--seeds", default="1,2,3", help="comma-separated run.seed values")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="flat rounds (training work)")
+    ap.add_argument("--target", type=float, default=TARGET, help="target test accuracy")
+    ap.add_argument("--out", default="runs/bench-fog", help="where the runs go")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 10 rounds")
+    ap.add_argument("--variants", help="comma-separated subset of the variants")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
+    rounds = 10 if args.quick else args.rounds
+    wanted = set(args.variants.split(",")) if args.variants else None
+    rows = []
+    for variant, scenario, sets in variants(rounds):
+        if wanted and variant not in wanted:
+            continue
+        runs = []
+        for seed in seeds:
+            run_dir = Path(args.out) / variant / f"seed={seed}"
+            path = ROOT / "scenarios" / f"{scenario}.toml"
+            try:
+                run_one(path, [*sets, f"run.seed={seed}"], run_dir, f"{variant} seed {seed}")
+                runs.append(run_figures(run_dir, args.target))
+            except Exception:  # noqa: BLE001  (report and go on with the next run)
+                print(f"[{variant} seed {seed}] FAILED:\n{traceback.format_exc()}")
+        if runs:
+            rows.append({"variant": variant, **{k: stats([r[k] for r in runs]) for k in FIGURES}})
+    doc = {
+        "benchmark": "fog",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "seeds": seeds,
+        "rounds": rounds,
+        "target": args.target,
+        "rows": rows,
+    }
+    import datetime
+
+    doc["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    print(table(doc))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

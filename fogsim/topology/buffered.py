@@ -1,0 +1,320 @@
+"""Buffered asynchronous aggregation (FedBuff, Nguyen et al., AISTATS 2022):
+``[topology] aggregation = "buffered"``.
+
+``concurrency`` devices are always training. Each starts from the global model as it
+is at its simulated start, and the server merges every ``buffer_size`` (K) replies in
+the order they arrive on the simulated clock; each "round" of the run is one such
+merge (one model version). A device that replies frees its slot, and a new device
+starts at once with the model current then. An update that started from version
+``v - s`` when the model is at version ``v`` is ``s`` stale, and counts with
+
+    staleness weight  a(s) = 1 / sqrt(1 + s)      (FedBuff's polynomial choice),
+    w <- w + eta * sum_k a(s_k) n_k m_k (w_k - w_start_k) / sum_k n_k m_k,
+
+each parameter over the devices holding it (``m_k``; dense strategies: all of them),
+``n_k`` a device's examples, ``eta`` the server's step (``server_lr``, default 1): with
+no staleness and ``eta = 1``, exactly the strategy's own average.
+
+**Real compute in batches, order from the clock.** Devices that start while version
+``v`` is current all train on version ``v``, whenever that happens in simulated time;
+so each merge's devices (one started by the previous merge's last reply, and one per
+each of this window's first K-1 replies) are sampled when the window opens and trained
+in one Flower exchange. Their simulated durations (download + FLOPs / FLOP/s + upload,
+from their replies) are then known, and the window is replayed event by event: the
+K earliest replies among all devices in flight form the buffer, each of the first K-1
+starting one of the new devices at its time. Deterministic for a seed: sampling is
+seeded by (seed, version), ties broken by node. Simplifications: a device that replies
+in a window can be sampled again from the next window on; a reply that failed
+(crashed, dropped, rejected, over its budget) takes a buffer place like an update.
+A resumed run starts a fresh set of devices (the ones in flight are not checkpointed).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fogsim.device.pruning import extract_submodel
+from fogsim.fleet import Fleet
+from fogsim.flower import wire
+from fogsim.hardware.energy import timeline
+from fogsim.scenario import Scenario
+from fogsim.strategies import build_strategy
+from fogsim.study.results import STATUSES
+
+Send = Callable[[list[Message]], list[Message]]
+State = dict[str, np.ndarray]
+
+
+def staleness_weight(s: int) -> float:
+    """FedBuff's polynomial staleness weight, ``1 / sqrt(1 + s)``."""
+    return 1.0 / math.sqrt(1.0 + s)
+
+
+def planned(scenario: Scenario) -> Scenario:
+    """The scenario with DynHP's planned participations per node those of a buffered
+    run (``rounds * buffer_size`` trainings over the fleet), unless set."""
+    sc = scenario
+    if sc.dynhp.participations is not None:
+        return sc
+    expected = sc.run.rounds * sc.topology.buffer_size / sc.fleet.nodes
+    dynhp = sc.dynhp.model_copy(update={"participations": max(1, math.ceil(expected))})
+    return sc.model_copy(update={"dynhp": dynhp})
+
+
+@dataclass
+class Job:
+    """One device's training: sent at ``start`` with model ``version``."""
+
+    node: int
+    version: int
+    bytes_down: int
+    message: Message
+    start: float = math.nan
+    duration: float = 0.0
+    reply: Message | None = None
+
+    @property
+    def finish(self) -> float:
+        return self.start + self.duration
+
+
+class Buffered:
+    """The scenario's strategy, run as FedBuff: stands where the strategy stands in the
+    round loop (one ``train_round`` per model version)."""
+
+    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
+        self.scenario, self.fleet, self.topology = scenario, fleet, scenario.topology
+        self.strategy = build_strategy(planned(scenario), fleet)
+        self.eligible = self.strategy.takes_part.copy()
+        self.flight: list[tuple[float, int, Job]] = []  # heap of (finish, node, job)
+        self.carry: float | None = None  # start of the job the last merge's reply frees
+        self.versions: dict[int, State] = {}  # model versions jobs in flight started from
+        self.node_rows: list[dict[str, Any]] = []
+        self.round_stats: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:  # evaluation, holders, checkpoints: the strategy's
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
+
+    def energy_columns(self) -> dict[str, float]:
+        self.strategy.round_stats = self.round_stats
+        return self.strategy.energy_columns()
+
+    # --- one model version ------------------------------------------------------
+    def train_round(
+        self, grid: Grid, rnd: int, arrays: ArrayRecord, send: Send
+    ) -> ArrayRecord | None:
+        """Version ``rnd - 1`` → ``rnd``: start this window's devices on the current
+        model, train them, replay the window on the clock, merge its K replies."""
+        topo, clock = self.topology, self.strategy.clock
+        version, opened = rnd - 1, clock.now_s
+        state = {k: v.numpy() for k, v in arrays.items()}
+        self.versions[version] = state
+        spawns = topo.buffer_size - 1 + (1 if self.carry is not None else 0)
+        first = topo.concurrency if not self.flight and self.carry is None else 0
+        jobs = self.start_jobs(grid, rnd, arrays, first + spawns, version)
+        for job in jobs[:first]:
+            job.start = opened
+        if self.carry is not None and len(jobs) > first:
+            jobs[first].start = self.carry
+        self.train(jobs, send)
+        for job in jobs:
+            if not math.isnan(job.start):
+                heapq.heappush(self.flight, (job.finish, job.node, job))
+        waiting = [j for j in jobs if math.isnan(j.start)]  # started by this window's replies
+        buffer = []
+        for i in range(topo.buffer_size):
+            if not self.flight:  # too few devices were up to fill the buffer
+                break
+            _, _, job = heapq.heappop(self.flight)
+            buffer.append(job)
+            if i < len(waiting):
+                waiting[i].start = job.finish
+                heapq.heappush(self.flight, (waiting[i].finish, waiting[i].node, waiting[i]))
+        self.carry = buffer[-1].finish
+        clock.now_s = self.carry
+        return self.merge(rnd, version, buffer, opened)
+
+    def start_jobs(
+        self, grid: Grid, rnd: int, arrays: ArrayRecord, k: int, version: int
+    ) -> list[Job]:
+        """``k`` idle devices, up at the window's opening, sampled (seeded by the
+        version) and sent the current model."""
+        s = self.strategy
+        busy = np.zeros(self.fleet.num_nodes, dtype=bool)
+        busy[[j.node for _, _, j in self.flight]] = True
+        s.takes_part = self.eligible & ~busy
+        nodes = s.sample(k, grid, rnd)
+        s.takes_part = self.eligible
+        names = (c.name for c in self.fleet.classes)
+        self.up_by_class = dict(zip(names, s.up_by_class.tolist(), strict=True))
+        if hasattr(s, "global_state"):
+            s.global_state = self.versions[version]
+        config = ConfigRecord({wire.ROUND: rnd})
+        messages = s._messages(nodes, arrays, config, MessageType.TRAIN, rnd)
+        return [Job(n, version, s.bytes_down[n], m) for n, m in zip(nodes, messages, strict=True)]
+
+    def train(self, jobs: list[Job], send: Send) -> None:
+        """Real training through Flower, then each job's simulated duration: its own
+        timeline, cut at ``deadline_s``; a failed job takes its download (or the
+        deadline, when one is set: the server waits that long for it)."""
+        replies = send([j.message for j in jobs])
+        asked = {j.message.metadata.message_id: j for j in jobs}
+        by_node = {j.node: j for j in jobs}
+        for msg in replies:
+            if msg.has_error():
+                job = asked.get(msg.metadata.reply_to_message_id)
+            else:
+                job = by_node.get(int(msg.content[wire.METRICS][wire.NODE]))
+            if job is not None:
+                job.reply = msg
+        deadline = self.scenario.simulation.deadline_s or math.inf
+        for job in jobs:
+            device = self.fleet.device(job.node)
+            usable = job.reply is not None and not job.reply.has_error()
+            if usable and wire.ARRAYS in job.reply.content:
+                up = wire.array_bytes(job.reply.content[wire.ARRAYS])
+                flops = float(job.reply.content[wire.METRICS].get(wire.TRAIN_FLOPS, 0.0))
+                own = timeline(device, job.bytes_down, up, flops).total_s
+            else:
+                own = timeline(device, job.bytes_down, 0, 0.0).total_s
+                own = deadline if math.isfinite(deadline) else own
+            job.duration = min(own, deadline)
+
+    # --- the merge ---------------------------------------------------------------
+    def merge(self, rnd: int, version: int, buffer: list[Job], opened: float) -> ArrayRecord | None:
+        """Classify and account the buffer's replies, then add their staleness-weighted
+        updates to the current model (module doc)."""
+        s = self.strategy
+        self.node_rows, accepted, energy = [], [], Counter()
+        status_of: dict[int, str] = {}
+        problems = []
+        for job in sorted(buffer, key=lambda j: (j.finish, j.node)):
+            s.bytes_down[job.node] = job.bytes_down
+            s.clock.now_s = job.start
+            row: dict[str, Any] = {}
+            if job.reply is None:
+                what = "timed_out"
+            elif job.reply.has_error():
+                what = "crashed"
+                problems.append(f"node {job.node} crashed: {job.reply.error.reason}")
+            else:
+                _, what, row, _ = s.arrived(job.reply)
+                if what not in ("rejected", "departed", "dropped", "over_budget"):
+                    s.on_reply(job.node, job.reply, straggler=what == "straggler")
+                    s.holders[job.node] = rnd
+                if what == "ok":
+                    accepted.append(job)
+            status_of[job.node] = what
+            spent = s.energy(job.node, what, row, round_s=job.duration)  # no waiting: async
+            energy.update(spent)
+            energy[f"energy_j_{self.fleet.device(job.node).name}"] += spent.get("energy_j", 0.0)
+            self.node_rows.append(self.node_row(rnd, job, what, row, spent, version))
+        s.clock.now_s = self.carry or opened
+        tally = Counter(status_of.values())
+        self.round_stats = {
+            "sampled": len(buffer),
+            "aggregated": len(accepted),
+            "up_by_class": self.up_by_class,
+            **{st: tally[st] for st in STATUSES if st != "ok"},
+            "failed_by_class": Counter(
+                self.fleet.device(n).name for n, st in status_of.items() if st != "ok"
+            ),
+            "bytes_up": sum(r.get("bytes_up") or 0 for r in self.node_rows),
+            "bytes_down_train": sum(j.bytes_down for j in buffer),
+            "sim_clock_s": opened,
+            "sim_time_s": (self.carry or opened) - opened,
+            "energy": energy,
+            "problems": problems,
+        }
+        new = None
+        if len(accepted) >= self.scenario.simulation.min_replies:
+            new = self.apply(rnd, version, accepted)
+        self.forget_versions()
+        return new
+
+    def node_row(
+        self, rnd: int, job: Job, what: str, row: dict, spent: dict, version: int
+    ) -> dict[str, Any]:
+        battery = self.fleet.availability.battery(job.node, job.start)
+        return {
+            "round": rnd,
+            "node": job.node,
+            "class": self.fleet.device(job.node).name,
+            "budget_bytes": self.fleet.budget(job.node),
+            "status": what,
+            "bytes_down": job.bytes_down,
+            **row,
+            **spent,
+            "battery": "" if battery is None else battery,
+            "staleness": version - job.version,
+            "sim_start_s": job.start,
+        }
+
+    def apply(self, rnd: int, version: int, accepted: list[Job]) -> ArrayRecord:
+        """``w + eta * sum a(s) n m Δ / sum n m`` through the strategy's own aggregation (on
+        updates, from a zero model): once weighted by ``a(s) n``, once by ``n``."""
+        s, current = self.strategy, self.versions[version]
+        step = self.topology.server_lr or 1.0
+        weighted = [self.delta(j, staleness_weight(version - j.version)) for j in accepted]
+        plain = [self.delta(j, 1.0) for j in accepted]
+        mean, w_stale = self.aggregate(weighted, current, rnd)
+        _, w_plain = self.aggregate(plain, current, rnd)
+        new = {}
+        for k, v in current.items():
+            ws = w_stale[k] if isinstance(w_stale, dict) else w_stale
+            wp = w_plain[k] if isinstance(w_plain, dict) else w_plain
+            scale = np.where(wp > 0, ws / np.maximum(wp, 1e-300), 0.0)
+            new[k] = (v + step * scale * mean[k]).astype(v.dtype)
+        if hasattr(s, "global_state"):
+            s.global_state = new
+        return wire.numpy_record(new)
+
+    def aggregate(self, replies: list[Message], like: State, rnd: int) -> tuple[State, Any]:
+        """The strategy's average of ``replies`` (updates) from a zero model, and the
+        weight behind each parameter (sub-models) or in all (dense)."""
+        s = self.strategy
+        if hasattr(s, "global_state"):
+            s.global_state = {k: np.zeros_like(v) for k, v in like.items()}
+        s.merge_weights = None  # type: ignore[attr-defined]
+        arrays, _ = s.aggregate(rnd, replies)
+        weights = getattr(s, "merge_weights", None)
+        if weights is None:
+            weights = float(sum(float(m.content[wire.METRICS][wire.NUM_EXAMPLES]) for m in replies))
+        return {k: v.numpy().astype(np.float64) for k, v in arrays.items()}, weights
+
+    def delta(self, job: Job, weight: float) -> Message:
+        """The job's reply as an update from the model it started from, its examples
+        scaled by ``weight``."""
+        content = job.reply.content
+        start = self.versions[job.version]
+        if wire.KEPT in content:
+            start = {
+                k: v.numpy()
+                for k, v in extract_submodel(start, wire.unpack_kept(content[wire.KEPT])).items()
+            }
+        update = {k: v.numpy() - start[k] for k, v in content[wire.ARRAYS].items()}
+        metrics = MetricRecord(dict(content[wire.METRICS]))
+        metrics[wire.NUM_EXAMPLES] = float(metrics[wire.NUM_EXAMPLES]) * weight
+        records = {k: v for k, v in content.items() if k not in (wire.ARRAYS, wire.METRICS)}
+        body = RecordDict(
+            {**records, wire.ARRAYS: wire.numpy_record(update), wire.METRICS: metrics}
+        )
+        return Message(
+            body, dst_node_id=job.message.metadata.dst_node_id, message_type=MessageType.TRAIN
+        )
+
+    def forget_versions(self) -> None:
+        """Keep only the model versions a job in flight (or the next window) starts from."""
+        keep = {j.version for _, _, j in self.flight} | {max(self.versions)}
+        self.versions = {v: st for v, st in self.versions.items() if v in keep}

@@ -1,0 +1,133 @@
+"""Buffered asynchronous rounds (FedBuff): the staleness-weighted merge, the event
+order on the simulated clock, model versions as of each device's start, seeding."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fogsim.device.models import FogNet
+from fogsim.fleet import build_fleet
+from fogsim.scenario import ScenarioError, load_scenario
+from fogsim.topology.buffered import Buffered, Job, staleness_weight
+from tests.strategies.test_strategies import const_sub, reply, task_identity  # noqa: F401
+from tests.topology.local import SCENARIO, run_local
+
+BUFFERED = ["topology.aggregation='buffered'", "topology.buffer_size=3", "topology.concurrency=5"]
+SPEEDS = ["fleet.classes.1.flops=2e7"]  # small devices 100x slower than big ones
+
+
+@pytest.fixture
+def scenario_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fog.toml"
+    path.write_text(SCENARIO)
+    return path
+
+
+def test_staleness_weight_is_fedbuffs_polynomial() -> None:
+    assert staleness_weight(0) == 1.0
+    assert staleness_weight(3) == pytest.approx(0.5)
+    assert [staleness_weight(s) for s in range(5)] == sorted(
+        (staleness_weight(s) for s in range(5)), reverse=True
+    )
+
+
+@pytest.mark.parametrize("name", ["mask-union", "fedavg"])
+def test_merge_adds_staleness_weighted_updates(name, scenario_file) -> None:
+    """Fresh updates merge to the strategy's own average; an update s versions stale
+    counts a(s) times as much (per parameter, over the devices holding it)."""
+    sc = load_scenario(scenario_file, [*BUFFERED, "model.hidden=[6, 4]", f"strategy.name='{name}'"])
+    torch.manual_seed(0)
+    v0 = {k: v.numpy().copy() for k, v in FogNet((), (6, 4)).state_dict().items()}
+    v2 = {k: v + 0.5 for k, v in v0.items()}
+    full = [np.arange(6), np.arange(4)]
+    a = [np.array([0, 1, 2]), np.array([0, 1])] if name == "mask-union" else full
+    b = [np.array([1, 2, 3]), np.array([1, 2])] if name == "mask-union" else full
+    kept = name == "mask-union"
+
+    def job(node, start, kept_, value, n, version):
+        msg = reply(const_sub(start, kept_, value), kept_, n=n, node=node, with_kept=kept)
+        return Job(node, version, 0, msg, reply=msg)
+
+    buf = Buffered(sc, build_fleet(sc.fleet, 0))
+    buf.versions = {0: v0, 2: v2}
+    fresh = [job(0, v2, a, 1.0, 100, 2), job(1, v2, b, 3.0, 300, 2)]
+    strategy = buf.strategy
+    strategy.global_state = {k: v.copy() for k, v in v2.items()}
+    expected, _ = strategy.aggregate(3, [j.reply for j in fresh])
+    got = buf.apply(3, 2, fresh)
+    for k, v in expected.items():
+        np.testing.assert_allclose(got[k].numpy(), v.numpy(), rtol=1e-6, atol=1e-6, err_msg=k)
+    stale = [job(0, v0, a, 1.0, 100, 0)]  # started at version 0, merged into version 2
+    got = buf.apply(3, 2, stale)
+    row = 0  # held by the stale update: v2 + a(2) * (1.0 - v0)
+    want = v2["fcs.0.weight"][row] + staleness_weight(2) * (1.0 - v0["fcs.0.weight"][row])
+    np.testing.assert_allclose(got["fcs.0.weight"].numpy()[row], want, rtol=1e-5)
+    if name == "mask-union":  # a row nobody held keeps version 2's value
+        np.testing.assert_array_equal(got["fcs.0.weight"].numpy()[5], v2["fcs.0.weight"][5])
+    buf.topology = buf.topology.model_copy(update={"server_lr": 0.25})  # a quarter step
+    got = buf.apply(3, 2, stale)
+    want = v2["fcs.0.weight"][row] + 0.25 * staleness_weight(2) * (1.0 - v0["fcs.0.weight"][row])
+    np.testing.assert_allclose(got["fcs.0.weight"].numpy()[row], want, rtol=1e-5)
+
+
+def test_replies_merge_in_clock_order_on_the_model_of_their_start(scenario_file, tmp_path) -> None:
+    sc = load_scenario(scenario_file, [*BUFFERED, *SPEEDS, "run.rounds=6"])
+    rounds, nodes, grid = run_local(sc, tmp_path / "a")
+    ends = [r["sim_clock_s"] + r["sim_time_s"] for r in rounds]
+    assert ends == sorted(ends) and len(set(ends)) > 1
+    assert all(r["sampled"] == 3 for r in rounds), "every merge takes buffer_size replies"
+    for n in nodes:
+        arrival = n["sim_start_s"] + n["sim_time_s"]
+        r = n["round"]
+        assert (ends[r - 2] if r > 1 else 0.0) <= arrival + 1e-12 <= ends[r - 1] + 1e-12
+        # the version it trained on: the merges done by its start (one at the very
+        # instant it starts may come before or after it: equal durations tie)
+        before = sum(1 for e in ends if e < n["sim_start_s"])
+        upto = sum(1 for e in ends if e <= n["sim_start_s"])
+        assert before <= (r - 1) - n["staleness"] <= upto, n
+    assert any(n["staleness"] > 0 for n in nodes) and any(n["staleness"] == 0 for n in nodes)
+    # real training in batches: the first window's 5 + 2 devices, then 3 per merge
+    assert grid.sent == 5 + 2 + 3 * 5 + sc.simulation.evaluate_clients * 6
+    again, nodes_again, _ = run_local(sc, tmp_path / "b")
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rounds], "seeded"
+    assert [(n["node"], n["staleness"]) for n in nodes_again] == [
+        (n["node"], n["staleness"]) for n in nodes
+    ]
+
+
+def test_buffered_beats_lock_step_in_simulated_time_when_speeds_differ(scenario_file, tmp_path):
+    """The same number of updates merged: lock-step rounds wait for their slowest
+    device, buffered merges take the first replies."""
+    sync = load_scenario(scenario_file, [*SPEEDS, "simulation.clients_per_round=3", "run.rounds=4"])
+    buf = load_scenario(scenario_file, [*BUFFERED, *SPEEDS, "run.rounds=4"])
+    sync_rounds, _, _ = run_local(sync, tmp_path / "sync")
+    buf_rounds, _, _ = run_local(buf, tmp_path / "buf")
+    assert sum(r["aggregated"] for r in sync_rounds) == sum(r["aggregated"] for r in buf_rounds)
+    t_sync = sum(r["sim_time_s"] for r in sync_rounds)
+    t_buf = (
+        buf_rounds[-1]["sim_clock_s"] + buf_rounds[-1]["sim_time_s"] - buf_rounds[0]["sim_clock_s"]
+    )
+    assert t_buf < t_sync
+    assert math.isfinite(buf_rounds[-1]["accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "says"),
+    [
+        (
+            ["topology.aggregation='buffered'", "topology.concurrency=13"],
+            "topology.concurrency: 13",
+        ),
+        (
+            ["topology.aggregation='buffered'", "topology.buffer_size=6", "topology.concurrency=5"],
+            "topology.buffer_size: 6 exceeds",
+        ),
+        (["topology.aggregation='fedasync'"], "topology.aggregation"),
+    ],
+)
+def test_bad_buffered_settings_are_clear_errors(scenario_file, sets, says) -> None:
+    with pytest.raises(ScenarioError, match=says.replace(".", r"\.")):
+        load_scenario(scenario_file, sets)

@@ -1,0 +1,53 @@
+"""A fog tier and buffered rounds on Flower + Ray, through the CLI."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fogsim.cli import app
+from fogsim.study.results import load
+
+pytestmark = pytest.mark.slow  # real Flower + Ray runs
+
+runner = CliRunner()
+
+
+def run_cli(scenario: Path, out: Path, *sets: str) -> dict:
+    args = ["run", str(scenario), "--out", str(out), "--quiet"]
+    for s in sets:
+        args += ["--set", s]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return load(out)
+
+
+def test_hierarchical_and_buffered_runs_on_ray(tiny_scenario: Path, tmp_path: Path) -> None:
+    fog = run_cli(
+        tiny_scenario,
+        tmp_path / "fog",
+        "topology.kind='hierarchical'",
+        "topology.fogs=2",
+        "topology.fog_rounds=2",
+        "topology.cloud_link={up_mbps=10, down_mbps=10, latency_ms=50}",
+    )
+    rounds, nodes = fog["rounds"], fog["nodes"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[-1]["accuracy"] > 0.5, "well above chance after training"
+    assert all(r["sampled"] == 8 and r["aggregated"] == 8 for r in rounds)
+    assert {n["fog"] for n in nodes} == {0, 1} and {n["fog_round"] for n in nodes} == {1, 2}
+    assert all(r["cloud_bytes_down"] > 0 and r["cloud_bytes_up"] > 0 for r in rounds)
+    assert all(r["sim_time_s"] > 2 * 0.05 for r in rounds), "down and up the cloud link"
+
+    buffered = run_cli(
+        tiny_scenario,
+        tmp_path / "buf",
+        "topology.aggregation='buffered'",
+        "topology.buffer_size=2",
+        "topology.concurrency=4",
+        "run.rounds=3",
+    )
+    rounds, nodes = buffered["rounds"], buffered["nodes"]
+    assert [r["sampled"] for r in rounds] == [2, 2, 2]
+    assert rounds[-1]["accuracy"] > 0.3
+    assert {n["staleness"] for n in nodes} <= {0, 1, 2, 3}
