@@ -101,6 +101,11 @@ def nodes_of(msg: Message) -> list[int]:
     return [int(n) for n in msg.content[wire.CONFIG][COHORT]]
 
 
+def reply_nodes(reply: Message) -> list[int]:
+    """The fleet nodes a (non-error) cohort reply has records for."""
+    return sorted({int(name.partition(SEP)[0]) for name in reply.content if SEP in name})
+
+
 def replies_of(reply: Message) -> tuple[dict[int, Message], dict[int, str]]:
     """A cohort reply taken apart: ({node: its reply as a Message of its own},
     {node: crash reason}). Nodes are read from the record names, so a node missing

@@ -48,9 +48,10 @@ def dense_params(scenario: dict[str, Any]) -> int | None:
     model = scenario.get("model")
     if not model:
         return None
-    from fogsim.scenario import ModelSection  # torch: only when needed
+    from fogsim.scenario import DataSection, ModelSection  # torch: only when needed
 
-    return ModelSection.model_validate(model).shape.num_params()
+    data = DataSection.model_validate(scenario.get("data") or {})
+    return ModelSection.model_validate(model).shape_for(data).num_params()
 
 
 def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:

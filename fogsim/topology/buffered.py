@@ -39,12 +39,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 
 from fogsim.device.pruning import extract_submodel
 from fogsim.fleet import Fleet
-from fogsim.flower import wire
+from fogsim.flower import cohort, wire
 from fogsim.hardware.energy import timeline
 from fogsim.scenario import Scenario
 from fogsim.strategies import build_strategy
@@ -162,22 +170,29 @@ class Buffered:
             s.global_state = self.versions[version]
         config = ConfigRecord({wire.ROUND: rnd})
         messages = s._messages(nodes, arrays, config, MessageType.TRAIN, rnd)
-        return [Job(n, version, s.bytes_down[n], m) for n, m in zip(nodes, messages, strict=True)]
+        return [Job(n, version, s.bytes_down[n], m) for m in messages for n in cohort.nodes_of(m)]
 
     def train(self, jobs: list[Job], send: Send) -> None:
         """Real training through Flower, then each job's simulated duration: its own
         timeline, cut at ``deadline_s``; a failed job takes its download (or the
         deadline, when one is set: the server waits that long for it)."""
-        replies = send([j.message for j in jobs])
-        asked = {j.message.metadata.message_id: j for j in jobs}
+        messages = list({id(j.message): j.message for j in jobs}.values())  # cohorts, once
+        replies = send(messages)
         by_node = {j.node: j for j in jobs}
         for msg in replies:
-            if msg.has_error():
-                job = asked.get(msg.metadata.reply_to_message_id)
-            else:
-                job = by_node.get(int(msg.content[wire.METRICS][wire.NODE]))
-            if job is not None:
-                job.reply = msg
+            if msg.has_error():  # the whole cohort failed: each of its jobs gets the error
+                for job in jobs:
+                    if job.message.metadata.message_id == msg.metadata.reply_to_message_id:
+                        job.reply = Message(msg.error, reply_to=job.message)
+                continue
+            good, crashed = cohort.replies_of(msg)
+            for node, reply in good.items():
+                if node in by_node:
+                    by_node[node].reply = reply
+            for node, reason in crashed.items():
+                if node in by_node:
+                    job = by_node[node]
+                    job.reply = Message(Error(0, reason), reply_to=job.message)
         deadline = self.scenario.simulation.deadline_s or math.inf
         for job in jobs:
             device = self.fleet.device(job.node)

@@ -34,7 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
 from fogsim.fleet import Fleet
-from fogsim.flower import wire
+from fogsim.flower import cohort, wire
 from fogsim.scenario import Scenario
 from fogsim.strategies import FogStrategy, build_strategy
 from fogsim.study.results import STATUSES
@@ -98,6 +98,7 @@ class Hierarchy:
 
     def __init__(self, scenario: Scenario, fleet: Fleet, assignment: np.ndarray) -> None:
         self.scenario, self.fleet, self.topology = scenario, fleet, scenario.topology
+        self.arch = scenario.arch  # the global model's shape, as every strategy has it
         self.fog_of = assignment
         n = num_fogs(assignment)
         if self.topology.fogs is not None and self.topology.fogs != n:
@@ -163,14 +164,13 @@ class Hierarchy:
         """Replies split by the fog that sent the message (an error reply names only
         the message it answers)."""
         out: list[list[Message]] = [[] for _ in self.fogs]
-        asked = {
-            m.metadata.message_id: fog.index for fog in self.fogs for _, m in fog.strategy.sent
-        }
+        asked = {m.metadata.message_id: fog.index for fog in self.fogs for m in fog.strategy.sent}
         for msg in replies:
-            if msg.has_error():
-                f = asked.get(msg.metadata.reply_to_message_id)
+            nodes = [] if msg.has_error() else cohort.reply_nodes(msg)
+            if nodes:  # a cohort's nodes are one fog's: its strategy made the cohort
+                f = int(self.fog_of[nodes[0]])
             else:
-                f = int(self.fog_of[int(msg.content[wire.METRICS][wire.NODE])])
+                f = asked.get(msg.metadata.reply_to_message_id)
             if f is not None:
                 out[f].append(msg)
         return out

@@ -1,5 +1,5 @@
 """Server round logic driven in this process: Flower's ``Grid`` interface served by
-the real ClientApp logic (``clients.fog_client.train`` / ``evaluate_local``) on the
+the real ClientApp logic (``clients.fog_client.reply_train`` / ``reply_evaluate``) on the
 real Flower messages, one after the other, as Flower's engine would run them on Ray.
 Fast enough to compare whole runs in a unit test; the Ray runs are in ``test_runs``."""
 
@@ -12,8 +12,9 @@ import torch
 from flwr.app import Message, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.fog_client import evaluate_local, train
+from clients.fog_client import reply_evaluate, reply_train
 from fogsim.fleet import build_fleet
+from fogsim.flower import cohort
 from fogsim.flower.server_app import RoundLoop
 from fogsim.scenario import Scenario
 from fogsim.study.results import RunWriter, read_csv
@@ -66,7 +67,7 @@ class LocalGrid:
 
     def __init__(self, nodes: int) -> None:
         self.nodes = nodes
-        self.sent = 0
+        self.sent = 0  # fleet nodes sent (a message carries a cohort of them)
 
     def get_node_ids(self) -> list[int]:
         return list(range(101, 101 + self.nodes))
@@ -76,8 +77,9 @@ class LocalGrid:
         replies = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as pushing does
-            self.sent += 1
-            client = train if msg.metadata.message_type == MessageType.TRAIN else evaluate_local
+            self.sent += len(cohort.nodes_of(msg))
+            kind = msg.metadata.message_type
+            client = reply_train if kind == MessageType.TRAIN else reply_evaluate
             replies.append(client(msg))
         return replies
 
