@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fogsim.study.plots import GLOBAL, bytes_axis, figure, finish, line, save_figure, scaled
-from fogsim.study.plots import time_unit as unit_of
 from fogsim.study.series import column, cumulative, elapsed
 
 
@@ -44,6 +42,17 @@ def to_target(run: dict[str, Any], target: float) -> dict[str, Any] | None:
 def plot_time_and_cloud(run: dict[str, Any], path: Path, target: float) -> Path:
     """The global model's accuracy against simulated time and against cumulative
     cloud-link bytes, with the target accuracy."""
+    from fogsim.study.plots import (  # matplotlib: only when drawing
+        GLOBAL,
+        bytes_axis,
+        figure,
+        finish,
+        line,
+        save_figure,
+        scaled,
+    )
+    from fogsim.study.plots import time_unit as unit_of
+
     acc = column(run["rounds"], "accuracy")
     source, clock = elapsed(run)
     scale, unit = unit_of(clock)

@@ -120,3 +120,14 @@ def test_run_prints_the_fleet_summary(tiny_scenario: Path, tmp_path: Path, monke
     assert "warning: 6 node(s) can train no model and sit out the whole run (6 of 'small')" in (
         result.output
     )
+
+
+def test_the_cli_loads_matplotlib_only_to_draw() -> None:
+    """``fogsim run``'s driver stays light: matplotlib (~30 MB) is imported by the
+    commands that draw, not by importing the CLI."""
+    import subprocess
+    import sys
+
+    code = "import sys, fogsim.cli; print('matplotlib' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
