@@ -26,32 +26,11 @@ costs HeteroFL up to ~1 point; ``RESEARCH.md`` reports both configurations.
 """
 
 from fogsim.device.pruning import Kept
-from fogsim.fleet import Fleet
-from fogsim.scenario import Scenario
 from fogsim.strategies.registry import register
-from fogsim.strategies.submodel import SubModelStrategy
+from fogsim.strategies.submodel import ReferenceCare
 
 
 @register("heterofl")
-class HeteroFL(SubModelStrategy):
-    def __init__(
-        self,
-        scenario: Scenario,
-        fleet: Fleet,
-        *,
-        scaler: bool = False,
-        clip_grad: float | None = 1.0,
-        label_mask: bool = True,
-        batch_lr: bool = False,
-    ) -> None:
-        super().__init__(
-            scenario,
-            fleet,
-            scaler=scaler,
-            clip_grad=clip_grad,
-            label_mask=label_mask,
-            batch_lr=batch_lr,
-        )
-
+class HeteroFL(ReferenceCare):
     def kept_at(self, fraction: float, server_round: int) -> Kept:
         return self.nested(fraction)

@@ -160,3 +160,28 @@ class SubModelStrategy(FogStrategy):
     def nested(self, fraction: float) -> Kept:
         """The first ``ceil(fraction * width)`` neurons of each group (HeteroFL slices)."""
         return [np.arange(k) for k in self.arch.scaled(fraction).widths]
+
+
+class ReferenceCare(SubModelStrategy):
+    """A sub-model strategy trained as HeteroFL's and FedRolex's reference code trains:
+    gradient-norm clipping to 1 and label masking by default (their modules' docs
+    say where); the Scaler stays off. Each default is a ``[strategy] params`` key."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        fleet: Fleet,
+        *,
+        scaler: bool = False,
+        clip_grad: float | None = 1.0,
+        label_mask: bool = True,
+        batch_lr: bool = False,
+    ) -> None:
+        super().__init__(
+            scenario,
+            fleet,
+            scaler=scaler,
+            clip_grad=clip_grad,
+            label_mask=label_mask,
+            batch_lr=batch_lr,
+        )
