@@ -23,6 +23,7 @@ from fogsim.scenario import ScenarioError, load_scenario
 from fogsim.strategies import STRATEGIES, build_strategy
 from fogsim.strategies.flower_plugin import FlowerStrategy, dense_notice
 from fogsim.study.results import RunFailed, load
+from tests.topology.local import run_local
 
 runner = CliRunner()
 ADAM = ["strategy.flower='flwr.serverapp.strategy:FedAdam'"]
@@ -230,32 +231,44 @@ FLOWER_RUNS = {
 COMMON = ["run.rounds=2", "simulation.evaluate_clients=1", "fleet.classes.1.memory='160KiB'"]
 
 
-@pytest.mark.slow  # a real Flower + Ray run each
-@pytest.mark.parametrize("name", FLOWER_RUNS)
-def test_real_run_of_flower_strategies(tiny_scenario: Path, tmp_path: Path, name: str) -> None:
-    ref = f"strategy.flower='flwr.serverapp.strategy:{name}'"
-    result = run_cli(tiny_scenario, tmp_path / "out", [ref, *FLOWER_RUNS[name], *COMMON])
-    assert result.exit_code == 0, result.output
-    run = load(tmp_path / "out")
+def check_flower_run(out: Path, name: str) -> None:
+    """Every round aggregated all its nodes, the model learnt and stayed float32, and
+    only nodes that hold the dense model trained."""
+    run = load(out)
     rounds, nodes = run["rounds"], run["nodes"]
     assert all(r["aggregated"] == r["sampled"] == 4 for r in rounds), "no round lost"
     assert rounds[-1]["accuracy"] > 0.5 and rounds[-1]["client_accuracy"] > 0.3
     assert {n["class"] for n in nodes} == {"big"}, "only nodes holding the dense model"
     assert run["summary"]["strategy"] == f"flwr.serverapp.strategy:{name}"
-    model = torch.load(tmp_path / "out" / "model.pt")
+    model = torch.load(out / "model.pt")
     assert {v.dtype for v in model.values()} == {torch.float32}
 
 
-@pytest.mark.slow  # a real Flower + Ray run
-def test_real_run_of_a_registered_user_subclass(tiny_scenario: Path, user_module: Path) -> None:
+@pytest.mark.parametrize("name", FLOWER_RUNS)
+def test_flower_strategies_train(tiny_scenario: Path, tmp_path: Path, name: str) -> None:
+    """Each strategy's whole run in this process: the real round loop, strategy and
+    client code, Flower's Grid answered without Ray (``tests.topology.local``)."""
+    ref = f"strategy.flower='flwr.serverapp.strategy:{name}'"
+    run_local(load_scenario(tiny_scenario, [ref, *FLOWER_RUNS[name], *COMMON]), tmp_path)
+    check_flower_run(tmp_path, name)
+
+
+@pytest.mark.slow  # a real Flower + Ray run (one: the others run in process, above)
+def test_real_run_of_a_flower_strategy(tiny_scenario: Path, tmp_path: Path) -> None:
+    ref = "strategy.flower='flwr.serverapp.strategy:FedAdam'"
+    result = run_cli(tiny_scenario, tmp_path / "out", [ref, *FLOWER_RUNS["FedAdam"], *COMMON])
+    assert result.exit_code == 0, result.output
+    check_flower_run(tmp_path / "out", "FedAdam")
+
+
+def test_a_registered_user_subclass_runs(tiny_scenario: Path, user_module: Path) -> None:
     sets = [
         "strategy.name='my-fedavg'",
         "strategy.module='myflower'",
         f"strategy.params={{server_lr=0.8, log='{user_module / 'calls.txt'}'}}",
         *COMMON,
     ]
-    result = run_cli(tiny_scenario, user_module / "out", sets)
-    assert result.exit_code == 0, result.output
+    run_local(load_scenario(tiny_scenario, sets), user_module / "out")
     assert (user_module / "calls.txt").read_text().split() == ["1", "2"]
     rounds = load(user_module / "out")["rounds"]
     assert all(r["aggregated"] == 4 for r in rounds) and rounds[-1]["accuracy"] > 0.5
