@@ -243,8 +243,12 @@ def main() -> None:
     for name in results:
         print(table(name, results[name]))
     print(f"(accuracy in %; mean ± std over seeds; written to {report})")
+    asked = {n: results[n] for n in args.scenarios.split(",")}
+    asked = {
+        n: {v: e for v, e in vs.items() if v in args.variants.split(",")} for n, vs in asked.items()
+    }
     path = write_results(
-        "mask_union_vs_rivals", results_rows(results), seeds, engine=args.engine, variants=VARIANTS
+        "mask_union_vs_rivals", results_rows(asked), seeds, engine=args.engine, variants=VARIANTS
     )
     print(f"wrote {path}")
 
