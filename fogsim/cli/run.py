@@ -32,7 +32,7 @@ from fogsim.cli.common import (
 from fogsim.device.memory import widest_fraction
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
-from fogsim.strategies.flower_plugin import dense_notice
+from fogsim.strategies.build import dense_notice
 from fogsim.study.results import (
     CHECKPOINT,
     STATUSES,

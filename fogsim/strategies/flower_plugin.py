@@ -207,28 +207,3 @@ class FlowerStrategy(FedAvgFeasible):
     ) -> MetricRecord | None:
         good, _ = self.by_node(replies)
         return self.call("aggregate_evaluate", server_round, good) if good else None
-
-
-def dense_notice(sc: Scenario, fleet: Fleet) -> str | None:
-    """What a Flower strategy leaves out on ``fleet``: it trains the dense model, so
-    (as ``fedavg-feasible``) nodes whose budget cannot hold it sit out; None if the
-    scenario's strategy is fogsim's own or every node holds the dense model."""
-    from fogsim.device.memory import training_memory
-    from fogsim.strategies.base import FogStrategy
-    from fogsim.strategies.registry import strategy_class
-
-    if issubclass(strategy_class(sc), FogStrategy):
-        return None
-    need = training_memory(sc.arch, sc.dynhp.min_batch, sc.train.memory_kind)
-    out = {
-        c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())
-        for i, c in enumerate(fleet.classes)
-    }
-    if not any(out.values()):
-        return None
-    listed = ", ".join(f"{n} of {name!r}" for name, n in out.items() if n)
-    return (
-        f"note: {sc.strategy.label} is a Flower strategy: it trains the dense model, so "
-        f"only nodes whose budget holds it take part, as in fedavg-feasible; "
-        f"{sum(out.values())} node(s) sit out ({listed})"
-    )

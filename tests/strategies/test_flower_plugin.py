@@ -21,7 +21,8 @@ from fogsim.fleet import build_fleet
 from fogsim.flower import wire
 from fogsim.scenario import ScenarioError, load_scenario
 from fogsim.strategies import STRATEGIES, build_strategy
-from fogsim.strategies.flower_plugin import FlowerStrategy, dense_notice
+from fogsim.strategies.build import dense_notice
+from fogsim.strategies.flower_plugin import FlowerStrategy
 from fogsim.study.results import RunFailed, load
 from tests.topology.local import run_local
 
