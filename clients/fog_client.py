@@ -219,7 +219,7 @@ def train(content: RecordDict) -> RecordDict:
     if fault == "drop":
         return wire.reply({wire.NODE: node, wire.DROPPED_OUT: 1})
     x, y, _, _ = local_data(spec, node)
-    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
+    model = model_from_state(wire.received_state(content), spec.arch.in_shape)
     macs_in = macs_per_sample(model)
     gen = torch.Generator().manual_seed(stream_seed(spec.seed, rnd, node))
     if fault == "crash":
@@ -260,7 +260,7 @@ def evaluate_local(content: RecordDict) -> RecordDict:
     """The received model's accuracy and loss on the node's held-out samples."""
     spec, node = wire.spec_of(content), int(content[wire.CONFIG][wire.NODE])
     _, _, x, y = local_data(spec, node)
-    model = model_from_state(content[wire.ARRAYS].to_torch_state_dict(), spec.arch.in_shape)
+    model = model_from_state(wire.received_state(content), spec.arch.in_shape)
     acc, loss = evaluate(model, x, y)
     metrics = {wire.NODE: node, wire.NUM_EXAMPLES: len(x), wire.ACCURACY: acc, wire.LOSS: loss}
     return wire.reply(metrics)

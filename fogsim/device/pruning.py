@@ -169,6 +169,18 @@ def submodel_index(global_shapes: Mapping[str, Sequence[int]], kept: Kept) -> di
     return out
 
 
+def submodel_shapes(
+    global_shapes: Mapping[str, Sequence[int]], kept: Kept
+) -> dict[str, tuple[int, ...]]:
+    """Per parameter, the shape of the sub-model holding the neurons in ``kept``."""
+    n_conv, n_fc = _layout(global_shapes)
+    spatial = _spatial(global_shapes, n_conv)
+    return {
+        name: tuple(len(a) for a in _axis_indices(name, tuple(shape), kept, n_conv, n_fc, spatial))
+        for name, shape in global_shapes.items()
+    }
+
+
 def extract_submodel(
     global_state: Mapping[str, torch.Tensor | np.ndarray], kept: Kept
 ) -> dict[str, torch.Tensor]:

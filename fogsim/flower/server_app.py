@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from fogsim.study.results import STATUSES, TRAINED, Checkpoint, RunFailed, RunWr
 from fogsim.topology import round_driver, tier_columns
 
 ProgressFn = Callable[[dict[str, Any]], None]
+PULL_INTERVAL_S = 0.02  # how often replies are looked for (Flower's own loop: 0.1 s)
 
 
 def initial_model(scenario: Scenario) -> FogNet:
@@ -39,19 +41,41 @@ def initial_model(scenario: Scenario) -> FogNet:
     return FogNet(arch.channels, arch.hidden, arch.in_shape, arch.num_classes)
 
 
-def exchange(grid: Grid, messages: Iterable[Message], wave: int, timeout: float) -> list[Message]:
-    """Send ``messages`` in waves of ``wave`` (one per registered Flower node) and
-    collect the replies, all waves within ``timeout`` seconds.
+def arrivals(
+    grid: Grid, messages: Iterable[Message], in_flight: int, timeout: float
+) -> Iterator[list[Message]]:
+    """Send ``messages`` and yield their replies as they arrive, keeping at most
+    ``in_flight`` at Flower (one per registered Flower node): each reply frees its
+    mailbox, and the next message goes to it at once. Stops when every message has a
+    reply or ``timeout`` seconds have passed.
 
     Flower's in-memory engine rescans every stored message for every registered node
     ten times a second, so a round handed over at once slows with the square of its
-    size; waves bound that at the price of one wave's tail per wave."""
-    messages, replies = list(messages), []
-    end = time.monotonic() + timeout
-    for start in range(0, len(messages), wave):
-        left = max(0.0, end - time.monotonic())
-        replies += grid.send_and_receive(messages[start : start + wave], timeout=left)
-    return replies
+    size; a sliding window bounds that without waiting for the slowest message of a
+    wave, and the caller can take in each reply (and drop it) as it comes."""
+    pending, end = deque(messages), time.monotonic() + timeout
+    first = [pending.popleft() for _ in range(min(in_flight, len(pending)))]
+    waiting = set(grid.push_messages(first))
+    while waiting and time.monotonic() < end:
+        replies = list(grid.pull_messages(waiting))
+        if not replies:
+            time.sleep(PULL_INTERVAL_S)
+            continue
+        waiting -= {m.metadata.reply_to_message_id for m in replies}
+        refill = []
+        for reply in replies[: len(pending)]:
+            msg = pending.popleft()
+            msg.metadata.dst_node_id = reply.metadata.src_node_id  # the mailbox just freed
+            refill.append(msg)
+        waiting |= set(grid.push_messages(refill))
+        yield replies
+
+
+def exchange(
+    grid: Grid, messages: Iterable[Message], in_flight: int, timeout: float
+) -> list[Message]:
+    """Every reply to ``messages`` that arrives within ``timeout`` (:func:`arrivals`)."""
+    return [m for replies in arrivals(grid, messages, in_flight, timeout) for m in replies]
 
 
 def round_row(
@@ -146,7 +170,10 @@ class RoundLoop:
             new_arrays = strategy.train_round(grid, rnd, arrays, send)
         else:
             messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
-            new_arrays, _ = strategy.aggregate_train(rnd, exchange(grid, messages, wave, timeout))
+            strategy.open_replies()
+            for replies in arrivals(grid, messages, wave, timeout):
+                strategy.take(rnd, replies)
+            new_arrays, _ = strategy.close_replies(rnd)
         if new_arrays is not None:
             arrays = new_arrays
         messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)

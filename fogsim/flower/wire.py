@@ -5,10 +5,13 @@ sides pack and unpack through these helpers; nothing else spells a key.
 
 A training message (server → client) is a ``RecordDict`` of:
 
-- ``arrays`` (:data:`ARRAYS`): the model the node trains: the global one, or only the
-  neurons the node holds (a sub-model);
+- ``arrays`` (:data:`ARRAYS`): the global model;
 - ``kept`` (:data:`KEPT`, sub-model strategies): global neuron indices per group of
-  those neurons (``fogsim.device.pruning``);
+  the neurons the node holds (``fogsim.device.pruning``). The client slices its
+  sub-model out of the global model itself (:func:`received_state`), so a cohort
+  message carries the global model once, not one sub-model per node; bytes on the
+  wire are still counted per node as the sub-model it would be sent alone
+  (:func:`model_bytes`), which is what a real device downloads;
 - ``dynhp`` (:data:`DYNHP`, ``mask-union``): the node's DynHP state from its last
   participation (scores, gate streaks, seen flags, in global indices);
 - ``config`` (:data:`CONFIG`): the keys ``NODE`` … ``SPEC`` below, and the
@@ -37,12 +40,13 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from pydantic import BaseModel, ConfigDict
 
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
-from fogsim.device.pruning import Kept
+from fogsim.device.pruning import Kept, extract_submodel, submodel_shapes
 from fogsim.scenario import DataSection, FaultsSection, ModelSection, Scenario, TrainSection
 
 # records of a message's RecordDict
@@ -165,6 +169,26 @@ def array_bytes(arrays: ArrayRecord) -> int:
     array's dtype and shape: deserialising them just to count would cost more than
     the round's aggregation."""
     return sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in arrays.values())
+
+
+def model_bytes(records: dict[str, ArrayRecord]) -> int:
+    """Bytes of the model a node's message gives it, as if sent alone: with ``kept``,
+    only those neurons of the global ``arrays`` (the client slices them itself)."""
+    arrays = records[ARRAYS]
+    if KEPT not in records:
+        return array_bytes(arrays)
+    shapes = submodel_shapes({k: a.shape for k, a in arrays.items()}, unpack_kept(records[KEPT]))
+    return sum(np.dtype(arrays[k].dtype).itemsize * math.prod(s) for k, s in shapes.items())
+
+
+def received_state(content: RecordDict) -> dict[str, torch.Tensor]:
+    """The state dict of the model a node's message gives it: the neurons in ``kept``
+    of the global ``arrays`` (sub-model strategies), or all of it. The tensors are
+    the node's own (never views of the message, which the cohort's other nodes share)."""
+    if KEPT not in content:
+        return content[ARRAYS].to_torch_state_dict()
+    state = {k: to_numpy(a) for k, a in content[ARRAYS].items()}
+    return extract_submodel(state, unpack_kept(content[KEPT]))
 
 
 def pack_groups(arrays: list[np.ndarray], prefix: str) -> dict[str, np.ndarray]:

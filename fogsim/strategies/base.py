@@ -12,8 +12,11 @@
 - **Seeded sampling.** Each round draws which nodes are up (class ``availability``) and
   which of those are sampled from a generator seeded by (seed, round), so any round can
   be replayed (Flower's ``sample_nodes`` uses the unseeded module ``random``).
-- **Order-independent aggregation.** Replies arrive in completion order; they are
-  sorted by fleet node before averaging so float sums are reproducible.
+- **Replies as they arrive, in a fixed order.** The round loop hands replies over
+  as they come (:meth:`FogStrategy.take`); each node is classified at once, and good
+  updates are absorbed into the aggregate in fleet node order (message by message),
+  so float sums are reproducible and, for strategies whose aggregate is a running
+  sum, a round's updates are never all held at once.
 - **Accounting.** Bytes sent and received per node and round are counted from the
   actual arrays on the wire; with the client's training FLOPs they give each client's
   simulated timeline and energy (``fogsim.hardware.energy``). Clients slower than
@@ -40,6 +43,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +61,22 @@ from fogsim.study.results import STATUSES
 
 ENERGY_PARTS = ("energy_j", "energy_compute_j", "energy_radio_j", "energy_idle_j")
 MAX_WAITS = 1000  # window openings tried in search of a node on (low battery keeps one off)
+
+
+@dataclass
+class RoundReplies:
+    """What a training round's replies have said so far (:meth:`FogStrategy.take`)."""
+
+    status: dict[int, str]  # per sampled node
+    message_of: dict[int, int]  # sampled node -> the index of the message it went in
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)  # nodes.csv fields
+    crashes: dict[int, str] = field(default_factory=dict)  # node -> the client's error
+    sim_times: list[float] = field(default_factory=list)  # how long each kept the round
+    up: int = 0  # bytes uploaded
+    replied: set[int] = field(default_factory=set)  # messages answered (by index)
+    ready: dict[int, list[Message]] = field(default_factory=dict)  # good, not absorbed
+    absorbed: int = 0  # messages whose updates are absorbed: the first ``absorbed``
+    accepted: int = 0  # updates absorbed
 
 
 class FogStrategy(FedAvg):
@@ -92,6 +112,8 @@ class FogStrategy(FedAvg):
         self.min_batch = scenario.dynhp.min_batch
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
         self.sent: list[Message] = []  # this round's training messages (cohorts of nodes)
+        self.tally = RoundReplies({}, {})  # what the replies to them have said so far
+        self.accepted: list[Message] = []  # good updates kept for aggregate()
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
         self.holders: dict[int, int] = {}  # node -> last round it trained (holds a model)
@@ -183,7 +205,7 @@ class FogStrategy(FedAvg):
             cohort_nodes, payloads = nodes[start : start + size], []
             for node in cohort_nodes:
                 records, extra = self.node_payload(node, arrays, server_round)
-                self.bytes_down[node] = wire.array_bytes(records[wire.ARRAYS])
+                self.bytes_down[node] = wire.model_bytes(records)
                 down += self.bytes_down[node]
                 own = {
                     **extra,
@@ -225,7 +247,7 @@ class FogStrategy(FedAvg):
         """Cohort replies taken apart (``fogsim.flower.cohort``): (each node's good
         reply as a Message of its own, sorted by fleet node; {node: crash reason} of
         the nodes whose handling raised on the client). A whole-message error reply
-        (its actor died) is not here: see :meth:`crashed_cohorts`."""
+        (its actor died) is not here: :meth:`take` counts its whole cohort."""
         good, crashed = [], {}
         for msg in replies:
             if not msg.has_error():
@@ -251,18 +273,6 @@ class FogStrategy(FedAvg):
         if not all(np.isfinite(float(v)) for v in metrics.values()):
             return "rejected"
         return "ok"
-
-    def crashed_cohorts(self, replies: Iterable[Message]) -> dict[int, str]:
-        """{node: reason} for every node of a training message whose whole reply was
-        a Flower error (the ClientApp or its actor failed): an error reply names only
-        the message it answers, which names its cohort."""
-        sent = {m.metadata.message_id: cohort.nodes_of(m) for m in self.sent}
-        out = {}
-        for msg in replies:
-            if msg.has_error():
-                for node in sent.get(msg.metadata.reply_to_message_id, []):
-                    out[node] = msg.error.reason
-        return out
 
     def arrived(self, msg: Message) -> tuple[int, str, dict[str, Any], float | None]:
         """(fleet node, status, nodes.csv fields, simulated seconds it kept the round
@@ -295,48 +305,116 @@ class FogStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Classify every sampled node's reply (see :data:`STATUSES`), average the good
-        ones, and record a row per node; nodes that never replied are ``timed_out``."""
-        replies = list(replies)
-        good, crashed = self.by_node(replies)
-        crashed |= self.crashed_cohorts(replies)
-        deadline = self.scenario.simulation.deadline_s
-        status = {node: "timed_out" for m in self.sent for node in cohort.nodes_of(m)}
-        problems = []  # what went wrong, in the clients' words
-        for node, reason in sorted(crashed.items()):
-            status[node] = "crashed"
-            problems.append(f"node {node} crashed: {reason}")
-        rows: dict[int, dict[str, Any]] = {}
-        accepted, up, sim_times = [], 0, []
-        for msg in good:
-            node, status[node], rows[node], sim_s = self.arrived(msg)
-            if sim_s is None:
+        """Flower's hook, every reply at once: :meth:`open_replies`, :meth:`take`,
+        :meth:`close_replies` (fogsim's round loop calls those three itself, taking
+        replies as they arrive)."""
+        self.open_replies()
+        self.take(server_round, replies)
+        return self.close_replies(server_round)
+
+    def open_replies(self) -> None:
+        """Start taking the replies to :attr:`sent`: every sampled node is
+        ``timed_out`` until its reply says otherwise."""
+        of = {node: j for j, m in enumerate(self.sent) for node in cohort.nodes_of(m)}
+        self.tally = RoundReplies(dict.fromkeys(of, "timed_out"), of)
+        self.begin_aggregate()
+
+    def take(self, server_round: int, replies: Iterable[Message]) -> None:
+        """Classify the nodes of some of the round's replies (see :data:`STATUSES`) and
+        absorb their good updates into the round's aggregate.
+
+        Updates are absorbed in the order of the messages sent, and within a message by
+        node (so, fleet node order: the float sums do not depend on which reply came
+        first), each as soon as the replies to every earlier message are in; a reply
+        is then dropped. So a round's replies need not all be held at once (1,000
+        devices a round reply ~1 GB of sub-models)."""
+        t, deadline = self.tally, self.scenario.simulation.deadline_s
+        sent = {m.metadata.message_id: j for j, m in enumerate(self.sent)}
+        for reply in replies:
+            if reply.has_error():  # the ClientApp or its actor failed: its whole cohort
+                j = sent.get(reply.metadata.reply_to_message_id)
+                if j is not None:
+                    t.replied.add(j)
+                    nodes = cohort.nodes_of(self.sent[j])
+                    t.crashes |= dict.fromkeys(nodes, reply.error.reason)
                 continue
-            if status[node] not in ("rejected", "departed"):
-                self.on_reply(node, msg, straggler=status[node] == "straggler")
-                self.holders[node] = server_round
-            if status[node] != "departed":  # its upload never (fully) arrived
-                up += rows[node]["bytes_up"]
-            sim_times.append(min(sim_s, deadline) if deadline else sim_s)
-            if status[node] == "ok":
-                accepted.append(msg)
-        if deadline and any(s in ("dropped", "timed_out") for s in status.values()):
-            sim_times.append(deadline)  # the server waited for them until the deadline
-        round_s = max(sim_times, default=0.0)
-        self.record_round(server_round, status, rows, round_s)
-        for node, what in sorted(status.items()):
+            nodes = cohort.reply_nodes(reply)
+            if not nodes:
+                continue
+            j = t.message_of.get(nodes[0], len(self.sent))  # past the end: not sent by us
+            t.replied.add(j)
+            good, crashed = cohort.replies_of(reply)
+            t.crashes |= crashed
+            for node, msg in good.items():  # by node
+                node, t.status[node], t.rows[node], sim_s = self.arrived(msg)
+                if sim_s is None:
+                    continue
+                if t.status[node] not in ("rejected", "departed"):
+                    self.on_reply(node, msg, straggler=t.status[node] == "straggler")
+                    self.holders[node] = server_round
+                if t.status[node] != "departed":  # its upload never (fully) arrived
+                    t.up += t.rows[node]["bytes_up"]
+                t.sim_times.append(min(sim_s, deadline) if deadline else sim_s)
+                if t.status[node] == "ok":
+                    t.ready.setdefault(j, []).append(msg)
+        while t.absorbed in t.replied:
+            self.absorb_message(server_round, t.absorbed)
+
+    def absorb_message(self, server_round: int, j: int) -> None:
+        """Absorb the good updates of the round's ``j``-th message (node order)."""
+        t = self.tally
+        for msg in sorted(
+            t.ready.pop(j, []), key=lambda m: int(m.content[wire.METRICS][wire.NODE])
+        ):
+            self.absorb(server_round, msg)
+            t.accepted += 1
+        t.absorbed = j + 1
+
+    def close_replies(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """End the round: nodes that never replied stay ``timed_out``; a row per node,
+        the round's figures, the clock moved on; the new global model, or none with
+        fewer than ``[simulation] min_replies`` good updates."""
+        t, deadline = self.tally, self.scenario.simulation.deadline_s
+        for j in sorted(t.ready):  # after messages that never had a reply
+            self.absorb_message(server_round, j)
+        problems = []  # what went wrong, in the clients' words
+        for node, reason in sorted(t.crashes.items()):
+            t.status[node] = "crashed"
+            problems.append(f"node {node} crashed: {reason}")
+        if deadline and any(s in ("dropped", "timed_out") for s in t.status.values()):
+            t.sim_times.append(deadline)  # the server waited for them until the deadline
+        round_s = max(t.sim_times, default=0.0)
+        self.record_round(server_round, t.status, t.rows, round_s)
+        for node, what in sorted(t.status.items()):
             if what not in ("ok", "crashed"):  # crashes are named above, with their error
                 problems.append(f"node {node}: {what.replace('_', ' ')}")
         self.round_stats.update(
-            aggregated=len(accepted),
-            bytes_up=up,
+            aggregated=t.accepted,
+            bytes_up=t.up,
             sim_time_s=round_s,
             sim_clock_s=self.clock.now_s,
             problems=problems,
         )
         self.clock.advance(round_s)
-        if len(accepted) < self.scenario.simulation.min_replies:
+        if t.accepted < self.scenario.simulation.min_replies:
             return None, None
+        return self.merged(server_round)
+
+    # --- partial aggregation (a strategy whose aggregate is a sum overrides these) --
+    def begin_aggregate(self) -> None:
+        """Start a round's aggregate: :meth:`absorb` then takes its good updates one by
+        one and :meth:`merged` gives the result. By default the updates are kept and
+        :meth:`aggregate` merges them at the end; a strategy whose aggregate is a sum
+        adds each into running sums instead, so no update is held past its absorption."""
+        self.accepted: list[Message] = []
+
+    def absorb(self, server_round: int, msg: Message) -> None:
+        """Take one good update into the round's aggregate (in fleet node order)."""
+        self.accepted.append(msg)
+
+    def merged(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round's aggregate of every update absorbed."""
+        accepted, self.accepted = self.accepted, []
         return self.aggregate(server_round, accepted)
 
     def energy(self, node: int, what: str, row: dict[str, Any], round_s: float) -> dict[str, float]:

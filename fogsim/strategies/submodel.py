@@ -2,7 +2,8 @@
 
 Every such strategy decides, per node and round, which neurons of the global model the
 node holds (``kept``: global indices per neuron group, ``fogsim.device.pruning``). The
-server sends only those weights and their indices; a reply is added in place with
+server sends the global model (once per cohort message) and those indices, the
+client trains only those weights (``fogsim.flower.wire``); a reply is added in place with
 ``scatter_add_submodel`` and each global parameter becomes the example-weighted average
 over the clients that hold it, ``sum n_k m_k w_k / sum n_k m_k``; parameters no client
 holds this round keep their value. With every mask full this is FedAvg exactly.
@@ -75,6 +76,8 @@ class SubModelStrategy(FogStrategy):
         # per parameter, the weight behind the last aggregate (sum n_k m_k): what a fog
         # tier's model is merged with at the cloud (fogsim.topology.merge)
         self.merge_weights: dict[str, np.ndarray] | None = None
+        self.num: dict[str, np.ndarray] = {}  # a round's running sums (begin_aggregate)
+        self.den: dict[str, np.ndarray] = {}
 
     @abstractmethod
     def kept_at(self, fraction: float, server_round: int) -> Kept:
@@ -93,9 +96,9 @@ class SubModelStrategy(FogStrategy):
     def node_payload(
         self, node: int, arrays: ArrayRecord, server_round: int
     ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
+        # the global model (sent once per cohort) and the neurons: the client slices
         kept = self.kept_for(node, server_round)
-        sub = extract_submodel(self.global_state, kept)  # torch tensors
-        records = {wire.ARRAYS: ArrayRecord(sub), wire.KEPT: wire.pack_kept(kept)}
+        records = {wire.ARRAYS: arrays, wire.KEPT: wire.pack_kept(kept)}
         return records, {wire.MODE: self.mode, **self.care()}
 
     def care(self) -> dict[str, Any]:
@@ -114,31 +117,47 @@ class SubModelStrategy(FogStrategy):
     def aggregate(
         self, server_round: int, replies: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        shapes = {k: v.shape for k, v in self.global_state.items()}
-        num = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
-        den = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
-        out_w, out_b = f"fcs.{len(self.arch.hidden)}.weight", f"fcs.{len(self.arch.hidden)}.bias"
+        self.begin_aggregate()
         for msg in replies:
-            n = float(msg.content[wire.METRICS][wire.NUM_EXAMPLES])
-            sub = {k: wire.to_numpy(v) for k, v in msg.content[wire.ARRAYS].items()}
-            kept = wire.unpack_kept(msg.content[wire.KEPT])
-            if self.label_mask and wire.LABELS in msg.content:
-                # output rows of labels the client lacks are not averaged in (weight 0)
-                has = (wire.unpack_labels(msg.content[wire.LABELS]) > 0).astype(np.float64)
-                index = submodel_index(shapes, kept)
-                for name in (out_w, out_b):
-                    weight = np.broadcast_to(
-                        (n * has).reshape(-1, *[1] * (sub[name].ndim - 1)), sub[name].shape
-                    )
-                    num[name][index[name]] += weight * sub[name]
-                    den[name][index[name]] += weight
-                sub = {k: v for k, v in sub.items() if k not in (out_w, out_b)}
-            scatter_add_submodel(num, den, sub, kept, n)
+            self.absorb(server_round, msg)
+        return self.merged(server_round)
+
+    def begin_aggregate(self) -> None:
+        """Zero the running sums ``num = sum n_k m_k w_k`` and ``den = sum n_k m_k``."""
+        shapes = {k: v.shape for k, v in self.global_state.items()}
+        self.num = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
+        self.den = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
+
+    def absorb(self, server_round: int, msg: Message) -> None:
+        """Add one update into the running sums, where the node holds each element."""
+        num, den = self.num, self.den
+        out_w, out_b = f"fcs.{len(self.arch.hidden)}.weight", f"fcs.{len(self.arch.hidden)}.bias"
+        n = float(msg.content[wire.METRICS][wire.NUM_EXAMPLES])
+        sub = {k: wire.to_numpy(v) for k, v in msg.content[wire.ARRAYS].items()}
+        kept = wire.unpack_kept(msg.content[wire.KEPT])
+        if self.label_mask and wire.LABELS in msg.content:
+            # output rows of labels the client lacks are not averaged in (weight 0)
+            has = (wire.unpack_labels(msg.content[wire.LABELS]) > 0).astype(np.float64)
+            index = submodel_index({k: v.shape for k, v in num.items()}, kept)
+            for name in (out_w, out_b):
+                weight = np.broadcast_to(
+                    (n * has).reshape(-1, *[1] * (sub[name].ndim - 1)), sub[name].shape
+                )
+                num[name][index[name]] += weight * sub[name]
+                den[name][index[name]] += weight
+            sub = {k: v for k, v in sub.items() if k not in (out_w, out_b)}
+        scatter_add_submodel(num, den, sub, kept, n)
+
+    def merged(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Each element's average over the updates holding it; elements none held keep
+        their value."""
+        num, den = self.num, self.den
         self.global_state = {
             k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
             for k, old in self.global_state.items()
         }
         self.merge_weights = den
+        self.num, self.den = {}, {}
         held = sum(int((d > 0).sum()) for d in den.values())
         self.round_stats["union_params"] = held
         return wire.numpy_record(self.global_state), None

@@ -3,10 +3,12 @@ each still accounted as if it had its own, and results that do not depend on it.
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.fog_client import reply_evaluate, reply_train
+from fogsim.device.pruning import extract_submodel
 from fogsim.fleet import build_fleet
 from fogsim.flower import cohort, wire
 from fogsim.flower.server_app import initial_model
@@ -124,14 +126,41 @@ def test_a_failed_message_costs_its_cohort(tiny_scenario) -> None:
     assert {status[n] for n in cohort.nodes_of(sent[1])} == {"timed_out"}
 
 
-def test_the_shared_model_travels_once(tiny_scenario) -> None:
-    """Dense strategies send the global model once per message, and still count it
-    as downloaded by every node."""
-    sc = load_scenario(tiny_scenario, ["strategy.name='fedavg'", "simulation.cohort_size=4"])
+@pytest.mark.parametrize("strategy", ["fedavg", "mask-union", "heterofl"])
+def test_the_global_model_travels_once(tiny_scenario, strategy) -> None:
+    """Every strategy sends the global model once per message (sub-model strategies
+    add each node's neuron indices, and the client slices), and still counts, per
+    node, the bytes of the model that node would be sent alone."""
+    sc = load_scenario(tiny_scenario, [f"strategy.name='{strategy}'", "simulation.cohort_size=4"])
     s = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
     arrays = ArrayRecord(initial_model(sc).state_dict())
     (msg,) = s.configure_train(1, arrays, ConfigRecord(), Mailboxes(1))
-    assert sum(isinstance(r, ArrayRecord) for r in msg.content.values()) == 1
-    nodes = cohort.nodes_of(msg)
-    assert len(nodes) == 4 and all(s.bytes_down[n] == wire.array_bytes(arrays) for n in nodes)
-    assert s.round_stats[f"bytes_down_{MessageType.TRAIN}"] == 4 * wire.array_bytes(arrays)
+    assert [k for k in msg.content if k.endswith(wire.ARRAYS)] == [wire.ARRAYS]
+    nodes, sent = cohort.nodes_of(msg), dict(cohort.unpack(msg.content))
+    assert len(nodes) == 4
+    state = {k: v.numpy() for k, v in arrays.items()}
+    for n in nodes:
+        alone = state
+        if wire.KEPT in sent[n]:
+            sub = extract_submodel(state, wire.unpack_kept(sent[n][wire.KEPT]))
+            alone = {k: v.numpy() for k, v in sub.items()}
+        assert s.bytes_down[n] == wire.array_bytes(wire.numpy_record(alone))
+        got = wire.received_state(sent[n])
+        assert all(np.array_equal(got[k].numpy(), alone[k]) for k in alone)
+    assert s.round_stats[f"bytes_down_{MessageType.TRAIN}"] == sum(s.bytes_down[n] for n in nodes)
+    if strategy != "fedavg":  # the fleet's budgets make sub-models smaller than the model
+        assert min(s.bytes_down[n] for n in nodes) < wire.array_bytes(arrays)
+
+
+def test_a_node_trains_its_own_copy_of_the_shared_model(tiny_scenario) -> None:
+    """The state a client builds from a cohort message is its own: training one
+    node in place leaves the model the cohort's next node receives untouched."""
+    sc = load_scenario(tiny_scenario, ["strategy.name='heterofl'", "simulation.cohort_size=4"])
+    s = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
+    arrays = ArrayRecord(initial_model(sc).state_dict())
+    (msg,) = s.configure_train(1, arrays, ConfigRecord(), Mailboxes(1))
+    first, second = (content for _, content in list(cohort.unpack(msg.content))[:2])
+    before = {k: v.clone() for k, v in wire.received_state(second).items()}
+    for t in wire.received_state(first).values():
+        t.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in wire.received_state(second).items())

@@ -63,24 +63,37 @@ device_eval_samples = 200
 
 
 class LocalGrid:
-    """The part of ``flwr.serverapp.Grid`` the round loop uses."""
+    """The part of ``flwr.serverapp.Grid`` the round loop uses: pushed messages are
+    answered, one after the other, when their replies are pulled; in the order they
+    were pushed, ``batch`` per pull (so replies trickle in as from Flower's engine)."""
 
-    def __init__(self, nodes: int) -> None:
-        self.nodes = nodes
+    def __init__(self, nodes: int, batch: int = 2) -> None:
+        self.nodes, self.batch = nodes, batch
         self.sent = 0  # fleet nodes sent (a message carries a cohort of them)
+        self.pushed: dict[str, Message] = {}  # not yet answered, in push order
 
     def get_node_ids(self) -> list[int]:
         return list(range(101, 101 + self.nodes))
 
-    def send_and_receive(self, messages: list[Message], timeout: float | None = None):
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-        replies = []
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as pushing does
             self.sent += len(cohort.nodes_of(msg))
+            self.pushed[msg.metadata.message_id] = msg
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+        wanted = [i for i in self.pushed if i in set(message_ids)][: self.batch]
+        replies = []
+        for msg in (self.pushed.pop(i) for i in wanted):
             kind = msg.metadata.message_type
             client = reply_train if kind == MessageType.TRAIN else reply_evaluate
-            replies.append(client(msg))
+            reply = client(msg)
+            reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+            replies.append(reply)
         return replies
 
 
