@@ -9,9 +9,9 @@ The layout is the one torchvision's ``ImageFolder`` and Keras'
 
 Images are decoded with Pillow once per process (``fogsim.data.load_dataset`` caches
 them in memory, as it does the other data sets); nothing is written anywhere, the
-data directory included. Decoding many thousands of files takes seconds in every
-process that loads them (the server and each Ray worker): for big data sets a ``.npz``
-loads faster.
+data directory included. Decoding takes time in every process that loads the data
+set (the driver and each Ray worker; 10,000 random 32x32 RGB PNGs took 6 s on a
+shared 2-core machine): for big data sets a ``.npz`` loads faster.
 """
 
 from __future__ import annotations
