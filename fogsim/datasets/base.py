@@ -20,6 +20,10 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class ImageData:
+    """A data set in memory, as every loader returns it: images stay as read (``uint8``
+    is 4x smaller than float) and are scaled and normalised per batch by
+    :meth:`tensors`; a node's partition indexes into them, never copies."""
+
     name: str
     train_x: np.ndarray  # (N, H, W) grey or (N, C, H, W); uint8 (0..255) or float32
     train_y: np.ndarray  # int64 (N,)

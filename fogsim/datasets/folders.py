@@ -50,8 +50,9 @@ def load_image_folder(root: Path) -> ImageData:
       the data set share one size and one Pillow mode, ``L`` (grey: ``(N, H, W)``, one
       channel) or ``RGB`` (``(N, 3, H, W)``): fogsim neither resizes nor converts,
       since a silent resize would change the data the results are about.
-    - Pixels stay ``uint8`` (0..255), scaled to [0, 1] and normalised per channel by
-      the training images' mean and std, as for a ``.npz``.
+    - Pixels stay ``uint8`` (0..255) in memory; :meth:`ImageData.tensors` scales them
+      to [0, 1] and normalises each channel by the training images' mean and std, as
+      for a ``.npz``.
 
     Errors (:class:`DatasetError`, :class:`DatasetNotFoundError`) name the folder or
     file, what was found and what is allowed."""
