@@ -173,6 +173,12 @@ class StrategySection(Section):
         return self.flower or self.name
 
 
+COHORT_CAP = 64  # default nodes per message at most: an actor holds a cohort's data
+# and replies at once, and the server absorbs replies in message order (so a big
+# cohort's reply holds later ones back); 64 keeps a message's cost (~15-20 ms) under
+# 5% of a cohort of small devices' training
+
+
 class SimulationSection(Section):
     """How the fleet is run on Flower's simulation engine (Ray).
 
@@ -195,17 +201,18 @@ class SimulationSection(Section):
     max_in_flight: int | None = Field(
         100,
         ge=1,
-        description="messages handed to Flower at once; a round with more clients "
-        "sends them in waves of this many (Flower's in-memory engine rescans every "
-        "pending message for every registered node ten times a second: its cost grows "
-        "with the square of this); none = all of a round at once",
+        description="messages at Flower at once: a round with more sends the next as a "
+        "reply frees a mailbox (Flower's in-memory engine rescans every pending "
+        "message for every registered node ten times a second: its cost grows with "
+        "the square of this); none = all of a round at once",
     )
     cohort_size: int | None = Field(
         None,
         ge=1,
         description="fleet nodes per Flower message: each message carries a cohort of "
         "sampled nodes, trained one after another by one client actor (results do not "
-        "depend on it); none = about two messages per local actor and round",
+        "depend on it); none = about two messages per local actor and round, at most "
+        f"{COHORT_CAP} nodes each",
     )
     ray_address: str | None = None
     engine: Literal["ray"] = "ray"
@@ -251,11 +258,12 @@ class SimulationSection(Section):
     def cohort(self, nodes: int) -> int:
         """Fleet nodes per message for a round of ``nodes``: ``cohort_size``, or enough
         that the round makes about two messages per actor this machine runs at once
-        (so each actor gets work twice and a slow cohort does not hold the round)."""
+        (so each actor gets work twice and a slow cohort does not hold the round), at
+        most :data:`COHORT_CAP`."""
         if self.cohort_size is not None:
             return self.cohort_size
         actors = max(1, int((os.cpu_count() or 1) / self.cpus_per_client))
-        return max(1, math.ceil(nodes / (2 * actors)))
+        return max(1, min(COHORT_CAP, math.ceil(nodes / (2 * actors))))
 
     def messages(self, nodes: int) -> int:
         """Flower messages that carry a round of ``nodes`` fleet nodes."""
