@@ -67,6 +67,12 @@ def variants(rounds: int) -> list[tuple[str, str, list[str]]]:
     # the same total server step per 100 updates as a flat round: 20 / 100 per merge
     step = ["topology.server_lr=0.2", f"run.rounds={merges}"]
     out.append(("buffered-lr0.2", "fog-mnist-1000-buffered", step))
+    # tuning, after step 1 swung and collapsed late and 0.2 was smooth but slow: half the
+    # step, and no client momentum (a stale update then carries no extra velocity)
+    half = ["topology.server_lr=0.5", f"run.rounds={merges}"]
+    out.append(("buffered-lr0.5", "fog-mnist-1000-buffered", half))
+    still = ["train.momentum=0", f"run.rounds={merges}"]
+    out.append(("buffered-no-momentum", "fog-mnist-1000-buffered", still))
     # FedBuff at each of 20 fogs (2 replies per fog merge, 40 over the fogs), 5 fog
     # merges per cloud round: 200 updates per cloud round
     cloud = max(1, rounds * 100 // 200)
