@@ -121,9 +121,8 @@ def table(doc: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     for added in doc.get("added", []):  # rows measured apart from the rest
         notes = {r.get("note") for r in doc["rows"] if r["variant"] in added["variants"]} - {None}
-        lines.append(
-            f"\n† {', '.join(added['variants'])}: `{added['command']}`, "
-            f"{added['date'][:10]}; {'; '.join(sorted(notes))}"
+        lines.append(  # the command line that measured them is in the file ("added")
+            f"\n† {', '.join(added['variants'])} ({added['date'][:10]}): {'; '.join(sorted(notes))}"
         )
     return "\n".join(lines)
 
