@@ -20,9 +20,10 @@ does (:mod:`fogsim.topology.merge`, ``cloud_deadline_s`` included). Not buffered
 fog arrivals because (a) fog models are whole models that have drifted from a common
 base, so merging them one at a time would need a second staleness rule across tiers
 with no published counterpart to check it against, (b) a common base keeps the exact
-merge property (sums and counts add up, one fog = flat), and (c) with few fogs each
-doing many device merges the cloud round is short beside the fogs' work, so the
-cloud's wait costs little; the fog tier is where device speeds differ.
+merge property (sums and counts add up, one fog = flat), and (c) what the cloud waits
+for is the slowest fog's ``fog_rounds`` merges, each the first replies among its busy
+devices, not the slowest device: the spread in device speeds, which FedBuff is for,
+is absorbed at the fogs.
 
 **The clock across cloud rounds.** A fog's devices are asynchronous and keep training
 while their fog waits for the cloud's model: their replies wait in the fog's buffer,
