@@ -77,6 +77,8 @@ def variants(rounds: int) -> list[tuple[str, str, list[str]]]:
     # merges per cloud round: 200 updates per cloud round
     cloud = max(1, rounds * 100 // 200)
     out.append(("hierarchical-buffered", f"{hier}-buffered", [f"run.rounds={cloud}"]))
+    fog_half = ["topology.server_lr=0.5", f"run.rounds={cloud}"]  # each fog's step halved
+    out.append(("hierarchical-buffered-lr0.5", f"{hier}-buffered", fog_half))
     return out
 
 
