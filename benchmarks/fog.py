@@ -121,11 +121,12 @@ def table(doc: dict[str, Any]) -> str:
         cells += [pm(r["cloud_bytes"], 1e-6, 0), pm(r["device_energy_j"], 1e-3, 2)]
         cells += [pm(r["wall_s"], digits=0)]
         lines.append("| " + " | ".join(cells) + " |")
-    for added in doc.get("added", []):  # rows measured apart from the rest
-        notes = {r.get("note") for r in doc["rows"] if r["variant"] in added["variants"]} - {None}
-        lines.append(  # the command line that measured them is in the file ("added")
-            f"\n† {', '.join(added['variants'])} ({added['date'][:10]}): {'; '.join(sorted(notes))}"
-        )
+    by_note: dict[str, list[str]] = {}  # rows measured apart from the rest, by their note
+    for r in doc["rows"]:
+        if r.get("note"):
+            by_note.setdefault(r["note"], []).append(r["variant"])
+    for note, names in by_note.items():  # their command lines are in the file ("added")
+        lines.append(f"\n† {', '.join(names)}: {note}")
     return "\n".join(lines)
 
 
