@@ -5,7 +5,9 @@ Every variant does the same training work, ``ROUNDS x clients_per_round`` device
 updates: flat (``ROUNDS`` rounds); hierarchical with 1, 2 and 5 fog rounds per cloud
 round (``ROUNDS / fog_rounds`` cloud rounds); buffered (``ROUNDS x clients_per_round /
 buffer_size`` merges), at the server step 1 and at 0.2 (buffer_size / clients_per_round:
-per 100 updates, the step of one flat round). Per variant, mean ± std over the seeds:
+per 100 updates, the step of one flat round); hierarchical-buffered (FedBuff at each of
+20 fogs, 5 fog merges per cloud round: ``ROUNDS / 2`` cloud rounds). Per variant, mean
+± std over the seeds:
 
 - ``final_accuracy``: the global model's test accuracy at the end;
 - ``sim_time_to_target_s``: simulated seconds from the start until the global model
@@ -20,6 +22,8 @@ the same scenario is reused). Usage::
 
     python benchmarks/fog.py --json benchmarks/results/fog.json       # 3 seeds, 20 rounds
     python benchmarks/fog.py --quick --json /tmp/fog.json             # 1 seed, 10 rounds
+    python benchmarks/fog.py --json benchmarks/results/fog.json --variants hierarchical-buffered \
+        --note "measured later, on a loaded machine"                 # adds/replaces those rows
 """
 
 from __future__ import annotations
@@ -63,6 +67,18 @@ def variants(rounds: int) -> list[tuple[str, str, list[str]]]:
     # the same total server step per 100 updates as a flat round: 20 / 100 per merge
     step = ["topology.server_lr=0.2", f"run.rounds={merges}"]
     out.append(("buffered-lr0.2", "fog-mnist-1000-buffered", step))
+    # tuning, after step 1 swung and collapsed late and 0.2 was smooth but slow: half the
+    # step, and no client momentum (a stale update then carries no extra velocity)
+    half = ["topology.server_lr=0.5", f"run.rounds={merges}"]
+    out.append(("buffered-lr0.5", "fog-mnist-1000-buffered", half))
+    still = ["train.momentum=0", f"run.rounds={merges}"]
+    out.append(("buffered-no-momentum", "fog-mnist-1000-buffered", still))
+    # FedBuff at each of 20 fogs (2 replies per fog merge, 40 over the fogs), 5 fog
+    # merges per cloud round: 200 updates per cloud round
+    cloud = max(1, rounds * 100 // 200)
+    out.append(("hierarchical-buffered", f"{hier}-buffered", [f"run.rounds={cloud}"]))
+    fog_half = ["topology.server_lr=0.5", f"run.rounds={cloud}"]  # each fog's step halved
+    out.append(("hierarchical-buffered-lr0.5", f"{hier}-buffered", fog_half))
     return out
 
 
@@ -97,7 +113,7 @@ def table(doc: dict[str, Any]) -> str:
     head += ["cloud MB", "device kJ", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in doc["rows"]:
-        cells = [r["variant"], pm(r["final_accuracy"], 100, 1)]
+        cells = [r["variant"] + (" †" if r.get("note") else ""), pm(r["final_accuracy"], 100, 1)]
         reached = pm(r["sim_time_to_target_s"], digits=1)
         if 0 < r["sim_time_to_target_s"]["n"] < len(doc["seeds"]):  # some seeds never got there
             reached += f" ({r['sim_time_to_target_s']['n']} of {len(doc['seeds'])} seeds)"
@@ -105,7 +121,25 @@ def table(doc: dict[str, Any]) -> str:
         cells += [pm(r["cloud_bytes"], 1e-6, 0), pm(r["device_energy_j"], 1e-3, 2)]
         cells += [pm(r["wall_s"], digits=0)]
         lines.append("| " + " | ".join(cells) + " |")
+    by_note: dict[str, list[str]] = {}  # rows measured apart from the rest, by their note
+    for r in doc["rows"]:
+        if r.get("note"):
+            by_note.setdefault(r["note"], []).append(r["variant"])
+    for note, names in by_note.items():  # their command lines are in the file ("added")
+        lines.append(f"\n† {', '.join(names)}: {note}")
     return "\n".join(lines)
+
+
+def keep_other_rows(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with ``new``'s rows in place of (or after) its rows of the same variants:
+    a run of some variants (``--variants``) adds to the file instead of replacing it.
+    ``old``'s command, date and machine stay the file's; ``new``'s go in ``"added"``,
+    so a row measured at another time (and load) is told apart by its ``note``."""
+    fresh = {r["variant"]: r for r in new["rows"]}
+    rows = [fresh.pop(r["variant"], r) for r in old["rows"]] + list(fresh.values())
+    added = {k: new[k] for k in ("command", "date", "machine", "seeds")}
+    added["variants"] = [r["variant"] for r in new["rows"]]
+    return {**old, "rows": rows, "added": [*old.get("added", []), added]}
 
 
 def main() -> None:
@@ -116,7 +150,12 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=TARGET, help="target test accuracy")
     ap.add_argument("--out", default="runs/bench-fog", help="where the runs go")
     ap.add_argument("--quick", action="store_true", help="1 seed, 10 rounds")
-    ap.add_argument("--variants", help="comma-separated subset of the variants")
+    ap.add_argument(
+        "--variants",
+        help="comma-separated subset of the variants; an existing --json file keeps "
+        "its rows of the others",
+    )
+    ap.add_argument("--note", help="a note on the rows measured now (e.g. the machine's load)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
     rounds = 10 if args.quick else args.rounds
@@ -136,6 +175,9 @@ def main() -> None:
                 print(f"[{variant} seed {seed}] FAILED:\n{traceback.format_exc()}")
         if runs:
             rows.append({"variant": variant, **{k: stats([r[k] for r in runs]) for k in FIGURES}})
+    if args.note:
+        for row in rows:
+            row["note"] = args.note
     doc = {
         "benchmark": "fog",
         "command": " ".join(["python", *sys.argv]),
@@ -148,6 +190,8 @@ def main() -> None:
     import datetime
 
     doc["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    if wanted and Path(args.json).exists():
+        doc = keep_other_rows(json.loads(Path(args.json).read_text()), doc)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     print(table(doc))

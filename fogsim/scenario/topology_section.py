@@ -8,7 +8,9 @@ device→fog link, before the cloud merges the fog models, over the fog→cloud 
 
 ``aggregation = "buffered"`` replaces lock-step rounds by FedBuff's (Nguyen et al.,
 AISTATS 2022): ``concurrency`` devices are always busy and the server merges every
-``buffer_size`` updates in the order they arrive on the simulated clock.
+``buffer_size`` updates in the order they arrive on the simulated clock; with
+``kind = "hierarchical"`` every fog does so over its own devices (its share of both,
+by its size) and the cloud merges the fog models once per cloud round.
 
 Assignment of devices to fogs (``assign``): ``"seeded"`` (a seeded shuffle, fog sizes
 differing by at most one), ``"class"`` (one fog per device class), ``"file"`` (the
@@ -107,12 +109,6 @@ class TopologySection(Section):
             problems.append(
                 f"topology.fogs: {self.fogs} disagrees with the {len(self.lists)} "
                 "lists given; leave it out"
-            )
-        if hier and self.aggregation == "buffered":
-            problems.append(
-                "topology.aggregation: 'buffered' runs on kind = 'flat' only (a "
-                "buffered fog tier is not implemented); allowed with "
-                "'hierarchical': 'sync'"
             )
         if problems:
             raise ValueError("\n".join(problems))

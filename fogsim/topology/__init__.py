@@ -2,8 +2,9 @@
 
 :func:`round_driver` gives the round loop what trains each round: the scenario's
 strategy itself (flat, lock-step: fogsim as it always was), a fog tier
-(:mod:`~fogsim.topology.hierarchy`) or buffered asynchronous rounds
-(:mod:`~fogsim.topology.buffered`). The last two run their own Flower exchanges
+(:mod:`~fogsim.topology.hierarchy`), buffered asynchronous rounds
+(:mod:`~fogsim.topology.buffered`) or both, FedBuff at every fog
+(:mod:`~fogsim.topology.fog_buffered`). The last three run their own Flower exchanges
 (``train_round``); all of them keep the strategy's accounting.
 """
 
@@ -24,6 +25,10 @@ __all__ = ["Hierarchy", "TopologyError", "fog_of", "round_driver", "tier_columns
 def round_driver(scenario: Scenario, fleet: Fleet) -> Any:
     """The scenario's strategy (flat), or the driver of its fog tier."""
     topo = scenario.topology
+    if topo.kind == "hierarchical" and topo.aggregation == "buffered":
+        from fogsim.topology.fog_buffered import BufferedHierarchy
+
+        return BufferedHierarchy(scenario, fleet, fog_of(scenario, fleet))
     if topo.kind == "hierarchical":
         return Hierarchy(scenario, fleet, fog_of(scenario, fleet))
     fleet = through_cloud_link(scenario, fleet)

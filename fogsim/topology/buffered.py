@@ -95,6 +95,11 @@ class Job:
         return self.start + self.duration
 
 
+def messages_of(jobs: list[Job]) -> list[Message]:
+    """The jobs' Flower messages, each once (a cohort carries several jobs)."""
+    return list({id(j.message): j.message for j in jobs}.values())
+
+
 class Buffered:
     """The scenario's strategy, run as FedBuff: stands where the strategy stands in the
     round loop (one ``train_round`` per model version)."""
@@ -105,6 +110,7 @@ class Buffered:
         self.eligible = self.strategy.takes_part.copy()
         self.flight: list[tuple[float, int, Job]] = []  # heap of (finish, node, job)
         self.carry: float | None = None  # start of the job the last merge's reply frees
+        self.opened = 0.0  # the simulated time the current window opened
         self.versions: dict[int, State] = {}  # model versions jobs in flight started from
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
@@ -124,18 +130,33 @@ class Buffered:
     ) -> ArrayRecord | None:
         """Version ``rnd - 1`` → ``rnd``: start this window's devices on the current
         model, train them, replay the window on the clock, merge its K replies."""
+        jobs = self.open(grid, rnd, arrays)
+        self.train(jobs, send)
+        return self.close(rnd, jobs)
+
+    def open(self, grid: Grid, rnd: int, arrays: ArrayRecord) -> list[Job]:
+        """The window of version ``rnd - 1`` (``arrays``), opened at the clock's time:
+        its devices sampled and sent the model, not yet trained. Those started by this
+        window's replies have no start yet (:meth:`close` gives it). Apart from
+        :meth:`close` so that a fog tier can train several windows in one exchange."""
         topo, clock = self.topology, self.strategy.clock
-        version, opened = rnd - 1, clock.now_s
-        state = {k: v.numpy() for k, v in arrays.items()}
-        self.versions[version] = state
+        version, self.opened = rnd - 1, clock.now_s
+        self.versions[version] = {k: v.numpy() for k, v in arrays.items()}
         spawns = topo.buffer_size - 1 + (1 if self.carry is not None else 0)
         first = topo.concurrency if not self.flight and self.carry is None else 0
         jobs = self.start_jobs(grid, rnd, arrays, first + spawns, version)
         for job in jobs[:first]:
-            job.start = opened
+            job.start = self.opened
         if self.carry is not None and len(jobs) > first:
-            jobs[first].start = self.carry
-        self.train(jobs, send)
+            # flat: opened == carry; a fog waiting for the cloud's model starts it then
+            jobs[first].start = max(self.carry, self.opened)
+        return jobs
+
+    def close(self, rnd: int, jobs: list[Job]) -> ArrayRecord | None:
+        """The trained window replayed on the clock: the K earliest replies in flight
+        form the buffer, each of the first K-1 starting a waiting device (not before
+        the window opened: the model it trains on is there only then), then the merge."""
+        topo, clock, opened = self.topology, self.strategy.clock, self.opened
         for job in jobs:
             if not math.isnan(job.start):
                 heapq.heappush(self.flight, (job.finish, job.node, job))
@@ -147,11 +168,12 @@ class Buffered:
             _, _, job = heapq.heappop(self.flight)
             buffer.append(job)
             if i < len(waiting):
-                waiting[i].start = job.finish
+                waiting[i].start = max(job.finish, opened)
                 heapq.heappush(self.flight, (waiting[i].finish, waiting[i].node, waiting[i]))
-        self.carry = buffer[-1].finish
-        clock.now_s = self.carry
-        return self.merge(rnd, version, buffer, opened)
+        # the merge happens at the last reply, or at the opening if that came earlier
+        self.carry = max(buffer[-1].finish, opened) if buffer else None
+        clock.now_s = self.carry if buffer else opened
+        return self.merge(rnd, rnd - 1, buffer, opened)
 
     def start_jobs(
         self, grid: Grid, rnd: int, arrays: ArrayRecord, k: int, version: int
@@ -176,8 +198,7 @@ class Buffered:
         """Real training through Flower, then each job's simulated duration: its own
         timeline, cut at ``deadline_s``; a failed job takes its download (or the
         deadline, when one is set: the server waits that long for it)."""
-        messages = list({id(j.message): j.message for j in jobs}.values())  # cohorts, once
-        replies = send(messages)
+        replies = send(messages_of(jobs))
         by_node = {j.node: j for j in jobs}
         for msg in replies:
             if msg.has_error():  # the whole cohort failed: each of its jobs gets the error

@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from fogsim.fleet import Fleet
 from fogsim.flower import cohort, wire
 from fogsim.scenario import Scenario
-from fogsim.strategies import FogStrategy, build_strategy
+from fogsim.strategies import build_strategy
 from fogsim.study.results import STATUSES
 from fogsim.topology.assign import TopologyError, num_fogs, split
 from fogsim.topology.merge import Weights, add, merge, upload_bytes
@@ -76,7 +76,7 @@ def fog_fleet(scenario: Scenario, fleet: Fleet) -> Fleet:
     return dataclasses.replace(fleet, classes=classes)
 
 
-def round_weight(strategy: FogStrategy) -> Weights:
+def round_weight(strategy: Any) -> Weights:
     """The weight behind a fog's aggregate just made: per parameter for sub-model
     strategies (``merge_weights``), else the examples of the updates it averaged."""
     weights = getattr(strategy, "merge_weights", None)
@@ -88,7 +88,7 @@ def round_weight(strategy: FogStrategy) -> Weights:
 @dataclasses.dataclass
 class Fog:
     index: int
-    strategy: FogStrategy
+    strategy: Any  # its aggregator: a FogStrategy, or a Buffered running one
     weights: Weights | None = None  # this cloud round's, None until it aggregates
     arrays: ArrayRecord | None = None  # its model
 
@@ -108,16 +108,34 @@ class Hierarchy:
             )
         self.cloud = build_strategy(scenario, fleet)  # evaluation, the cloud's clock
         sizes = np.bincount(assignment, minlength=n)
-        clients = split(scenario.simulation.clients_per_round, sizes)
         seen = fog_fleet(scenario, fleet)
-        self.fogs = []
-        for f in range(n):
-            strategy = build_strategy(fog_scenario(scenario, int(clients[f])), seen)
-            strategy.takes_part = strategy.takes_part & (assignment == f)
-            self.fogs.append(Fog(f, strategy))
+        self.fogs = [Fog(f, self.fog_driver(f, sizes, seen)) for f in range(n)]
         self.node_rows: list[dict[str, Any]] = []
         self.round_stats: dict[str, Any] = {}
         self.mailboxes: list[int] = []
+
+    def fog_driver(self, f: int, sizes: np.ndarray, fleet: Fleet) -> Any:
+        """Fog ``f``'s aggregator: the scenario's strategy with its share of the clients
+        per round (in proportion to the fogs' sizes), training only its own devices."""
+        clients = split(self.scenario.simulation.clients_per_round, sizes)
+        strategy = build_strategy(fog_scenario(self.scenario, int(clients[f])), fleet)
+        strategy.takes_part = strategy.takes_part & (self.fog_of == f)
+        return strategy
+
+    def exchange(self, grid: Grid, messages: list[Message], send: Send) -> list[Message]:
+        """All fogs' messages of a fog round to Flower in one exchange, one message per
+        mailbox in each wave."""
+        mailboxes = self.mailboxes_of(grid)
+        for k, msg in enumerate(messages):
+            msg.metadata.dst_node_id = mailboxes[k % len(mailboxes)]
+        return send(messages)
+
+    def mailboxes_of(self, grid: Grid) -> list[int]:
+        """The run's Flower nodes (fogs' strategies use these, not as many as their
+        own clients per round would register)."""
+        if not self.mailboxes:
+            self.mailboxes = sorted(grid.get_node_ids())
+        return self.mailboxes
 
     # --- one cloud round ----------------------------------------------------------
     def train_round(
@@ -139,19 +157,14 @@ class Hierarchy:
     def fog_round(self, grid: Grid, g: int, rnd: int, j: int, send: Send) -> None:
         """Fog round ``g`` (the ``j``-th of cloud round ``rnd``) on every fog: all their
         messages in one exchange, then each fog aggregates its own replies."""
-        if not self.mailboxes:
-            self.mailboxes = sorted(grid.get_node_ids())
-        sent: list[tuple[int, Message]] = []
+        sent: list[Message] = []
         for fog in self.fogs:
-            fog.strategy.node_ids = self.mailboxes  # the run's, not as many as its clients
-            messages = fog.strategy.configure_train(g, fog.arrays, ConfigRecord(), grid)
-            sent += [(fog.index, m) for m in messages]
-        for k, (_, msg) in enumerate(sent):  # one message per mailbox in each wave
-            msg.metadata.dst_node_id = self.mailboxes[k % len(self.mailboxes)]
+            fog.strategy.node_ids = self.mailboxes_of(grid)
+            sent += fog.strategy.configure_train(g, fog.arrays, ConfigRecord(), grid)
         if j == 0:
             up = self.fogs[0].strategy.round_stats["up_by_class"]
             self.round_stats["up_by_class"] = up  # the whole fleet's, at the round's start
-        replies = send([m for _, m in sent])
+        replies = self.exchange(grid, sent, send)
         for fog, mine in zip(self.fogs, self.by_fog(replies), strict=True):
             fog.strategy.merge_weights = None  # type: ignore[attr-defined]
             new, _ = fog.strategy.aggregate_train(g, mine)
@@ -207,6 +220,8 @@ class Hierarchy:
                 merged.append((state, fog.weights))
         round_s = end - start
         self.cloud.clock.advance(round_s)
+        if round_s >= (self.cloud.clock.interval_s or 0.0):  # at ``end`` exactly: fogs
+            self.cloud.clock.now_s = end  # that wait for the cloud start at its time
         down_bytes = len(self.fogs) * wire.array_bytes(arrays)
         device_bytes = self.round_stats["bytes_up"] + self.round_stats["bytes_down_train"]
         self.round_stats.update(sim_clock_s=start, sim_time_s=round_s)

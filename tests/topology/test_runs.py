@@ -51,3 +51,19 @@ def test_hierarchical_and_buffered_runs_on_ray(tiny_scenario: Path, tmp_path: Pa
     assert [r["sampled"] for r in rounds] == [2, 2, 2]
     assert rounds[-1]["accuracy"] > 0.3
     assert {n["staleness"] for n in nodes} <= {0, 1, 2, 3}
+
+    both = run_cli(  # FedBuff at each of 2 fogs: all fogs' windows in one exchange on Ray
+        tiny_scenario,
+        tmp_path / "fog-buf",
+        "topology.kind='hierarchical'",
+        "topology.fogs=2",
+        "topology.fog_rounds=2",
+        "topology.aggregation='buffered'",
+        "topology.buffer_size=2",
+        "topology.concurrency=4",
+        "run.rounds=1",
+    )
+    rounds, nodes = both["rounds"], both["nodes"]
+    assert rounds[0]["sampled"] == rounds[0]["aggregated"] == 2 * 2 * 1
+    assert {(n["fog"], n["fog_round"]) for n in nodes} == {(0, 1), (0, 2), (1, 1), (1, 2)}
+    assert rounds[0]["accuracy"] > 0.2
