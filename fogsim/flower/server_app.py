@@ -164,20 +164,20 @@ class RoundLoop:
         """One round: train and aggregate, evaluate on clients and on the test split;
         returns the new global model and the round's rounds.csv row."""
         t0, strategy, sim = time.perf_counter(), self.strategy, self.scenario.simulation
-        wave, timeout = sim.flower_nodes, sim.round_timeout_s
+        in_flight, timeout = sim.flower_nodes, sim.round_timeout_s
         if hasattr(strategy, "train_round"):  # a fog tier or buffered rounds: own exchanges
-            send = lambda m: exchange(grid, m, wave, timeout)  # noqa: E731
+            send = lambda m: exchange(grid, m, in_flight, timeout)  # noqa: E731
             new_arrays = strategy.train_round(grid, rnd, arrays, send)
         else:
             messages = strategy.configure_train(rnd, arrays, ConfigRecord(), grid)
             strategy.open_replies()
-            for replies in arrivals(grid, messages, wave, timeout):
+            for replies in arrivals(grid, messages, in_flight, timeout):
                 strategy.take(rnd, replies)
             new_arrays, _ = strategy.close_replies(rnd)
         if new_arrays is not None:
             arrays = new_arrays
         messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
-        client_eval = strategy.aggregate_evaluate(rnd, exchange(grid, messages, wave, timeout))
+        client_eval = strategy.aggregate_evaluate(rnd, exchange(grid, messages, in_flight, timeout))
         self.model.load_state_dict(arrays.to_torch_state_dict())
         acc, loss = evaluate(self.model, *self.test)
         self.best = max(self.best, acc)

@@ -124,7 +124,7 @@ class Hierarchy:
 
     def exchange(self, grid: Grid, messages: list[Message], send: Send) -> list[Message]:
         """All fogs' messages of a fog round to Flower in one exchange, one message per
-        mailbox in each wave."""
+        mailbox at a time (``server_app.arrivals``)."""
         mailboxes = self.mailboxes_of(grid)
         for k, msg in enumerate(messages):
             msg.metadata.dst_node_id = mailboxes[k % len(mailboxes)]
