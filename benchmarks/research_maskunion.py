@@ -15,9 +15,17 @@ Two engines:
   faster, for exploring. For the fleet5 MLP scenarios it gave the very same numbers
   as ``fogsim run`` (checked for mask-union on MNIST IID, seed 1).
 
-Writes ``OUT/research_maskunion.json`` (every run and the aggregates) and prints one
-markdown table per scenario. Run at most one simulation at a time on a small machine:
-this script runs them one after another.
+Writes ``OUT/research_maskunion.json`` (every run and the aggregates; an ``inprocess``
+run already there with the same overrides is reused too) and prints one markdown table
+per scenario. Run at most one simulation at a time on a small machine: this script runs
+them one after another.
+
+``benchmarks/results/mask_union_vs_rivals.json`` (the README's tables) is updated
+scenario by scenario: the scenarios asked for replace their rows, the others' rows stay,
+each row with the engine its runs used and the command that made it (``--no-publish``
+leaves the file alone). ``--check-engines SCENARIO:VARIANT:SEED`` runs that one run with
+both engines, compares the per-class figures and records the comparison in the same
+file (``engine_checks``).
 
 Usage::
 
@@ -25,6 +33,8 @@ Usage::
         --seeds 1,2,3 --out runs/research
     python benchmarks/research_maskunion.py --scenarios fmnist-dirichlet-cnn \\
         --variants mask-union,heterofl --seeds 1 --engine inprocess
+    python benchmarks/research_maskunion.py --check-engines fmnist-iid:mask-union:1 \\
+        --out runs/research
 """
 
 from __future__ import annotations
@@ -32,14 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from results_io import renderer
+from results_io import RESULTS, renderer, stats
 from results_io import write as write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +91,7 @@ VARIANTS: dict[str, list[str]] = {
     ],
 }
 DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"
+PUBLISHED = "mask_union_vs_rivals"
 
 
 def run_flower(scenario: str, overrides: list[str], run_dir: Path) -> dict[str, Any]:
@@ -156,24 +166,17 @@ def run_inprocess(scenario: str, overrides: list[str]) -> dict[str, Any]:
     }
 
 
-def mean_std(values: list[float]) -> dict[str, float | None]:
-    return {
-        "mean": statistics.fmean(values) if values else None,
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-    }
-
-
 def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Over seeds: per class the mean ± std of the class mean and the class minimum."""
+    """Over seeds: per class the mean ± std of the class mean and the class minimum
+    (with n and the per-seed values), and the engine(s) the runs used."""
     seeds = list(runs.values())
     classes = list(seeds[0]["classes"])
-    out: dict[str, Any] = {"seeds": list(runs), "classes": {}}
+    engines = sorted({r.get("engine", "flower") for r in seeds})
+    out: dict[str, Any] = {"seeds": list(runs), "engine": "+".join(engines), "classes": {}}
     for c in classes:
-        means = [r["classes"][c]["mean"] for r in seeds if r["classes"][c]["mean"] is not None]
-        mins = [r["classes"][c]["min"] for r in seeds if r["classes"][c]["min"] is not None]
-        out["classes"][c] = {"mean": mean_std(means), "min": mean_std(mins)}
+        out["classes"][c] = {k: stats([r["classes"][c][k] for r in seeds]) for k in ("mean", "min")}
     for key in ("final_accuracy", "bytes_up", "bytes_down"):
-        out[key] = mean_std([float(r[key]) for r in seeds])
+        out[key] = stats([float(r[key]) for r in seeds])
     return out
 
 
@@ -204,6 +207,44 @@ def table(name: str, results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def one_run(
+    name: str, variant: str, seed: int, engine: str, out: Path, extra_set: list[str]
+) -> dict[str, Any]:
+    scenario, extra = SCENARIOS[name]
+    overrides = [*extra, *VARIANTS[variant], f"run.seed={seed}", *extra_set]
+    if engine == "flower":
+        res = run_flower(scenario, overrides, out / name / variant / f"seed{seed}")
+    else:
+        res = run_inprocess(scenario, overrides)
+    res.update(engine=engine, overrides=overrides)
+    return res
+
+
+def check_engines(spec: str, out: Path, extra_set: list[str]) -> dict[str, Any]:
+    """One (scenario, variant, seed) run with both engines (the flower run into
+    ``OUT/engine-check``); the largest per-class difference of mean and minimum."""
+    name, variant, seed = spec.split(":")
+    runs = {
+        e: one_run(name, variant, int(seed), e, out / "engine-check", extra_set)
+        for e in ("flower", "inprocess")
+    }
+    fl, ip = runs["flower"], runs["inprocess"]
+    diffs = [abs(fl["final_accuracy"] - ip["final_accuracy"])]
+    for c, v in fl["classes"].items():
+        diffs += [abs(v[k] - ip["classes"][c][k]) for k in ("mean", "min") if v[k] is not None]
+    return {
+        "scenario": name,
+        "variant": variant,
+        "seed": int(seed),
+        "max_abs_diff": max(diffs),
+        "bytes_up_equal": fl["bytes_up"] == ip["bytes_up"],
+        "wall_s": {e: r["wall_s"] for e, r in runs.items()},
+        "runs": {
+            e: {k: r[k] for k in ("final_accuracy", "classes", "bytes_up")} for e, r in runs.items()
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", default="mnist-iid,mnist-dirichlet,fmnist-iid,fmnist-dirichlet")
@@ -212,25 +253,37 @@ def main() -> None:
     ap.add_argument("--engine", choices=("flower", "inprocess"), default="flower")
     ap.add_argument("--set", action="append", default=[], help="extra section.key=value")
     ap.add_argument("--out", default="runs/research-maskunion")
+    ap.add_argument("--no-publish", action="store_true", help=f"leave {PUBLISHED}.json alone")
+    ap.add_argument("--check-engines", metavar="SCENARIO:VARIANT:SEED")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.check_engines:
+        check = check_engines(args.check_engines, out, args.set)
+        print(json.dumps({k: v for k, v in check.items() if k != "runs"}))
+        if not args.no_publish:
+            print(f"wrote {publish({}, [], args.engine, check)}")
+        return
     report = out / "research_maskunion.json"
     results: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in args.scenarios.split(","):
-        scenario, extra = SCENARIOS[name]
         for variant in args.variants.split(","):
             entry = results.setdefault(name, {}).setdefault(variant, {"runs": {}})
             for seed in seeds:
-                overrides = [*extra, *VARIANTS[variant], f"run.seed={seed}", *args.set]
                 t0 = time.perf_counter()
-                if args.engine == "flower":
-                    run_dir = out / name / variant / f"seed{seed}"
-                    res = run_flower(scenario, overrides, run_dir)
+                old = entry["runs"].get(str(seed))
+                _, extra = SCENARIOS[name]
+                overrides = [*extra, *VARIANTS[variant], f"run.seed={seed}", *args.set]
+                if (
+                    args.engine == "inprocess"
+                    and old
+                    and old.get("engine") == "inprocess"
+                    and (old.get("overrides") == overrides)
+                ):
+                    res = old  # already run in process with these settings
                 else:
-                    res = run_inprocess(scenario, overrides)
-                res.update(engine=args.engine, overrides=overrides)
+                    res = one_run(name, variant, seed, args.engine, out, args.set)
                 entry["runs"][str(seed)] = res
                 sens = {c: round(v["mean"], 4) for c, v in res["classes"].items() if v["mean"]}
                 print(
@@ -243,14 +296,49 @@ def main() -> None:
     for name in results:
         print(table(name, results[name]))
     print(f"(accuracy in %; mean ± std over seeds; written to {report})")
+    if args.no_publish:
+        return
     asked = {n: results[n] for n in args.scenarios.split(",")}
     asked = {
         n: {v: e for v, e in vs.items() if v in args.variants.split(",")} for n, vs in asked.items()
     }
-    path = write_results(
-        "mask_union_vs_rivals", results_rows(asked), seeds, engine=args.engine, variants=VARIANTS
+    print(f"wrote {publish(asked, seeds, args.engine)}")
+
+
+def publish(
+    asked: dict[str, Any], seeds: list[int], engine: str, check: dict[str, Any] | None = None
+) -> Path:
+    """Update ``benchmarks/results/mask_union_vs_rivals.json``: the asked scenarios'
+    rows replaced (each row with its engine and command), the others' kept; an engine
+    check replaces any earlier one of the same run."""
+    path = RESULTS / f"{PUBLISHED}.json"
+    old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    command = " ".join(["python", *sys.argv])
+    rows = [r for r in old.get("rows", []) if r["scenario"] not in asked]
+    for r in rows:  # rows of earlier versions of this file: the file's one command and engine
+        r.setdefault("engine", old.get("engine", "flower"))
+        r.setdefault("command", old.get("command"))
+    rows += [{**r, "command": command} for r in results_rows(asked)]
+    order = list(SCENARIOS)
+    rows.sort(key=lambda r: order.index(r["scenario"]) if r["scenario"] in order else len(order))
+    checks = [
+        c
+        for c in old.get("engine_checks", [])
+        if not check
+        or (c["scenario"], c["variant"], c["seed"])
+        != (check["scenario"], check["variant"], check["seed"])
+    ] + ([check] if check else [])
+    all_seeds = sorted({int(s) for r in rows for s in r["seeds"]}) or seeds
+    commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    return write_results(
+        PUBLISHED,
+        rows,
+        all_seeds,
+        command=" ; ".join(commands),
+        engines={r["scenario"]: r["engine"] for r in rows},
+        variants=VARIANTS,
+        engine_checks=checks,
     )
-    print(f"wrote {path}")
 
 
 def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -266,13 +354,21 @@ def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 @renderer("mask_union_vs_rivals")
 def markdown(doc: dict[str, Any]) -> str:
     """Per scenario, one table: a row per variant; per class its devices' mean and
-    minimum accuracy (each the mean ± std over seeds), global accuracy, MB up."""
+    minimum accuracy (each the mean ± std over seeds), global accuracy, MB up; then the
+    engine checks."""
     out = []
     for name in dict.fromkeys(r["scenario"] for r in doc["rows"]):
         rows = [r for r in doc["rows"] if r["scenario"] == name]
         classes = list(rows[0]["classes"])
+        engines = ", ".join(dict.fromkeys(r.get("engine", doc.get("engine", "?")) for r in rows))
+        n = ", ".join(dict.fromkeys(str(len(r["seeds"])) for r in rows))
         head = ["variant", "global"] + [f"{c} mean (min)" for c in classes] + ["MB up"]
-        lines = [f"**{name}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [
+            f"**{name}** ({n} seeds, engine `{engines}`)",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         for r in rows:
             cells = [r["variant"], fmt(r["final_accuracy"])]
             for c in classes:
@@ -281,6 +377,15 @@ def markdown(doc: dict[str, Any]) -> str:
             cells.append(fmt(r["bytes_up"], 1e-6, 0))
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
+    for c in doc.get("engine_checks", []):
+        wall = c["wall_s"]
+        out.append(
+            f"Engine check, {c['scenario']} {c['variant']} seed {c['seed']}: `flower` and "
+            f"`inprocess` differ by at most {100 * c['max_abs_diff']:.2f} pt in the global "
+            f"and every class mean and minimum; bytes up "
+            f"{'equal' if c['bytes_up_equal'] else 'different'}; "
+            f"{wall['flower']:.0f} s against {wall['inprocess']:.0f} s."
+        )
     return "\n\n".join(out)
 
 
