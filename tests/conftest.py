@@ -1,12 +1,17 @@
-"""Shared fixtures: scenario files written to a temp dir, and Ray/Flower kept quiet."""
+"""Shared fixtures: scenario files written to a temp dir, Ray/Flower kept quiet, and one
+torch thread in the test process."""
 
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# Clients train in process in many tests: one torch thread, as each client actor has
+# (OpenMP threads spinning against a busy machine made one such test ~10x slower).
+torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = """
