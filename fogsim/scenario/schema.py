@@ -175,8 +175,8 @@ class StrategySection(Section):
 
 COHORT_CAP = 64  # default nodes per message at most: an actor holds a cohort's data
 # and replies at once, and the server absorbs replies in message order (so a big
-# cohort's reply holds later ones back); 64 keeps a message's cost (~15-20 ms) under
-# 5% of a cohort of small devices' training
+# cohort's reply holds later ones back); a message's cost (~15-20 ms) is then a few
+# percent of a cohort of small devices' training (64 x 5-8 ms)
 
 
 class SimulationSection(Section):
