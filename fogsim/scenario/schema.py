@@ -16,6 +16,7 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from fogsim.data import DATASETS, OWN, PARTITIONINGS
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
+from fogsim.device.factory import FACTORY_PATTERN, FactoryError, checked
 from fogsim.device.memory import training_memory
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.device.training import OPTIMIZERS
@@ -76,6 +77,22 @@ class ModelSection(Section):
     arch: Literal["mlp", "cnn"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = [300, 100]
     channels: list[Annotated[int, Field(ge=1)]] = [16, 32]
+    factory: str | None = Field(
+        None,
+        pattern=FACTORY_PATTERN,
+        description="your own model instead of arch: 'module:function', called as "
+        "function(in_shape, num_classes) -> torch.nn.Module (fogsim.device.factory)",
+    )
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelSection:
+        given = sorted({"arch", "hidden", "channels"} & self.model_fields_set)
+        if self.factory is not None and given:
+            raise ValueError(
+                f"factory = {self.factory!r} and {', '.join(given)}: the factory builds the "
+                "whole model; give one of them"
+            )
+        return self
 
     @property
     def conv_channels(self) -> tuple[int, ...]:
@@ -89,6 +106,8 @@ class ModelSection(Section):
 
     def problems(self, data: DataSection) -> list[str]:
         """Why the model cannot be built on ``data``'s images (none: it can)."""
+        if self.factory is not None:
+            return self._factory_problems(data)
         h, w = data.image_shape[1:]
         blocks = int(math.log2(min(h, w)))  # each 2x2 pool halves the image
         if len(self.conv_channels) > blocks:
@@ -99,6 +118,22 @@ class ModelSection(Section):
         if (n := self.shape_for(data).num_params()) > MAX_PARAMS:
             return [f"model: the dense model has {n:,} parameters; at most {MAX_PARAMS:,}"]
         return []
+
+    def _factory_problems(self, data: DataSection) -> list[str]:
+        in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
+        try:
+            model = checked(self.factory, in_shape, data.num_classes)
+        except FactoryError as e:
+            return [f"model.factory: {self.factory!r}: {e}"]
+        if model.num_params > MAX_PARAMS:
+            return [
+                f"model.factory: the dense model has {model.num_params:,} parameters; "
+                f"at most {MAX_PARAMS:,}"
+            ]
+        return [
+            f"model.factory: {self.factory!r} is a chain of {len(model.widths)} neuron "
+            "groups, but factory models are not trained yet; allowed: arch = 'mlp' | 'cnn'"
+        ]
 
 
 class TrainSection(Section):

@@ -1,0 +1,73 @@
+"""``[model] factory``: a user's model is checked (chain, classes, import) and refused
+at ``fogsim validate`` with exit 2 naming the field, the value and the layer."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fogsim.cli import app
+from fogsim.device.factory import FactoryError, checked
+from tests.conftest import TINY
+
+runner = CliRunner()
+MOD = "tests.example_models"
+
+FACTORY_TINY = TINY.replace('arch = "mlp"\nhidden = [64, 32]', f'factory = "{MOD}:lenet5"')
+
+
+@pytest.fixture
+def factory_scenario(tmp_path: Path) -> Path:
+    path = tmp_path / "factory.toml"
+    path.write_text(FACTORY_TINY)
+    return path
+
+
+def test_the_examples_are_chains() -> None:
+    lenet = checked(f"{MOD}:lenet5", (1, 28, 28), 10)
+    assert lenet.widths == (6, 16, 120, 84)
+    assert lenet.num_params == 61_706
+    # the flatten reads 5x5 pixels per channel of the second conv
+    assert lenet.layout.roles["7.weight"].span == 25
+    resnet = checked(f"{MOD}:resnet_like", (3, 32, 32), 100)
+    assert resnet.widths == (8, 16, 16, 32)
+    assert resnet.layout.roles["1.running_var"].out == 0  # batch norm follows its conv
+
+
+@pytest.mark.parametrize(
+    ("ref", "says"),
+    [
+        (f"{MOD}:with_skip", ["skip connection", "add"]),
+        (f"{MOD}:with_layernorm", ["layer '2'", "LayerNorm", "not supported"]),
+        (f"{MOD}:wrong_classes", ["(3,)", "(10,) logits"]),
+        (f"{MOD}:not_a_module", ["returned a str"]),
+        (f"{MOD}:NOT_CALLABLE", ["no function 'NOT_CALLABLE'"]),
+        ("tests.no_such_module:make", ["cannot import 'tests.no_such_module'"]),
+    ],
+)
+def test_unusable_factories_are_refused(ref: str, says: list[str]) -> None:
+    with pytest.raises(FactoryError) as e:
+        checked(ref, (1, 28, 28), 10)
+    assert all(s in str(e.value) for s in says), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        (f"model.factory='{MOD}:with_skip'", ["model.factory", "with_skip", "skip connection"]),
+        (f"model.factory='{MOD}:with_layernorm'", ["model.factory", "LayerNorm"]),
+        ("model.factory='tests.nope:make'", ["model.factory", "cannot import"]),
+        ("model.factory='lenet5'", ["model.factory", "should match pattern"]),
+        ("model.hidden=[8]", ["model", "factory =", "hidden", "give one of them"]),
+    ],
+)
+def test_validate_refuses_with_exit_2(factory_scenario: Path, override: str, says) -> None:
+    result = runner.invoke(app, ["validate", str(factory_scenario), "--set", override])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "factory.toml" in result.output
+    assert all(s in result.output for s in says), result.output
+
+
+def test_a_good_factory_is_not_run_yet(factory_scenario: Path) -> None:
+    result = runner.invoke(app, ["validate", str(factory_scenario)])
+    assert result.exit_code == 2 and "not trained yet" in result.output, result.output
