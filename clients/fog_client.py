@@ -31,12 +31,15 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fogsim.data import draw, load_dataset, partition, split_local
 from fogsim.device.dynhp import DynHP
 from fogsim.device.dynhp_train import lr_scale, train_dynhp
+from fogsim.device.factory import FactoryArch, load_model
+from fogsim.device.factory import macs_per_sample as factory_macs
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
-from fogsim.device.models import FogNet, macs_per_sample, model_from_state, num_params, train_flops
+from fogsim.device.models import FogNet, macs_per_sample, num_params, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
 from fogsim.flower import cohort, wire
 from fogsim.flower.wire import ClientSpec
@@ -132,6 +135,25 @@ def train_dynhp_round(
     return metrics, records
 
 
+def received_model(spec: ClientSpec, content: RecordDict) -> nn.Module:
+    """The model a node's message gives it: a FogNet of the received widths, or the
+    scenario's factory model (``[model] factory``, dense) holding the received arrays."""
+    return load_model(spec.arch, wire.received_state(content))
+
+
+def memory_shape(spec: ClientSpec, model: nn.Module) -> FogNet | FactoryArch:
+    """What the memory model is asked about ``model``: itself (a FogNet), or the
+    factory model's measured figure (trained dense only)."""
+    return model if isinstance(model, FogNet) else spec.arch
+
+
+def macs_of(spec: ClientSpec, model: nn.Module) -> int:
+    """Multiply-accumulates of one forward pass of ``model``."""
+    if isinstance(model, FogNet):
+        return macs_per_sample(model)
+    return factory_macs(model, spec.arch.in_shape)
+
+
 def train_fixed(
     spec: ClientSpec,
     content: RecordDict,
@@ -148,7 +170,7 @@ def train_fixed(
     kind = train.memory_kind
     batch = min(train.batch_size, len(x))
     if cfg[wire.MODE] == "plain":
-        batch = max_batch_size(model, int(cfg[wire.BUDGET]), kind, cap=batch)
+        batch = max_batch_size(memory_shape(spec, model), int(cfg[wire.BUDGET]), kind, cap=batch)
     lr = train.lr
     if int(cfg.get(wire.BATCH_LR, 0)):  # the LR follows the batch, as DynHP's does
         lr *= lr_scale(spec.dynhp.lr_scaling, batch, train.batch_size)
@@ -167,7 +189,7 @@ def train_fixed(
     return {
         wire.TRAIN_LOSS: loss,
         wire.BATCH_SIZE: batch,
-        wire.PEAK_MEMORY: training_memory(model, batch, kind),
+        wire.PEAK_MEMORY: training_memory(memory_shape(spec, model), batch, kind),
         wire.PRUNED: 0,
         "samples": len(x) * train.local_epochs,
     }
@@ -181,7 +203,7 @@ def training_care(spec: ClientSpec, cfg: ConfigRecord, model: FogNet, y: torch.T
     if int(cfg.get(wire.SCALER, 0)):
         model.scale_to = spec.arch.widths
     clip = float(cfg.get(wire.CLIP, 0.0))
-    mask = present_labels(y, model.num_classes) if int(cfg.get(wire.LABEL_MASK, 0)) else None
+    mask = present_labels(y, spec.arch.num_classes) if int(cfg.get(wire.LABEL_MASK, 0)) else None
     return {"clip": clip if clip > 0 else None, "label_mask": mask}
 
 
@@ -219,8 +241,8 @@ def train(content: RecordDict) -> RecordDict:
     if fault == "drop":
         return wire.reply({wire.NODE: node, wire.DROPPED_OUT: 1})
     x, y, _, _ = local_data(spec, node)
-    model = model_from_state(wire.received_state(content), spec.arch.in_shape)
-    macs_in = macs_per_sample(model)
+    model = received_model(spec, content)
+    macs_in = macs_of(spec, model)
     gen = torch.Generator().manual_seed(stream_seed(spec.seed, rnd, node))
     if fault == "crash":
         raise InjectedCrash(f"injected crash of node {node} in round {rnd}")
@@ -233,16 +255,17 @@ def train(content: RecordDict) -> RecordDict:
         else:
             metrics = train_fixed(spec, content, model, x, y, gen, care)
     except BudgetError as e:  # refuse rather than train over budget
-        needed = training_memory(model, 1, spec.train.memory_kind)
+        needed = training_memory(memory_shape(spec, model), 1, spec.train.memory_kind)
         refusal = {wire.NODE: node, wire.OVER_BUDGET: 1, wire.NEEDED_MEMORY: needed}
         return wire.reply(refusal, {wire.ERROR: ConfigRecord({"reason": str(e)})})
     if care["label_mask"] is not None:
-        counts = torch.bincount(y, minlength=model.num_classes)[: model.num_classes]
+        k = spec.arch.num_classes
+        counts = torch.bincount(y, minlength=k)[:k]
         records[wire.LABELS] = wire.pack_labels(counts.numpy())
     if fault == "corrupt":
         corrupt(model)
     # FLOPs: the model shrinks while DynHP trains; average its start and end cost.
-    macs = (macs_in + macs_per_sample(model)) / 2
+    macs = (macs_in + macs_of(spec, model)) / 2
     metrics.update(
         {
             wire.NODE: node,
@@ -260,7 +283,7 @@ def evaluate_local(content: RecordDict) -> RecordDict:
     """The received model's accuracy and loss on the node's held-out samples."""
     spec, node = wire.spec_of(content), int(content[wire.CONFIG][wire.NODE])
     _, _, x, y = local_data(spec, node)
-    model = model_from_state(wire.received_state(content), spec.arch.in_shape)
+    model = received_model(spec, content)
     acc, loss = evaluate(model, x, y)
     metrics = {wire.NODE: node, wire.NUM_EXAMPLES: len(x), wire.ACCURACY: acc, wire.LOSS: loss}
     return wire.reply(metrics)

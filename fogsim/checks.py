@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fogsim.data import load_dataset, partition
+from fogsim.device.heap import HeapCounterUnavailable
 from fogsim.fleet import build_fleet, check_trainable
 from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
 from fogsim.strategies import strategy_class
@@ -27,6 +28,15 @@ def problems(sc: Scenario) -> list[str]:
     except StrategyError as e:
         found.append(str(e))
     fleet = build_fleet(sc.fleet, sc.run.seed)
+    if sc.model.factory:  # its memory figure is the heap counter's, measured once
+        try:
+            sc.arch  # noqa: B018
+        except (HeapCounterUnavailable, RuntimeError, OSError) as e:
+            return [
+                *found,
+                f"model.factory: {sc.model.factory!r}: its training memory "
+                f"could not be measured with the heap counter: {e}",
+            ]
     try:
         check_trainable(sc, fleet)
     except ValueError as e:

@@ -97,3 +97,21 @@ def not_a_module(in_shape: tuple[int, int, int], num_classes: int) -> str:
 
 
 NOT_CALLABLE = 3
+
+
+def narrow_cnn(in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """A very narrow CNN (2 and 3 channels, 4 hidden units), where oneDNN's blocked
+    copies dominate a step's memory: 3x3 convs, max- and average-pooling."""
+    c, h, w = in_shape
+    return nn.Sequential(
+        nn.Conv2d(c, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2, 3, 3, stride=2),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * ((h // 2 - 3) // 2 + 1) // 2 * (((w // 2 - 3) // 2 + 1) // 2), 4),
+        nn.ReLU(),
+        nn.Linear(4, num_classes),
+    )

@@ -25,15 +25,22 @@ once per (factory, image shape, classes) and process (:func:`checked`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import inspect
+import json
+import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from fogsim.device.arch import Arch
+from fogsim.device.models import model_from_state
 from fogsim.flower.chain import ChainError, ChainLayout, check_model
 
 FACTORY_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$"
@@ -118,3 +125,180 @@ def checked(ref: str, in_shape: Shape, num_classes: int) -> FactoryModel:
         )
     n = sum(p.numel() for p in model.parameters())
     return FactoryModel(ref, in_shape, num_classes, tuple(shapes.items()), layout, n)
+
+
+# --- the memory figure: the heap counter, measured once per model and kept ------------
+MEMORY_MARGIN = 1.02  # over the interpolated heap: run-to-run spread (< 0.1 % seen)
+
+
+def table_batches(largest: int) -> tuple[int, ...]:
+    """The batches the heap is measured at: powers of two up to ``largest``, and it."""
+    out, b = [], 1
+    while b < largest:
+        out.append(b)
+        b *= 2
+    return (*out, largest)
+
+
+def interpolate(table: Sequence[tuple[int, int]], batch: int) -> int:
+    """Modelled bytes at ``batch`` from measured ``(batch, bytes)`` points: linear
+    between the two around it, times :data:`MEMORY_MARGIN`. A step's memory is the
+    largest of affine functions of the batch (memory.py), so convex, and the chord
+    between two measured batches lies above it: never under the heap between them.
+    A batch outside the table is refused, as extrapolating a convex function can
+    fall under it."""
+    pts = sorted(table)
+    if not pts[0][0] <= batch <= pts[-1][0]:
+        raise ValueError(
+            f"batch {batch}: the factory model's memory was measured for batches "
+            f"{pts[0][0]}..{pts[-1][0]} only"
+        )
+    for (b0, m0), (b1, m1) in zip(pts, pts[1:] + pts[-1:], strict=True):
+        if b0 <= batch <= b1:
+            m = m0 if b1 == b0 else m0 + (m1 - m0) * (batch - b0) / (b1 - b0)
+            return math.ceil(m * MEMORY_MARGIN)
+    raise AssertionError("unreachable")
+
+
+def _cache_file(
+    ref: str, in_shape: Shape, num_classes: int, kind: str, batches: tuple[int, ...]
+) -> Path:
+    fn = load_factory(ref)
+    source = inspect.getsourcefile(fn) or ""
+    text = Path(source).read_bytes() if source and Path(source).exists() else b""
+    key = json.dumps(
+        [ref, hashlib.sha1(text).hexdigest(), in_shape, num_classes, kind, batches,
+         torch.__version__, torch.backends.cpu.get_cpu_capability(), SOURCE_VERSION]
+    )  # fmt: skip
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fogsim"
+    return cache / f"factory-memory-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+SOURCE_VERSION = 1  # bump when what is measured changes
+
+
+@functools.lru_cache(maxsize=64)
+def memory_table(
+    ref: str, in_shape: Shape, num_classes: int, kind: str, largest: int
+) -> tuple[tuple[int, int], ...]:
+    """``(batch, bytes)`` of one training step of factory ``ref``'s dense model with
+    optimizer ``kind``, measured by the heap counter (``fogsim.device.heap``) at
+    :func:`table_batches` ``(largest)``. A measurement takes a fresh process (~15-25 s
+    on a busy 2-core machine), so it is kept on disk, keyed by the factory's source
+    file, the shapes, the optimizer, torch and the CPU; raises
+    ``HeapCounterUnavailable`` where the counter cannot run."""
+    from fogsim.device.heap import measure_factory
+
+    batches = table_batches(largest)
+    path = _cache_file(ref, in_shape, num_classes, kind, batches)
+    if path.exists():
+        return tuple((int(b), int(m)) for b, m in json.loads(path.read_text()))
+    measured = measure_factory(ref, in_shape, num_classes, kind, list(batches))
+    table = tuple(zip(batches, measured, strict=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(table))
+    os.replace(tmp, path)
+    return table
+
+
+@dataclass(frozen=True)
+class FactoryArch:
+    """A factory model's shape facts where fogsim's own models have an ``Arch``
+    (``fogsim.device.arch``): the memory model, the strategies and the clients ask it
+    the same questions. Its memory figure is the heap counter's (:func:`interpolate`
+    over ``table``, measured for optimizer ``kind``), not a replay of the step.
+
+    Trained dense only: every width fraction is the dense model (:meth:`scaled`), as
+    the sub-model strategies and DynHP are refused for factory models at validate."""
+
+    ref: str
+    in_shape: Shape
+    num_classes: int
+    kind: str
+    table: tuple[tuple[int, int], ...]
+
+    @property
+    def model(self) -> FactoryModel:
+        return checked(self.ref, self.in_shape, self.num_classes)
+
+    @property
+    def widths(self) -> list[int]:
+        return list(self.model.widths)
+
+    def scaled(self, fraction: float) -> FactoryArch:
+        """The dense model, whatever ``fraction``: factory models are not narrowed."""
+        return self
+
+    def with_widths(self, widths: Sequence[int]) -> FactoryArch:
+        if list(widths) != self.widths:
+            raise ValueError(f"{self.ref}: factory models train dense only, not {list(widths)}")
+        return self
+
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of every parameter, in ``model.parameters()`` order."""
+        with torch.device("meta"):
+            model = build(self.ref, self.in_shape, self.num_classes)
+        return [tuple(p.shape) for p in model.parameters()]
+
+    def num_params(self) -> int:
+        return self.model.num_params
+
+    def training_memory(self, batch: int, kind: str) -> int:
+        """Modelled peak bytes of a training step at ``batch`` (class doc)."""
+        if kind != self.kind:
+            raise ValueError(f"{self.ref}: memory measured for {self.kind!r}, not {kind!r}")
+        return interpolate(self.table, batch)
+
+    @property
+    def largest(self) -> int:
+        """The largest batch measured."""
+        return max(b for b, _ in self.table)
+
+    def max_batch(self, budget: int, kind: str, cap: int) -> int:
+        """Largest batch up to ``cap`` whose modelled memory fits ``budget`` (0: none)."""
+        fits = [b for b in range(1, cap + 1) if self.training_memory(b, kind) <= budget]
+        return fits[-1] if fits else 0
+
+    def build(self, seed: int = 0) -> nn.Module:
+        """A fresh dense model (the initial global model)."""
+        return build(self.ref, self.in_shape, self.num_classes, seed)
+
+    def from_state(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The model holding ``state``'s tensors as its parameters and buffers (no copy)."""
+        with torch.device("meta"):  # no storage, no random init: the weights come from state
+            model = build(self.ref, self.in_shape, self.num_classes)
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, assign=True)
+        return model
+
+
+def load_model(arch: Arch | FactoryArch, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The model of ``arch``'s kind holding ``state`` (no copy): a FogNet of the
+    widths ``state`` has, or the factory's model."""
+    if isinstance(arch, FactoryArch):
+        return arch.from_state(state)
+    return model_from_state(state, arch.in_shape)
+
+
+def macs_per_sample(model: nn.Module, in_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass of any chain model (its Linear and
+    Conv2d layers, read with forward hooks on one zero image)."""
+    macs = 0
+
+    def count(layer: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(layer, nn.Linear):
+            macs += layer.in_features * layer.out_features
+        else:
+            k = layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels // layer.groups
+            macs += out[0].numel() * k
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *in_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs

@@ -97,6 +97,16 @@ def measure_steps(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return _run({"task": "steps", "points": points})["results"]
 
 
+def measure_factory(
+    ref: str, in_shape: tuple[int, int, int], num_classes: int, optimizer: str, batches: list[int]
+) -> list[int]:
+    """Measured bytes of one steady-state training step of factory ``ref``'s dense
+    model (``fogsim.device.factory``) at each of ``batches``, as :func:`measure_steps`."""
+    common = {"factory": ref, "in_shape": list(in_shape), "num_classes": num_classes}
+    points = [{**common, "optimizer": optimizer, "batch": b} for b in batches]
+    return [r["measured"] for r in measure_steps(points)]
+
+
 def measure_dynhp(
     channels: tuple[int, ...],
     hidden: tuple[int, ...],
@@ -170,10 +180,17 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
     from fogsim.device.training import optimizer_of_kind
 
     torch.manual_seed(0)
-    model = FogNet(tuple(point["channels"]), tuple(point["hidden"]))
+    if "factory" in point:  # a user's model (fogsim.device.factory), dense
+        from fogsim.device.factory import build
+
+        in_shape, classes = tuple(point["in_shape"]), point["num_classes"]
+        model = build(point["factory"], in_shape, classes)
+    else:
+        model = FogNet(tuple(point["channels"]), tuple(point["hidden"]))
+        in_shape, classes = model.in_shape, model.num_classes
     opt = optimizer_of_kind(point["optimizer"], model.parameters(), 0.01)
-    x = torch.randn(point["batch"], *model.in_shape)
-    y = torch.randint(0, model.num_classes, (point["batch"],))
+    x = torch.randn(point["batch"], *in_shape)
+    y = torch.randint(0, classes, (point["batch"],))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

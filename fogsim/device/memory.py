@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import torch
 
 from fogsim.device.arch import Arch
+from fogsim.device.factory import FactoryArch
 from fogsim.device.models import FogNet
 from fogsim.device.replay import (
     LABEL_BYTES,
@@ -128,7 +129,8 @@ def memory_breakdown(
     optimizer: str | torch.optim.Optimizer = "sgd",
     dtype_bytes: int = 4,
 ) -> MemoryBreakdown:
-    """Modelled bytes of one training step of ``model`` at ``batch_size``."""
+    """Modelled bytes of one training step of ``model`` at ``batch_size`` (fogsim's own
+    models: a factory model's figure is measured whole, without a breakdown)."""
     arch = Arch.of(model)
     kind = optimizer_kind(optimizer)
     sizes = [math.prod(s) for s in arch.param_shapes()]
@@ -153,19 +155,22 @@ def memory_breakdown(
 
 
 def training_memory(
-    model: FogNet | Arch,
+    model: FogNet | Arch | FactoryArch,
     batch_size: int,
     optimizer: str | torch.optim.Optimizer = "sgd",
     dtype_bytes: int = 4,
 ) -> int:
-    """Modelled peak bytes of training ``model`` at ``batch_size`` (see module doc)."""
+    """Modelled peak bytes of training ``model`` at ``batch_size`` (see module doc; a
+    factory model's from the heap counter, ``fogsim.device.factory``)."""
+    if isinstance(model, FactoryArch):
+        return model.training_memory(batch_size, optimizer_kind(optimizer))
     arch = Arch.of(model)
     phases = step_phases(arch, optimizer_kind(optimizer), dtype_bytes)
     return max(f + s * batch_size for f, s in phases)
 
 
 def max_batch_size(
-    model: FogNet | Arch,
+    model: FogNet | Arch | FactoryArch,
     budget_bytes: int,
     optimizer: str | torch.optim.Optimizer = "sgd",
     cap: int | None = None,
@@ -175,6 +180,17 @@ def max_batch_size(
 
     Raises :class:`BudgetError` when even batch 1 does not fit.
     """
+    if isinstance(model, FactoryArch):
+        batch = model.max_batch(
+            budget_bytes, optimizer_kind(optimizer), cap if cap is not None else model.largest
+        )
+        if batch == 0:
+            one = model.training_memory(1, optimizer_kind(optimizer))
+            raise BudgetError(
+                f"memory budget {format_bytes(budget_bytes)} ({budget_bytes} B) cannot hold a "
+                f"training step of {model.ref}: batch 1 needs {format_bytes(one)} ({one} B)"
+            )
+        return batch
     arch = Arch.of(model)
     phases = step_phases(arch, optimizer_kind(optimizer), dtype_bytes)
     one = max(f + s for f, s in phases)
@@ -204,7 +220,7 @@ def largest_fraction(fits: Callable[[float], bool], steps: int = 20) -> float:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def widest_fraction(arch: Arch, budget: int, optimizer: str, batch: int) -> float:
+def widest_fraction(arch: Arch | FactoryArch, budget: int, optimizer: str, batch: int) -> float:
     """Largest width fraction f (every group ``ceil(f * width)`` neurons, see
     :meth:`Arch.scaled`) that trains at ``batch`` within ``budget``; 0.0 if not even
     width 1 fits.

@@ -140,7 +140,7 @@ class ChainLayout:
     def extract(self, state: Mapping[str, np.ndarray], kept: Kept) -> dict[str, np.ndarray]:
         """The sub-model of ``state`` holding the neurons ``kept`` (compact copies)."""
         index = self.index({k: v.shape for k, v in state.items()}, kept)
-        return {k: np.ascontiguousarray(v[index[k]]) for k, v in state.items()}
+        return {k: np.asarray(v[index[k]], order="C") for k, v in state.items()}
 
     def sub_shapes(self, shapes: Mapping[str, Sequence[int]], kept: Kept) -> dict[str, tuple]:
         """The shapes of the sub-model holding ``kept``."""

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from torch import nn
 
 from fogsim.data import load_dataset
+from fogsim.device.factory import FactoryArch
 from fogsim.device.models import FogNet
 from fogsim.device.training import evaluate
 from fogsim.fleet import Fleet, build_fleet
@@ -35,9 +37,12 @@ ProgressFn = Callable[[dict[str, Any]], None]
 PULL_INTERVAL_S = 0.02  # how often replies are looked for (Flower's own loop: 0.1 s)
 
 
-def initial_model(scenario: Scenario) -> FogNet:
+def initial_model(scenario: Scenario) -> nn.Module:
+    """The dense global model before round 1, seeded: a FogNet, or the factory's."""
     torch.manual_seed(scenario.run.seed)
     arch = scenario.arch
+    if isinstance(arch, FactoryArch):
+        return arch.build(scenario.run.seed)
     return FogNet(arch.channels, arch.hidden, arch.in_shape, arch.num_classes)
 
 

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
+from fogsim.device.factory import FactoryArch
 from fogsim.device.pruning import Kept, extract_submodel, submodel_shapes
 from fogsim.scenario import DataSection, FaultsSection, ModelSection, Scenario, TrainSection
 
@@ -107,10 +108,15 @@ class ClientSpec(BaseModel):
     faults: FaultsSection
     threads: int  # torch intra-op threads of a client actor
     shares: tuple[float, ...] | None = None  # per node: its relative share of the data
+    # a factory model's measured (batch, bytes) table (the heap is measured once, by
+    # the driver: fogsim.device.factory.memory_table)
+    memory_table: tuple[tuple[int, int], ...] | None = None
 
     @property
-    def arch(self) -> Arch:
+    def arch(self) -> Arch | FactoryArch:
         """The dense global architecture on the data set's images (``Scenario.arch``)."""
+        if self.model.factory is not None:
+            return self.model.factory_arch(self.data, self.train.memory_kind, self.memory_table)
         return self.model.shape_for(self.data)
 
     @classmethod
@@ -125,6 +131,7 @@ class ClientSpec(BaseModel):
             faults=sc.faults,
             threads=sc.simulation.torch_threads,
             shares=sc.fleet.data_shares,
+            memory_table=sc.arch.table if sc.model.factory else None,
         )
 
 
@@ -140,8 +147,10 @@ def spec_of(content: RecordDict) -> ClientSpec:
 
 
 def numpy_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord of named numpy arrays (any dtype; bool and int64 included)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """An ArrayRecord of named numpy arrays (any dtype; bool and int64 included; a 0-D
+    array, a batch norm's ``num_batches_tracked``, stays 0-D: ``ascontiguousarray``
+    would make it 1-D, and the next round's shapes would not match)."""
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 def to_numpy(array: Array) -> np.ndarray:

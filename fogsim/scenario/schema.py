@@ -16,7 +16,13 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from fogsim.data import DATASETS, OWN, PARTITIONINGS
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
-from fogsim.device.factory import FACTORY_PATTERN, FactoryError, checked
+from fogsim.device.factory import (
+    FACTORY_PATTERN,
+    FactoryArch,
+    FactoryError,
+    checked,
+    memory_table,
+)
 from fogsim.device.memory import training_memory
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.device.training import OPTIMIZERS
@@ -86,7 +92,13 @@ class ModelSection(Section):
 
     @model_validator(mode="after")
     def _one_model(self) -> ModelSection:
-        given = sorted({"arch", "hidden", "channels"} & self.model_fields_set)
+        # a field set to other than its default (a resolved scenario, as scenario.json
+        # and the clients' spec hold it, lists every field at its default)
+        given = sorted(
+            f
+            for f in ("arch", "hidden", "channels")
+            if getattr(self, f) != type(self).model_fields[f].default
+        )
         if self.factory is not None and given:
             raise ValueError(
                 f"factory = {self.factory!r} and {', '.join(given)}: the factory builds the "
@@ -130,10 +142,23 @@ class ModelSection(Section):
                 f"model.factory: the dense model has {model.num_params:,} parameters; "
                 f"at most {MAX_PARAMS:,}"
             ]
-        return [
-            f"model.factory: {self.factory!r} is a chain of {len(model.widths)} neuron "
-            "groups, but factory models are not trained yet; allowed: arch = 'mlp' | 'cnn'"
-        ]
+        return []
+
+    def factory_arch(
+        self, data: DataSection, kind: str, table: tuple[tuple[int, int], ...] | None = None
+    ) -> FactoryArch:
+        """The factory model on ``data``'s images, its memory measured for optimizer
+        ``kind`` (``table``: as measured before, e.g. by the driver for a client)."""
+        in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
+        assert self.factory is not None
+        if table is None:
+            raise ValueError("a factory model's memory table is measured by Scenario.arch")
+        return FactoryArch(self.factory, in_shape, data.num_classes, kind, table)
+
+
+# strategies that train a factory model: the dense ones (a Flower strategy too); the
+# sub-model strategies and DynHP narrow it, which fogsim does not do for them yet
+FACTORY_STRATEGIES = ("fedavg", "fedavg-dense", "fedavg-feasible")
 
 
 class TrainSection(Section):
@@ -383,14 +408,33 @@ class Scenario(Section):
                 f"simulation.clients_per_round = {sim.clients_per_round}"
             )
         problems += topology_problems(self.topology, self.fleet)
+        strategy = self.strategy
+        if (
+            self.model.factory
+            and strategy.flower is None
+            and strategy.name not in FACTORY_STRATEGIES
+        ):
+            problems.append(
+                f"strategy.name: {strategy.name!r} does not train a model.factory model yet "
+                f"(it narrows the model); allowed with a factory: {', '.join(FACTORY_STRATEGIES)} "
+                "or a Flower strategy (strategy.flower)"
+            )
         if problems:  # one line each, field first (see _format_errors)
             raise ValueError("\n".join(problems))
         return self
 
     @property
-    def arch(self) -> Arch:
-        """The dense global architecture on the data set's images and classes."""
-        return self.model.shape_for(self.data)
+    def arch(self) -> Arch | FactoryArch:
+        """The dense global architecture on the data set's images and classes (a
+        factory model's with its memory measured by the heap counter on first use,
+        ``fogsim.device.factory.memory_table``)."""
+        if self.model.factory is None:
+            return self.model.shape_for(self.data)
+        d, kind = self.data, self.train.memory_kind
+        in_shape = (d.image_shape[0], d.image_shape[1], d.image_shape[2])
+        largest = max(self.train.batch_size, self.dynhp.min_batch)
+        table = memory_table(self.model.factory, in_shape, d.num_classes, kind, largest)
+        return self.model.factory_arch(d, kind, table)
 
     @property
     def smallest_training_memory(self) -> int:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fogsim.device.models import model_from_state
+from fogsim.device.factory import load_model
 from fogsim.device.training import evaluate
 from fogsim.fleet import Fleet
 
@@ -55,7 +55,7 @@ def evaluate_held(
         key = "global" if weights is state else _digest(weights)
         if key not in done:
             state_t = {k: torch.as_tensor(v) for k, v in weights.items()}
-            model = model_from_state(state_t, strategy.arch.in_shape)
+            model = load_model(strategy.arch, state_t)
             acc, loss = evaluate(model, x, y)
             done[key] = (acc, loss, sum(int(np.prod(np.shape(v))) for v in weights.values()))
         out[node] = done[key]

@@ -66,8 +66,3 @@ def test_validate_refuses_with_exit_2(factory_scenario: Path, override: str, say
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "factory.toml" in result.output
     assert all(s in result.output for s in says), result.output
-
-
-def test_a_good_factory_is_not_run_yet(factory_scenario: Path) -> None:
-    result = runner.invoke(app, ["validate", str(factory_scenario)])
-    assert result.exit_code == 2 and "not trained yet" in result.output, result.output
