@@ -10,7 +10,7 @@ import os
 import pytest
 
 from fogsim.device import heap
-from fogsim.device.factory import interpolate, table_batches
+from fogsim.device.factory import interpolate, memory_table, table_batches
 
 MOD = "tests.example_models"
 FULL = os.environ.get("FOGSIM_FACTORY_GRID") == "full"
@@ -53,3 +53,12 @@ def test_the_interpolated_table_bounds_the_heap_within_15_percent(grid) -> None:
     low, high = min(ratios.values()), max(ratios.values())
     print(f"range {low:.3f} .. {high:.3f}")
     assert 1.0 <= low and high <= 1.15, ratios
+
+
+def test_the_table_a_run_uses_bounds_this_processes_heap(grid) -> None:
+    """The table a scenario uses is measured in another process (or read from the
+    disk cache): the 2% margin covers the spread between processes."""
+    measured = grid[("lenet5", "sgd")]
+    table = memory_table(f"{MOD}:lenet5", (1, 28, 28), 10, "sgd", LARGEST)
+    for b in sorted(measured):
+        assert 1.0 <= interpolate(table, b) / measured[b] <= 1.15, b
