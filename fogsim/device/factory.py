@@ -17,6 +17,14 @@ the layer, unless it is ``Linear``, ``Conv2d`` and ``BatchNorm`` layers in a lin
 activations, pooling, flatten and dropout between them; its arrays must then form a
 chain, and its output must have ``num_classes`` logits.
 
+Its memory figure (:class:`FactoryArch`) is measured, not modelled: fogsim's memory
+model replays FogNet's step op by op (``fogsim.device.replay``), and no such replay
+exists for any chain yet, so the heap counter (``fogsim.device.heap``) measures the
+dense model's step at a few batches once (:func:`memory_table`) and a batch between
+them is interpolated (:func:`interpolate`). That serves a dense model only: the
+sub-model strategies and DynHP would need a figure at any widths, so they are refused
+for factory models (``fogsim.scenario.model_section``).
+
 The module is imported from ``sys.path`` and the current directory (a user's models
 live beside their scenario), as ``[strategy] module`` is. A check builds the model
 once per (factory, image shape, classes) and process (:func:`checked`).

@@ -193,7 +193,9 @@ def check_model(model: nn.Module, input_shape: Sequence[int]) -> None:
         tensors = [a for a in node.all_input_nodes if _is_tensor(a)]
         if len(tensors) > 1:
             names = ", ".join(str(a) for a in tensors)
-            raise ChainError(f"{node.name} ({node.target}) joins {names}: a skip connection")
+            raise ChainError(
+                f"{node.name} ({node.target}){_where(node)} joins {names}: a skip connection"
+            )
         if node.op != "call_module":
             continue
         module = modules[node.target]
@@ -208,6 +210,16 @@ def check_model(model: nn.Module, input_shape: Sequence[int]) -> None:
     order = [name for name, m in model.named_modules() if isinstance(m, LAYERS)]
     if used != order:
         raise ChainError(f"layers run in the order {used}, their arrays are stored as {order}")
+
+
+def _where(node: fx.Node) -> str:
+    """`` in layer 'name' (Class)``: the innermost module whose forward holds ``node``
+    (what a user can find in their model), or nothing at the top level."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    return f" in layer {path!r} ({getattr(cls, '__name__', cls)})"
 
 
 def _is_tensor(node: fx.Node) -> bool:

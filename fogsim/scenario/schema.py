@@ -16,21 +16,14 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from fogsim.data import DATASETS, OWN, PARTITIONINGS
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
-from fogsim.device.factory import (
-    FACTORY_PATTERN,
-    FactoryArch,
-    FactoryError,
-    checked,
-    memory_table,
-)
+from fogsim.device.factory import FactoryArch, memory_table
 from fogsim.device.memory import training_memory
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
 from fogsim.scenario.fleet_section import FleetSection
+from fogsim.scenario.model_section import FACTORY_STRATEGIES, ModelSection
 from fogsim.scenario.topology_section import TopologySection, topology_problems
-
-MAX_PARAMS = 100_000_000  # the dense model lives on the server and on every client
 
 
 def _file_name(name: str) -> str:
@@ -77,88 +70,6 @@ class DataSection(Section):
                 "(set them only for dataset = 'npz' or 'images')"
             )
         return self
-
-
-class ModelSection(Section):
-    arch: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = [300, 100]
-    channels: list[Annotated[int, Field(ge=1)]] = [16, 32]
-    factory: str | None = Field(
-        None,
-        pattern=FACTORY_PATTERN,
-        description="your own model instead of arch: 'module:function', called as "
-        "function(in_shape, num_classes) -> torch.nn.Module (fogsim.device.factory)",
-    )
-
-    @model_validator(mode="after")
-    def _one_model(self) -> ModelSection:
-        # a field set to other than its default (a resolved scenario, as scenario.json
-        # and the clients' spec hold it, lists every field at its default)
-        given = sorted(
-            f
-            for f in ("arch", "hidden", "channels")
-            if getattr(self, f) != type(self).model_fields[f].default
-        )
-        if self.factory is not None and given:
-            raise ValueError(
-                f"factory = {self.factory!r} and {', '.join(given)}: the factory builds the "
-                "whole model; give one of them"
-            )
-        return self
-
-    @property
-    def conv_channels(self) -> tuple[int, ...]:
-        return tuple(self.channels) if self.arch == "cnn" else ()
-
-    def shape_for(self, data: DataSection) -> Arch:
-        """The dense global architecture on ``data``'s images, as the memory model sees
-        it (``Scenario.arch``)."""
-        in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
-        return Arch(self.conv_channels, tuple(self.hidden), in_shape, data.num_classes)
-
-    def problems(self, data: DataSection) -> list[str]:
-        """Why the model cannot be built on ``data``'s images (none: it can)."""
-        if self.factory is not None:
-            return self._factory_problems(data)
-        h, w = data.image_shape[1:]
-        blocks = int(math.log2(min(h, w)))  # each 2x2 pool halves the image
-        if len(self.conv_channels) > blocks:
-            return [
-                f"model.channels: {len(self.channels)} conv blocks pool the {h}x{w} image "
-                f"away; at most {blocks}"
-            ]
-        if (n := self.shape_for(data).num_params()) > MAX_PARAMS:
-            return [f"model: the dense model has {n:,} parameters; at most {MAX_PARAMS:,}"]
-        return []
-
-    def _factory_problems(self, data: DataSection) -> list[str]:
-        in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
-        try:
-            model = checked(self.factory, in_shape, data.num_classes)
-        except FactoryError as e:
-            return [f"model.factory: {self.factory!r}: {e}"]
-        if model.num_params > MAX_PARAMS:
-            return [
-                f"model.factory: the dense model has {model.num_params:,} parameters; "
-                f"at most {MAX_PARAMS:,}"
-            ]
-        return []
-
-    def factory_arch(
-        self, data: DataSection, kind: str, table: tuple[tuple[int, int], ...] | None = None
-    ) -> FactoryArch:
-        """The factory model on ``data``'s images, its memory measured for optimizer
-        ``kind`` (``table``: as measured before, e.g. by the driver for a client)."""
-        in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
-        assert self.factory is not None
-        if table is None:
-            raise ValueError("a factory model's memory table is measured by Scenario.arch")
-        return FactoryArch(self.factory, in_shape, data.num_classes, kind, table)
-
-
-# strategies that train a factory model: the dense ones (a Flower strategy too); the
-# sub-model strategies and DynHP narrow it, which fogsim does not do for them yet
-FACTORY_STRATEGIES = ("fedavg", "fedavg-dense", "fedavg-feasible")
 
 
 class TrainSection(Section):

@@ -51,7 +51,7 @@ def dense_params(scenario: dict[str, Any]) -> int | None:
     from fogsim.scenario import DataSection, ModelSection  # torch: only when needed
 
     data = DataSection.model_validate(scenario.get("data") or {})
-    return ModelSection.model_validate(model).shape_for(data).num_params()
+    return ModelSection.model_validate(model).num_params(data)
 
 
 def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:

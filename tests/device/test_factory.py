@@ -37,7 +37,7 @@ def test_the_examples_are_chains() -> None:
 @pytest.mark.parametrize(
     ("ref", "says"),
     [
-        (f"{MOD}:with_skip", ["skip connection", "add"]),
+        (f"{MOD}:with_skip", ["skip connection", "add", "in layer '1' (_Residual)"]),
         (f"{MOD}:with_layernorm", ["layer '2'", "LayerNorm", "not supported"]),
         (f"{MOD}:wrong_classes", ["(3,)", "(10,) logits"]),
         (f"{MOD}:not_a_module", ["returned a str"]),
