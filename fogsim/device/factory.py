@@ -9,10 +9,10 @@ calling it) whose forward maps a float batch ``(B, C, H, W)`` to logits
 
 Why the check is strict: every part of fogsim that narrows a model (the sub-model
 strategies, DynHP) reads its neuron groups from its arrays alone, as a chain
-(``fogsim.flower.chain.ChainLayout``); a model whose arrays look like a chain but
+(``fogsim.device.chain.ChainLayout``); a model whose arrays look like a chain but
 are not one (a skip connection between layers of equal width, shared weights,
 a grouped convolution) would be sliced wrongly without any error. So the module is
-traced with ``torch.fx`` (``fogsim.flower.chain.check_model``) and refused, naming
+traced with ``torch.fx`` (``fogsim.device.chain.check_model``) and refused, naming
 the layer, unless it is ``Linear``, ``Conv2d`` and ``BatchNorm`` layers in a line with
 activations, pooling, flatten and dropout between them; its arrays must then form a
 chain, and its output must have ``num_classes`` logits.
@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from fogsim.device.arch import Arch
+from fogsim.device.chain import ChainError, ChainLayout, check_model
 from fogsim.device.models import model_from_state
-from fogsim.flower.chain import ChainError, ChainLayout, check_model
 
 FACTORY_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$"
 Shape = tuple[int, int, int]

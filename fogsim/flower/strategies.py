@@ -7,7 +7,7 @@
 stock ``ServerApp``. What they add to FedAvg:
 
 - **Per-node sub-models.** The model's neuron groups are read from its arrays
-  (``fogsim.flower.chain``: any chain of ``Linear``/``Conv2d`` layers, batch norm
+  (``fogsim.device.chain``: any chain of ``Linear``/``Conv2d`` layers, batch norm
   included). Each sampled node gets only the neurons it holds: the arrays of its
   sub-model (``arrays``), the global indices per group (``kept``, an ``ArrayRecord``
   of int64 arrays ``kept.0``, ``kept.1``, ...) and its ``width-fraction`` in the
@@ -49,9 +49,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from fogsim.device.chain import ChainLayout, Kept
 from fogsim.device.memory import largest_fraction
 from fogsim.flower import wire
-from fogsim.flower.chain import ChainLayout, Kept
 
 BUDGET_KEY = "budget-bytes"  # query reply metric: the node's training memory, bytes
 FRACTION_KEY = "width-fraction"  # train config: the node's share of every group

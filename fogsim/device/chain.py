@@ -1,0 +1,226 @@
+"""Neuron groups of any chain network, read from its arrays alone (no model class).
+
+A stock Flower ``ServerApp`` holds only an ``ArrayRecord`` (a ``state_dict``), so the
+sub-model strategies of ``fogsim.flower.strategies`` find the prunable neuron groups
+from the arrays' order and shapes, as a chain: every weight (2-D ``Linear``, 4-D
+``Conv2d``) in ``state_dict`` order is one layer; the output rows of every layer but
+the last form a group, read by the next layer's input columns (a whole number of
+columns each: several where a flatten turns a conv channel into pixels). The 1-D
+arrays after a layer (its bias; a batch norm's weight, bias, running mean and
+variance) of the group's width belong to the group; 0-D ones (``num_batches_tracked``)
+are whole. The last layer's outputs (the classes) are never pruned.
+
+This covers what PyTorch builds from ``Linear``, ``Conv2d``, ``BatchNorm``,
+activations, pooling and ``Flatten`` in a line (an MLP, LeNet-5, a VGG-like or
+skip-less ResNet-like CNN); a network whose arrays break the chain (a skip
+connection, grouped convolutions, a weight whose input matches no group) is refused,
+naming the array. A skip connection between groups of equal widths leaves no trace in
+the arrays: :func:`check_model` traces the model itself with ``torch.fx`` and refuses
+it, naming the layer.
+
+``kept`` is one sorted int array of global indices per group, as everywhere in
+fogsim (``fogsim.device.pruning``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+Kept = list[np.ndarray]
+
+
+class ChainError(ValueError):
+    """The arrays are not a chain of layers this module can slice."""
+
+
+@dataclass(frozen=True)
+class Role:
+    """How one array is sliced: along axis 0 by group ``out`` (None: whole), along
+    axis 1 by group ``inp`` with ``span`` columns per neuron (None: whole)."""
+
+    out: int | None
+    inp: int | None = None
+    span: int = 1
+
+
+@dataclass(frozen=True)
+class ChainLayout:
+    """Each array's :class:`Role`, and every group's global width."""
+
+    roles: dict[str, Role]
+    widths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, shapes: Mapping[str, Sequence[int]]) -> ChainLayout:
+        """The layout of arrays named and shaped ``shapes`` (``state_dict`` order)."""
+        layers = [k for k, s in shapes.items() if len(s) in (2, 4)]
+        if len(layers) < 2:
+            raise ChainError(f"need at least two Linear/Conv2d weights, found {layers}")
+        roles: dict[str, Role] = {}
+        widths: list[int] = []
+        group: int | None = None  # the group the arrays seen last produce
+        for name, shape in shapes.items():
+            if len(shape) in (2, 4):
+                roles[name], group = cls._layer(name, tuple(shape), widths, group, layers)
+            elif len(shape) == 0:
+                roles[name] = Role(None)
+            elif len(shape) == 1:
+                roles[name] = cls._vector(name, shape[0], widths, group, layers)
+            else:
+                raise ChainError(f"array {name!r} of shape {tuple(shape)}: not a layer")
+        return cls(roles, tuple(widths))
+
+    @staticmethod
+    def _layer(
+        name: str, shape: tuple[int, ...], widths: list[int], group: int | None, layers: list[str]
+    ) -> tuple[Role, int | None]:
+        last = name == layers[-1]
+        inp, span = None, 1
+        if group is not None:
+            if shape[1] % widths[group]:
+                raise ChainError(
+                    f"array {name!r} of shape {shape}: its {shape[1]} inputs are not a "
+                    f"whole number per neuron of the {widths[group]} before it (a skip "
+                    "connection or grouped convolution breaks the chain)"
+                )
+            inp, span = group, shape[1] // widths[group]
+            if len(shape) == 4 and span != 1:
+                raise ChainError(f"array {name!r}: a conv reading {span} columns per channel")
+        if last:
+            return Role(None, inp, span), None
+        widths.append(shape[0])
+        return Role(len(widths) - 1, inp, span), len(widths) - 1
+
+    @staticmethod
+    def _vector(
+        name: str, size: int, widths: list[int], group: int | None, layers: list[str]
+    ) -> Role:
+        if group is None:
+            if name.rsplit(".", 1)[0] == layers[-1].rsplit(".", 1)[0] or not widths:
+                return Role(None)  # the output layer's bias (or an input norm)
+            raise ChainError(f"array {name!r} follows no layer's neurons")
+        if size != widths[group]:
+            raise ChainError(
+                f"array {name!r} has {size} entries after a layer of {widths[group]} neurons"
+            )
+        return Role(group)
+
+    def scaled(self, fraction: float) -> list[int]:
+        """Every group cut to ``ceil(fraction * width)`` neurons (at least 1)."""
+        return [max(1, math.ceil(fraction * w)) for w in self.widths]
+
+    def axes(self, name: str, shape: Sequence[int], kept: Kept) -> list[np.ndarray]:
+        """Global indices along each axis of array ``name`` (global ``shape``)."""
+        role = self.roles[name]
+        axes = [np.arange(n) for n in shape]
+        if role.out is not None:
+            axes[0] = np.asarray(kept[role.out])
+        if role.inp is not None:
+            k = np.asarray(kept[role.inp])
+            axes[1] = (k[:, None] * role.span + np.arange(role.span)[None, :]).reshape(-1)
+        return axes
+
+    def index(self, shapes: Mapping[str, Sequence[int]], kept: Kept) -> dict[str, tuple]:
+        """Per array, the numpy index of the global elements a sub-model holds."""
+        out = {}
+        for name, shape in shapes.items():
+            axes = self.axes(name, shape, kept)
+            picked = [d for d, a in enumerate(axes) if len(a) != shape[d]]
+            grids = dict(zip(picked, np.ix_(*(axes[d] for d in picked)), strict=True))
+            out[name] = tuple(grids.get(d, slice(None)) for d in range(len(shape)))
+        return out
+
+    def extract(self, state: Mapping[str, np.ndarray], kept: Kept) -> dict[str, np.ndarray]:
+        """The sub-model of ``state`` holding the neurons ``kept`` (compact copies)."""
+        index = self.index({k: v.shape for k, v in state.items()}, kept)
+        return {k: np.asarray(v[index[k]], order="C") for k, v in state.items()}
+
+    def sub_shapes(self, shapes: Mapping[str, Sequence[int]], kept: Kept) -> dict[str, tuple]:
+        """The shapes of the sub-model holding ``kept``."""
+        return {k: tuple(len(a) for a in self.axes(k, s, kept)) for k, s in shapes.items()}
+
+
+# what a chain may hold between its layers: one tensor in, one out, no weights to tie
+PASS_THROUGH = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+)
+LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def check_model(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Refuse, naming the layer, a model whose arrays :class:`ChainLayout` would slice
+    wrongly: traced with ``torch.fx`` on a batch of ``input_shape`` inputs, every
+    module must be a :data:`LAYERS` or :data:`PASS_THROUGH` one (a convolution not
+    grouped), used once, every operation must read one tensor (an ``add`` or ``cat``
+    of two is a skip connection, which ties neuron groups the arrays do not show),
+    and the layers must run in their ``state_dict`` order. The arrays alone cannot
+    tell a residual block from a chain whose widths happen to match: call this where
+    the model is known (the example ``ServerApp`` does)."""
+    graph = fx.symbolic_trace(model)
+    example = torch.zeros(2, *input_shape)
+    try:
+        ShapeProp(graph).propagate(example)
+    except RuntimeError as e:
+        cause = e.__cause__ or e
+        raise ChainError(
+            f"the model does not run on inputs of shape {tuple(example.shape)}: {cause}"
+        ) from None
+    modules = dict(graph.named_modules())
+    used: list[str] = []
+    for node in graph.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        tensors = [a for a in node.all_input_nodes if _is_tensor(a)]
+        if len(tensors) > 1:
+            names = ", ".join(str(a) for a in tensors)
+            raise ChainError(
+                f"{node.name} ({node.target}){_where(node)} joins {names}: a skip connection"
+            )
+        if node.op != "call_module":
+            continue
+        module = modules[node.target]
+        if not isinstance(module, LAYERS + PASS_THROUGH):
+            raise ChainError(f"layer {node.target!r} ({type(module).__name__}) is not supported")
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            raise ChainError(f"layer {node.target!r}: a grouped convolution")
+        if isinstance(module, LAYERS):
+            if node.target in used:
+                raise ChainError(f"layer {node.target!r} is used twice (shared weights)")
+            used.append(node.target)
+    order = [name for name, m in model.named_modules() if isinstance(m, LAYERS)]
+    if used != order:
+        raise ChainError(f"layers run in the order {used}, their arrays are stored as {order}")
+
+
+def _where(node: fx.Node) -> str:
+    """`` in layer 'name' (Class)``: the innermost module whose forward holds ``node``
+    (what a user can find in their model), or nothing at the top level."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    return f" in layer {path!r} ({getattr(cls, '__name__', cls)})"
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    return isinstance(node.meta.get("tensor_meta"), TensorMetadata)
