@@ -72,6 +72,8 @@ def _run(request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     """Run :func:`_worker` with ``request`` in a fresh Python under the counter."""
     env = {
         **os.environ,
+        # the driver's own path: the same fogsim, and a user's factory module, as here
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "LD_PRELOAD": str(library()),
         "PYTHONMALLOC": "malloc",
         "OMP_NUM_THREADS": "1",
