@@ -86,3 +86,13 @@ def test_a_fleet_that_cannot_hold_the_factory_model_is_refused(factory_scenario:
     result = runner.invoke(app, ["validate", str(factory_scenario), *sets])
     assert result.exit_code == 2, result.output
     assert "the factory model (trained dense only)" in result.output, result.output
+
+
+def test_a_resolved_factory_scenario_reads_back(factory_scenario: Path) -> None:
+    """scenario.json (resume) and the clients' spec list every field, the FogNet ones
+    at their defaults: that is not a conflict with factory."""
+    from fogsim.scenario import Scenario, load_scenario
+
+    sc = load_scenario(factory_scenario)
+    again = Scenario.model_validate(sc.model_dump(mode="json"))
+    assert again.model.factory == f"{MOD}:lenet5"
