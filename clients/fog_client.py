@@ -57,6 +57,8 @@ def _partitions(
         seed=seed,
         alpha=data.alpha,
         shards_per_node=data.shards_per_node,
+        partitioner=data.partitioner,
+        partitioner_params=data.partitioner_params,
         weights=list(shares) if shares is not None else None,
     )
 
