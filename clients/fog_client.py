@@ -38,7 +38,7 @@ from fogsim.device.dynhp_train import lr_scale, train_dynhp
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, macs_per_sample, model_from_state, num_params, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
-from fogsim.flower import cohort, wire
+from fogsim.flower import cohort, partial, wire
 from fogsim.flower.wire import ClientSpec
 from fogsim.scenario import DataSection
 
@@ -269,8 +269,12 @@ def evaluate_local(content: RecordDict) -> RecordDict:
 
 
 def reply_train(msg: Message) -> Message:
-    """The reply to a training message: each node of its cohort trained in turn."""
-    return Message(cohort.handle(msg.content, train), reply_to=msg)
+    """The reply to a training message: each node of its cohort trained in turn, their
+    good updates summed where the strategy's aggregate is a sum (``fogsim.flower.partial``)."""
+    content = cohort.handle(msg.content, train)
+    if msg.content[wire.CONFIG].get(wire.SUM):
+        content = partial.fold(msg.content, content, wire.spec_of(msg.content).arch.output_names)
+    return Message(content, reply_to=msg)
 
 
 def reply_evaluate(msg: Message) -> Message:

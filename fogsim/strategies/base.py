@@ -179,6 +179,8 @@ class FogStrategy(ReplyIntake, FedAvg):
                     wire.CLASS: self.fleet.device(node).name,
                     wire.BUDGET: self.fleet.budget(node),
                 }
+                if config.get(wire.SUM):  # the client decides what it sums as we would
+                    own |= self.window(node).config()
                 payloads.append({**records, wire.CONFIG: ConfigRecord(own)})
             content = cohort.pack(cohort_nodes, payloads, shared, arrays)
             mailbox = self.node_ids[j % len(self.node_ids)]
