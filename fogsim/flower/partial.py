@@ -29,6 +29,7 @@ order (~1e-7 relative; ``tests/flower/test_partial.py`` compares cohort sizes).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -83,8 +84,10 @@ class MaskedSum:
             f"{DEN}:{k}": v for k, v in self.den.items()
         }
 
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in self.num.values()) + sum(v.nbytes for v in self.den.values())
+    @staticmethod
+    def bytes_for(shapes: Mapping[str, Sequence[int]]) -> int:
+        """Bytes of the sum over ``shapes``: ``num`` and ``den``, float64 each."""
+        return 2 * 8 * sum(math.prod(s) for s in shapes.values())
 
 
 def add_update(total: MaskedSum, content: RecordDict, label_mask: bool) -> None:
@@ -103,36 +106,35 @@ def fold(sent: RecordDict, replied: RecordDict, output: tuple[str, str]) -> Reco
     metrics, and one ``partial`` record of the sum plus the nodes in it. Unchanged
     when the sum would weigh more than the weights it replaces."""
     shapes = {k: a.shape for k, a in sent[wire.ARRAYS].items()}
-    total, summed, replaced = MaskedSum(shapes, output), [], 0
-    trained: dict[int, tuple[bool, int]] = {}
+    trained: dict[int, tuple[bool, int]] = {}  # node -> (finite, bytes up)
+    good: list[tuple[int, RecordDict, bool]] = []  # (node, reply, label mask) to sum
     for node, own in cohort.unpack(sent):
-        reply = {
-            n[len(cohort.key(node, "")) :]: r
-            for n, r in replied.items()
-            if n.startswith(cohort.key(node, ""))
-        }
-        if wire.ARRAYS not in reply:  # crashed, dropped out or refused
+        prefix = cohort.key(node, "")
+        content = RecordDict(
+            {n[len(prefix) :]: r for n, r in replied.items() if n.startswith(prefix)}
+        )
+        if wire.ARRAYS not in content:  # crashed, dropped out or refused
             continue
-        content = RecordDict(reply)
         status = verdict.reply_status(content)
         up = wire.array_bytes(content[wire.ARRAYS])
         trained[node] = (status == "ok", up)
-        replaced += up
         flops = float(content[wire.METRICS].get(wire.TRAIN_FLOPS, 0.0))
         window = verdict.Window.of_config(own[wire.CONFIG])
         if verdict.on_the_clock(status, window, up, flops)[0] == "ok":
-            add_update(total, content, bool(own[wire.CONFIG].get(wire.LABEL_MASK)))
-            summed.append(node)
-    if total.nbytes() >= replaced:
+            good.append((node, content, bool(own[wire.CONFIG].get(wire.LABEL_MASK))))
+    if MaskedSum.bytes_for(shapes) >= sum(up for _, up in trained.values()):
         return replied
+    total = MaskedSum(shapes, output)
+    for _, content, label_mask in good:
+        add_update(total, content, label_mask)
     out = RecordDict({k: r for k, r in replied.items() if not _is_weights(k)})
     for node, (finite, up) in trained.items():
         metrics = dict(out[cohort.key(node, wire.METRICS)])
         metrics.update({wire.BYTES_UP: up, wire.FINITE: int(finite)})
         out[cohort.key(node, wire.METRICS)] = MetricRecord(metrics)
-    if summed:
+    if good:
         out[wire.PARTIAL] = wire.numpy_record(total.arrays())
-    out[wire.PARTIAL_NODES] = ConfigRecord({wire.PARTIAL_NODES: summed})
+    out[wire.PARTIAL_NODES] = ConfigRecord({wire.PARTIAL_NODES: [n for n, _, _ in good]})
     return out
 
 
