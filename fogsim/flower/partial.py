@@ -73,6 +73,12 @@ class MaskedSum:
             sub = {k: v for k, v in sub.items() if k not in self.output}
         scatter_add_submodel(num, den, sub, kept, n)
 
+    def add_whole(self, state: dict[str, np.ndarray], n: float) -> None:
+        """One update of the whole model, ``n`` examples."""
+        for name, value in state.items():
+            self.num[name] += n * value.astype(np.float64)  # float32 * n would round
+            self.den[name] += n
+
     def add_sums(self, record: Mapping[str, np.ndarray]) -> None:
         """Another sum, as :meth:`arrays` gives it."""
         for name in self.num:
@@ -95,6 +101,9 @@ def add_update(total: MaskedSum, content: RecordDict, label_mask: bool) -> None:
     its ``labels`` weigh the output rows)."""
     n = float(content[wire.METRICS][wire.NUM_EXAMPLES])
     sub = {k: wire.to_numpy(v) for k, v in content[wire.ARRAYS].items()}
+    if wire.KEPT not in content:  # the whole model (FedAvg)
+        total.add_whole(sub, n)
+        return
     masked = label_mask and wire.LABELS in content
     labels = wire.unpack_labels(content[wire.LABELS]) if masked else None
     total.add(sub, wire.unpack_kept(content[wire.KEPT]), n, labels)

@@ -33,22 +33,20 @@ small device training at batch 18 uses ``lr * sqrt(18/32)`` as DynHP's clients d
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fogsim.device.pruning import Kept, extract_submodel
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
-from fogsim.flower.partial import MaskedSum, add_update
 from fogsim.scenario import Scenario
 from fogsim.strategies.base import FogStrategy
+from fogsim.strategies.summed import SummedAggregate
 
 
-class SubModelStrategy(FogStrategy):
+class SubModelStrategy(SummedAggregate, FogStrategy):
     """Base of sub-model strategies: subclasses choose :meth:`kept_at`, the neurons a
     device of a given width fraction holds (and may override :meth:`kept_for`)."""
 
@@ -77,7 +75,6 @@ class SubModelStrategy(FogStrategy):
         # per parameter, the weight behind the last aggregate (sum n_k m_k): what a fog
         # tier's model is merged with at the cloud (fogsim.topology.merge)
         self.merge_weights: dict[str, np.ndarray] | None = None
-        self.total: MaskedSum  # a round's running sums (begin_aggregate)
 
     @abstractmethod
     def kept_at(self, fraction: float, server_round: int) -> Kept:
@@ -86,13 +83,6 @@ class SubModelStrategy(FogStrategy):
     def kept_for(self, node: int, server_round: int) -> Kept:
         """The neurons ``node`` holds this round."""
         return self.kept_at(self.width_fraction(node), server_round)
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self.global_state = {k: v.numpy() for k, v in arrays.items()}
-        config[wire.SUM] = 1  # the aggregate is a sum: clients sum their cohorts
-        return super().configure_train(server_round, arrays, config, grid)
 
     def node_payload(
         self, node: int, arrays: ArrayRecord, server_round: int
@@ -115,40 +105,11 @@ class SubModelStrategy(FogStrategy):
             out[wire.BATCH_LR] = 1
         return out
 
-    def aggregate(
-        self, server_round: int, replies: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.begin_aggregate()
-        for msg in replies:
-            self.absorb(server_round, msg)
-        return self.merged(server_round)
-
-    def begin_aggregate(self) -> None:
-        """Zero the running sums ``num = sum n_k m_k w_k`` and ``den = sum n_k m_k``."""
-        shapes = {k: v.shape for k, v in self.global_state.items()}
-        self.total = MaskedSum(shapes, self.arch.output_names)
-
-    def absorb(self, server_round: int, msg: Message) -> None:
-        """Add one update, or a client's sum of several (``fogsim.flower.partial``),
-        into the running sums, where the nodes hold each element."""
-        if wire.PARTIAL in msg.content:
-            self.total.add_sums({k: wire.to_numpy(v) for k, v in msg.content[wire.PARTIAL].items()})
-        else:
-            add_update(self.total, msg.content, self.label_mask)
-
     def merged(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Each element's average over the updates holding it; elements none held keep
-        their value."""
-        num, den = self.total.num, self.total.den
-        self.global_state = {
-            k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
-            for k, old in self.global_state.items()
-        }
-        self.merge_weights = den
-        del self.total
-        held = sum(int((d > 0).sum()) for d in den.values())
-        self.round_stats["union_params"] = held
-        return wire.numpy_record(self.global_state), None
+        new = super().merged(server_round)
+        self.merge_weights = self.last_den  # what a fog tier merges this model with
+        self.round_stats["union_params"] = sum(int((d > 0).sum()) for d in self.last_den.values())
+        return new
 
     def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
         self.kept[node] = wire.unpack_kept(msg.content[wire.KEPT])

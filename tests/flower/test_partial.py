@@ -44,7 +44,9 @@ def node_arrays(reply: Message) -> list[str]:
     return [k for k in reply.content if k.endswith(cohort.SEP + wire.ARRAYS)]
 
 
-@pytest.mark.parametrize("strategy", ["mask-union", "heterofl", "fedrolex"])
+@pytest.mark.parametrize(
+    "strategy", ["mask-union", "heterofl", "fedrolex", "fedavg", "fedavg-feasible"]
+)
 def test_a_cohort_replies_one_sum_and_the_round_is_unchanged(tiny_scenario, strategy) -> None:
     sets = [f"strategy.name='{strategy}'"]
     alone, replies_alone, expected = one_round(tiny_scenario, sets, 1)
@@ -90,3 +92,11 @@ def test_a_sum_the_server_disagrees_with_stops_the_round(tiny_scenario) -> None:
 def test_no_sum_where_it_would_weigh_more_than_the_weights(tiny_scenario) -> None:
     _, replies, _ = one_round(tiny_scenario, ["strategy.name='heterofl'"], 1)
     assert all(wire.PARTIAL_NODES not in r.content and node_arrays(r) for r in replies)
+
+
+def test_a_flower_strategy_gets_every_update_on_its_own(tiny_scenario) -> None:
+    """A plug-in aggregates with its own code: its clients never sum."""
+    sets = ["strategy.flower='flwr.serverapp.strategy:FedAvg'"]
+    s, (reply,), _ = one_round(tiny_scenario, sets, 8)
+    assert wire.PARTIAL_NODES not in reply.content and len(node_arrays(reply)) == 8
+    assert s.round_stats["aggregated"] == 8
