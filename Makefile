@@ -36,7 +36,7 @@ run: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # the unit tests only: no real Flower + Ray run (tests marked slow)
 test-fast: install

@@ -70,6 +70,11 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.masks='own'",
         "strategy.params.target_batch='max'",
     ],
+    "mask-union-care": [  # HeteroFL's reference care on mask-union (the idea)
+        "strategy.name='mask-union'",
+        "strategy.params.clip_grad=1.0",
+        "strategy.params.label_mask=true",
+    ],
     "heterofl": ["strategy.name='heterofl'"],
     "heterofl-plain": [
         "strategy.name='heterofl'",

@@ -41,7 +41,7 @@ from fogsim.device.factory import macs_per_sample as factory_macs
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, macs_per_sample, num_params, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
-from fogsim.flower import cohort, wire
+from fogsim.flower import cohort, partial, wire
 from fogsim.flower.wire import ClientSpec
 from fogsim.scenario import DataSection
 
@@ -60,6 +60,8 @@ def _partitions(
         seed=seed,
         alpha=data.alpha,
         shards_per_node=data.shards_per_node,
+        partitioner=data.partitioner,
+        partitioner_params=data.partitioner_params,
         weights=list(shares) if shares is not None else None,
     )
 
@@ -290,8 +292,12 @@ def evaluate_local(content: RecordDict) -> RecordDict:
 
 
 def reply_train(msg: Message) -> Message:
-    """The reply to a training message: each node of its cohort trained in turn."""
-    return Message(cohort.handle(msg.content, train), reply_to=msg)
+    """The reply to a training message: each node of its cohort trained in turn, their
+    good updates summed where the strategy's aggregate is a sum (``fogsim.flower.partial``)."""
+    content = cohort.handle(msg.content, train)
+    if msg.content[wire.CONFIG].get(wire.SUM):
+        content = partial.fold(msg.content, content, wire.spec_of(msg.content).arch.output_names)
+    return Message(content, reply_to=msg)
 
 
 def reply_evaluate(msg: Message) -> Message:

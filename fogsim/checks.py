@@ -93,6 +93,8 @@ def check_data(sc: Scenario) -> None:
             seed=sc.run.seed,
             alpha=d.alpha,
             shards_per_node=d.shards_per_node,
+            partitioner=d.partitioner,
+            partitioner_params=d.partitioner_params,
             weights=sc.fleet.data_shares,
         )
     except ValueError as e:

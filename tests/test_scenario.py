@@ -36,7 +36,7 @@ BAD = [
     ("run.seed='x'", ["run.seed", "integer", "'x'"]),
     (
         "data.dataset=cifar",
-        ["data.dataset", "'mnist', 'fashion-mnist', 'npz' or 'images'", "cifar"],
+        ["data.dataset", "'mnist', 'fashion-mnist', 'digits', 'npz', 'images' or 'hf'", "cifar"],
     ),
     ("data.partitioning=zipf", ["data.partitioning", "iid", "dirichlet", "zipf"]),
     ("data.alpha=-1", ["data.alpha", "greater than 0"]),

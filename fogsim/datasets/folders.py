@@ -1,5 +1,4 @@
-"""Your own data set as a directory of images by class, and the refusal of a saved
-Hugging Face dataset (a directory too, which fogsim cannot read without ``datasets``).
+"""Your own data set as a directory of images by class.
 
 The layout is the one torchvision's ``ImageFolder`` and Keras'
 ``image_dataset_from_directory`` read, one level up for the splits::
@@ -16,7 +15,6 @@ shared 2-core machine): for big data sets a ``.npz`` loads faster.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MODES = {"L": 1, "RGB": 3}  # Pillow's mode -> channels
 ALLOWED_MODES = "L (grey, 1 channel) or RGB (3 channels)"
 LAYOUT = "root/train/<class>/<image> and, optionally, root/test/<class>/<image>"
-HF_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")  # save_to_disk's
 
 
 def load_image_folder(root: Path) -> ImageData:
@@ -93,28 +90,6 @@ def load_image_folder(root: Path) -> ImageData:
         train_x, train_y = train_x[train], train_y[train]
     mean, std = channel_stats(train_x)
     return ImageData("images", train_x, train_y, test_x, test_y, mean, std)
-
-
-def refuse_saved_hf(path: Path) -> None:
-    """A :class:`DatasetError` if ``path`` is a directory ``datasets.save_to_disk``
-    wrote (it holds ``dataset_info.json``, ``state.json`` or ``dataset_dict.json``):
-    its Arrow files are read only by the Hugging Face ``datasets`` package, which
-    fogsim does not depend on (nor ``pyarrow``), so the error says what to give
-    instead rather than a puzzling "no train folder" or "not a .npz file"."""
-    found = [m for m in HF_MARKERS if (path / m).is_file()] if path.is_dir() else []
-    if not found:
-        return
-    if importlib.util.find_spec("datasets") is None:
-        why = "the Hugging Face package `datasets`, which is not installed"
-    else:
-        why = "the Hugging Face package `datasets`, which fogsim does not use"
-    raise DatasetError(
-        f"{path}: a saved Hugging Face dataset (holds {', '.join(found)}, as "
-        f"save_to_disk writes); reading it needs {why}. Allowed instead: dataset = "
-        f"'images' ({LAYOUT}), 'npz' (a .npz of x_train, y_train, x_test, y_test or "
-        "x, y), 'mnist' or 'fashion-mnist' (IDX files); the README shows how to "
-        "convert a saved dataset to a .npz where `datasets` is installed"
-    )
 
 
 def _class_dirs(split_dir: Path) -> list[str]:

@@ -44,7 +44,20 @@ def load_npz(path: Path) -> ImageData:
         raise DatasetError(
             f"{path}: holds {sorted(arrays)}; expected {', '.join(NPZ_KEYS)} or x, y"
         )
-    train_x, train_y, test_x, test_y = parts
+    return from_arrays("npz", path, *parts)
+
+
+def from_arrays(
+    name: str,
+    path: Path,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+) -> ImageData:
+    """An :class:`ImageData` of arrays read from ``path`` in any of the forms
+    :func:`load_npz` takes, checked (errors name ``path``), channels first, each
+    channel normalised by the training images' mean and std."""
     images = [
         _channels_first(path, x, split) for x, split in ((train_x, "train"), (test_x, "test"))
     ]
@@ -57,7 +70,7 @@ def load_npz(path: Path) -> ImageData:
             f"{path}: train images {images[0].shape[1:]}, test {images[1].shape[1:]}"
         )
     mean, std = channel_stats(images[0])
-    return ImageData("npz", images[0], labels[0], images[1], labels[1], mean, std)
+    return ImageData(name, images[0], labels[0], images[1], labels[1], mean, std)
 
 
 def _channels_first(path: Path, x: np.ndarray, split: str) -> np.ndarray:

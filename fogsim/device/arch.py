@@ -29,6 +29,11 @@ class Arch:
         return cls(tuple(model.channels), tuple(model.hidden), model.in_shape, model.num_classes)
 
     @property
+    def output_names(self) -> tuple[str, str]:
+        """The output layer's weight and bias in a FogNet's ``state_dict``."""
+        return f"fcs.{len(self.hidden)}.weight", f"fcs.{len(self.hidden)}.bias"
+
+    @property
     def widths(self) -> list[int]:
         """Every prunable neuron group's width, conv channels first (as FogNet)."""
         return [*self.channels, *self.hidden]

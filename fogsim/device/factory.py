@@ -234,6 +234,13 @@ class FactoryArch:
     def widths(self) -> list[int]:
         return list(self.model.widths)
 
+    @property
+    def output_names(self) -> tuple[str, str]:
+        """The output layer's weight and bias in the model's ``state_dict`` (as
+        ``Arch.output_names``; the bias's name even where the layer has none)."""
+        weight = [k for k, shape in self.model.shapes if len(shape) in (2, 4)][-1]
+        return weight, weight.rsplit(".", 1)[0] + ".bias"
+
     def scaled(self, fraction: float) -> FactoryArch:
         """The dense model, whatever ``fraction``: factory models are not narrowed."""
         return self

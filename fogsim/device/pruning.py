@@ -212,7 +212,7 @@ def scatter_add_submodel(
     index = submodel_index({k: v.shape for k, v in num.items()}, kept)
     for name, value in sub_state.items():
         ix = index[name]
-        num[name][ix] += weight * np.asarray(value)
+        num[name][ix] += weight * np.asarray(value, dtype=np.float64)  # not float32 products
         den[name][ix] += weight
 
 

@@ -12,7 +12,9 @@ another and replies with every node's records under its prefix; a node whose han
 raised gets ``"<node>/crash"`` (the reason) instead, and the others are unharmed.
 
 On the server each node's part of the reply becomes a :class:`Message` of its own
-(:func:`replies_of`), so strategies see one reply per fleet node, as before, and
+(:func:`replies_of`; where the client summed the cohort's good updates, a record
+outside every node's prefix holds the sum, ``fogsim.flower.partial``), so strategies
+see one reply per fleet node, as before, and
 everything users see (metrics, statuses, bytes, simulated time, energy) is still per
 fleet node. Training and evaluation are seeded per (seed, round, node), so results do
 not depend on the cohort size (a test compares sizes 1 and 3 per strategy).

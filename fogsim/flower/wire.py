@@ -24,7 +24,11 @@ names with ``-`` → ``_`` are the columns of ``nodes.csv``) and, unless the nod
 dropped out or refused, ``arrays`` (the trained weights), ``kept`` and ``dynhp``,
 and ``labels`` (:data:`LABELS`: the node's training examples per label) when the
 message asked for ``LABEL_MASK``; a
-refusal adds ``error`` (:data:`ERROR`, ``reason``). Clients keep no state: what a node
+refusal adds ``error`` (:data:`ERROR`, ``reason``). A message that asks for
+:data:`SUM` (with each node's :data:`CLOCK`, :data:`BYTES_DOWN` and the round's
+:data:`DEADLINE`) may get its cohort's good updates back summed in one
+:data:`PARTIAL` record, the nodes' ``arrays`` replaced by their :data:`BYTES_UP` and
+:data:`FINITE` metrics (``fogsim.flower.partial``). Clients keep no state: what a node
 must remember between rounds comes back in its reply and goes out with its next
 message, so any Flower node can serve any fleet node.
 
@@ -58,6 +62,8 @@ CONFIG = "config"
 METRICS = "metrics"
 ERROR = "error"
 LABELS = "labels"  # reply: {"labels": int64 examples per label} (label-masking strategies)
+PARTIAL = "partial"  # reply: a cohort's good updates summed (fogsim.flower.partial)
+PARTIAL_NODES = "partial-nodes"  # reply: {"partial-nodes": the fleet nodes in that sum}
 
 # config keys (server → client)
 NODE = "node"  # the fleet node this message is for
@@ -74,6 +80,11 @@ CLIP = "clip-grad"  # > 0: clip the gradient norm to this each step
 LABEL_MASK = "label-mask"  # 1: mask the logits of labels absent locally, reply LABELS
 BATCH_LR = "batch-lr"  # 1 (fixed sub-models): scale the LR with the batch as DynHP does
 PROXIMAL_MU = "proximal-mu"  # > 0: FedProx's proximal term (Flower's FedProx sets it)
+SUM = "sum-updates"  # 1: sum the cohort's good updates on the client (fogsim.flower.partial)
+# with SUM, what decides a node's fate on the clock (fogsim.flower.verdict.Window)
+CLOCK = "clock"  # [flops, up Mbit/s, down Mbit/s, latency ms, round start s, window end s]
+BYTES_DOWN = "bytes-down"
+DEADLINE = "deadline-s"
 
 MODES = ("dense", "plain", "dynhp")
 
@@ -89,6 +100,8 @@ NEEDED_MEMORY = "needed-memory"  # a refusal: bytes batch 1 would need
 TRAIN_FLOPS = "train-flops"
 TIME_S = "time-s"  # real seconds on the client
 DROPPED_OUT = "dropped-out"  # 1: the node went offline (no update)
+BYTES_UP = "bytes-up"  # the weights' bytes, when they were summed on the client (SUM)
+FINITE = "finite"  # 1: those weights were finite (SUM)
 ACCURACY, LOSS = "accuracy", "loss"  # evaluation replies
 
 DYNHP_STATE = ("score", "streak", "seen")  # per-group arrays of DynHP's state

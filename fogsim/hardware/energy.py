@@ -23,13 +23,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-class Figures(Protocol):
-    """What the timeline and the energy need from a device class (``DeviceClass``)."""
+class Speeds(Protocol):
+    """What the timeline needs from a device class (``DeviceClass``)."""
 
     flops: float
     up_mbps: float
     down_mbps: float
     latency_ms: float
+
+
+class Figures(Speeds, Protocol):
+    """What the timeline and the energy need from a device class (``DeviceClass``)."""
+
     active_w: float | None
     idle_w: float | None
     tx_j_per_byte: float | None
@@ -50,7 +55,7 @@ class Timeline:
         return self.down_s + self.compute_s + self.up_s
 
 
-def timeline(dev: Figures, bytes_down: int, bytes_up: int, flops: float) -> Timeline:
+def timeline(dev: Speeds, bytes_down: int, bytes_up: int, flops: float) -> Timeline:
     """Download + compute + upload time of one client round on ``dev``."""
     latency = dev.latency_ms / 1000.0
     return Timeline(

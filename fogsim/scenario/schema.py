@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
-from fogsim.data import DATASETS, OWN, PARTITIONINGS
+from fogsim.data import BUILT_IN_SHAPES, DATASETS, OWN, PARTITIONINGS
+from fogsim.datasets.partitioners import problems as partitioner_problems
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.factory import FactoryArch, memory_table
@@ -49,26 +50,63 @@ class DataSection(Section):
     samples_per_node: int = Field(
         100, ge=1, description="draws: each node's own draw from the training set"
     )
+    partitioner: str | None = Field(
+        None,
+        description="flower: a flwr_datasets.partitioner class (e.g. 'DirichletPartitioner') "
+        "or 'module:Class'",
+    )
+    partitioner_params: dict[str, Any] = Field(
+        {}, description="flower: the partitioner's arguments (num_partitions is fleet.nodes)"
+    )
     client_test_fraction: float = Field(0.1, ge=0, lt=1)
     image_shape: list[Annotated[int, Field(ge=1)]] = Field(
         list(IMAGE_SHAPE),
         min_length=3,
         max_length=3,
-        description="channels, height, width of one image (npz, images: checked against it)",
+        description="channels, height, width of one image (a built-in set's own by default; "
+        "npz, images, hf: checked against it)",
     )
-    num_classes: int = Field(NUM_CLASSES, ge=2, description="labels 0..num_classes-1")
+    num_classes: int = Field(
+        NUM_CLASSES, ge=2, description="labels 0..num_classes-1 (a built-in set's own by default)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _built_in_shape(cls, values: Any) -> Any:
+        """A built-in data set's image shape and classes are its own unless given."""
+        if isinstance(values, dict) and values.get("dataset") in BUILT_IN_SHAPES:
+            shape, classes = BUILT_IN_SHAPES[values["dataset"]]
+            values = {"image_shape": list(shape), "num_classes": classes} | values
+        return values
 
     @model_validator(mode="after")
     def _shape_of_known_sets(self) -> DataSection:
         if self.dataset in OWN:
             if not self.path:
                 raise ValueError(f"path: dataset {self.dataset!r} needs path = {OWN[self.dataset]}")
-        elif (tuple(self.image_shape), self.num_classes) != (IMAGE_SHAPE, NUM_CLASSES):
+        elif (tuple(self.image_shape), self.num_classes) != BUILT_IN_SHAPES[self.dataset]:
+            shape, classes = BUILT_IN_SHAPES[self.dataset]
             raise ValueError(
                 f"image_shape = {self.image_shape}, num_classes = {self.num_classes}: "
-                f"{self.dataset} has {list(IMAGE_SHAPE)} images in {NUM_CLASSES} classes "
-                "(set them only for dataset = 'npz' or 'images')"
+                f"{self.dataset} has {list(shape)} images in {classes} classes "
+                "(set them only for dataset = 'npz', 'images' or 'hf')"
             )
+        elif self.dataset == "digits" and self.path:
+            raise ValueError(
+                f"path = {self.path!r}: dataset 'digits' ships inside scikit-learn; leave path out"
+            )
+        if (self.partitioning == "flower") != (self.partitioner is not None):
+            raise ValueError(
+                f"partitioner = {self.partitioner!r} with partitioning = "
+                f"{self.partitioning!r}: a partitioner goes with partitioning = 'flower', "
+                "and partitioning 'flower' needs one (e.g. 'DirichletPartitioner')"
+            )
+        if self.partitioner_params and self.partitioning != "flower":
+            raise ValueError("partitioner_params: only for partitioning = 'flower'")
+        if self.partitioner is not None:
+            problems = partitioner_problems(self.partitioner, self.partitioner_params)
+            if problems:
+                raise ValueError(problems[0])
         return self
 
 
@@ -308,10 +346,13 @@ class Scenario(Section):
                     f"faults.classes.{name}: no such class in fleet.classes; "
                     f"allowed: {', '.join(names)}"
                 )
-        if self.fleet.data_shares is not None and self.data.partitioning in ("shards", "draws"):
+        if self.fleet.data_shares is not None and self.data.partitioning not in (
+            "iid",
+            "dirichlet",
+        ):
             problems.append(
-                f"data.partitioning: {self.data.partitioning!r} gives every node the same "
-                "number of samples; fleet.file's data_share needs 'iid' or 'dirichlet'"
+                f"data.partitioning: {self.data.partitioning!r} takes no node weights; "
+                "fleet.file's data_share needs 'iid' or 'dirichlet'"
             )
         if sim.min_replies > sim.clients_per_round:
             problems.append(

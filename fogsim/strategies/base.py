@@ -25,6 +25,7 @@ documented in its class docstring and set by ``[strategy] params``.
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any
@@ -42,6 +43,7 @@ from fogsim.hardware.energy import Timeline
 from fogsim.scenario import Scenario
 from fogsim.strategies.intake import ReplyIntake, RoundReplies
 
+REGISTRATION_WAIT_S = 120  # real seconds for Flower to register its nodes (mailboxes)
 MAX_WAITS = 1000  # window openings tried in search of a node on (low battery keeps one off)
 
 
@@ -125,12 +127,7 @@ class FogStrategy(ReplyIntake, FedAvg):
     def sample(self, k: int, grid: Grid, server_round: int, stream: int = 0) -> list[int]:
         """Up to ``k`` distinct available fleet nodes, seeded by (seed, round, stream)."""
         if not self.node_ids:
-            self.node_ids = sorted(grid.get_node_ids())
-            expected = self.scenario.simulation.flower_nodes
-            if len(self.node_ids) != expected:
-                raise RuntimeError(
-                    f"Flower registered {len(self.node_ids)} nodes, expected {expected}"
-                )
+            self.node_ids = registered_nodes(grid, self.scenario.simulation.flower_nodes)
         up, rng = self.candidates(server_round, stream)
         waits = 0
         while stream == 0 and not self.takes_part[up].any() and waits < MAX_WAITS:
@@ -179,6 +176,8 @@ class FogStrategy(ReplyIntake, FedAvg):
                     wire.CLASS: self.fleet.device(node).name,
                     wire.BUDGET: self.fleet.budget(node),
                 }
+                if config.get(wire.SUM):  # the client decides what it sums as we would
+                    own |= self.window(node).config()
                 payloads.append({**records, wire.CONFIG: ConfigRecord(own)})
             content = cohort.pack(cohort_nodes, payloads, shared, arrays)
             mailbox = self.node_ids[j % len(self.node_ids)]
@@ -235,3 +234,18 @@ class FogStrategy(ReplyIntake, FedAvg):
         above it trains at least that much (a vectorised test over the whole fleet,
         where :meth:`width_fraction` per node would run a bisection per node)."""
         return training_memory(self.arch.scaled(fraction), self.min_batch, self.optimizer)
+
+
+def registered_nodes(grid: Grid, expected: int) -> list[int]:
+    """Flower's registered nodes (fogsim's mailboxes), all ``expected`` of them: Flower's
+    simulation engine registers them in its own thread while the ServerApp may already
+    run (on a loaded machine a first round saw 0 or 1 of 4), so this waits up to
+    :data:`REGISTRATION_WAIT_S` for them."""
+    give_up = time.monotonic() + REGISTRATION_WAIT_S
+    while len(ids := grid.get_node_ids()) < expected and time.monotonic() < give_up:
+        time.sleep(0.05)
+    if len(ids) != expected:
+        raise RuntimeError(
+            f"Flower registered {len(ids)} nodes in {REGISTRATION_WAIT_S} s, expected {expected}"
+        )
+    return sorted(ids)

@@ -12,20 +12,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import ArrayRecord
 
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
 from fogsim.scenario import Scenario
 from fogsim.strategies.base import FogStrategy
 from fogsim.strategies.registry import register
+from fogsim.strategies.summed import SummedAggregate
 
 
 @register("fedavg", "fedavg-dense")
-class FedAvgDense(FogStrategy):
-    """Flower's FedAvg, with fogsim's seeded fleet sampling and accounting; every node
-    trains the global model as it is."""
+class FedAvgDense(SummedAggregate, FogStrategy):
+    """FedAvg (``fogsim.strategies.summed``: the example-weighted mean, as Flower's
+    ``FedAvg`` computes it), with fogsim's seeded fleet sampling and accounting; every
+    node trains the global model as it is."""
 
     mode = "dense"  # the client trains regardless of its budget (and flags it)
 
@@ -33,11 +34,6 @@ class FedAvgDense(FogStrategy):
         self, node: int, arrays: ArrayRecord, server_round: int
     ) -> tuple[dict[str, ArrayRecord], dict[str, Any]]:
         return {wire.ARRAYS: arrays}, {wire.MODE: self.mode}
-
-    def aggregate(
-        self, server_round: int, replies: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return FedAvg.aggregate_train(self, server_round, replies)
 
     def held_model(self, node: int, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The whole global model."""

@@ -45,6 +45,7 @@ from flwr.serverapp.strategy import Strategy
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
 from fogsim.scenario import Scenario
+from fogsim.strategies.base import FogStrategy
 from fogsim.strategies.fedavg import FedAvgFeasible
 from fogsim.strategies.registry import StrategyError
 from fogsim.study.results import RunFailed
@@ -108,6 +109,12 @@ def build_flower(cls: type[Strategy], params: dict[str, Any], where: str) -> Str
 class FlowerStrategy(FedAvgFeasible):
     """A Flower strategy (``inner``) on the nodes of a fleet that hold the dense model
     (see the module doc)."""
+
+    # the plug-in aggregates: it gets every good update as a reply of its own
+    sums_on_client = False
+    begin_aggregate = FogStrategy.begin_aggregate
+    absorb = FogStrategy.absorb
+    merged = FogStrategy.merged
 
     def __init__(self, scenario: Scenario, fleet: Fleet, inner: Strategy, label: str) -> None:
         super().__init__(scenario, fleet)

@@ -32,16 +32,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fogsim.clock import cut_short
-from fogsim.flower import cohort, wire
+from fogsim.flower import cohort, partial, verdict, wire
 from fogsim.hardware.energy import has_energy, node_energy, timeline
 from fogsim.study.results import STATUSES
 
 ENERGY_PARTS = ("energy_j", "energy_compute_j", "energy_radio_j", "energy_idle_j")
+# reply metrics that are not nodes.csv columns (the node is the row's key; a summed
+# update's bytes up become ``bytes_up`` as every update's do)
+NOT_IN_ROWS = (wire.NODE, wire.BYTES_UP, wire.FINITE)
 
 
 @dataclass
@@ -80,49 +81,42 @@ class ReplyIntake:
         good.sort(key=lambda m: int(m.content[wire.METRICS][wire.NODE]))
         return good, crashed
 
-    def reply_status(self, msg: Message) -> str:
-        """Why a (non-error) training reply is or is not usable: ``ok``, ``dropped``
-        (the node went offline), ``over_budget`` (it refused: its model would not fit),
-        or ``rejected`` (non-finite or missing weights: never averaged)."""
-        metrics = msg.content[wire.METRICS]
-        if metrics.get(wire.DROPPED_OUT):
-            return "dropped"
-        if metrics.get(wire.OVER_BUDGET) and wire.ARRAYS not in msg.content:
-            return "over_budget"
-        if wire.ARRAYS not in msg.content or not all(
-            np.isfinite(wire.to_numpy(a)).all() for a in msg.content[wire.ARRAYS].values()
-        ):
-            return "rejected"
-        if not all(np.isfinite(float(v)) for v in metrics.values()):
-            return "rejected"
-        return "ok"
+    def window(self, node: int) -> verdict.Window:
+        """What decides ``node``'s fate on the clock this round (its message went out
+        at the round's start, :attr:`clock`)."""
+        start = self.clock.now_s
+        return verdict.Window(
+            self.fleet.device(node),
+            self.bytes_down[node],
+            start,
+            self.fleet.availability.until(node, start),
+            self.scenario.simulation.deadline_s,
+        )
 
     def arrived(self, msg: Message) -> tuple[int, str, dict[str, Any], float | None]:
         """(fleet node, status, nodes.csv fields, simulated seconds it kept the round
-        going) of a non-error reply: ``departed`` if its window closed before its own
-        finish, a ``straggler`` past the deadline; no time for a node that dropped out
-        or refused to train (a refusal's download is in :attr:`timelines`)."""
+        going) of a non-error reply (``fogsim.flower.verdict``); no time for a node
+        that dropped out or refused to train (a refusal's download is in
+        :attr:`timelines`)."""
         metrics = msg.content[wire.METRICS]
-        node, status = int(metrics[wire.NODE]), self.reply_status(msg)
-        row = {k.replace("-", "_"): v for k, v in metrics.items() if k != wire.NODE}
-        device = self.fleet.device(node)
+        node, status = int(metrics[wire.NODE]), verdict.reply_status(msg.content)
+        row = {k.replace("-", "_"): v for k, v in metrics.items() if k not in NOT_IN_ROWS}
         if status == "over_budget":
-            self.timelines[node] = timeline(device, self.bytes_down[node], 0, 0.0)
+            self.timelines[node] = timeline(self.fleet.device(node), self.bytes_down[node], 0, 0.0)
         if status in ("dropped", "over_budget"):
             return node, status, row, None
         # a rejected reply may lack weights or FLOPs: count what arrived
-        up = wire.array_bytes(msg.content[wire.ARRAYS]) if wire.ARRAYS in msg.content else 0
+        if wire.ARRAYS in msg.content:
+            up = wire.array_bytes(msg.content[wire.ARRAYS])
+        else:  # summed on the client, or missing
+            up = int(metrics.get(wire.BYTES_UP, 0))
         flops = float(metrics.get(wire.TRAIN_FLOPS, 0.0))
-        tl = self.timelines[node] = timeline(device, self.bytes_down[node], up, flops)
+        status, tl, gone = verdict.on_the_clock(status, self.window(node), up, flops)
+        self.timelines[node] = tl
         row.update(bytes_up=up, sim_time_s=tl.total_s)
-        start = self.clock.now_s
-        gone = cut_short(start, tl.total_s, self.fleet.availability.until(node, start))
         if gone is not None:
             row["departed_s"] = gone
-            return node, "departed", row, gone
-        deadline = self.scenario.simulation.deadline_s
-        if status == "ok" and deadline is not None and tl.total_s > deadline:
-            status = "straggler"
+            return node, status, row, gone
         return node, status, row, tl.total_s
 
     def aggregate_train(
@@ -168,6 +162,7 @@ class ReplyIntake:
             t.replied.add(j)
             good, crashed = cohort.replies_of(reply)
             t.crashes |= crashed
+            summed = partial.summed_nodes(reply)  # None: each update in its own record
             for node, msg in good.items():  # by node
                 node, t.status[node], t.rows[node], sim_s = self.arrived(msg)
                 if sim_s is None:
@@ -178,19 +173,37 @@ class ReplyIntake:
                 if t.status[node] != "departed":  # its upload never (fully) arrived
                     t.up += t.rows[node]["bytes_up"]
                 t.sim_times.append(min(sim_s, deadline) if deadline else sim_s)
-                if t.status[node] == "ok":
+                if t.status[node] == "ok" and summed is None:
                     t.ready.setdefault(j, []).append(msg)
+            if summed is not None:
+                self.take_sum(j, reply, summed, [n for n in good if t.status[n] == "ok"])
         while t.absorbed in t.replied:
             self.absorb_message(server_round, t.absorbed)
 
+    def take_sum(self, j: int, reply: Message, summed: list[int], ok: list[int]) -> None:
+        """The ``j``-th message's good updates as its client summed them
+        (``fogsim.flower.partial``), once the server has found the same nodes good."""
+        if sorted(summed) != sorted(ok):
+            raise RuntimeError(
+                f"the client summed the updates of nodes {sorted(summed)}, the server "
+                f"counts {sorted(ok)} good: the two sides' rules differ (a bug)"
+            )
+        if summed:
+            count = MetricRecord({wire.NODE: min(summed), wire.PARTIAL_NODES: len(summed)})
+            content = RecordDict({wire.PARTIAL: reply.content[wire.PARTIAL], wire.METRICS: count})
+            self.tally.ready.setdefault(j, []).append(
+                Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+            )
+
     def absorb_message(self, server_round: int, j: int) -> None:
-        """Absorb the good updates of the round's ``j``-th message (node order)."""
+        """Absorb the good updates of the round's ``j``-th message (node order; a
+        client's sum of them counts as that many)."""
         t = self.tally
         for msg in sorted(
             t.ready.pop(j, []), key=lambda m: int(m.content[wire.METRICS][wire.NODE])
         ):
             self.absorb(server_round, msg)
-            t.accepted += 1
+            t.accepted += int(msg.content[wire.METRICS].get(wire.PARTIAL_NODES, 1))
         t.absorbed = j + 1
 
     def close_replies(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:

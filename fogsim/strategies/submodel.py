@@ -33,21 +33,20 @@ small device training at batch 18 uses ``lr * sqrt(18/32)`` as DynHP's clients d
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 
-from fogsim.device.pruning import Kept, extract_submodel, scatter_add_submodel, submodel_index
+from fogsim.device.pruning import Kept, extract_submodel
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
 from fogsim.scenario import Scenario
 from fogsim.strategies.base import FogStrategy
+from fogsim.strategies.summed import SummedAggregate
 
 
-class SubModelStrategy(FogStrategy):
+class SubModelStrategy(SummedAggregate, FogStrategy):
     """Base of sub-model strategies: subclasses choose :meth:`kept_at`, the neurons a
     device of a given width fraction holds (and may override :meth:`kept_for`)."""
 
@@ -76,8 +75,6 @@ class SubModelStrategy(FogStrategy):
         # per parameter, the weight behind the last aggregate (sum n_k m_k): what a fog
         # tier's model is merged with at the cloud (fogsim.topology.merge)
         self.merge_weights: dict[str, np.ndarray] | None = None
-        self.num: dict[str, np.ndarray] = {}  # a round's running sums (begin_aggregate)
-        self.den: dict[str, np.ndarray] = {}
 
     @abstractmethod
     def kept_at(self, fraction: float, server_round: int) -> Kept:
@@ -86,12 +83,6 @@ class SubModelStrategy(FogStrategy):
     def kept_for(self, node: int, server_round: int) -> Kept:
         """The neurons ``node`` holds this round."""
         return self.kept_at(self.width_fraction(node), server_round)
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self.global_state = {k: v.numpy() for k, v in arrays.items()}
-        return super().configure_train(server_round, arrays, config, grid)
 
     def node_payload(
         self, node: int, arrays: ArrayRecord, server_round: int
@@ -114,53 +105,11 @@ class SubModelStrategy(FogStrategy):
             out[wire.BATCH_LR] = 1
         return out
 
-    def aggregate(
-        self, server_round: int, replies: list[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.begin_aggregate()
-        for msg in replies:
-            self.absorb(server_round, msg)
-        return self.merged(server_round)
-
-    def begin_aggregate(self) -> None:
-        """Zero the running sums ``num = sum n_k m_k w_k`` and ``den = sum n_k m_k``."""
-        shapes = {k: v.shape for k, v in self.global_state.items()}
-        self.num = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
-        self.den = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
-
-    def absorb(self, server_round: int, msg: Message) -> None:
-        """Add one update into the running sums, where the node holds each element."""
-        num, den = self.num, self.den
-        out_w, out_b = f"fcs.{len(self.arch.hidden)}.weight", f"fcs.{len(self.arch.hidden)}.bias"
-        n = float(msg.content[wire.METRICS][wire.NUM_EXAMPLES])
-        sub = {k: wire.to_numpy(v) for k, v in msg.content[wire.ARRAYS].items()}
-        kept = wire.unpack_kept(msg.content[wire.KEPT])
-        if self.label_mask and wire.LABELS in msg.content:
-            # output rows of labels the client lacks are not averaged in (weight 0)
-            has = (wire.unpack_labels(msg.content[wire.LABELS]) > 0).astype(np.float64)
-            index = submodel_index({k: v.shape for k, v in num.items()}, kept)
-            for name in (out_w, out_b):
-                weight = np.broadcast_to(
-                    (n * has).reshape(-1, *[1] * (sub[name].ndim - 1)), sub[name].shape
-                )
-                num[name][index[name]] += weight * sub[name]
-                den[name][index[name]] += weight
-            sub = {k: v for k, v in sub.items() if k not in (out_w, out_b)}
-        scatter_add_submodel(num, den, sub, kept, n)
-
     def merged(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Each element's average over the updates holding it; elements none held keep
-        their value."""
-        num, den = self.num, self.den
-        self.global_state = {
-            k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
-            for k, old in self.global_state.items()
-        }
-        self.merge_weights = den
-        self.num, self.den = {}, {}
-        held = sum(int((d > 0).sum()) for d in den.values())
-        self.round_stats["union_params"] = held
-        return wire.numpy_record(self.global_state), None
+        new = super().merged(server_round)
+        self.merge_weights = self.last_den  # what a fog tier merges this model with
+        self.round_stats["union_params"] = sum(int((d > 0).sum()) for d in self.last_den.values())
+        return new
 
     def on_reply(self, node: int, msg: Message, straggler: bool) -> None:
         self.kept[node] = wire.unpack_kept(msg.content[wire.KEPT])

@@ -37,6 +37,7 @@ from fogsim.fleet import Fleet
 from fogsim.flower import cohort, wire
 from fogsim.scenario import Scenario
 from fogsim.strategies import build_strategy
+from fogsim.strategies.base import registered_nodes
 from fogsim.study.results import STATUSES
 from fogsim.topology.assign import TopologyError, num_fogs, split
 from fogsim.topology.merge import Weights, add, merge, upload_bytes
@@ -134,7 +135,7 @@ class Hierarchy:
         """The run's Flower nodes (fogs' strategies use these, not as many as their
         own clients per round would register)."""
         if not self.mailboxes:
-            self.mailboxes = sorted(grid.get_node_ids())
+            self.mailboxes = registered_nodes(grid, self.scenario.simulation.flower_nodes)
         return self.mailboxes
 
     # --- one cloud round ----------------------------------------------------------

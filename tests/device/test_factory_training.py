@@ -67,6 +67,7 @@ def test_the_arch_is_the_factory_model_with_its_measured_memory(tmp_path: Path) 
     arch = sc.arch
     assert isinstance(arch, FactoryArch) and arch.widths == [6, 16, 120, 84]
     assert [b for b, _ in arch.table] == [1, 2, 4, 8, 16, 32]
+    assert arch.output_names == ("11.weight", "11.bias")
     m = dict(arch.table)
     assert training_memory(arch, 32, "sgd-momentum") == interpolate(arch.table, 32)
     assert m[32] < training_memory(arch, 32, "sgd-momentum") <= 1.02 * m[32] + 1

@@ -186,3 +186,28 @@ def test_replies_taken_as_they_come_give_the_same_round(tiny_scenario, strategy)
     got, _ = one_by_one.close_replies(1)
     assert all(np.array_equal(got[k].numpy(), expected[k].numpy()) for k in expected)
     assert one_by_one.node_rows == at_once.node_rows
+
+
+class SlowRegistration:
+    """Flower's engine registers its nodes in its own thread: the ServerApp's first
+    calls may see some of them only."""
+
+    def __init__(self, n: int, shown: list[int]) -> None:
+        self.ids, self.shown = list(range(1, n + 1)), shown
+
+    def get_node_ids(self) -> list[int]:
+        k = self.shown.pop(0) if self.shown else len(self.ids)
+        return self.ids[:k]
+
+
+def test_the_first_round_waits_for_flower_to_register_its_nodes(tiny_scenario, monkeypatch):
+    sc = load_scenario(tiny_scenario, ["simulation.cohort_size=2"])
+    s = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
+    n = sc.simulation.flower_nodes
+    assert s.sample(4, SlowRegistration(n, [0, 1, n - 1]), 1) and s.node_ids == list(
+        range(1, n + 1)
+    )
+    late = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
+    monkeypatch.setattr("fogsim.strategies.base.REGISTRATION_WAIT_S", 0.2)
+    with pytest.raises(RuntimeError, match=f"Flower registered 1 nodes in 0.2 s, expected {n}"):
+        late.sample(4, SlowRegistration(n, [1] * 1000), 1)
