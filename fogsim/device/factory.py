@@ -20,7 +20,7 @@ chain, and its output must have ``num_classes`` logits.
 Its memory figure (:class:`FactoryArch`) is measured, not modelled: fogsim's memory
 model replays FogNet's step op by op (``fogsim.device.replay``), and no such replay
 exists for any chain yet, so the heap counter (``fogsim.device.heap``) measures the
-dense model's step at a few batches once (:func:`memory_table`) and a batch between
+dense model's step at a few batches once (``fogsim.device.heap.memory_table``) and a batch between
 them is interpolated (:func:`interpolate`). That serves a dense model only: the
 sub-model strategies and DynHP would need a figure at any widths, so they are refused
 for factory models (``fogsim.scenario.model_section``).
@@ -33,16 +33,12 @@ once per (factory, image shape, classes) and process (:func:`checked`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
-import inspect
-import json
 import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -166,48 +162,6 @@ def interpolate(table: Sequence[tuple[int, int]], batch: int) -> int:
             m = m0 if b1 == b0 else m0 + (m1 - m0) * (batch - b0) / (b1 - b0)
             return math.ceil(m * MEMORY_MARGIN)
     raise AssertionError("unreachable")
-
-
-def _cache_file(
-    ref: str, in_shape: Shape, num_classes: int, kind: str, batches: tuple[int, ...]
-) -> Path:
-    fn = load_factory(ref)
-    source = inspect.getsourcefile(fn) or ""
-    text = Path(source).read_bytes() if source and Path(source).exists() else b""
-    key = json.dumps(
-        [ref, hashlib.sha1(text).hexdigest(), in_shape, num_classes, kind, batches,
-         torch.__version__, torch.backends.cpu.get_cpu_capability(), SOURCE_VERSION]
-    )  # fmt: skip
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fogsim"
-    return cache / f"factory-memory-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
-
-
-SOURCE_VERSION = 1  # bump when what is measured changes
-
-
-@functools.lru_cache(maxsize=64)
-def memory_table(
-    ref: str, in_shape: Shape, num_classes: int, kind: str, largest: int
-) -> tuple[tuple[int, int], ...]:
-    """``(batch, bytes)`` of one training step of factory ``ref``'s dense model with
-    optimizer ``kind``, measured by the heap counter (``fogsim.device.heap``) at
-    :func:`table_batches` ``(largest)``. A measurement takes a fresh process (~15-25 s
-    on a busy 2-core machine), so it is kept on disk, keyed by the factory's source
-    file, the shapes, the optimizer, torch and the CPU; raises
-    ``HeapCounterUnavailable`` where the counter cannot run."""
-    from fogsim.device.heap import measure_factory
-
-    batches = table_batches(largest)
-    path = _cache_file(ref, in_shape, num_classes, kind, batches)
-    if path.exists():
-        return tuple((int(b), int(m)) for b, m in json.loads(path.read_text()))
-    measured = measure_factory(ref, in_shape, num_classes, kind, list(batches))
-    table = tuple(zip(batches, measured, strict=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(table))
-    os.replace(tmp, path)
-    return table
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ runs :func:`_worker`:
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import hashlib
 import json
@@ -328,3 +329,53 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(_worker(json.loads(sys.argv[1]))))
+
+
+def _cache_file(
+    ref: str, in_shape: tuple[int, int, int], num_classes: int, kind: str, batches: tuple[int, ...]
+) -> Path:
+    """Where the table of ``ref``'s model is kept (its key: the module doc of
+    :func:`memory_table`)."""
+    import inspect
+
+    import torch
+
+    from fogsim.device.factory import load_factory
+
+    fn = load_factory(ref)
+    source = inspect.getsourcefile(fn) or ""
+    text = Path(source).read_bytes() if source and Path(source).exists() else b""
+    key = json.dumps(
+        [ref, hashlib.sha1(text).hexdigest(), in_shape, num_classes, kind, batches,
+         torch.__version__, torch.backends.cpu.get_cpu_capability(), SOURCE_VERSION]
+    )  # fmt: skip
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fogsim"
+    return cache / f"factory-memory-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+SOURCE_VERSION = 1  # bump when what is measured changes
+
+
+@functools.lru_cache(maxsize=64)
+def memory_table(
+    ref: str, in_shape: tuple[int, int, int], num_classes: int, kind: str, largest: int
+) -> tuple[tuple[int, int], ...]:
+    """``(batch, bytes)`` of one training step of factory ``ref``'s dense model with
+    optimizer ``kind``, measured by the heap counter at
+    ``fogsim.device.factory.table_batches(largest)``. A measurement takes a fresh process (~15-25 s
+    on a busy 2-core machine), so it is kept on disk, keyed by the factory's source
+    file, the shapes, the optimizer, torch and the CPU; raises
+    :class:`HeapCounterUnavailable` where the counter cannot run."""
+    from fogsim.device.factory import table_batches
+
+    batches = table_batches(largest)
+    path = _cache_file(ref, in_shape, num_classes, kind, batches)
+    if path.exists():
+        return tuple((int(b), int(m)) for b, m in json.loads(path.read_text()))
+    measured = measure_factory(ref, in_shape, num_classes, kind, list(batches))
+    table = tuple(zip(batches, measured, strict=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(table))
+    os.replace(tmp, path)
+    return table

@@ -122,7 +122,7 @@ class ClientSpec(BaseModel):
     threads: int  # torch intra-op threads of a client actor
     shares: tuple[float, ...] | None = None  # per node: its relative share of the data
     # a factory model's measured (batch, bytes) table (the heap is measured once, by
-    # the driver: fogsim.device.factory.memory_table)
+    # the driver: fogsim.device.heap.memory_table)
     memory_table: tuple[tuple[int, int], ...] | None = None
 
     @property

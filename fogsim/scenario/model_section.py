@@ -17,7 +17,7 @@ from fogsim.device.factory import FACTORY_PATTERN, FactoryArch, FactoryError, ch
 from fogsim.scenario.base import Section
 
 if TYPE_CHECKING:
-    from fogsim.scenario.schema import DataSection
+    from fogsim.scenario.data_section import DataSection
 
 MAX_PARAMS = 100_000_000  # the dense model lives on the server and on every client
 

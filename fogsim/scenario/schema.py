@@ -13,15 +13,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
-from fogsim.data import BUILT_IN_SHAPES, DATASETS, OWN, PARTITIONINGS
-from fogsim.datasets.partitioners import problems as partitioner_problems
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
-from fogsim.device.factory import FactoryArch, memory_table
+from fogsim.device.factory import FactoryArch
+from fogsim.device.heap import memory_table
 from fogsim.device.memory import training_memory
-from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
+from fogsim.scenario.data_section import DataSection
 from fogsim.scenario.fleet_section import FleetSection
 from fogsim.scenario.model_section import FACTORY_STRATEGIES, ModelSection
 from fogsim.scenario.topology_section import TopologySection, topology_problems
@@ -39,75 +38,6 @@ class RunSection(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     rounds: int = Field(10, ge=1, le=100_000)
     output_dir: str = "runs"
-
-
-class DataSection(Section):
-    dataset: Literal[DATASETS] = "mnist"  # type: ignore[valid-type]
-    path: str | None = None
-    partitioning: Literal[PARTITIONINGS] = "iid"  # type: ignore[valid-type]
-    alpha: float = Field(0.5, gt=0)
-    shards_per_node: int = Field(2, ge=1)
-    samples_per_node: int = Field(
-        100, ge=1, description="draws: each node's own draw from the training set"
-    )
-    partitioner: str | None = Field(
-        None,
-        description="flower: a flwr_datasets.partitioner class (e.g. 'DirichletPartitioner') "
-        "or 'module:Class'",
-    )
-    partitioner_params: dict[str, Any] = Field(
-        {}, description="flower: the partitioner's arguments (num_partitions is fleet.nodes)"
-    )
-    client_test_fraction: float = Field(0.1, ge=0, lt=1)
-    image_shape: list[Annotated[int, Field(ge=1)]] = Field(
-        list(IMAGE_SHAPE),
-        min_length=3,
-        max_length=3,
-        description="channels, height, width of one image (a built-in set's own by default; "
-        "npz, images, hf: checked against it)",
-    )
-    num_classes: int = Field(
-        NUM_CLASSES, ge=2, description="labels 0..num_classes-1 (a built-in set's own by default)"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _built_in_shape(cls, values: Any) -> Any:
-        """A built-in data set's image shape and classes are its own unless given."""
-        if isinstance(values, dict) and values.get("dataset") in BUILT_IN_SHAPES:
-            shape, classes = BUILT_IN_SHAPES[values["dataset"]]
-            values = {"image_shape": list(shape), "num_classes": classes} | values
-        return values
-
-    @model_validator(mode="after")
-    def _shape_of_known_sets(self) -> DataSection:
-        if self.dataset in OWN:
-            if not self.path:
-                raise ValueError(f"path: dataset {self.dataset!r} needs path = {OWN[self.dataset]}")
-        elif (tuple(self.image_shape), self.num_classes) != BUILT_IN_SHAPES[self.dataset]:
-            shape, classes = BUILT_IN_SHAPES[self.dataset]
-            raise ValueError(
-                f"image_shape = {self.image_shape}, num_classes = {self.num_classes}: "
-                f"{self.dataset} has {list(shape)} images in {classes} classes "
-                "(set them only for dataset = 'npz', 'images' or 'hf')"
-            )
-        elif self.dataset == "digits" and self.path:
-            raise ValueError(
-                f"path = {self.path!r}: dataset 'digits' ships inside scikit-learn; leave path out"
-            )
-        if (self.partitioning == "flower") != (self.partitioner is not None):
-            raise ValueError(
-                f"partitioner = {self.partitioner!r} with partitioning = "
-                f"{self.partitioning!r}: a partitioner goes with partitioning = 'flower', "
-                "and partitioning 'flower' needs one (e.g. 'DirichletPartitioner')"
-            )
-        if self.partitioner_params and self.partitioning != "flower":
-            raise ValueError("partitioner_params: only for partitioning = 'flower'")
-        if self.partitioner is not None:
-            problems = partitioner_problems(self.partitioner, self.partitioner_params)
-            if problems:
-                raise ValueError(problems[0])
-        return self
 
 
 class TrainSection(Section):
@@ -379,7 +309,7 @@ class Scenario(Section):
     def arch(self) -> Arch | FactoryArch:
         """The dense global architecture on the data set's images and classes (a
         factory model's with its memory measured by the heap counter on first use,
-        ``fogsim.device.factory.memory_table``)."""
+        ``fogsim.device.heap.memory_table``)."""
         if self.model.factory is None:
             return self.model.shape_for(self.data)
         d, kind = self.data, self.train.memory_kind

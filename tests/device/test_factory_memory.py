@@ -10,7 +10,8 @@ import os
 import pytest
 
 from fogsim.device import heap
-from fogsim.device.factory import interpolate, memory_table, table_batches
+from fogsim.device.factory import interpolate, table_batches
+from fogsim.device.heap import memory_table
 
 MOD = "tests.example_models"
 FULL = os.environ.get("FOGSIM_FACTORY_GRID") == "full"
