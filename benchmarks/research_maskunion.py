@@ -21,7 +21,7 @@ per scenario. Run at most one simulation at a time on a small machine: this scri
 them one after another.
 
 ``benchmarks/results/mask_union_vs_rivals.json`` (the README's tables) is updated
-scenario by scenario: the scenarios asked for replace their rows, the others' rows stay,
+row by row: the (scenario, variant) pairs asked for replace their rows, the others stay,
 each row with the engine its runs used and the command that made it (``--no-publish``
 leaves the file alone). ``--check-engines SCENARIO:VARIANT:SEED`` runs that one run with
 both engines, compares the per-class figures and records the comparison in the same
@@ -313,13 +313,15 @@ def main() -> None:
 def publish(
     asked: dict[str, Any], seeds: list[int], engine: str, check: dict[str, Any] | None = None
 ) -> Path:
-    """Update ``benchmarks/results/mask_union_vs_rivals.json``: the asked scenarios'
-    rows replaced (each row with its engine and command), the others' kept; an engine
-    check replaces any earlier one of the same run."""
+    """Update ``benchmarks/results/mask_union_vs_rivals.json``: the rows of the asked
+    (scenario, variant) pairs replaced (each row with its engine and command), the
+    others kept; an engine check replaces any earlier one of the same run."""
     path = RESULTS / f"{PUBLISHED}.json"
     old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     command = " ".join(["python", *sys.argv])
-    rows = [r for r in old.get("rows", []) if r["scenario"] not in asked]
+    rows = [
+        r for r in old.get("rows", []) if r["variant"] not in asked.get(r["scenario"], {})
+    ]
     for r in rows:  # rows of earlier versions of this file: the file's one command and engine
         r.setdefault("engine", old.get("engine", "flower"))
         r.setdefault("command", old.get("command"))
