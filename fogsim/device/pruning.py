@@ -201,19 +201,34 @@ def scatter_add_submodel(
     sub_state: Mapping[str, torch.Tensor | np.ndarray],
     kept: Kept,
     weight: float = 1.0,
+    index: Mapping[str, tuple] | None = None,
 ) -> None:
     """Add a sub-model into global-shaped accumulators, in place: ``weight * values``
-    into ``num`` and ``weight`` into ``den`` exactly where it holds an element.
+    into ``num`` and ``weight`` into ``den`` exactly where it holds an element
+    (``index``: :func:`submodel_index` of ``kept``, if the caller has it already).
 
-    A server averaging over clients computes ``num / den`` per element (keeping the old
-    global value where ``den`` is 0). Only the held elements are touched, so a small
-    device's update costs its size, not the global model's.
+    A server averaging over clients computes :func:`masked_mean`. Only the held
+    elements are touched, so a small device's update costs its size, not the global
+    model's.
     """
-    index = submodel_index({k: v.shape for k, v in num.items()}, kept)
+    if index is None:
+        index = submodel_index({k: v.shape for k, v in num.items()}, kept)
     for name, value in sub_state.items():
         ix = index[name]
         num[name][ix] += weight * np.asarray(value, dtype=np.float64)  # not float32 products
         den[name][ix] += weight
+
+
+def masked_mean(
+    num: Mapping[str, np.ndarray], den: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Per element ``num / den`` where ``den > 0``, else ``old``'s value, in ``old``'s
+    dtype: the average over the updates holding each element, elements none held
+    unchanged."""
+    return {
+        k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), v).astype(v.dtype)
+        for k, v in old.items()
+    }
 
 
 def kept_from_mask(mask: Mapping[str, np.ndarray], n_conv: int) -> Kept:

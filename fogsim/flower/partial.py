@@ -61,9 +61,9 @@ class MaskedSum:
         """One update: sub-model ``sub`` holding the neurons ``kept``, ``n`` examples,
         ``labels`` (examples per label) to mask the output rows by."""
         num, den = self.num, self.den
+        index = submodel_index({k: v.shape for k, v in num.items()}, kept)
         if labels is not None:
             has = (labels > 0).astype(np.float64)
-            index = submodel_index({k: v.shape for k, v in num.items()}, kept)
             for name in self.output:
                 weight = np.broadcast_to(
                     (n * has).reshape(-1, *[1] * (sub[name].ndim - 1)), sub[name].shape
@@ -71,7 +71,7 @@ class MaskedSum:
                 num[name][index[name]] += weight * sub[name]
                 den[name][index[name]] += weight
             sub = {k: v for k, v in sub.items() if k not in self.output}
-        scatter_add_submodel(num, den, sub, kept, n)
+        scatter_add_submodel(num, den, sub, kept, n, index)
 
     def add_whole(self, state: dict[str, np.ndarray], n: float) -> None:
         """One update of the whole model, ``n`` examples."""

@@ -51,6 +51,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fogsim.device.chain import ChainLayout, Kept
 from fogsim.device.memory import largest_fraction
+from fogsim.device.pruning import masked_mean
 from fogsim.flower import wire
 
 BUDGET_KEY = "budget-bytes"  # query reply metric: the node's training memory, bytes
@@ -212,10 +213,7 @@ class SubModelFedAvg(FedAvg):
             used.append(msg)
         if not used:
             return None, None
-        self.global_state = {
-            k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
-            for k, old in self.global_state.items()
-        }
+        self.global_state = masked_mean(num, den, self.global_state)
         metrics = self.train_metrics_aggr_fn([m.content for m in used], self.weighted_by_key)
         return wire.numpy_record(self.global_state), metrics
 

@@ -24,6 +24,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from fogsim.device.pruning import masked_mean
 from fogsim.flower import wire
 from fogsim.flower.partial import MaskedSum, add_update
 
@@ -79,11 +80,6 @@ class SummedAggregate:
         their value (:attr:`last_den`: the weight behind each)."""
         if self.total is None:  # nothing absorbed
             return None, None
-        num, den = self.total.num, self.total.den
-        self.global_state = {
-            k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), old).astype(old.dtype)
-            for k, old in self.global_state.items()
-        }
-        self.last_den = den
-        del self.total
+        self.global_state = masked_mean(self.total.num, self.total.den, self.global_state)
+        self.last_den, self.total = self.total.den, None
         return wire.numpy_record(self.global_state), None

@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from fogsim.device.pruning import masked_mean
+
 Weights = dict[str, np.ndarray] | float  # per parameter, or one number for the model
 State = dict[str, np.ndarray]
 
@@ -55,10 +57,7 @@ def merge(old: State, models: list[tuple[State, Weights]]) -> tuple[State, State
         for k in old:
             num[k] += w[k] * state[k]
             den[k] += w[k]
-    new = {
-        k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), v).astype(v.dtype)
-        for k, v in old.items()
-    }
+    new = masked_mean(num, den, old)
     return new, den
 
 
