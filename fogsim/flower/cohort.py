@@ -25,6 +25,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
@@ -108,17 +109,23 @@ def reply_nodes(reply: Message) -> list[int]:
     return sorted({int(name.partition(SEP)[0]) for name in reply.content if SEP in name})
 
 
+def parts(content: RecordDict) -> dict[int, dict[str, Any]]:
+    """A cohort reply's records by fleet node (``"<node>/<record>"`` names), in one pass;
+    records of no node (a cohort's sum, ``fogsim.flower.partial``) are not in it."""
+    out: dict[int, dict[str, Any]] = {}
+    for name, record in content.items():
+        node, sep, rest = name.partition(SEP)
+        if sep:
+            out.setdefault(int(node), {})[rest] = record
+    return out
+
+
 def replies_of(reply: Message) -> tuple[dict[int, Message], dict[int, str]]:
     """A cohort reply taken apart: ({node: its reply as a Message of its own},
     {node: crash reason}). Nodes are read from the record names, so a node missing
     from the reply is simply absent (the caller counts it as never answered)."""
-    parts: dict[int, dict[str, object]] = {}
-    for name, record in reply.content.items():
-        node, sep, rest = name.partition(SEP)
-        if sep:
-            parts.setdefault(int(node), {})[rest] = record
     good, crashed = {}, {}
-    for node, records in sorted(parts.items()):
+    for node, records in sorted(parts(reply.content).items()):
         if CRASH in records:
             crashed[node] = str(records[CRASH]["reason"])  # type: ignore[index]
         else:

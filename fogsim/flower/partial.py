@@ -117,11 +117,9 @@ def fold(sent: RecordDict, replied: RecordDict, output: tuple[str, str]) -> Reco
     shapes = {k: a.shape for k, a in sent[wire.ARRAYS].items()}
     trained: dict[int, tuple[bool, int]] = {}  # node -> (finite, bytes up)
     good: list[tuple[int, RecordDict, bool]] = []  # (node, reply, label mask) to sum
+    by_node = cohort.parts(replied)
     for node, own in cohort.unpack(sent):
-        prefix = cohort.key(node, "")
-        content = RecordDict(
-            {n[len(prefix) :]: r for n, r in replied.items() if n.startswith(prefix)}
-        )
+        content = RecordDict(by_node.get(node, {}))
         if wire.ARRAYS not in content:  # crashed, dropped out or refused
             continue
         status = verdict.reply_status(content)
