@@ -208,7 +208,7 @@ class SubModelFedAvg(FedAvg):
             n = float(metrics[self.weighted_by_key])
             index = self.layout.index(shapes, kept)
             for k, v in got.items():
-                num[k][index[k]] += n * v
+                num[k][index[k]] += n * v.astype(np.float64)  # float32 * n would round
                 den[k][index[k]] += n
             used.append(msg)
         if not used:
