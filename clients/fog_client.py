@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fogsim.data import draw, load_dataset, partition, split_local
+from fogsim.data import draw, load_dataset, split_local
 from fogsim.device.dynhp import DynHP
 from fogsim.device.dynhp_train import lr_scale, train_dynhp
 from fogsim.device.factory import FactoryArch, load_model
@@ -53,17 +53,8 @@ def _partitions(
     """Every node's sample indices, computed once per worker process (keyed by the
     ``[data]`` section as JSON: sections are not hashable)."""
     data = DataSection.model_validate_json(data_json)
-    return partition(
-        load_dataset(data.dataset, data.path).train_y,
-        num_nodes,
-        data.partitioning,
-        seed=seed,
-        alpha=data.alpha,
-        shards_per_node=data.shards_per_node,
-        partitioner=data.partitioner,
-        partitioner_params=data.partitioner_params,
-        weights=list(shares) if shares is not None else None,
-    )
+    labels = load_dataset(data.dataset, data.path).train_y
+    return data.split(labels, num_nodes, seed, list(shares) if shares is not None else None)
 
 
 def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:

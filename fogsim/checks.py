@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fogsim.data import load_dataset, partition
+from fogsim.data import load_dataset
 from fogsim.device.heap import HeapCounterUnavailable
 from fogsim.fleet import build_fleet, check_trainable
 from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
@@ -86,17 +86,7 @@ def check_data(sc: Scenario) -> None:
             )
         return
     try:
-        partition(
-            data.train_y,
-            sc.fleet.nodes,
-            d.partitioning,
-            seed=sc.run.seed,
-            alpha=d.alpha,
-            shards_per_node=d.shards_per_node,
-            partitioner=d.partitioner,
-            partitioner_params=d.partitioner_params,
-            weights=sc.fleet.data_shares,
-        )
+        d.split(data.train_y, sc.fleet.nodes, sc.run.seed, sc.fleet.data_shares)
     except ValueError as e:
         raise ScenarioError(
             f"data.partitioning = {d.partitioning!r} over fleet.nodes = {sc.fleet.nodes}: {e}"

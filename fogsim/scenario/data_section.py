@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
-from fogsim.data import BUILT_IN_SHAPES, DATASETS, OWN, PARTITIONINGS
+from fogsim.data import BUILT_IN_SHAPES, DATASETS, OWN, PARTITIONINGS, partition
 from fogsim.datasets.partitioners import problems as partitioner_problems
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.scenario.base import Section
@@ -80,3 +81,20 @@ class DataSection(Section):
             if problems:
                 raise ValueError(problems[0])
         return self
+
+    def split(
+        self, labels: np.ndarray, num_nodes: int, seed: int, weights: list[float] | None
+    ) -> list[np.ndarray]:
+        """Every node's sample indices of a data set with ``labels``, as this section
+        says (``fogsim.data.partition``; not ``draws``, which are made per node)."""
+        return partition(
+            labels,
+            num_nodes,
+            self.partitioning,
+            seed=seed,
+            alpha=self.alpha,
+            shards_per_node=self.shards_per_node,
+            partitioner=self.partitioner,
+            partitioner_params=self.partitioner_params,
+            weights=weights,
+        )
