@@ -147,6 +147,42 @@ class ChainLayout:
         return {k: tuple(len(a) for a in self.axes(k, s, kept)) for k, s in shapes.items()}
 
 
+def assign(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray]) -> nn.Module:
+    """Make ``state``'s arrays ``model``'s parameters and buffers, whatever their shapes
+    (``load_state_dict`` refuses other shapes): a chain model built at its dense widths
+    (on the meta device: no storage, no random init) becomes the sub-model ``state``
+    holds, without a copy. The layers' size attributes (``in_features``,
+    ``out_channels``, ``num_features``, ...) follow the new shapes, so ``repr`` and
+    code reading them see the sub-model. Returns ``model``."""
+    for name, value in state.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        tensor = torch.as_tensor(value)
+        if leaf in module._parameters:
+            grad = tensor.is_floating_point()
+            module._parameters[leaf] = nn.Parameter(tensor, requires_grad=grad)
+        elif leaf in module._buffers:
+            module._buffers[leaf] = tensor
+        else:
+            raise ChainError(f"array {name!r} is not a parameter or buffer of the model")
+    for module in model.modules():
+        resize(module)
+    return model
+
+
+def resize(module: nn.Module) -> None:
+    """Set a layer's size attributes from its weight's shape (after narrowing)."""
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.Conv2d):
+        module.out_channels, module.in_channels = weight.shape[:2]
+    elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+        module.num_features = weight.shape[0]
+
+
 # what a chain may hold between its layers: one tensor in, one out, no weights to tie
 PASS_THROUGH = (
     nn.ReLU,
