@@ -34,12 +34,14 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fogsim.data import draw, load_dataset, split_local
+from fogsim.device.arch import Arch
+from fogsim.device.chain import widths_of
 from fogsim.device.dynhp import DynHP
 from fogsim.device.dynhp_train import lr_scale, train_dynhp
 from fogsim.device.factory import FactoryArch, load_model
 from fogsim.device.factory import macs_per_sample as factory_macs
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
-from fogsim.device.models import FogNet, macs_per_sample, num_params, train_flops
+from fogsim.device.models import FogNet, macs_per_sample, num_params, set_scaler, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
 from fogsim.flower import cohort, partial, wire
 from fogsim.flower.wire import ClientSpec
@@ -83,7 +85,7 @@ def stream_seed(*key: int) -> int:
 def train_dynhp_round(
     spec: ClientSpec,
     content: RecordDict,
-    model: FogNet,
+    model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     gen: torch.Generator,
@@ -129,15 +131,15 @@ def train_dynhp_round(
 
 
 def received_model(spec: ClientSpec, content: RecordDict) -> nn.Module:
-    """The model a node's message gives it: a FogNet of the received widths, or the
-    scenario's factory model (``[model] factory``, dense) holding the received arrays."""
+    """The model a node's message gives it, at the received widths: a FogNet, or the
+    scenario's factory model (``[model] factory``) holding the received arrays."""
     return load_model(spec.arch, wire.received_state(content))
 
 
-def memory_shape(spec: ClientSpec, model: nn.Module) -> FogNet | FactoryArch:
-    """What the memory model is asked about ``model``: itself (a FogNet), or the
-    factory model's measured figure (trained dense only)."""
-    return model if isinstance(model, FogNet) else spec.arch
+def memory_shape(spec: ClientSpec, model: nn.Module) -> Arch | FactoryArch:
+    """What the memory model is asked about ``model``: the scenario's model at the
+    widths ``model`` has now."""
+    return spec.arch.with_widths(widths_of(model))
 
 
 def macs_of(spec: ClientSpec, model: nn.Module) -> int:
@@ -150,7 +152,7 @@ def macs_of(spec: ClientSpec, model: nn.Module) -> int:
 def train_fixed(
     spec: ClientSpec,
     content: RecordDict,
-    model: FogNet,
+    model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     gen: torch.Generator,
@@ -188,13 +190,13 @@ def train_fixed(
     }
 
 
-def training_care(spec: ClientSpec, cfg: ConfigRecord, model: FogNet, y: torch.Tensor) -> dict:
+def training_care(spec: ClientSpec, cfg: ConfigRecord, model: nn.Module, y: torch.Tensor) -> dict:
     """What the message asks of local training besides the model (HeteroFL's care for
     sub-models, see ``fogsim.strategies.submodel``): the Scaler (set on ``model``),
     gradient clipping and label masking; returns the keyword arguments of the
     training loop (``clip``, ``label_mask``)."""
     if int(cfg.get(wire.SCALER, 0)):
-        model.scale_to = spec.arch.widths
+        set_scaler(model, spec.arch.widths)
     clip = float(cfg.get(wire.CLIP, 0.0))
     mask = present_labels(y, spec.arch.num_classes) if int(cfg.get(wire.LABEL_MASK, 0)) else None
     return {"clip": clip if clip > 0 else None, "label_mask": mask}
@@ -216,7 +218,7 @@ def injected_fault(spec: ClientSpec, device_class: str, node: int, rnd: int) -> 
     return ""
 
 
-def corrupt(model: FogNet) -> None:
+def corrupt(model: nn.Module) -> None:
     """Overwrite some weights with NaN and +Inf, as a faulty device might send."""
     with torch.no_grad():
         w = next(model.parameters()).view(-1)

@@ -112,13 +112,8 @@ def check_trainable(scenario: Scenario, fleet: Fleet) -> None:
     budgets = ", ".join(
         f"{c.name!r} {format_bytes(c.memory_max or c.memory)}" for c in scenario.fleet.classes
     )
-    smallest = (
-        "the factory model (trained dense only)"
-        if scenario.model.factory
-        else "the smallest model (one neuron per layer)"
-    )
     raise ValueError(
-        f"no node can train even {smallest}, which "
+        "no node can train even the smallest model (one neuron per layer), which "
         f"needs {format_bytes(need)} at dynhp.min_batch = {scenario.dynhp.min_batch} with "
         f"{scenario.train.memory_kind}; largest budget per class: {budgets}; raise "
         f"fleet.classes.N.memory to at least {format_bytes(need)}"

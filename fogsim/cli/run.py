@@ -280,8 +280,7 @@ def fleet_table(sc: Scenario) -> Table:
         f = widest_fraction(arch, low, kind, batch)
         fit = arch.scaled(f).widths
         stuck = int((budgets < need).sum())
-        least = "the dense model" if sc.model.factory else "width 1"  # a factory's: dense only
-        why = f"{stuck} ({least} needs {format_bytes(need)})" if stuck else "0"
+        why = f"{stuck} (width 1 needs {format_bytes(need)})" if stuck else "0"
         table.add_row(
             escape(c.name),
             str(counts[c.name]),
@@ -321,10 +320,9 @@ def print_fleet(sc: Scenario, console: Console) -> None:
     }
     if any(stuck.values()):
         listed = ", ".join(f"{n} of {name!r}" for name, n in stuck.items() if n)
-        least = "factory (dense)" if sc.model.factory else "narrowest"
         console.print(
             f"warning: {sum(stuck.values())} node(s) can train no model and sit out the whole "
-            f"run ({listed}): the {least} model needs {format_bytes(need)} at batch "
+            f"run ({listed}): the narrowest model needs {format_bytes(need)} at batch "
             f"{sc.dynhp.min_batch}",
             markup=False,
             soft_wrap=True,

@@ -24,6 +24,7 @@ fogsim (``fogsim.device.pruning``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,30 @@ class ChainLayout:
             )
         return Role(group)
 
+    def members(self, group: int) -> list[str]:
+        """The arrays sliced along axis 0 by ``group``: its producer layer's weight
+        first, then its bias and any batch norm's arrays after it."""
+        return [k for k, r in self.roles.items() if r.out == group]
+
+    def reader(self, group: int) -> tuple[str, int]:
+        """The next layer's weight, which reads ``group``, and its columns per neuron."""
+        name = next(k for k, r in self.roles.items() if r.inp == group)
+        return name, self.roles[name].span
+
+    def shapes_at(
+        self, shapes: Mapping[str, Sequence[int]], widths: Sequence[int]
+    ) -> dict[str, tuple[int, ...]]:
+        """The arrays' shapes when every group ``g`` is ``widths[g]`` wide."""
+        out = {}
+        for name, shape in shapes.items():
+            role, shape = self.roles[name], list(shape)
+            if role.out is not None:
+                shape[0] = widths[role.out]
+            if role.inp is not None:
+                shape[1] = widths[role.inp] * role.span
+            out[name] = tuple(shape)
+        return out
+
     def scaled(self, fraction: float) -> list[int]:
         """Every group cut to ``ceil(fraction * width)`` neurons (at least 1)."""
         return [max(1, math.ceil(fraction * w)) for w in self.widths]
@@ -171,16 +196,38 @@ def assign(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray]) -> 
 
 
 def resize(module: nn.Module) -> None:
-    """Set a layer's size attributes from its weight's shape (after narrowing)."""
-    weight = getattr(module, "weight", None)
-    if weight is None:
-        return
+    """Set a layer's size attributes from its arrays' shapes (after narrowing)."""
     if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = weight.shape
+        module.out_features, module.in_features = module.weight.shape
     elif isinstance(module, nn.Conv2d):
-        module.out_channels, module.in_channels = weight.shape[:2]
-    elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-        module.num_features = weight.shape[0]
+        module.out_channels, module.in_channels = module.weight.shape[:2]
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        sized = module.weight if module.weight is not None else module.running_mean
+        if sized is not None:
+            module.num_features = sized.shape[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> ChainLayout:
+    return ChainLayout.of(dict(shapes))
+
+
+def layout_of(shapes: Mapping[str, Sequence[int]] | nn.Module) -> ChainLayout:
+    """The :class:`ChainLayout` of arrays shaped ``shapes`` (or of a model's
+    ``state_dict``), cached: the same shapes come back every round and every step."""
+    if isinstance(shapes, nn.Module):
+        shapes = {k: v.shape for k, v in shapes.state_dict().items()}
+    return _layout(tuple((k, tuple(s)) for k, s in shapes.items()))
+
+
+def widths_of(model: nn.Module) -> tuple[int, ...]:
+    """Every neuron group's width in ``model`` as it is now (narrowed or not)."""
+    return layout_of(model).widths
+
+
+def layer_of(model: nn.Module, array: str) -> nn.Module:
+    """The module holding array ``array`` (a ``state_dict`` name)."""
+    return model.get_submodule(array.rpartition(".")[0])
 
 
 # what a chain may hold between its layers: one tensor in, one out, no weights to tie

@@ -64,6 +64,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from fogsim.device.arch import Arch
+from fogsim.device.chain import layer_of, layout_of, widths_of
+from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import BudgetError, optimizer_kind, training_memory
 from fogsim.device.models import FogNet
 from fogsim.device.pruning import Kept, full_kept, remove_neurons
@@ -116,17 +118,21 @@ class DynHP:
     def __init__(
         self,
         cfg: DynHPConfig,
-        global_arch: Arch | FogNet,
+        global_arch: Arch | FactoryArch | FogNet,
         kept: Kept | None = None,
     ) -> None:
         self.cfg = cfg
-        self.global_arch = Arch.of(global_arch)
-        widths = [*self.global_arch.channels, *self.global_arch.hidden]
+        self.global_arch = Arch.of(global_arch) if isinstance(global_arch, FogNet) else global_arch
+        widths = list(self.global_arch.widths)
         self.kept: Kept = [np.asarray(k) for k in kept] if kept else full_kept(widths)
         self.score = [np.zeros(w) for w in widths]
         self.streak = [np.zeros(w, dtype=np.int64) for w in widths]
         self.seen = [np.zeros(w, dtype=bool) for w in widths]
         self.dense_params = self.global_arch.num_params()
+
+    def shape(self, model: nn.Module) -> Arch | FactoryArch:
+        """What the memory model is asked about ``model`` (at its widths now)."""
+        return self.global_arch.with_widths(widths_of(model))
 
     # ---- schedule -------------------------------------------------------------
     def target_params(self, progress: float) -> int:
@@ -136,36 +142,32 @@ class DynHP:
 
     # ---- scoring ----------------------------------------------------------------
     @torch.no_grad()
-    def raw_scores(self, model: FogNet) -> list[np.ndarray]:
-        """Per-group, per-local-neuron importance before smoothing."""
-        out = []
-        for g in range(len(model.widths)):
-            prod, cons = model.producer(g), model.consumer(g)
-            w = prod.weight.reshape(prod.weight.shape[0], -1)
+    def raw_scores(self, model: nn.Module) -> list[np.ndarray | None]:
+        """Per-group, per-local-neuron importance before smoothing (None: a group with
+        no gradient yet, for ``taylor``)."""
+        layout, out = layout_of(model), []
+        for g in range(len(layout.widths)):
+            members = layout.members(g)
             if self.cfg.criterion == "taylor":
-                if prod.weight.grad is None:
-                    out.append(None)
-                    continue
-                gw = prod.weight.grad.reshape(w.shape)
-                s = torch.bmm(w.unsqueeze(1), gw.unsqueeze(2)).reshape(-1)
-                s = (s + prod.bias * prod.bias.grad).abs()
-            else:
-                # row norms as batched dot products: ``(w * w).sum(1)`` would build a
-                # temporary the size of the weight (the largest tensor, for fc0)
-                rows = torch.bmm(w.unsqueeze(1), w.unsqueeze(2)).reshape(-1)
-                s = torch.sqrt(rows + prod.bias**2)
-                if self.cfg.criterion == "weight-norm-io":
-                    span = model.consumer_span(g)
-                    cw = cons.weight.reshape(cons.weight.shape[0], -1, span)
-                    if isinstance(cons, nn.Conv2d):
-                        cw = cons.weight.transpose(0, 1).reshape(cons.weight.shape[1], -1)
-                        s = s * torch.sqrt((cw * cw).sum(1))
-                    else:
-                        s = s * torch.sqrt((cw * cw).sum((0, 2)))
+                # the group's last affine map (a batch norm after the layer, else the
+                # layer): its output is the pre-activation the Taylor identity scores
+                last = layer_of(model, [m for m in members if m.endswith(".weight")][-1])
+                out.append(_taylor(last))
+                continue
+            s = _row_norms(layer_of(model, members[0]))
+            if self.cfg.criterion == "weight-norm-io":
+                reader, span = layout.reader(g)
+                w = layer_of(model, reader).weight
+                if w.dim() == 4:
+                    cw = w.transpose(0, 1).reshape(w.shape[1], -1)
+                    s = s * torch.sqrt((cw * cw).sum(1))
+                else:
+                    cw = w.reshape(w.shape[0], -1, span)
+                    s = s * torch.sqrt((cw * cw).sum((0, 2)))
             out.append(s.double().numpy())
         return out
 
-    def update_scores(self, model: FogNet) -> None:
+    def update_scores(self, model: nn.Module) -> None:
         """Fold the current scores into the EMA (call after backward, before step)."""
         for g, s in enumerate(self.raw_scores(model)):
             if s is None:
@@ -176,7 +178,7 @@ class DynHP:
             self.score[g][k] = np.where(fresh, s, self.cfg.ema * prev + (1 - self.cfg.ema) * s)
             self.seen[g][k] = True
 
-    def local_scores(self, model: FogNet) -> list[np.ndarray]:
+    def local_scores(self, model: nn.Module) -> list[np.ndarray]:
         """Smoothed scores, normalised by group mean; weight-norm where none seen yet."""
         fallback = None
         out = []
@@ -192,10 +194,12 @@ class DynHP:
         return out
 
     # ---- candidate selection ------------------------------------------------------
-    def _greedy(self, model: FogNet, done: Callable[[Arch], bool]) -> list[np.ndarray]:
+    def _greedy(
+        self, model: nn.Module, done: Callable[[Arch | FactoryArch], bool]
+    ) -> list[np.ndarray]:
         """Lowest-score neurons (local indices per group) until ``done(widths)``."""
-        arch = Arch.of(model)
-        widths = list(model.widths)
+        arch = self.global_arch
+        widths = list(widths_of(model))
         chosen: list[list[int]] = [[] for _ in widths]
         if done(arch.with_widths(widths)):
             return [np.array(c, dtype=np.int64) for c in chosen]
@@ -224,7 +228,7 @@ class DynHP:
         return [np.array(sorted(c), dtype=np.int64) for c in chosen]
 
     def _remove(
-        self, model: FogNet, drop: list[np.ndarray], optimizer: torch.optim.Optimizer | None
+        self, model: nn.Module, drop: list[np.ndarray], optimizer: torch.optim.Optimizer | None
     ) -> int:
         removed = 0
         for g, d in enumerate(drop):
@@ -234,14 +238,14 @@ class DynHP:
             self.score[g][gone] = 0.0
             self.streak[g][gone] = 0
             self.seen[g][gone] = False
-            keep = np.setdiff1d(np.arange(model.widths[g]), d)
+            keep = np.setdiff1d(np.arange(widths_of(model)[g]), d)
             remove_neurons(model, g, keep, optimizer, self.kept)
             removed += len(d)
         return removed
 
     def check(
         self,
-        model: FogNet,
+        model: nn.Module,
         progress: float,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> int:
@@ -260,7 +264,7 @@ class DynHP:
 
     def fit_to_budget(
         self,
-        model: FogNet,
+        model: nn.Module,
         budget: int,
         optimizer: str | torch.optim.Optimizer,
         batch: int | None = None,
@@ -269,14 +273,15 @@ class DynHP:
         batch = batch or self.cfg.min_batch
         kind = optimizer_kind(optimizer)
 
-        def fits(a: Arch) -> bool:
+        def fits(a: Arch | FactoryArch) -> bool:
             return training_memory(a, batch, kind) <= budget
 
         drop = self._greedy(model, fits)
         opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
         removed = self._remove(model, drop, opt)
-        if not fits(Arch.of(model)):
-            need = training_memory(Arch.of(model).with_widths([1] * len(model.widths)), batch, kind)
+        if not fits(self.shape(model)):
+            narrowest = self.global_arch.with_widths([1] * len(self.kept))
+            need = training_memory(narrowest, batch, kind)
             raise BudgetError(
                 f"memory budget {budget} B cannot hold even the narrowest model at batch "
                 f"{batch} (min_width {self.cfg.min_width}); it needs more than {need} B"
@@ -302,3 +307,25 @@ class DynHP:
         self.dense_params = int(state["dense_params"])  # type: ignore[arg-type]
         src = kept if kept is not None else state["kept"]
         self.kept = [np.asarray(k, dtype=np.int64) for k in src]  # type: ignore[union-attr]
+
+
+def _taylor(layer: nn.Module) -> np.ndarray | None:
+    """``|w . dL/dw + b . dL/db|`` per output row of ``layer`` (module doc): the Taylor
+    score of its outputs; None before any gradient."""
+    if layer.weight.grad is None:
+        return None
+    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    gw = layer.weight.grad.reshape(w.shape)
+    s = torch.bmm(w.unsqueeze(1), gw.unsqueeze(2)).reshape(-1)
+    if layer.bias is not None and layer.bias.grad is not None:
+        s = s + layer.bias * layer.bias.grad
+    return s.abs().double().numpy()
+
+
+def _row_norms(layer: nn.Module) -> torch.Tensor:
+    """L2 norm of each output row of ``layer`` and its bias entry, as batched dot
+    products: ``(w * w).sum(1)`` would build a temporary the size of the weight (the
+    largest tensor, for the first linear layer)."""
+    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    rows = torch.bmm(w.unsqueeze(1), w.unsqueeze(2)).reshape(-1)
+    return torch.sqrt(rows + layer.bias**2 if layer.bias is not None else rows)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHP, DynHPConfig
+from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import max_batch_size, optimizer_kind, training_memory
-from fogsim.device.models import FogNet
 from fogsim.device.training import clip_gradients, masked_logits, optimizer_of_kind
 
 
@@ -40,13 +41,21 @@ class TrainStats:
     optimizer: torch.optim.Optimizer | None = None
 
     def record(
-        self, loss: float, model: FogNet, batch: int, optimizer: str, lr: float, progress: float
+        self,
+        loss: float,
+        model: nn.Module,
+        shape: Arch | FactoryArch,
+        batch: int,
+        optimizer: str,
+        lr: float,
+        progress: float,
     ) -> None:
-        """One step's figures (memory: modelled at this step's widths and batch)."""
+        """One step's figures (memory: modelled at this step's widths, ``shape``, and
+        batch)."""
         self.loss.append(loss)
         self.params.append(sum(p.numel() for p in model.parameters()))
         self.batch.append(batch)
-        self.memory.append(training_memory(model, batch, optimizer))
+        self.memory.append(training_memory(shape, batch, optimizer))
         self.lr.append(lr)
         self.progress.append(progress)
 
@@ -63,13 +72,13 @@ def lr_scale(scaling: str, batch: int, lr_batch: int) -> float:
 
 
 def choose_batch(
-    model: FogNet, cfg: DynHPConfig, budget: int | None, optimizer: str, n_local: int
+    shape: Arch | FactoryArch, cfg: DynHPConfig, budget: int | None, optimizer: str, n_local: int
 ) -> int:
     """The batch DynHP trains at now: budget-limited, capped by max_batch and data."""
     cap = min(cfg.max_batch, n_local)
     if budget is None:
         return max(1, min(cfg.min_batch, n_local))
-    return max(1, max_batch_size(model, budget, optimizer, cap=cap))
+    return max(1, max_batch_size(shape, budget, optimizer, cap=cap))
 
 
 class _Shuffle:
@@ -88,7 +97,7 @@ class _Shuffle:
 
 
 def _optimizer(
-    model: FogNet, optimizer: str | torch.optim.Optimizer, lr: float, momentum: float
+    model: nn.Module, optimizer: str | torch.optim.Optimizer, lr: float, momentum: float
 ) -> tuple[torch.optim.Optimizer, float]:
     """The optimizer to train with and its base LR (the LR at ``lr_batch``): a name is
     built here at ``lr``; an optimizer is continued at the base LR it had before."""
@@ -109,7 +118,7 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
 
 
 def train_dynhp(
-    model: FogNet,
+    model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     dynhp: DynHP,
@@ -145,7 +154,7 @@ def train_dynhp(
     t0, stats, n = time.perf_counter(), TrainStats(), len(x)
     phase = on_phase or (lambda name, opt: None)
     # 1. a budget that cannot hold the model at min_batch: prune it to fit first
-    if budget is not None and training_memory(model, cfg.min_batch, kind) > budget:
+    if budget is not None and training_memory(dynhp.shape(model), cfg.min_batch, kind) > budget:
         phase("fit", optimizer if isinstance(optimizer, torch.optim.Optimizer) else None)
         stats.pruned += dynhp.fit_to_budget(model, budget, optimizer)
     opt, base_lr = _optimizer(model, optimizer, lr, momentum)
@@ -157,7 +166,9 @@ def train_dynhp(
         return bs, _set_lr(opt, base_lr * scale)
 
     fixed = not cfg.dynamic_batch and batch is not None
-    bs, cur_lr = use_batch(batch if fixed else choose_batch(model, cfg, budget, kind, n))
+    bs, cur_lr = use_batch(
+        batch if fixed else choose_batch(dynhp.shape(model), cfg, budget, kind, n)
+    )
     total = max(1, int(round(epochs * n)))
     p0, p1 = progress_range
     loss_fn = nn.CrossEntropyLoss()
@@ -179,7 +190,7 @@ def train_dynhp(
         opt.zero_grad(set_to_none=True)
         seen, step = seen + len(idx), step + 1
         progress = p0 + (p1 - p0) * seen / total
-        stats.record(loss.item(), model, len(idx), kind, cur_lr, progress)
+        stats.record(loss.item(), model, dynhp.shape(model), len(idx), kind, cur_lr, progress)
         del loss  # its graph holds the Parameters: kept, it would pin pre-pruning ones
         # 3. a pruning check on the schedule; the smaller net trains a bigger batch
         if step % cfg.check_every == 0 or seen >= total:
@@ -187,7 +198,7 @@ def train_dynhp(
             removed = dynhp.check(model, progress, opt)
             stats.pruned += removed
             if removed and cfg.dynamic_batch:
-                bs, cur_lr = use_batch(choose_batch(model, cfg, budget, kind, n))
+                bs, cur_lr = use_batch(choose_batch(dynhp.shape(model), cfg, budget, kind, n))
     phase("end", opt)
     stats.wall_s = time.perf_counter() - t0
     return stats

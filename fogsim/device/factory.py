@@ -17,13 +17,11 @@ the layer, unless it is ``Linear``, ``Conv2d`` and ``BatchNorm`` layers in a lin
 activations, pooling, flatten and dropout between them; its arrays must then form a
 chain, and its output must have ``num_classes`` logits.
 
-Its memory figure (:class:`FactoryArch`) is measured, not modelled: fogsim's memory
-model replays FogNet's step op by op (``fogsim.device.replay``), and no such replay
-exists for any chain yet, so the heap counter (``fogsim.device.heap``) measures the
-dense model's step at a few batches once (``fogsim.device.heap.memory_table``) and a batch between
-them is interpolated (:func:`interpolate`). That serves a dense model only: the
-sub-model strategies and DynHP would need a figure at any widths, so they are refused
-for factory models (``fogsim.scenario.model_section``).
+Its memory figure (:class:`FactoryArch`) is modelled as FogNet's is, by replaying a
+training step allocation by allocation on the model's own layers at any widths
+(``fogsim.device.chain_replay``, checked against the process heap), so the sub-model
+strategies and DynHP narrow a factory model as they narrow a FogNet: pruning and
+slicing read its neuron groups from its arrays (``fogsim.device.pruning``).
 
 The module is imported from ``sys.path`` and the current directory (a user's models
 live beside their scenario), as ``[strategy] module`` is. A check builds the model
@@ -38,13 +36,14 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from fogsim.device.arch import Arch
-from fogsim.device.chain import ChainError, ChainLayout, check_model
+from fogsim.device.chain import ChainError, ChainLayout, assign, check_model
+from fogsim.device.chain_replay import chain_phases
 from fogsim.device.models import model_from_state
 
 FACTORY_PATTERN = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$"
@@ -66,12 +65,17 @@ class FactoryModel:
     num_classes: int
     shapes: tuple[tuple[str, tuple[int, ...]], ...]
     layout: ChainLayout
-    num_params: int
+    params: tuple[str, ...]  # the arrays that are parameters (the rest are buffers)
 
     @property
     def widths(self) -> tuple[int, ...]:
         """Every neuron group's width in the dense model, in forward order."""
         return self.layout.widths
+
+    @property
+    def num_params(self) -> int:
+        shapes = dict(self.shapes)
+        return sum(math.prod(shapes[k]) for k in self.params)
 
 
 def load_factory(ref: str) -> Callable[..., nn.Module]:
@@ -127,58 +131,21 @@ def checked(ref: str, in_shape: Shape, num_classes: int) -> FactoryModel:
             f"{ref}: gives outputs of shape {tuple(out.shape)[1:]} per image; "
             f"expected ({num_classes},) logits (num_classes = {num_classes})"
         )
-    n = sum(p.numel() for p in model.parameters())
-    return FactoryModel(ref, in_shape, num_classes, tuple(shapes.items()), layout, n)
-
-
-# --- the memory figure: the heap counter, measured once per model and kept ------------
-MEMORY_MARGIN = 1.02  # over the interpolated heap: run-to-run spread (< 0.1 % seen)
-
-
-def table_batches(largest: int) -> tuple[int, ...]:
-    """The batches the heap is measured at: powers of two up to ``largest``, and it."""
-    out, b = [], 1
-    while b < largest:
-        out.append(b)
-        b *= 2
-    return (*out, largest)
-
-
-def interpolate(table: Sequence[tuple[int, int]], batch: int) -> int:
-    """Modelled bytes at ``batch`` from measured ``(batch, bytes)`` points: linear
-    between the two around it, times :data:`MEMORY_MARGIN`. A step's memory is the
-    largest of affine functions of the batch (memory.py), so convex, and the chord
-    between two measured batches lies above it: never under the heap between them.
-    A batch outside the table is refused, as extrapolating a convex function can
-    fall under it."""
-    pts = sorted(table)
-    if not pts[0][0] <= batch <= pts[-1][0]:
-        raise ValueError(
-            f"batch {batch}: the factory model's memory was measured for batches "
-            f"{pts[0][0]}..{pts[-1][0]} only"
-        )
-    for (b0, m0), (b1, m1) in zip(pts, pts[1:] + pts[-1:], strict=True):
-        if b0 <= batch <= b1:
-            m = m0 if b1 == b0 else m0 + (m1 - m0) * (batch - b0) / (b1 - b0)
-            return math.ceil(m * MEMORY_MARGIN)
-    raise AssertionError("unreachable")
+    params = tuple(name for name, _ in model.named_parameters())
+    return FactoryModel(ref, in_shape, num_classes, tuple(shapes.items()), layout, params)
 
 
 @dataclass(frozen=True)
 class FactoryArch:
     """A factory model's shape facts where fogsim's own models have an ``Arch``
-    (``fogsim.device.arch``): the memory model, the strategies and the clients ask it
-    the same questions. Its memory figure is the heap counter's (:func:`interpolate`
-    over ``table``, measured for optimizer ``kind``), not a replay of the step.
-
-    Trained dense only: every width fraction is the dense model (:meth:`scaled`), as
-    the sub-model strategies and DynHP are refused for factory models at validate."""
+    (``fogsim.device.arch``): the memory model, the strategies and DynHP ask it the
+    same questions, at the dense widths or narrowed ones (``sub``: one width per
+    neuron group, as a sub-model strategy or DynHP makes them)."""
 
     ref: str
     in_shape: Shape
     num_classes: int
-    kind: str
-    table: tuple[tuple[int, int], ...]
+    sub: tuple[int, ...] | None = None  # the widths of a narrowed model; None: dense
 
     @property
     def model(self) -> FactoryModel:
@@ -186,7 +153,7 @@ class FactoryArch:
 
     @property
     def widths(self) -> list[int]:
-        return list(self.model.widths)
+        return list(self.sub if self.sub is not None else self.model.widths)
 
     @property
     def output_names(self) -> tuple[str, str]:
@@ -195,50 +162,57 @@ class FactoryArch:
         weight = [k for k, shape in self.model.shapes if len(shape) in (2, 4)][-1]
         return weight, weight.rsplit(".", 1)[0] + ".bias"
 
-    def scaled(self, fraction: float) -> FactoryArch:
-        """The dense model, whatever ``fraction``: factory models are not narrowed."""
-        return self
-
     def with_widths(self, widths: Sequence[int]) -> FactoryArch:
-        if list(widths) != self.widths:
-            raise ValueError(f"{self.ref}: factory models train dense only, not {list(widths)}")
-        return self
+        widths = tuple(int(w) for w in widths)
+        dense = self.model.widths
+        if len(widths) != len(dense) or not all(1 <= w <= d for w, d in zip(widths, dense)):
+            raise ValueError(f"{self.ref}: widths {list(widths)} do not narrow {list(dense)}")
+        return replace(self, sub=None if widths == dense else widths)
+
+    def scaled(self, fraction: float) -> FactoryArch:
+        """Every group cut to ``ceil(fraction * width)`` neurons (at least 1)."""
+        return self.with_widths(self.model.layout.scaled(fraction))
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every array's shape at these widths (``state_dict`` order)."""
+        return self.model.layout.shapes_at(dict(self.model.shapes), self.widths)
 
     def param_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of every parameter, in ``model.parameters()`` order."""
-        with torch.device("meta"):
-            model = build(self.ref, self.in_shape, self.num_classes)
-        return [tuple(p.shape) for p in model.parameters()]
+        shapes = self.shapes()
+        return [shapes[k] for k in self.model.params]
 
     def num_params(self) -> int:
-        return self.model.num_params
+        return sum(math.prod(s) for s in self.param_shapes())
 
-    def training_memory(self, batch: int, kind: str) -> int:
-        """Modelled peak bytes of a training step at ``batch`` (class doc)."""
-        if kind != self.kind:
-            raise ValueError(f"{self.ref}: memory measured for {self.kind!r}, not {kind!r}")
-        return interpolate(self.table, batch)
+    def phases(self, optimizer: str, dtype_bytes: int = 4) -> list[tuple[int, int]]:
+        """``(fixed_bytes, bytes_per_sample)`` of one training step at every moment it
+        may peak, replayed on the model's own layers (``fogsim.device.chain_replay``)."""
+        return _phases(self, optimizer, dtype_bytes)
 
-    @property
-    def largest(self) -> int:
-        """The largest batch measured."""
-        return max(b for b, _ in self.table)
-
-    def max_batch(self, budget: int, kind: str, cap: int) -> int:
-        """Largest batch up to ``cap`` whose modelled memory fits ``budget`` (0: none)."""
-        fits = [b for b in range(1, cap + 1) if self.training_memory(b, kind) <= budget]
-        return fits[-1] if fits else 0
+    def meta_model(self) -> nn.Module:
+        """The model at these widths on the meta device (shapes only, no storage)."""
+        with torch.device("meta"):
+            model = build(self.ref, self.in_shape, self.num_classes)
+            shapes = self.shapes()
+            return assign(model, {k: torch.empty(shapes[k]) for k in shapes})
 
     def build(self, seed: int = 0) -> nn.Module:
         """A fresh dense model (the initial global model)."""
         return build(self.ref, self.in_shape, self.num_classes, seed)
 
     def from_state(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
-        """The model holding ``state``'s tensors as its parameters and buffers (no copy)."""
+        """The model holding ``state``'s tensors, dense or narrowed, as its parameters
+        and buffers (no copy)."""
         with torch.device("meta"):  # no storage, no random init: the weights come from state
             model = build(self.ref, self.in_shape, self.num_classes)
-        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, assign=True)
-        return model
+        return assign(model, state)
+
+
+@functools.lru_cache(maxsize=4096)
+def _phases(arch: FactoryArch, optimizer: str, dtype_bytes: int) -> list[tuple[int, int]]:
+    """:meth:`FactoryArch.phases`, kept: a strategy asks per budget, DynHP per pruning."""
+    return chain_phases(arch.meta_model(), arch.in_shape, optimizer, dtype_bytes)
 
 
 def load_model(arch: Arch | FactoryArch, state: Mapping[str, torch.Tensor]) -> nn.Module:

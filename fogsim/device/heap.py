@@ -28,7 +28,6 @@ runs :func:`_worker`:
 from __future__ import annotations
 
 import ctypes
-import functools
 import gc
 import hashlib
 import json
@@ -100,16 +99,6 @@ def measure_steps(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return _run({"task": "steps", "points": points})["results"]
 
 
-def measure_factory(
-    ref: str, in_shape: tuple[int, int, int], num_classes: int, optimizer: str, batches: list[int]
-) -> list[int]:
-    """Measured bytes of one steady-state training step of factory ``ref``'s dense
-    model (``fogsim.device.factory``) at each of ``batches``, as :func:`measure_steps`."""
-    common = {"factory": ref, "in_shape": list(in_shape), "num_classes": num_classes}
-    points = [{**common, "optimizer": optimizer, "batch": b} for b in batches]
-    return [r["measured"] for r in measure_steps(points)]
-
-
 def measure_dynhp(
     channels: tuple[int, ...],
     hidden: tuple[int, ...],
@@ -117,12 +106,16 @@ def measure_dynhp(
     epochs: int = 3,
     samples: int = 2000,
     optimizer: str = "sgd-momentum",
+    factory: str | None = None,
 ) -> dict[str, Any]:
     """Phases of a real ``train_dynhp`` run on the first ``samples`` MNIST images under
     ``budget``, set up as ``fogsim dynhp`` does: ``{"phases": [{"kind": "step" |
-    "check" | "fit", "device_peak", "peak", "kept", "modelled"?...}], "error"}``."""
+    "check" | "fit", "device_peak", "peak", "kept", "modelled"?...}], "error"}``. The
+    model is the FogNet of ``channels`` and ``hidden``, or ``factory``'s (a
+    ``[model] factory`` reference; then both are ignored)."""
     request = {
         "task": "dynhp",
+        "factory": factory,
         "channels": list(channels),
         "hidden": list(hidden),
         "budget": budget,
@@ -265,16 +258,22 @@ def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from fogsim.data import load_dataset
+    from fogsim.device.chain import widths_of
     from fogsim.device.dynhp import DynHP, DynHPConfig
     from fogsim.device.dynhp_train import train_dynhp
+    from fogsim.device.factory import FactoryArch
     from fogsim.device.models import FogNet
 
     data = load_dataset("mnist")
     n = request["samples"]
     x, y = data.tensors(data.train_x[:n], data.train_y[:n])
     torch.manual_seed(0)
-    model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
-    dynhp = DynHP(DynHPConfig(), model)
+    if request.get("factory"):
+        arch = FactoryArch(request["factory"], (1, 28, 28), 10)
+        model, dynhp = arch.build(), DynHP(DynHPConfig(), arch)
+    else:
+        model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
+        dynhp = DynHP(DynHPConfig(), model)
     probe = _Phases(counter, model)
     optimizer: Any = request["optimizer"]
     modelled, error, epochs = [], None, request["epochs"]
@@ -292,7 +291,7 @@ def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     steps = [r for r in probe.records if r["kind"] == "step"]
     for r, m in zip(steps, modelled, strict=False):
         r["modelled"] = m
-    return {"phases": probe.records, "error": error, "widths": list(model.widths)}
+    return {"phases": probe.records, "error": error, "widths": list(widths_of(model))}
 
 
 def _calibrate(counter: Counter) -> dict[str, int]:
@@ -329,53 +328,3 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(_worker(json.loads(sys.argv[1]))))
-
-
-def _cache_file(
-    ref: str, in_shape: tuple[int, int, int], num_classes: int, kind: str, batches: tuple[int, ...]
-) -> Path:
-    """Where the table of ``ref``'s model is kept (its key: the module doc of
-    :func:`memory_table`)."""
-    import inspect
-
-    import torch
-
-    from fogsim.device.factory import load_factory
-
-    fn = load_factory(ref)
-    source = inspect.getsourcefile(fn) or ""
-    text = Path(source).read_bytes() if source and Path(source).exists() else b""
-    key = json.dumps(
-        [ref, hashlib.sha1(text).hexdigest(), in_shape, num_classes, kind, batches,
-         torch.__version__, torch.backends.cpu.get_cpu_capability(), SOURCE_VERSION]
-    )  # fmt: skip
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fogsim"
-    return cache / f"factory-memory-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
-
-
-SOURCE_VERSION = 1  # bump when what is measured changes
-
-
-@functools.lru_cache(maxsize=64)
-def memory_table(
-    ref: str, in_shape: tuple[int, int, int], num_classes: int, kind: str, largest: int
-) -> tuple[tuple[int, int], ...]:
-    """``(batch, bytes)`` of one training step of factory ``ref``'s dense model with
-    optimizer ``kind``, measured by the heap counter at
-    ``fogsim.device.factory.table_batches(largest)``. A measurement takes a fresh process (~15-25 s
-    on a busy 2-core machine), so it is kept on disk, keyed by the factory's source
-    file, the shapes, the optimizer, torch and the CPU; raises
-    :class:`HeapCounterUnavailable` where the counter cannot run."""
-    from fogsim.device.factory import table_batches
-
-    batches = table_batches(largest)
-    path = _cache_file(ref, in_shape, num_classes, kind, batches)
-    if path.exists():
-        return tuple((int(b), int(m)) for b, m in json.loads(path.read_text()))
-    measured = measure_factory(ref, in_shape, num_classes, kind, list(batches))
-    table = tuple(zip(batches, measured, strict=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(table))
-    os.replace(tmp, path)
-    return table

@@ -154,18 +154,24 @@ def memory_breakdown(
     )
 
 
+def step_phases_of(
+    model: FogNet | Arch | FactoryArch, optimizer: str, dtype_bytes: int = 4
+) -> list[tuple[int, int]]:
+    """``(fixed, per_sample)`` bytes at every moment a step may peak: replayed for a
+    FogNet (``fogsim.device.replay``), or on a factory model's own layers."""
+    if isinstance(model, FactoryArch):
+        return model.phases(optimizer, dtype_bytes)
+    return step_phases(Arch.of(model), optimizer, dtype_bytes)
+
+
 def training_memory(
     model: FogNet | Arch | FactoryArch,
     batch_size: int,
     optimizer: str | torch.optim.Optimizer = "sgd",
     dtype_bytes: int = 4,
 ) -> int:
-    """Modelled peak bytes of training ``model`` at ``batch_size`` (see module doc; a
-    factory model's from the heap counter, ``fogsim.device.factory``)."""
-    if isinstance(model, FactoryArch):
-        return model.training_memory(batch_size, optimizer_kind(optimizer))
-    arch = Arch.of(model)
-    phases = step_phases(arch, optimizer_kind(optimizer), dtype_bytes)
+    """Modelled peak bytes of training ``model`` at ``batch_size`` (see module doc)."""
+    phases = step_phases_of(model, optimizer_kind(optimizer), dtype_bytes)
     return max(f + s * batch_size for f, s in phases)
 
 
@@ -180,24 +186,13 @@ def max_batch_size(
 
     Raises :class:`BudgetError` when even batch 1 does not fit.
     """
-    if isinstance(model, FactoryArch):
-        batch = model.max_batch(
-            budget_bytes, optimizer_kind(optimizer), cap if cap is not None else model.largest
-        )
-        if batch == 0:
-            one = model.training_memory(1, optimizer_kind(optimizer))
-            raise BudgetError(
-                f"memory budget {format_bytes(budget_bytes)} ({budget_bytes} B) cannot hold a "
-                f"training step of {model.ref}: batch 1 needs {format_bytes(one)} ({one} B)"
-            )
-        return batch
-    arch = Arch.of(model)
-    phases = step_phases(arch, optimizer_kind(optimizer), dtype_bytes)
+    phases = step_phases_of(model, optimizer_kind(optimizer), dtype_bytes)
     one = max(f + s for f, s in phases)
     if one > budget_bytes:
+        what = model.ref if isinstance(model, FactoryArch) else "widths"
         raise BudgetError(
             f"memory budget {format_bytes(budget_bytes)} ({budget_bytes} B) cannot hold a "
-            f"training step of widths {[*arch.channels, *arch.hidden]}: batch 1 needs "
+            f"training step of {what} {list(model.widths)}: batch 1 needs "
             f"{format_bytes(one)} ({one} B)"
         )
     batch = min((budget_bytes - f) // s for f, s in phases if s > 0)

@@ -5,13 +5,13 @@ model can be read back from its ``state_dict`` shapes (:func:`model_from_state`)
 That is what lets devices exchange compact models of different sizes.
 
 Hidden "neuron groups" are numbered in forward order: the conv channels first, then
-the hidden units of the fully connected layers. Group ``i`` is produced by
-:meth:`FogNet.producer` ``(i)`` and consumed by :meth:`FogNet.consumer` ``(i)``; the
-output layer is never a group, so it is never pruned.
+the hidden units of the fully connected layers; a FogNet is a chain, and its groups
+are read from its arrays as any chain model's (``fogsim.device.chain.ChainLayout``).
+The output layer is never a group, so it is never pruned.
 
 **Scaler** (HeteroFL, Diao et al. 2021): a sub-model whose group ``g`` holds
 ``w_g`` of the global model's ``W_g`` neurons can be told the global widths
-(:attr:`FogNet.scale_to`); in training mode it then multiplies the pre-activation of
+(:func:`set_scaler`); in training mode it then multiplies the pre-activation of
 every hidden group by ``W_g / w_g``, so that the next layer, which sees only ``w_g``
 of its ``W_g`` inputs, gets inputs of the magnitude the global model gives it. In
 evaluation mode (a deployed model) it is the identity, as in HeteroFL's ``Scaler``.
@@ -21,10 +21,12 @@ backward needs), so it costs no memory (``fogsim.device.memory`` holds unchanged
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from fogsim.device.chain import layer_of, layout_of
 
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -52,8 +54,6 @@ class FogNet(nn.Module):
         self.spatial = h * w  # pixels per channel entering the first linear layer
         sizes = [c_in * self.spatial, *hidden, num_classes]
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
-        # global widths per group: set, the hidden outputs are scaled in training (Scaler)
-        self.scale_to: list[int] | None = None
 
     @property
     def channels(self) -> list[int]:
@@ -70,38 +70,33 @@ class FogNet(nn.Module):
         """Width of every prunable neuron group, in forward order."""
         return self.channels + self.hidden
 
-    def producer(self, group: int) -> nn.Conv2d | nn.Linear:
-        """The layer whose output rows (units or channels) form neuron group ``group``."""
-        n_conv = len(self.convs)
-        return self.convs[group] if group < n_conv else self.fcs[group - n_conv]
-
-    def consumer(self, group: int) -> nn.Conv2d | nn.Linear:
-        """The layer whose input columns read neuron group ``group``."""
-        n_conv = len(self.convs)
-        if group + 1 < n_conv:
-            return self.convs[group + 1]
-        return self.fcs[group + 1 - n_conv]
-
-    def consumer_span(self, group: int) -> int:
-        """Input columns of the consumer per neuron (the flattened pixels of a channel)."""
-        return self.spatial if group == len(self.convs) - 1 else 1
-
-    def _scaled(self, z: torch.Tensor, group: int) -> torch.Tensor:
-        """``z`` (group ``group``'s pre-activation) times ``scale_to / width`` in
-        training mode, in place; unchanged otherwise (see the module doc)."""
-        if self.scale_to is None or not self.training:
-            return z
-        width = z.shape[1]
-        return z.mul_(self.scale_to[group] / width) if width != self.scale_to[group] else z
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for g, conv in enumerate(self.convs):
-            x = nn.functional.max_pool2d(torch.relu(self._scaled(conv(x), g)), 2)
+        for conv in self.convs:
+            x = nn.functional.max_pool2d(torch.relu(conv(x)), 2)
         x = x.flatten(1)
-        n_conv = len(self.convs)
-        for i, fc in enumerate(list(self.fcs)[:-1]):
-            x = torch.relu(self._scaled(fc(x), n_conv + i))
+        for fc in list(self.fcs)[:-1]:
+            x = torch.relu(fc(x))
         return self.fcs[-1](x)
+
+
+def set_scaler(model: nn.Module, global_widths: Sequence[int]) -> None:
+    """HeteroFL's Scaler (module doc) on ``model``, a FogNet or any chain model: a
+    forward hook on the layer producing each neuron group multiplies its output by
+    ``global_widths[g] / width`` in training mode, where ``width`` is the group's
+    width at that forward (DynHP may narrow it between steps)."""
+    layout = layout_of(model)
+    for g, full in enumerate(global_widths):
+        layer_of(model, layout.members(g)[0]).register_forward_hook(_scaler(full))
+
+
+def _scaler(full: int) -> Callable[[nn.Module, object, torch.Tensor], torch.Tensor | None]:
+    def hook(layer: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor | None:
+        width = out.shape[1]
+        if not layer.training or width == full:
+            return None
+        return out.mul_(full / width)  # in place: neither backward needs the output
+
+    return hook
 
 
 def num_params(model: nn.Module) -> int:

@@ -1,9 +1,11 @@
-"""Hard (physical) neuron pruning of a FogNet, and the index maps a federation needs.
+"""Hard (physical) neuron pruning of any chain model, and the index maps a federation needs.
 
-Pruning here really shrinks the dense layers: removing a neuron of group ``g``
-drops a row (and bias entry) of its producer and the matching input columns of its
-consumer (``consumer_span`` columns per channel where the last conv feeds the first
-linear layer). Memory and compute shrink with it, which is the point of DynHP.
+Pruning here really shrinks the layers: removing a neuron of group ``g`` drops a row
+(and bias entry, batch-norm entries) of the layer producing it and the matching input
+columns of the next layer (several columns per channel where a flatten feeds a linear
+layer). Memory and compute shrink with it, which is the point of DynHP. The groups
+are read from the model's arrays as a chain (``fogsim.device.chain.ChainLayout``), so
+fogsim's FogNet and a user's ``[model] factory`` model are pruned alike.
 
 A pruned model remembers where its neurons came from with ``kept``: one sorted
 int array per group of indices into the *global* (original) widths. With it a
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fogsim.device.models import FogNet
+from fogsim.device.chain import layer_of, layout_of, resize
 
 Kept = list[np.ndarray]
 
@@ -68,7 +70,7 @@ def _swap_param(
 
 
 def remove_neurons(
-    model: FogNet,
+    model: nn.Module,
     group: int,
     keep: np.ndarray | Sequence[int],
     optimizer: torch.optim.Optimizer | None = None,
@@ -76,21 +78,22 @@ def remove_neurons(
 ) -> None:
     """Keep only neurons ``keep`` (local indices) of ``group``, in place.
 
-    Rebuilds the producer's rows and bias and the consumer's input columns as new,
-    smaller Parameters; gradients and optimizer state (momentum_buffer, exp_avg,
-    exp_avg_sq, ...) are sliced the same way and re-keyed to the new Parameters.
-    ``kept[group]`` (global indices) is updated when given.
+    Rebuilds every array of the group (``ChainLayout.members``: the producer's rows
+    and bias, a batch norm's arrays and running statistics) and the next layer's input
+    columns as new, smaller tensors; gradients and optimizer state (momentum_buffer,
+    exp_avg, exp_avg_sq, ...) are sliced the same way and re-keyed to the new
+    Parameters. ``kept[group]`` (global indices) is updated when given.
     """
     keep_idx = torch.as_tensor(np.sort(np.asarray(keep, dtype=np.int64)))
-    width = model.widths[group]
+    layout = layout_of(model)
+    width = layout.widths[group]
     if (
         len(keep_idx) == 0
         or int(keep_idx[-1]) >= width
         or len(set(keep_idx.tolist())) < len(keep_idx)
     ):
         raise ValueError(f"keep must be distinct, non-empty indices below width {width}")
-    producer, consumer = model.producer(group), model.consumer(group)
-    span = model.consumer_span(group)
+    reader, span = layout.reader(group)
     cols = (keep_idx[:, None] * span + torch.arange(span)[None, :]).reshape(-1)
 
     def rows(t: torch.Tensor) -> torch.Tensor:
@@ -99,86 +102,30 @@ def remove_neurons(
     def in_cols(t: torch.Tensor) -> torch.Tensor:
         return t.index_select(1, cols)
 
-    with torch.no_grad():
-        _swap_param(producer, "weight", optimizer, rows)
-        _swap_param(producer, "bias", optimizer, rows)
-        _swap_param(consumer, "weight", optimizer, in_cols)
-    n = len(keep_idx)
-    if isinstance(producer, nn.Conv2d):
-        producer.out_channels = n
-    else:
-        producer.out_features = n
-    if isinstance(consumer, nn.Conv2d):
-        consumer.in_channels = n
-    else:
-        consumer.in_features = n * span
+    with torch.no_grad():  # state_dict order: the memory order _swap_param's doc assumes
+        for name, slicer in [*((m, rows) for m in layout.members(group)), (reader, in_cols)]:
+            layer, leaf = layer_of(model, name), name.rpartition(".")[2]
+            if leaf in layer._parameters:
+                _swap_param(layer, leaf, optimizer, slicer)
+            else:  # a buffer: a batch norm's running statistics
+                layer._buffers[leaf] = slicer(layer._buffers[leaf])
+            resize(layer)
     if kept is not None:
         kept[group] = np.asarray(kept[group])[keep_idx.numpy()]
 
 
-def _layout(state: Mapping[str, object]) -> tuple[int, int]:
-    n_conv = len({k.split(".")[1] for k in state if k.startswith("convs.")})
-    n_fc = len({k.split(".")[1] for k in state if k.startswith("fcs.")})
-    return n_conv, n_fc
-
-
-def _axis_indices(
-    name: str,
-    shape: Sequence[int],
-    kept: Kept,
-    n_conv: int,
-    n_fc: int,
-    spatial: int,
-) -> list[np.ndarray]:
-    """Global indices along each axis of parameter ``name`` held by a sub-model."""
-    kind, layer, leaf = name.split(".")
-    i = int(layer)
-    out_group = i if kind == "convs" else (n_conv + i if i < n_fc - 1 else None)
-    in_group = i - 1 if kind == "convs" else n_conv + i - 1
-    axes = [np.asarray(kept[out_group]) if out_group is not None else np.arange(shape[0])]
-    if leaf == "weight":
-        if kind == "convs" and i == 0 or kind == "fcs" and i == 0 and n_conv == 0:
-            axes.append(np.arange(shape[1]))
-        elif kind == "fcs" and i == 0:  # the last conv's channels, `spatial` columns each
-            ch = np.asarray(kept[n_conv - 1])
-            axes.append((ch[:, None] * spatial + np.arange(spatial)[None, :]).reshape(-1))
-        else:
-            axes.append(np.asarray(kept[in_group]))
-        axes += [np.arange(s) for s in shape[2:]]
-    return axes
-
-
-def _spatial(global_shapes: Mapping[str, Sequence[int]], n_conv: int) -> int:
-    if n_conv == 0:
-        return 1
-    return global_shapes["fcs.0.weight"][1] // global_shapes[f"convs.{n_conv - 1}.weight"][0]
-
-
 def submodel_index(global_shapes: Mapping[str, Sequence[int]], kept: Kept) -> dict[str, tuple]:
     """Per parameter, the numpy index of the global elements a sub-model holds (``np.ix_``
-    over the axes it prunes, whole slices elsewhere)."""
-    n_conv, n_fc = _layout(global_shapes)
-    spatial = _spatial(global_shapes, n_conv)
-    out = {}
-    for name, shape in global_shapes.items():
-        axes = _axis_indices(name, tuple(shape), kept, n_conv, n_fc, spatial)
-        # full axes as slices: fancy indexing over a whole axis costs ~10x a slice
-        picked = [d for d, a in enumerate(axes) if len(a) != shape[d]]
-        grids = dict(zip(picked, np.ix_(*(axes[d] for d in picked)), strict=True))
-        out[name] = tuple(grids.get(d, slice(None)) for d in range(len(axes)))
-    return out
+    over the axes it prunes, whole slices elsewhere: fancy indexing over a whole axis
+    costs ~10x a slice)."""
+    return layout_of(global_shapes).index(global_shapes, kept)
 
 
 def submodel_shapes(
     global_shapes: Mapping[str, Sequence[int]], kept: Kept
 ) -> dict[str, tuple[int, ...]]:
     """Per parameter, the shape of the sub-model holding the neurons in ``kept``."""
-    n_conv, n_fc = _layout(global_shapes)
-    spatial = _spatial(global_shapes, n_conv)
-    return {
-        name: tuple(len(a) for a in _axis_indices(name, tuple(shape), kept, n_conv, n_fc, spatial))
-        for name, shape in global_shapes.items()
-    }
+    return layout_of(global_shapes).sub_shapes(global_shapes, kept)
 
 
 def extract_submodel(
@@ -189,7 +136,7 @@ def extract_submodel(
     out = {}
     for name, value in global_state.items():
         whole = np.asarray(value)
-        part = whole[index[name]]  # numpy: torch indexing with numpy indices is ~10x slower
+        part = np.asarray(whole[index[name]])  # numpy (torch indexing with it: ~10x slower)
         # an unpruned parameter comes back as a view: copy so the sub-model owns it
         out[name] = torch.from_numpy(part.copy() if np.shares_memory(part, whole) else part)
     return out
@@ -229,11 +176,3 @@ def masked_mean(
         k: np.where(den[k] > 0, num[k] / np.maximum(den[k], 1e-300), v).astype(v.dtype)
         for k, v in old.items()
     }
-
-
-def kept_from_mask(mask: Mapping[str, np.ndarray], n_conv: int) -> Kept:
-    """Recover ``kept`` from the masks of producer biases (inverse of scatter's mask)."""
-    n_fc = len({k.split(".")[1] for k in mask if k.startswith("fcs.")})
-    names = [f"convs.{i}.bias" for i in range(n_conv)]
-    names += [f"fcs.{i}.bias" for i in range(n_fc - 1)]
-    return [np.flatnonzero(np.asarray(mask[n])) for n in names]

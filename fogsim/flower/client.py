@@ -32,6 +32,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
+from fogsim.device.chain import assign
 from fogsim.flower import wire
 from fogsim.flower.strategies import BUDGET_KEY
 from fogsim.units import parse_bytes
@@ -65,26 +66,7 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
     extra = sorted(set(state) - set(names))
     if missing or extra:
         raise KeyError(f"received arrays do not match the model: missing {missing}, extra {extra}")
-    for name, value in state.items():
-        owner, _, leaf = name.rpartition(".")
-        module = model.get_submodule(owner)
-        if isinstance(getattr(module, leaf), nn.Parameter):
-            setattr(module, leaf, nn.Parameter(value.clone()))
-        else:
-            module.register_buffer(leaf, value.clone())
-    for module in model.modules():
-        _update_sizes(module)
-    return model
-
-
-def _update_sizes(module: nn.Module) -> None:
-    """A layer's size attributes after its arrays were swapped for narrower ones."""
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.Conv2d):
-        module.out_channels, module.in_channels = module.weight.shape[:2]
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-        module.num_features = module.running_mean.shape[0]
+    return assign(model, {k: v.clone() for k, v in state.items()})
 
 
 def train_reply(

@@ -121,15 +121,10 @@ class ClientSpec(BaseModel):
     faults: FaultsSection
     threads: int  # torch intra-op threads of a client actor
     shares: tuple[float, ...] | None = None  # per node: its relative share of the data
-    # a factory model's measured (batch, bytes) table (the heap is measured once, by
-    # the driver: fogsim.device.heap.memory_table)
-    memory_table: tuple[tuple[int, int], ...] | None = None
 
     @property
     def arch(self) -> Arch | FactoryArch:
         """The dense global architecture on the data set's images (``Scenario.arch``)."""
-        if self.model.factory is not None:
-            return self.model.factory_arch(self.data, self.train.memory_kind, self.memory_table)
         return self.model.shape_for(self.data)
 
     @classmethod
@@ -144,7 +139,6 @@ class ClientSpec(BaseModel):
             faults=sc.faults,
             threads=sc.simulation.torch_threads,
             shares=sc.fleet.data_shares,
-            memory_table=sc.arch.table if sc.model.factory else None,
         )
 
 

@@ -53,10 +53,12 @@ class ModelSection(Section):
     def conv_channels(self) -> tuple[int, ...]:
         return tuple(self.channels) if self.arch == "cnn" else ()
 
-    def shape_for(self, data: DataSection) -> Arch:
+    def shape_for(self, data: DataSection) -> Arch | FactoryArch:
         """The dense global architecture on ``data``'s images, as the memory model sees
-        it (``Scenario.arch``)."""
+        it (``Scenario.arch``): a FogNet's, or the factory model's."""
         in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
+        if self.factory is not None:
+            return FactoryArch(self.factory, in_shape, data.num_classes)
         return Arch(self.conv_channels, tuple(self.hidden), in_shape, data.num_classes)
 
     def num_params(self, data: DataSection) -> int:
@@ -93,19 +95,3 @@ class ModelSection(Section):
                 f"at most {MAX_PARAMS:,}"
             ]
         return []
-
-    def factory_arch(
-        self, data: DataSection, kind: str, table: tuple[tuple[int, int], ...] | None = None
-    ) -> FactoryArch:
-        """The factory model on ``data``'s images, its memory measured for optimizer
-        ``kind`` (``table``: as measured before, e.g. by the driver for a client)."""
-        in_shape = (data.image_shape[0], data.image_shape[1], data.image_shape[2])
-        assert self.factory is not None
-        if table is None:
-            raise ValueError("a factory model's memory table is measured by Scenario.arch")
-        return FactoryArch(self.factory, in_shape, data.num_classes, kind, table)
-
-
-# strategies that train a factory model: the dense ones (a Flower strategy too); the
-# sub-model strategies and DynHP narrow it, which fogsim does not do for them yet
-FACTORY_STRATEGIES = ("fedavg", "fedavg-dense", "fedavg-feasible")

@@ -16,13 +16,12 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.factory import FactoryArch
-from fogsim.device.heap import memory_table
 from fogsim.device.memory import training_memory
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
 from fogsim.scenario.data_section import DataSection
 from fogsim.scenario.fleet_section import FleetSection
-from fogsim.scenario.model_section import FACTORY_STRATEGIES, ModelSection
+from fogsim.scenario.model_section import ModelSection
 from fogsim.scenario.topology_section import TopologySection, topology_problems
 
 
@@ -290,33 +289,15 @@ class Scenario(Section):
                 f"simulation.clients_per_round = {sim.clients_per_round}"
             )
         problems += topology_problems(self.topology, self.fleet)
-        strategy = self.strategy
-        if (
-            self.model.factory
-            and strategy.flower is None
-            and strategy.name not in FACTORY_STRATEGIES
-        ):
-            problems.append(
-                f"strategy.name: {strategy.name!r} does not train a model.factory model yet "
-                f"(it narrows the model); allowed with a factory: {', '.join(FACTORY_STRATEGIES)} "
-                "or a Flower strategy (strategy.flower)"
-            )
         if problems:  # one line each, field first (see _format_errors)
             raise ValueError("\n".join(problems))
         return self
 
     @property
     def arch(self) -> Arch | FactoryArch:
-        """The dense global architecture on the data set's images and classes (a
-        factory model's with its memory measured by the heap counter on first use,
-        ``fogsim.device.heap.memory_table``)."""
-        if self.model.factory is None:
-            return self.model.shape_for(self.data)
-        d, kind = self.data, self.train.memory_kind
-        in_shape = (d.image_shape[0], d.image_shape[1], d.image_shape[2])
-        largest = max(self.train.batch_size, self.dynhp.min_batch)
-        table = memory_table(self.model.factory, in_shape, d.num_classes, kind, largest)
-        return self.model.factory_arch(d, kind, table)
+        """The dense global architecture on the data set's images and classes: a
+        FogNet's, or the factory model's (``[model] factory``)."""
+        return self.model.shape_for(self.data)
 
     @property
     def smallest_training_memory(self) -> int:

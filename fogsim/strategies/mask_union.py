@@ -54,6 +54,7 @@ from typing import Any, Literal
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
+from fogsim.device.chain import layout_of
 from fogsim.device.memory import widest_fraction
 from fogsim.device.pruning import Kept
 from fogsim.fleet import Fleet
@@ -108,9 +109,9 @@ class MaskUnion(SubModelStrategy):
         """Per group, the neurons by incoming-weight L2 norm in the current global
         model, largest first (ties: lower index first)."""
         out = []
-        n_conv = len(self.arch.channels)
+        layout = layout_of({k: v.shape for k, v in self.global_state.items()})
         for g, w in enumerate(self.widths):
-            name = f"convs.{g}.weight" if g < n_conv else f"fcs.{g - n_conv}.weight"
+            name = layout.members(g)[0]  # the layer producing the group
             norms = np.linalg.norm(self.global_state[name].reshape(w, -1), axis=1)
             out.append(np.argsort(-norms, kind="stable"))
         return out

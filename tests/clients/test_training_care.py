@@ -2,6 +2,8 @@
 training loops, the client that applies what a message asks, and the aggregation of
 output rows by the labels each client holds."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.fog_client import local_data, train
-from fogsim.device.models import FogNet
+from fogsim.device.models import FogNet, set_scaler
 from fogsim.device.pruning import extract_submodel
 from fogsim.device.training import make_optimizer, present_labels, train_epochs
 from fogsim.fleet import build_fleet
 from fogsim.flower import wire
 from fogsim.scenario import load_scenario
 from fogsim.strategies import STRATEGIES
+from tests.example_models import resnet_like
 
 
 @pytest.fixture(autouse=True)
@@ -31,27 +34,44 @@ def params(model: torch.nn.Module) -> torch.Tensor:
 def test_scaler_multiplies_hidden_preactivations_by_global_over_local_width() -> None:
     torch.manual_seed(0)
     net = FogNet((), (3, 2))
-    net.scale_to = [6, 8]  # factors 2 and 4
+    set_scaler(net, [6, 8])  # factors 2 and 4
     x = torch.randn(5, 1, 28, 28)
     fc0, fc1, out = net.fcs
-    h = torch.relu(2 * fc0(x.flatten(1)))
-    expected = out(torch.relu(4 * fc1(h)))
-    net.train()
-    assert torch.allclose(net(x), expected, atol=1e-5)
     net.eval()  # a deployed model: identity, as HeteroFL's Scaler
     plain = out(torch.relu(fc1(torch.relu(fc0(x.flatten(1))))))
     assert torch.allclose(net(x), plain, atol=1e-6)
+    h = torch.relu(2 * fc0(x.flatten(1)))  # the layers, still in eval mode, by hand
+    expected = out(torch.relu(4 * fc1(h)))
+    net.train()
+    assert torch.allclose(net(x), expected, atol=1e-5)
 
 
 def test_scaler_scales_conv_channels_too() -> None:
     torch.manual_seed(0)
     net = FogNet((2,), (4,))
-    net.scale_to = [6, 4]  # conv channels x3, hidden units x1 (full width)
+    set_scaler(net, [6, 4])  # conv channels x3, hidden units x1 (full width)
     x = torch.randn(3, 1, 28, 28)
     conv, (fc0, out) = net.convs[0], net.fcs
+    net.eval()
     a = torch.nn.functional.max_pool2d(torch.relu(3 * conv(x)), 2).flatten(1)
+    expected = out(torch.relu(fc0(a)))
     net.train()
-    assert torch.allclose(net(x), out(torch.relu(fc0(a))), atol=1e-5)
+    assert torch.allclose(net(x), expected, atol=1e-5)
+
+
+def test_scaler_scales_a_factory_models_groups_before_their_batch_norm() -> None:
+    """A user's model (``[model] factory``): each group's producing layer is scaled,
+    the output layer is not."""
+    torch.manual_seed(0)
+    net = resnet_like((1, 28, 28), 10)
+    plain = copy.deepcopy(net).train()
+    set_scaler(net, [16, 32, 32, 64])  # x2 everywhere
+    net.train()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        z = net[0](x)  # net[0] is hooked: scaled x2
+        assert torch.allclose(z, 2 * plain[0](x), atol=1e-5)
+        assert torch.allclose(net[-1](torch.ones(1, 32)), plain[-1](torch.ones(1, 32)))
 
 
 # --- clipping and label masking in the training loop ------------------------------------

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from fogsim.device.arch import Arch
+from fogsim.device.chain import widths_of
 from fogsim.device.dynhp import DynHP, DynHPConfig, cubic_target
 from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, num_params
 
@@ -162,3 +164,26 @@ def test_static_batch_ablation_and_impossible_budget():
     assert set(stats.batch) == {16}
     with pytest.raises(BudgetError):
         train_dynhp(FogNet((), (50, 20)), x, y, DynHP(cfg, Arch((), (50, 20))), budget=1000)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "weight-norm-io"])
+@pytest.mark.parametrize("model", ["lenet5", "resnet_like"])
+def test_dynhp_prunes_a_factory_model_within_its_budget(model: str, criterion: str) -> None:
+    """A user's model (``[model] factory``): DynHP reads its neuron groups from its
+    arrays, prunes convs, batch norms (running statistics too) and linear layers alike,
+    and sizes every step's batch to the budget by the memory model at the widths of
+    that step."""
+    arch = FactoryArch(f"tests.example_models:{model}", (1, 28, 28), 10)
+    net = arch.build(seed=0)
+    cfg = DynHPConfig(target_compression=4, check_every=2, patience=1, criterion=criterion)
+    dynhp = DynHP(cfg, arch)
+    x, y = _data(256)
+    budget = training_memory(arch.scaled(0.6), cfg.min_batch, "sgd-momentum")
+    stats = train_dynhp(net, x, y, dynhp, budget=budget, epochs=2, optimizer="sgd-momentum")
+    assert stats.pruned > 0 and all(m <= budget for m in stats.memory)
+    widths = widths_of(net)
+    assert [len(k) for k in dynhp.kept] == list(widths)
+    assert num_params(net) == arch.with_widths(widths).num_params() <= arch.num_params() / 4
+    for name, t in net.state_dict().items():  # every array matches the narrowed shapes
+        assert tuple(t.shape) == arch.with_widths(widths).shapes()[name], name
+    assert torch.isfinite(net.eval()(x[:4])).all()

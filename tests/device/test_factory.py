@@ -68,24 +68,11 @@ def test_validate_refuses_with_exit_2(factory_scenario: Path, override: str, say
     assert all(s in result.output for s in says), result.output
 
 
-def test_no_heap_counter_is_refused_at_validate(factory_scenario: Path, monkeypatch) -> None:
-    import fogsim.scenario.schema as schema
-    from fogsim.device.heap import HeapCounterUnavailable
-
-    def unavailable(*args, **kwargs):
-        raise HeapCounterUnavailable("measuring the heap needs Linux and a C compiler (cc)")
-
-    monkeypatch.setattr(schema, "memory_table", unavailable)
-    result = runner.invoke(app, ["validate", str(factory_scenario)])
-    assert result.exit_code == 2, result.output
-    assert "model.factory" in result.output and "C compiler" in result.output, result.output
-
-
 def test_a_fleet_that_cannot_hold_the_factory_model_is_refused(factory_scenario: Path) -> None:
-    sets = ["--set", "fleet.classes.0.memory='512KiB'"]
+    sets = ["--set", "fleet.classes.0.memory='16KiB'", "--set", "fleet.classes.1.memory='16KiB'"]
     result = runner.invoke(app, ["validate", str(factory_scenario), *sets])
     assert result.exit_code == 2, result.output
-    assert "the factory model (trained dense only)" in result.output, result.output
+    assert "the smallest model (one neuron per layer)" in result.output, result.output
 
 
 def test_a_resolved_factory_scenario_reads_back(factory_scenario: Path) -> None:

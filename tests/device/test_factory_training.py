@@ -1,6 +1,7 @@
 """A ``[model] factory`` model trained end to end in this process (the real ClientApp
 and round loop on Flower messages, ``tests/topology/local.py``): dense FedAvg, the
-budget-aware ``fedavg-feasible`` and a Flower strategy; memory from the heap table."""
+budget-aware ``fedavg-feasible``, a Flower strategy, and the sub-model strategies that
+narrow it to each node's budget."""
 
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fogsim.cli import app
-from fogsim.device.factory import FactoryArch, interpolate
+from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import max_batch_size, training_memory
 from fogsim.scenario import load_scenario
 from tests.topology.local import run_local
@@ -62,39 +63,47 @@ def scenario(tmp_path: Path, model="lenet5", small="1MiB", strategy='name = "fed
     return path, load_scenario(path, list(sets))
 
 
-def test_the_arch_is_the_factory_model_with_its_measured_memory(tmp_path: Path) -> None:
+def test_the_arch_is_the_factory_model_at_any_widths(tmp_path: Path) -> None:
     _, sc = scenario(tmp_path)
     arch = sc.arch
     assert isinstance(arch, FactoryArch) and arch.widths == [6, 16, 120, 84]
-    assert [b for b, _ in arch.table] == [1, 2, 4, 8, 16, 32]
     assert arch.output_names == ("11.weight", "11.bias")
-    m = dict(arch.table)
-    assert training_memory(arch, 32, "sgd-momentum") == interpolate(arch.table, 32)
-    assert m[32] < training_memory(arch, 32, "sgd-momentum") <= 1.02 * m[32] + 1
-    budget = (m[8] + m[16]) // 2  # between batch 8 and 16
-    assert 8 <= max_batch_size(arch, budget, "sgd-momentum", cap=32) < 16
-    with pytest.raises(ValueError, match="measured for batches 1..32"):
-        training_memory(arch, 33, "sgd-momentum")
+    half = arch.scaled(0.5)
+    assert half.widths == [3, 8, 60, 42] and arch.with_widths(arch.widths) == arch
+    model = half.meta_model()  # the narrowed model itself: its arrays, its parameters
+    assert half.num_params() == sum(p.numel() for p in model.parameters())
+    assert model[0].out_channels == 3 and model[7].in_features == 8 * 5 * 5
+    for kind in ("sgd", "sgd-momentum", "adam"):
+        assert training_memory(half, 16, kind) < training_memory(arch, 16, kind)
+        assert training_memory(half, 16, kind) < training_memory(half, 17, kind)
+    budget = training_memory(half, 16, "sgd")
+    assert max_batch_size(half, budget, "sgd") == 16
+    with pytest.raises(ValueError, match="do not narrow"):
+        arch.with_widths([7, 16, 120, 84])
 
 
 @pytest.mark.parametrize(
-    ("sets", "says"),
-    [
-        (["strategy.name='mask-union'"], ["strategy.name", "mask-union", "fedavg-feasible"]),
-        (["strategy.name='heterofl'"], ["strategy.name", "heterofl", "strategy.flower"]),
-    ],
-)
-def test_narrowing_strategies_are_refused_at_validate(tmp_path: Path, sets, says) -> None:
-    path, _ = scenario(tmp_path)
-    result = CliRunner().invoke(app, ["validate", str(path), *[f"--set={s}" for s in sets]])
-    assert result.exit_code == 2, result.output
-    assert all(s in result.output for s in says), result.output
-
-
-def test_validate_accepts_a_dense_strategy(tmp_path: Path) -> None:
-    path, _ = scenario(tmp_path)
-    result = CliRunner().invoke(app, ["validate", str(path)])
-    assert result.exit_code == 0, result.output
+    ("model", "strategy"),
+    [("lenet5", "mask-union"), ("resnet_like", "mask-union"), ("lenet5", "heterofl"),
+     ("resnet_like", "fedrolex")],
+)  # fmt: skip
+def test_sub_model_strategies_train_a_factory_model_narrowed_to_each_budget(
+    tmp_path: Path, model: str, strategy: str
+) -> None:
+    """The small nodes cannot hold the dense model: they train a narrowed one within
+    their budget (mask-union by DynHP pruning, heterofl/fedrolex a slice)."""
+    _, sc = scenario(tmp_path, model, small="256KiB", strategy=f'name = "{strategy}"')
+    rounds, nodes, _ = run_local(sc, tmp_path / "out")
+    assert len(rounds) == 3
+    trained = [r for r in nodes if r["status"] == "ok"]
+    dense = sc.arch.num_params()
+    budget = {"big": 8 * 2**20, "small": 256 * 2**10}
+    for r in trained:
+        assert int(r["peak_memory"]) <= budget[r["class"]] and int(r["over_budget"]) == 0
+    small = [r for r in trained if r["class"] == "small"]
+    assert small and all(int(r["params"]) < dense for r in small), small
+    losses = [float(r["loss"]) for r in rounds]  # the global model learns
+    assert losses[-1] < min(losses[0], np.log(10)), losses
 
 
 @pytest.mark.parametrize("model", ["lenet5", "resnet_like"])
@@ -106,7 +115,7 @@ def test_fedavg_feasible_trains_a_factory_model(tmp_path: Path, model: str) -> N
     trained = [r for r in nodes if r["status"] == "ok"]
     assert trained and {r["class"] for r in trained} == {"big"}
     arch = sc.arch
-    for r in trained:  # the reported peak is the measured table's, within the budget
+    for r in trained:  # the reported peak is the modelled one, within the budget
         assert int(r["peak_memory"]) == training_memory(arch, int(r["batch_size"]), "sgd-momentum")
         assert int(r["peak_memory"]) <= 8 * 2**20 and int(r["over_budget"]) == 0
     losses = [float(r["loss"]) for r in rounds]  # the global model learns
