@@ -27,8 +27,10 @@ each checked against the heap counter (``tests/device/test_chain_memory.py``):
   Those moments hold only at batch 1, so they are phases whose slope is
   :data:`BATCH_ONE_ONLY` (negative): at batch 1 they give the bytes, above it they
   are far below zero and never the peak (``max_batch_size`` ignores slopes <= 0);
-- bookkeeping (``replay.STEP_OVERHEAD``...) per layer with parameters, and
-  ``ONEDNN_GRAPH_OVERHEAD`` while a graph with convolutions lives.
+- bookkeeping as ``replay`` counts it (``STEP_OVERHEAD``, ``STEP_OVERHEAD_PER_LAYER``
+  per Linear/Conv, added as the forward records it, half of it per BatchNorm: ~2 KB
+  measured), and ``ONEDNN_GRAPH_OVERHEAD`` while a graph with a conv oneDNN runs
+  lives (none at batch 1 where every conv runs ``slow_conv2d``).
 
 The phases are pure in (model structure, widths, input shape, optimizer), so they
 are cached on a key of the modules' types and hyperparameters and the arrays' shapes
@@ -157,7 +159,6 @@ class _Live:
         self.sizes: list[int] = []
         self.refs: list[int] = []
         self.phases: Phases = []
-        self.batch_one: Phases = []  # moments at batch 1 only (slow_conv2d)
 
     def new(self, per_sample: int) -> int:
         self.sizes.append(per_sample)
@@ -179,32 +180,35 @@ class _Live:
         """A candidate peak, with bytes alive only inside the op at this moment."""
         self.phases.append((self.fixed + op_fixed, self.per_sample + op_per_sample))
 
-    def mark_batch_one(self, op_fixed: int = 0, op_per_sample: int = 0) -> None:
-        self.batch_one.append((self.fixed + op_fixed, self.per_sample + op_per_sample))
-
 
 def _pad(channels: int, block: int) -> int:
     return -(-channels // block) * block
 
 
-def _slow_at_batch_one(op: Op) -> bool:
-    """PyTorch's choice at batch 1 (``use_mkldnn`` in ``Convolution.cpp``): oneDNN
-    only for kernels larger than 3x3 or inputs of more than 20480 elements."""
-    kh, kw = op.module.kernel_size
-    return not (kh > 3 and kw > 3) and math.prod(op.inp) <= 20480
+def uses_onednn(conv: nn.Conv2d, inp: tuple[int, ...], batch: int) -> bool:
+    """PyTorch's choice for a CPU float32 conv with one thread (``use_mkldnn`` in
+    ``aten/src/ATen/native/Convolution.cpp``): oneDNN, except for an unstrided 1x1
+    kernel below batch 16, or at batch 1 a kernel of at most 3x3 on an input of at
+    most 20480 elements; those run ``slow_conv2d`` (im2col)."""
+    kh, kw = conv.kernel_size
+    one_by_one = (kh, kw) == (1, 1) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+    if one_by_one and batch < 16:
+        return False
+    return (kh > 3 and kw > 3) or batch > 1 or batch * math.prod(inp) > 20480
 
 
 class _ChainReplay:
-    """:func:`chain_phases`' replay; bytes, not elements (``d`` per float)."""
+    """:func:`chain_phases`' replay for convolutions as PyTorch runs them at ``batch``
+    (only which algorithm each conv uses depends on it); bytes, not elements."""
 
-    def __init__(self, ops: list[Op], model: nn.Module, optimizer: str, d: int) -> None:
-        self.ops, self.d, self.block = ops, d, CONV_BLOCK
+    def __init__(self, ops: list[Op], model: nn.Module, optimizer: str, d: int, batch: int) -> None:
+        self.ops, self.d, self.block, self.batch = ops, d, CONV_BLOCK, batch
         self.sizes = [p.numel() for p in model.parameters()]
-        layers = sum(op.kind in ("conv", "linear") for op in ops)
-        self.convs = any(op.kind == "conv" for op in ops)
-        self.graph_overhead = ONEDNN_GRAPH_OVERHEAD if self.convs else 0
+        # oneDNN's per-call objects, while the graph lives: only where it runs a conv
+        onednn = any(op.kind == "conv" and uses_onednn(op.module, op.inp, batch) for op in ops)
+        self.graph_overhead = ONEDNN_GRAPH_OVERHEAD if onednn else 0
         fixed = sum(self.sizes) * d * (1 + OPTIMIZER_STATE[optimizer])
-        fixed += STEP_OVERHEAD + STEP_OVERHEAD_PER_LAYER * layers + self.graph_overhead
+        fixed += STEP_OVERHEAD + self.graph_overhead
         self.live = _Live(fixed, math.prod(ops[0].inp) * d + LABEL_BYTES)
         self.optimizer = optimizer
         self.saved: list[list[int]] = []  # per op, the tensors autograd keeps
@@ -213,46 +217,85 @@ class _ChainReplay:
     def params(self, op: Op) -> int:
         return sum(p.numel() for p in op.module.parameters()) * self.d if op.module else 0
 
-    def conv_geometry(self, op: Op) -> tuple[int, int, int, int, int, int]:
+    def conv_forward(self, op: Op) -> None:
+        """oneDNN: an input of ``>= block`` channels and the weights reordered to
+        blocked, a blocked output reordered into the plain one (``replay``); im2col:
+        the columns (``c_in * kh * kw`` per output pixel) and the output."""
+        live, d, k = self.live, self.d, self.block
         c_in, c = op.inp[0], op.out[0]
-        kh, kw = op.module.kernel_size
-        return c_in, c, math.prod(op.inp[1:]), math.prod(op.out[1:]), kh * kw, self.d
+        hw_in, hw_out = math.prod(op.inp[1:]), math.prod(op.out[1:])
+        kk = math.prod(op.module.kernel_size)
+        if not uses_onednn(op.module, op.inp, self.batch):
+            live.mark(0, (c_in * kk + c) * hw_out * d)
+            return
+        weights = _pad(c, k) * (_pad(c_in, k) if c_in >= k else c_in) * kk * d
+        if c_in >= k:
+            live.mark(weights, (_pad(c_in, k) * hw_in + _pad(c, k) * hw_out) * d)
+        live.mark(weights, _pad(c, k) * hw_out * d + c * hw_out * d)
+
+    def conv_backward(self, op: Op, needs_in: bool) -> int | None:
+        """oneDNN: data (blocked output grad and weights -> blocked input grad ->
+        plain input grad; not for the image) then weights (blocked output grad and
+        input -> blocked weight grad; a strided conv holds a second blocked output
+        grad); im2col: column gradients folded into the input grad, then the input
+        unfolded again for the weight grad. Returns the input gradient."""
+        live, d, k = self.live, self.d, self.block
+        c_in, c = op.inp[0], op.out[0]
+        hw_in, hw_out = math.prod(op.inp[1:]), math.prod(op.out[1:])
+        kk = math.prod(op.module.kernel_size)
+        onednn = uses_onednn(op.module, op.inp, self.batch)
+        blocked_w = _pad(c, k) * _pad(c_in, k) * kk * d
+        both = (_pad(c, k) * hw_out + _pad(c_in, k) * hw_in) * d
+        columns = c_in * kk * hw_out * d
+        g_in = None
+        if needs_in:
+            if onednn:
+                live.mark(blocked_w, both)
+                live.mark(0, (_pad(c_in, k) + c_in) * hw_in * d)
+            else:
+                live.mark(0, columns + c_in * hw_in * d)
+            g_in = live.new(c_in * hw_in * d)
+        if onednn:
+            strided = _pad(c, k) * hw_out * d if op.module.stride != (1, 1) else 0
+            live.mark(blocked_w, both + strided)
+            live.fixed += self.params(op)
+            live.mark(blocked_w)
+        else:
+            live.fixed += self.params(op)
+            live.mark(0, columns)
+        return g_in
 
     def forward(self) -> int:
         """Every op's output (and what lives only inside it); returns the logits."""
-        live, d, k = self.live, self.d, self.block
+        live, d = self.live, self.d
         x = live.new(0)  # the batch, counted in per_sample for good
         live.hold(x)
         grad = False
         for op in self.ops:
-            has_params = op.kind in ("conv", "linear", "bn")
-            record = grad or has_params
+            record = grad or op.kind in ("conv", "linear", "bn")
+            if op.kind in ("conv", "linear"):  # its autograd nodes, saved records
+                live.fixed += STEP_OVERHEAD_PER_LAYER
+            elif op.kind == "bn":  # measured ~2 KB more per batch norm (resnet_like)
+                live.fixed += STEP_OVERHEAD_PER_LAYER // 2
             saved: list[int] = []
             if op.kind == "conv":
-                c_in, c, hw_in, hw_out, kk, _ = self.conv_geometry(op)
-                weights = _pad(c, k) * (_pad(c_in, k) if c_in >= k else c_in) * kk * d
-                if c_in >= k:
-                    live.mark(weights, (_pad(c_in, k) * hw_in + _pad(c, k) * hw_out) * d)
-                live.mark(weights, _pad(c, k) * hw_out * d + c * hw_out * d)
-                if _slow_at_batch_one(op):  # im2col columns, then the output
-                    live.mark_batch_one(0, (c_in * kk + c) * hw_out * d)
-            out = x if op.kind == "view" else live.new(math.prod(op.out) * d)
+                self.conv_forward(op)
             if op.kind == "view":
-                live.hold(x)
-            if op.kind == "maxpool" and record:
+                out = live.hold(x)
+            else:
+                out = live.new(math.prod(op.out) * d)
+            if op.kind == "maxpool":  # int64 indices, kept for backward
                 saved.append(live.new(math.prod(op.out) * INDEX_BYTES))
-            elif op.kind == "maxpool":
-                live.drop(live.new(math.prod(op.out) * INDEX_BYTES))
-            if op.kind == "dropout":
+            if op.kind == "dropout":  # CPU dropout is input * noise: the noise is kept
                 saved.append(live.new(math.prod(op.out) * d))
             live.mark()
-            if record:
-                if op.kind in ("conv", "linear", "bn", "act_in", "maxpool"):
-                    saved.append(live.hold(x))
-                elif op.kind == "relu":
-                    saved.append(live.hold(out))
-            if op.kind == "dropout" and not record:
-                live.drop(saved.pop())
+            if not record:  # autograd keeps nothing of an op on the image alone
+                live.drop(*saved)
+                saved = []
+            elif op.kind in ("conv", "linear", "bn", "act_in", "maxpool"):
+                saved.append(live.hold(x))
+            elif op.kind == "relu":
+                saved.append(live.hold(out))
             live.drop(x)
             live.mark()
             self.saved.append(saved)
@@ -262,52 +305,37 @@ class _ChainReplay:
 
     def loss(self, logits: int) -> int:
         """Log-softmax (saved) and the scalar loss; then the loss's backward: nll and
-        log-softmax gradients; returns the logits' gradient and the saved output."""
+        log-softmax gradients. Returns the logits' gradient."""
         live = self.live
         n = self.live.sizes[logits]
-        log_softmax = live.new(n)
+        self.log_softmax = live.new(n)
         live.mark()
         live.drop(logits)
         nll_grad = live.new(n)
         logits_grad = live.new(n)
         live.mark()
         live.drop(nll_grad)
-        self.log_softmax = log_softmax
         return logits_grad
 
     def backward(self, g_out: int) -> None:
-        """The recorded ops, last first (module doc)."""
-        live, d, k = self.live, self.d, self.block
+        """The recorded ops, last first: input gradient (none for the first recorded
+        op; a view's is a view), parameter gradients, then the output gradient and
+        what the op saved are freed (the saved log-softmax with the last op's)."""
+        live, d = self.live, self.d
         for i in reversed(range(len(self.ops))):
             op = self.ops[i]
             if not self.recorded[i]:
                 break
             needs_in = i > 0 and self.recorded[i - 1]
             if op.kind == "conv":
-                c_in, c, hw_in, hw_out, kk, _ = self.conv_geometry(op)
-                blocked_w = _pad(c, k) * _pad(c_in, k) * kk * d
-                both = (_pad(c, k) * hw_out + _pad(c_in, k) * hw_in) * d
-                slow = _slow_at_batch_one(op)
-                g_in = None
-                if needs_in:
-                    live.mark(blocked_w, both)
-                    live.mark(0, (_pad(c_in, k) + c_in) * hw_in * d)
-                    if slow:  # column gradients, folded into the input gradient
-                        live.mark_batch_one(0, (c_in * kk * hw_out + c_in * hw_in) * d)
-                    g_in = live.new(c_in * hw_in * d)
-                live.mark(blocked_w, both)
-                if slow:  # the input unfolded again for the weight gradient
-                    live.mark_batch_one(0, c_in * kk * hw_out * d)
-                live.fixed += self.params(op)
-                live.mark(blocked_w)
+                g_in = self.conv_backward(op, needs_in)
             elif op.kind == "view":
                 g_in = live.hold(g_out)
             else:
                 g_in = live.new(math.prod(op.inp) * d) if needs_in else None
-                if op.kind == "dropout":  # grad * noise: in place of nothing
-                    pass
                 live.fixed += self.params(op)
-                live.mark()
+                # batch norm's backward holds a temporary the size of its input
+                live.mark(0, math.prod(op.inp) * d if op.kind == "bn" else 0)
             live.drop(g_out)
             if i == len(self.ops) - 1:
                 live.drop(self.log_softmax)
@@ -317,24 +345,33 @@ class _ChainReplay:
                 break
             g_out = g_in
 
-    def optimizer_step(self) -> None:
-        """The graph (and oneDNN's objects) is freed; the step's workspace appears."""
+    def run(self) -> Phases:
+        self.backward(self.loss(self.forward()))
+        # the optimizer step: the graph (and oneDNN's objects) is gone, the workspace
         self.live.fixed += OPTIMIZER_WORKSPACE[self.optimizer] * max(self.sizes) * self.d
         self.live.fixed -= self.graph_overhead
         self.live.mark()
-
-    def run(self) -> Phases:
-        self.backward(self.loss(self.forward()))
-        self.optimizer_step()
-        phases = list(self.live.phases)
-        phases += [(f + s, BATCH_ONE_ONLY - f - s) for f, s in self.live.batch_one]
-        return phases
+        return self.live.phases
 
 
 def chain_phases(
-    model: nn.Module, in_shape: tuple[int, int, int], optimizer: str, dtype_bytes: int = 4
+    model: nn.Module,
+    in_shape: tuple[int, int, int],
+    optimizer: str,
+    dtype_bytes: int = 4,
+    batch: int | None = None,
 ) -> Phases:
     """``(fixed_bytes, bytes_per_sample)`` at each candidate peak of one training step
-    of chain ``model`` at its current widths (``replay.step_phases``' contract; the
-    batch-1-only phases have a negative slope, module doc)."""
-    return _ChainReplay(trace(model, in_shape), model, optimizer, dtype_bytes).run()
+    of chain ``model`` at its current widths (``replay.step_phases``' contract).
+
+    Which algorithm PyTorch runs a conv with depends on the batch (:func:`uses_onednn`):
+    ``batch`` gives the phases of the step at that batch; ``None`` those valid at
+    any batch: the large-batch phases, plus the batch-1 ones with a slope of
+    :data:`BATCH_ONE_ONLY` (module doc). Below batch 16 an unstrided 1x1 conv runs
+    ``slow_conv2d`` without columns, which the large-batch phases bound from above."""
+    ops = trace(model, in_shape)
+    if batch is not None:
+        return _ChainReplay(ops, model, optimizer, dtype_bytes, batch).run()
+    large = _ChainReplay(ops, model, optimizer, dtype_bytes, 1 << 20).run()
+    one = _ChainReplay(ops, model, optimizer, dtype_bytes, 1).run()
+    return large + [(f + s - BATCH_ONE_ONLY, BATCH_ONE_ONLY) for f, s in one]
