@@ -354,6 +354,16 @@ class _ChainReplay:
         return self.live.phases
 
 
+def structure_key(model: nn.Module, in_shape: tuple[int, int, int]) -> tuple:
+    """What the phases depend on: the model's class (its forward), every submodule's
+    name, type and hyperparameters (``extra_repr``: sizes, kernels, strides, ``p``...),
+    and every array's shape; two models with equal keys replay alike. A forward that
+    branches on state outside its modules (not seen here) must not change ops."""
+    modules = tuple((n, type(m), m.extra_repr()) for n, m in model.named_modules())
+    arrays = tuple(tuple(t.shape) for t in (*model.parameters(), *model.buffers()))
+    return type(model), modules, arrays, tuple(in_shape)
+
+
 def chain_phases(
     model: nn.Module,
     in_shape: tuple[int, int, int],
@@ -368,10 +378,31 @@ def chain_phases(
     ``batch`` gives the phases of the step at that batch; ``None`` those valid at
     any batch: the large-batch phases, plus the batch-1 ones with a slope of
     :data:`BATCH_ONE_ONLY` (module doc). Below batch 16 an unstrided 1x1 conv runs
-    ``slow_conv2d`` without columns, which the large-batch phases bound from above."""
+    ``slow_conv2d`` without columns, which the large-batch phases bound from above.
+
+    Cached on :func:`structure_key` (a bisection over widths asks for the same
+    shapes again); the model may live on the ``meta`` device."""
+    # only three batch classes choose algorithms differently (uses_onednn)
+    batch_class = None if batch is None else 1 if batch == 1 else 2 if batch < 16 else 16
+    key = (structure_key(model, in_shape), optimizer, dtype_bytes, batch_class)
+    phases = _CACHE.get(key)
+    if phases is None:
+        if len(_CACHE) >= CACHE_SIZE:
+            _CACHE.clear()
+        phases = _CACHE[key] = _phases(model, in_shape, optimizer, dtype_bytes, batch_class)
+    return list(phases)
+
+
+CACHE_SIZE = 1 << 14
+_CACHE: dict[tuple, tuple[tuple[int, int], ...]] = {}
+
+
+def _phases(
+    model: nn.Module, in_shape: tuple[int, int, int], optimizer: str, d: int, batch: int | None
+) -> tuple[tuple[int, int], ...]:
     ops = trace(model, in_shape)
     if batch is not None:
-        return _ChainReplay(ops, model, optimizer, dtype_bytes, batch).run()
-    large = _ChainReplay(ops, model, optimizer, dtype_bytes, 1 << 20).run()
-    one = _ChainReplay(ops, model, optimizer, dtype_bytes, 1).run()
-    return large + [(f + s - BATCH_ONE_ONLY, BATCH_ONE_ONLY) for f, s in one]
+        return tuple(_ChainReplay(ops, model, optimizer, d, batch).run())
+    large = _ChainReplay(ops, model, optimizer, d, 1 << 20).run()
+    one = _ChainReplay(ops, model, optimizer, d, 1).run()
+    return tuple(large + [(f + s - BATCH_ONE_ONLY, BATCH_ONE_ONLY) for f, s in one])
