@@ -1,40 +1,39 @@
 """One training step of any chain model (``fogsim.device.chain``), replayed allocation
-by allocation: ``fogsim.device.replay`` generalised from FogNet to the layers
-``chain.check_model`` admits, at the model's current (possibly narrowed) widths.
+by allocation at its current (possibly narrowed) widths: ``fogsim.device.replay``
+generalised from FogNet to every layer ``chain.check_model`` admits.
 
-Why a replay and not a measurement: a factory model's step is measured by the heap
-counter only for the dense model (``fogsim.device.factory``), but pruning and the
-sub-model strategies need its memory at any widths, many times per round. So the
-model is traced once with ``torch.fx`` (op sequence and per-sample shapes, on a batch
-of 1) and every op's allocations are replayed with the rules PyTorch follows on CPU,
-each checked against the heap counter (``tests/device/test_chain_memory.py``):
+Why: a factory model's step is measured by the heap counter for the dense model only
+(``fogsim.device.factory``), but pruning and the sub-model strategies need it at any
+widths, many times per round. So the model is traced with ``torch.fx`` (ops and
+per-sample shapes, batch 1) and each op replayed with the rules PyTorch follows on CPU
+(one thread), each found and checked with the heap counter (micro-measurements of
+single ops, then whole steps: ``tests/device/test_chain_memory.py``):
 
-- forward: every op allocates its output (a view, ``Flatten``/``Identity``, does
-  not); max-pooling also its int64 indices; ``Dropout`` (CPU: ``input * noise``) a
-  float noise tensor; convolutions their oneDNN blocked copies, as in ``replay``
-  (channels padded to :data:`CONV_BLOCK`, strides and kernels of any size);
-- autograd saves: Linear/Conv/BatchNorm/pooling/GELU/SiLU/LeakyReLU/ELU their input,
-  ReLU/Sigmoid/Tanh their output, max-pooling its indices, Dropout its noise,
-  ``AdaptiveAvgPool2d(1)`` (a ``mean``) nothing; an op before the first layer with
-  parameters is not recorded (the image needs no gradient) and saves nothing;
-- a tensor dies when neither the next op nor a saved slot holds it; backward runs
-  the ops last first, each allocating its input's gradient (not for the first
-  recorded op) and its parameters' gradients, then freeing its output's gradient and
-  what it saved; convolutions' backward data and weights use blocked copies;
-- at batch 1, a convolution with a kernel of at most 3x3 and an input of at most
-  20480 elements runs PyTorch's own ``slow_conv2d`` (im2col) instead of oneDNN: its
-  column buffers (``c_in * kh * kw`` per output pixel) replace the blocked copies.
-  Those moments hold only at batch 1, so they are phases whose slope is
-  :data:`BATCH_ONE_ONLY` (negative): at batch 1 they give the bytes, above it they
-  are far below zero and never the peak (``max_batch_size`` ignores slopes <= 0);
-- bookkeeping as ``replay`` counts it (``STEP_OVERHEAD``, ``STEP_OVERHEAD_PER_LAYER``
-  per Linear/Conv, added as the forward records it, half of it per BatchNorm: ~2 KB
-  measured), and ``ONEDNN_GRAPH_OVERHEAD`` while a graph with a conv oneDNN runs
-  lives (none at batch 1 where every conv runs ``slow_conv2d``).
+- forward: every op allocates its output (``Flatten``/``Identity`` are views);
+  max-pooling also int64 indices; ``Dropout`` (CPU: ``input * noise``) a float noise;
+  GELU's kernel a batch-independent workspace (:data:`GELU_WORKSPACE`); convolutions
+  oneDNN's blocked copies as ``replay`` counts them (channels padded to
+  ``replay.CONV_BLOCK``), for any kernel, stride and padding;
+- autograd saves Linear/Conv/BatchNorm/(avg-, max-)pooling/GELU/SiLU/LeakyReLU/ELU
+  inputs, ReLU/Sigmoid/Tanh outputs, max-pool indices, Dropout's noise; nothing for
+  ``AdaptiveAvgPool2d(1)`` (a ``mean``), nor for an op on the image before the first
+  layer with parameters (not recorded); a tensor dies when neither the next op nor a
+  saved slot holds it;
+- backward, last op first: the input's gradient (not for the first recorded op),
+  the parameters' gradients, BatchNorm a temporary the size of its input, convs
+  their blocked copies (a strided conv of ``>= block`` input channels three maps the
+  size of its blocked input); then the output's gradient and the saved tensors die;
+- which algorithm a conv runs depends on the batch (:func:`uses_onednn`): at batch
+  1 a kernel of at most 3x3 on a small input, and below batch 16 an unstrided 1x1
+  kernel, run PyTorch's ``slow_conv2d``: im2col columns (``c_in * kh * kw`` per
+  output pixel) instead of blocked copies, and no oneDNN objects;
+- bookkeeping as ``replay`` counts it, growing as the forward records layers
+  (``STEP_OVERHEAD_PER_LAYER`` per Linear/Conv, half per BatchNorm: ~2 KB measured),
+  and ``ONEDNN_GRAPH_OVERHEAD`` while a graph with a oneDNN conv lives.
 
-The phases are pure in (model structure, widths, input shape, optimizer), so they
-are cached on a key of the modules' types and hyperparameters and the arrays' shapes
-(:func:`chain_phases`).
+On a FogNet the replay gives ``replay.step_phases``' peak exactly. The phases are
+pure in (model structure, widths, input shape, optimizer, batch class), so they are
+cached (:func:`chain_phases`).
 """
 
 from __future__ import annotations
@@ -47,15 +46,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from fogsim.device.replay import (
-    CONV_BLOCK,
-    LABEL_BYTES,
-    ONEDNN_GRAPH_OVERHEAD,
-    OPTIMIZER_STATE,
-    OPTIMIZER_WORKSPACE,
-    STEP_OVERHEAD,
-    STEP_OVERHEAD_PER_LAYER,
-)
+from fogsim.device import replay
 
 Phases = list[tuple[int, int]]
 # GELU's CPU kernel holds a batch-independent workspace while it runs (micro-measured:
@@ -65,20 +56,18 @@ Phases = list[tuple[int, int]]
 GELU_WORKSPACE = (13_000, 29_000)
 INDEX_BYTES = 8  # int64 max-pool indices
 BATCH_ONE_ONLY = -(1 << 40)  # the slope of a phase that holds at batch 1 only (module doc)
-# ops that save their output for backward, their input, or nothing (a view)
-SAVE_OUTPUT = (nn.ReLU, nn.Sigmoid, nn.Tanh)
-SAVE_INPUT = (nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.AvgPool2d)
-VIEWS = (nn.Flatten, nn.Identity)
+# per module type, the replay's kind: ``relu`` saves its output, ``act_in`` its input
+MODULES = (
+    (nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm1d | nn.BatchNorm2d, "bn"),
+    (nn.ReLU | nn.Sigmoid | nn.Tanh, "relu"), (nn.Flatten | nn.Identity, "view"),
+    (nn.GELU | nn.SiLU | nn.LeakyReLU | nn.ELU | nn.AvgPool2d, "act_in"),
+    (nn.MaxPool2d | nn.AdaptiveMaxPool2d, "maxpool"),
+)  # fmt: skip
 FUNCTIONS: dict[Callable, str] = {
-    torch.relu: "relu",
-    nn.functional.relu: "relu",
-    torch.sigmoid: "relu",
-    torch.tanh: "relu",
-    nn.functional.gelu: "act_in",
-    nn.functional.silu: "act_in",
-    nn.functional.max_pool2d: "maxpool",
-    torch.flatten: "view",
-}
+    torch.relu: "relu", nn.functional.relu: "relu", torch.sigmoid: "relu", torch.tanh: "relu",
+    nn.functional.gelu: "act_in", nn.functional.silu: "act_in",
+    nn.functional.max_pool2d: "maxpool", torch.flatten: "view",
+}  # fmt: skip
 METHODS = {"relu": "relu", "sigmoid": "relu", "tanh": "relu", "flatten": "view", "view": "view"}
 
 
@@ -95,25 +84,14 @@ class Op:
 
 
 def _kind(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-        return "bn"
-    if isinstance(module, SAVE_OUTPUT):
-        return "relu"
-    if isinstance(module, SAVE_INPUT):
-        return "act_in"
-    if isinstance(module, nn.MaxPool2d | nn.AdaptiveMaxPool2d):
-        return "maxpool"
     if isinstance(module, nn.AdaptiveAvgPool2d):
         return "mean" if _pair(module.output_size) == (1, 1) else "act_in"
     if isinstance(module, nn.Dropout):
         return "dropout" if module.p > 0 else "view"
-    if isinstance(module, VIEWS):
-        return "view"
-    raise ValueError(f"no memory rule for layer {type(module).__name__}")
+    kind = next((k for types, k in MODULES if isinstance(module, types)), None)
+    if kind is None:
+        raise ValueError(f"no memory rule for layer {type(module).__name__}")
+    return kind
 
 
 def _pair(v: object) -> tuple:
@@ -192,6 +170,11 @@ def _pad(channels: int, block: int) -> int:
     return -(-channels // block) * block
 
 
+def _maps(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Channels and pixels of a per-sample ``(c, h, w)`` shape."""
+    return shape[0], math.prod(shape[1:])
+
+
 def uses_onednn(conv: nn.Conv2d, inp: tuple[int, ...], batch: int) -> bool:
     """PyTorch's choice for a CPU float32 conv with one thread (``use_mkldnn`` in
     ``aten/src/ATen/native/Convolution.cpp``): oneDNN, except for an unstrided 1x1
@@ -209,14 +192,14 @@ class _ChainReplay:
     (only which algorithm each conv uses depends on it); bytes, not elements."""
 
     def __init__(self, ops: list[Op], model: nn.Module, optimizer: str, d: int, batch: int) -> None:
-        self.ops, self.d, self.block, self.batch = ops, d, CONV_BLOCK, batch
+        self.ops, self.d, self.block, self.batch = ops, d, replay.CONV_BLOCK, batch
         self.sizes = [p.numel() for p in model.parameters()]
         # oneDNN's per-call objects, while the graph lives: only where it runs a conv
         onednn = any(op.kind == "conv" and uses_onednn(op.module, op.inp, batch) for op in ops)
-        self.graph_overhead = ONEDNN_GRAPH_OVERHEAD if onednn else 0
-        fixed = sum(self.sizes) * d * (1 + OPTIMIZER_STATE[optimizer])
-        fixed += STEP_OVERHEAD + self.graph_overhead
-        self.live = _Live(fixed, math.prod(ops[0].inp) * d + LABEL_BYTES)
+        self.graph_overhead = replay.ONEDNN_GRAPH_OVERHEAD if onednn else 0
+        fixed = sum(self.sizes) * d * (1 + replay.OPTIMIZER_STATE[optimizer])
+        fixed += replay.STEP_OVERHEAD + self.graph_overhead
+        self.live = _Live(fixed, math.prod(ops[0].inp) * d + replay.LABEL_BYTES)
         self.optimizer = optimizer
         self.saved: list[list[int]] = []  # per op, the tensors autograd keeps
         self.recorded: list[bool] = []  # per op: autograd records it (output needs grad)
@@ -229,8 +212,7 @@ class _ChainReplay:
         blocked, a blocked output reordered into the plain one (``replay``); im2col:
         the columns (``c_in * kh * kw`` per output pixel) and the output."""
         live, d, k = self.live, self.d, self.block
-        c_in, c = op.inp[0], op.out[0]
-        hw_in, hw_out = math.prod(op.inp[1:]), math.prod(op.out[1:])
+        (c_in, hw_in), (c, hw_out) = _maps(op.inp), _maps(op.out)
         kk = math.prod(op.module.kernel_size)
         if not uses_onednn(op.module, op.inp, self.batch):
             live.mark(0, (c_in * kk + c) * hw_out * d)
@@ -249,8 +231,7 @@ class _ChainReplay:
         column gradients folded into the input grad, then the input unfolded again
         for the weight grad. Returns the input gradient."""
         live, d, k = self.live, self.d, self.block
-        c_in, c = op.inp[0], op.out[0]
-        hw_in, hw_out = math.prod(op.inp[1:]), math.prod(op.out[1:])
+        (c_in, hw_in), (c, hw_out) = _maps(op.inp), _maps(op.out)
         kk = math.prod(op.module.kernel_size)
         onednn = uses_onednn(op.module, op.inp, self.batch)
         blocked_w = _pad(c, k) * _pad(c_in, k) * kk * d
@@ -284,9 +265,9 @@ class _ChainReplay:
         for op in self.ops:
             record = grad or op.kind in ("conv", "linear", "bn")
             if op.kind in ("conv", "linear"):  # its autograd nodes, saved records
-                live.fixed += STEP_OVERHEAD_PER_LAYER
+                live.fixed += replay.STEP_OVERHEAD_PER_LAYER
             elif op.kind == "bn":  # measured ~2 KB more per batch norm (resnet_like)
-                live.fixed += STEP_OVERHEAD_PER_LAYER // 2
+                live.fixed += replay.STEP_OVERHEAD_PER_LAYER // 2
             saved: list[int] = []
             if op.kind == "conv":
                 self.conv_forward(op)
@@ -359,7 +340,7 @@ class _ChainReplay:
     def run(self) -> Phases:
         self.backward(self.loss(self.forward()))
         # the optimizer step: the graph (and oneDNN's objects) is gone, the workspace
-        self.live.fixed += OPTIMIZER_WORKSPACE[self.optimizer] * max(self.sizes) * self.d
+        self.live.fixed += replay.OPTIMIZER_WORKSPACE[self.optimizer] * max(self.sizes) * self.d
         self.live.fixed -= self.graph_overhead
         self.live.mark()
         return self.live.phases
@@ -386,10 +367,13 @@ def chain_phases(
     of chain ``model`` at its current widths (``replay.step_phases``' contract).
 
     Which algorithm PyTorch runs a conv with depends on the batch (:func:`uses_onednn`):
-    ``batch`` gives the phases of the step at that batch; ``None`` those valid at
-    any batch: the large-batch phases, plus the batch-1 ones with a slope of
-    :data:`BATCH_ONE_ONLY` (module doc). Below batch 16 an unstrided 1x1 conv runs
-    ``slow_conv2d`` without columns, which the large-batch phases bound from above.
+    ``batch`` gives the phases of the step at that batch. ``None`` gives phases valid
+    at any batch: those of large batches, plus each batch-1 phase ``(f, s)`` as
+    ``(f + s - BATCH_ONE_ONLY, BATCH_ONE_ONLY)``, ``f + s`` at batch 1 and far below
+    zero above it (``memory.max_batch_size`` ignores slopes <= 0). At batch 1 that
+    is the larger of both algorithms' peaks (up to 2x the heap for 3x3 convs of 1-2
+    channels; pass ``batch`` for the exact figure); below batch 16 an unstrided 1x1
+    conv runs ``slow_conv2d`` without columns, which large batches' phases bound.
 
     Cached on :func:`structure_key` (a bisection over widths asks for the same
     shapes again); the model may live on the ``meta`` device."""
