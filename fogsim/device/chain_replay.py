@@ -54,6 +54,7 @@ Phases = list[tuple[int, int]]
 # elements; none for a single element: GELU of width 1 at batch 1 is over-counted);
 # other activations hold nothing beyond the per-step bookkeeping
 GELU_WORKSPACE = (13_000, 29_000)
+BN_BACKWARD_TEMPORARIES = 1  # input-sized maps BatchNorm's backward holds (measured)
 INDEX_BYTES = 8  # int64 max-pool indices
 BATCH_ONE_ONLY = -(1 << 40)  # the slope of a phase that holds at batch 1 only (module doc)
 # per module type, the replay's kind: ``relu`` saves its output, ``act_in`` its input
@@ -326,7 +327,9 @@ class _ChainReplay:
                 g_in = live.new(math.prod(op.inp) * d) if needs_in else None
                 live.fixed += self.params(op)
                 # batch norm's backward holds a temporary the size of its input
-                temporary = math.prod(op.inp) * d if op.kind == "bn" else 0
+                temporary = (
+                    BN_BACKWARD_TEMPORARIES * math.prod(op.inp) * d if op.kind == "bn" else 0
+                )
                 live.mark(GELU_WORKSPACE[1] if op.gelu else 0, temporary)
             live.drop(g_out)
             if i == len(self.ops) - 1:

@@ -44,6 +44,7 @@ WIDTHS = {
 OTHERS = {
     "mixed": [(None, 3, "sgd"), ([1, 1, 2, 2, 2], 16, "adam"), ([4, 8, 3, 1, 1], 64, "sgd")],
     "mlp": [(None, 16, "sgd-momentum"), ([1, 1], 3, "adam"), ([5, 32], 64, "sgd")],
+    "bn_peak": [(None, 64, "adam"), ([9], 16, "sgd")],
 }
 if FULL:
     OTHERS = {
@@ -61,6 +62,16 @@ def mixed(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
         nn.Flatten(), nn.Dropout(0.5), nn.Linear(128, 32), nn.BatchNorm1d(32), nn.ELU(),
         nn.Linear(32, 16), nn.LeakyReLU(), nn.Linear(16, 12), nn.Sigmoid(),
         nn.Linear(12, num_classes),
+    )  # fmt: skip
+
+
+def bn_peak(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """A CNN whose step peaks in BatchNorm's backward (its input-sized temporary)."""
+    nn = torch.nn
+    c, h, w = in_shape
+    return nn.Sequential(
+        nn.Conv2d(c, 16, 5, padding=2), nn.BatchNorm2d(16), nn.MaxPool2d(2), nn.Tanh(),
+        nn.Flatten(), nn.Linear(16 * (h // 2) * (w // 2), num_classes),
     )  # fmt: skip
 
 
