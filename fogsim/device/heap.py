@@ -93,7 +93,10 @@ def _run(request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
 
 def measure_steps(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Measured bytes of one steady-state training step per point (dicts with
-    ``channels``, ``hidden``, ``batch``, ``optimizer``), in ``training_memory``'s
+    ``channels``, ``hidden``, ``batch``, ``optimizer``; or a factory model's
+    ``factory``, ``in_shape``, ``num_classes``, and optionally ``widths``, one per
+    ``ChainLayout`` group: the dense model narrowed to the first ``w`` neurons of each
+    group before training), in ``training_memory``'s
     terms (``measured``), with the step's own part (``transient``) and anonymous mmap
     growth outside malloc (``mmap_delta``, 0 when nothing bypasses the count)."""
     return _run({"task": "steps", "points": points})["results"]
@@ -176,11 +179,22 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
     from fogsim.device.training import optimizer_of_kind
 
     torch.manual_seed(0)
-    if "factory" in point:  # a user's model (fogsim.device.factory), dense
+    if "factory" in point:  # a user's model (fogsim.device.factory), dense or narrowed
         from fogsim.device.factory import build
 
         in_shape, classes = tuple(point["in_shape"]), point["num_classes"]
         model = build(point["factory"], in_shape, classes)
+        if point.get("widths") is not None:  # the first w neurons of every group
+            import numpy as np
+
+            from fogsim.device.chain import ChainLayout, assign
+
+            state = {k: v.numpy() for k, v in model.state_dict().items()}
+            layout = ChainLayout.of({k: v.shape for k, v in state.items()})
+            kept = [np.arange(w) for w in point["widths"]]
+            sub = layout.extract(state, kept)
+            assign(model, {k: torch.from_numpy(v) for k, v in sub.items()})
+            del state, sub
     else:
         model = FogNet(tuple(point["channels"]), tuple(point["hidden"]))
         in_shape, classes = model.in_shape, model.num_classes

@@ -1,0 +1,189 @@
+"""A chain model's replayed step (``fogsim.device.chain_replay``) against the process
+heap: measured <= modelled <= 1.15 x measured for factory models at dense and
+narrowed widths (the narrow shapes DynHP and the sub-model strategies reach
+included), and against FogNet's own replay (``fogsim.device.replay``), which it
+must reproduce.
+
+The heap grid runs in one heap-counted process (~55 s on a busy 2-core machine);
+``FOGSIM_CHAIN_GRID=full`` adds batches 128 and 256 and runs every optimizer at
+every point."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fogsim.device import heap
+from fogsim.device.arch import Arch
+from fogsim.device.chain import ChainLayout, assign
+from fogsim.device.chain_replay import chain_phases
+from fogsim.device.factory import build
+from fogsim.device.models import FogNet
+from fogsim.device.replay import step_phases
+
+MOD = "tests.example_models"
+HERE = "tests.device.test_chain_memory"  # the factories below, for the heap's process
+IN_SHAPE, CLASSES = (1, 28, 28), 10
+KINDS = ("sgd", "sgd-momentum", "adam")
+FULL = os.environ.get("FOGSIM_CHAIN_GRID") == "full"
+BATCHES = (1, 3, 16, 64, 128, 256) if FULL else (1, 3, 16, 64)
+# dense, every group at 1/2/3 neurons and at half, and uneven mixes
+WIDTHS = {
+    "lenet5": [None, [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3], [3, 8, 60, 42],
+               [1, 2, 120, 84], [6, 16, 2, 1]],
+    "resnet_like": [None, [1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3], [4, 8, 8, 16],
+                    [1, 16, 2, 32], [8, 1, 16, 1]],
+    "narrow_cnn": [None, [1, 1, 1], [1, 2, 2], [1, 1, 4], [2, 3, 1]],
+}  # fmt: skip
+# the other layers a chain may hold (GELU, SiLU, ELU, LeakyReLU, Sigmoid, Dropout,
+# BatchNorm1d, adaptive pooling), fewer points: (widths, batch, optimizer)
+OTHERS = {
+    "mixed": [(None, 3, "sgd"), ([1, 1, 2, 2, 2], 16, "adam"), ([4, 8, 3, 1, 1], 64, "sgd")],
+    "mlp": [(None, 16, "sgd-momentum"), ([1, 1], 3, "adam"), ([5, 32], 64, "sgd")],
+    "bn_peak": [(None, 64, "adam"), ([9], 16, "sgd")],
+}
+if FULL:
+    OTHERS = {
+        name: [(w, b, k) for w, *_ in runs for b in BATCHES if b > 1 for k in KINDS]
+        for name, runs in OTHERS.items()
+    }
+
+
+def mixed(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """A chain of the layers the example models lack (BatchNorm1d needs batch > 1)."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(in_shape[0], 4, 3, padding=1), nn.BatchNorm2d(4), nn.GELU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 5, padding=2, bias=False), nn.SiLU(), nn.AdaptiveMaxPool2d(4),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(128, 32), nn.BatchNorm1d(32), nn.ELU(),
+        nn.Linear(32, 16), nn.LeakyReLU(), nn.Linear(16, 12), nn.Sigmoid(),
+        nn.Linear(12, num_classes),
+    )  # fmt: skip
+
+
+def bn_peak(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """A CNN whose step peaks in BatchNorm's backward (its input-sized temporary)."""
+    nn = torch.nn
+    c, h, w = in_shape
+    return nn.Sequential(
+        nn.Conv2d(c, 16, 5, padding=2), nn.BatchNorm2d(16), nn.MaxPool2d(2), nn.Tanh(),
+        nn.Flatten(), nn.Linear(16 * (h // 2) * (w // 2), num_classes),
+    )  # fmt: skip
+
+
+def mlp(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """An MLP with Tanh, Dropout and GELU (GELU's kernel holds a workspace)."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(math.prod(in_shape), 64), nn.Tanh(), nn.Dropout(0.2),
+        nn.Linear(64, 32), nn.GELU(), nn.Linear(32, num_classes),
+    )  # fmt: skip
+
+
+def narrowed(name: str, widths: list[int] | None) -> torch.nn.Module:
+    """The factory's dense model cut to the first ``widths`` neurons of every group,
+    as ``heap._step_point`` trains it."""
+    model = build(f"{HERE if name in OTHERS else MOD}:{name}", IN_SHAPE, CLASSES)
+    if widths is not None:
+        state = {k: v.numpy() for k, v in model.state_dict().items()}
+        layout = ChainLayout.of({k: v.shape for k, v in state.items()})
+        sub = layout.extract(state, [np.arange(w) for w in widths])
+        assign(model, {k: torch.from_numpy(v) for k, v in sub.items()})
+    return model
+
+
+def modelled(name: str, widths: list[int] | None, kind: str, batch: int) -> tuple[int, int]:
+    """The replay's peak at ``batch`` (phases for that batch) and with the phases
+    valid at any batch."""
+    model = narrowed(name, widths)
+    exact = max(f + s * batch for f, s in chain_phases(model, IN_SHAPE, kind, batch=batch))
+    anywhere = max(f + s * batch for f, s in chain_phases(model, IN_SHAPE, kind))
+    return exact, anywhere
+
+
+def grid_points() -> list[dict]:
+    points = []
+    for name, sets in WIDTHS.items():
+        for j, widths in enumerate(sets):
+            for i, batch in enumerate(BATCHES):
+                kinds = KINDS if FULL else (KINDS[(i + j) % 3],)  # each set sees all three
+                points += [
+                    {"factory": f"{MOD}:{name}", "in_shape": list(IN_SHAPE),
+                     "num_classes": CLASSES, "optimizer": k, "batch": batch, "widths": widths}
+                    for k in kinds
+                ]  # fmt: skip
+    for name, runs in OTHERS.items():
+        points += [
+            {"factory": f"{HERE}:{name}", "in_shape": list(IN_SHAPE), "num_classes": CLASSES,
+             "optimizer": k, "batch": b, "widths": w}
+            for w, b, k in runs
+        ]  # fmt: skip
+    return points
+
+
+@pytest.fixture(scope="module")
+def grid() -> list[dict]:
+    try:
+        heap.library()
+    except heap.HeapCounterUnavailable as e:
+        pytest.skip(str(e))
+    return heap.measure_steps(grid_points())
+
+
+def test_the_replay_bounds_the_heap_within_15_percent(grid: list[dict]) -> None:
+    ratios: dict[str, list[float]] = {}
+    failures, margins = [], []
+    for r in grid:
+        name = r["factory"].split(":")[1]
+        assert r["mmap_delta"] == 0, r  # nothing bypassed malloc during the step
+        exact, anywhere = modelled(name, r["widths"], r["optimizer"], r["batch"])
+        ratio = exact / r["measured"]
+        margins.append((exact - r["measured"], round(ratio, 3), name, r["widths"], r["batch"]))
+        ratios.setdefault(name, []).append(ratio)
+        if not 1.0 <= ratio <= 1.15:
+            failures.append((name, r["widths"], r["optimizer"], r["batch"], r["measured"], exact))
+        assert anywhere >= exact  # the any-batch phases bound the batch's own
+    for name, rs in ratios.items():
+        print(f"{name}: modelled / measured {min(rs):.3f} .. {max(rs):.3f} ({len(rs)} points)")
+    print(
+        "smallest margin (bytes):", min(margins), "largest ratio:", max(margins, key=lambda m: m[1])
+    )
+    assert not failures, failures
+
+
+FOGNETS = [((), (300, 100)), ((), (2, 2)), ((1,), (3,)), ((8,), ()), ((1, 1), (8,)),
+           ((2, 3), (8,)), ((4, 8), (32,)), ((5, 9), (17,)), ((16, 32), (128,)),
+           ((32, 64), (128,)), ((3, 5, 7), (11, 13))]  # fmt: skip
+
+
+@pytest.mark.parametrize(("channels", "hidden"), FOGNETS)
+def test_a_fognet_replays_as_fogsims_own_model(channels, hidden) -> None:
+    """FogNet is a chain (5x5 convs, ReLU, max-pool; Linear + ReLU): the generic
+    replay of its fx trace gives the hand-written replay's peak exactly."""
+    with torch.device("meta"):
+        model = FogNet(channels, hidden)
+    arch = Arch.of(model)
+    for kind in KINDS:
+        ours, theirs = chain_phases(model, IN_SHAPE, kind), step_phases(arch, kind)
+        for batch in (1, 2, 3, 16, 64, 256, 4096):
+            peak = max(f + s * batch for f, s in ours)
+            assert peak == max(f + s * batch for f, s in theirs), (kind, batch)
+            exact = chain_phases(model, IN_SHAPE, kind, batch=batch)
+            assert max(f + s * batch for f, s in exact) == peak
+
+
+def test_the_phases_are_cached_per_structure_and_widths() -> None:
+    """A narrowed model replays anew; an equal one comes from the cache (a copy, so
+    a caller may not spoil it)."""
+    with torch.device("meta"):
+        a, b, c = FogNet((4, 8), (32,)), FogNet((4, 8), (32,)), FogNet((4, 7), (32,))
+    first = chain_phases(a, IN_SHAPE, "adam")
+    first.clear()
+    assert chain_phases(b, IN_SHAPE, "adam") == chain_phases(a, IN_SHAPE, "adam") != []
+    assert chain_phases(c, IN_SHAPE, "adam") != chain_phases(a, IN_SHAPE, "adam")
+    per_sample = max(s for _, s in chain_phases(a, IN_SHAPE, "adam"))
+    assert per_sample < 4 * math.prod(IN_SHAPE) * 4 * 8 * 4  # sanity: bytes, not bits
