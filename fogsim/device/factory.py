@@ -165,7 +165,7 @@ class FactoryArch:
     def with_widths(self, widths: Sequence[int]) -> FactoryArch:
         widths = tuple(int(w) for w in widths)
         dense = self.model.widths
-        if len(widths) != len(dense) or not all(1 <= w <= d for w, d in zip(widths, dense)):
+        if len(widths) != len(dense) or not all(1 <= w <= d for w, d in zip(widths, dense, strict=True)):
             raise ValueError(f"{self.ref}: widths {list(widths)} do not narrow {list(dense)}")
         return replace(self, sub=None if widths == dense else widths)
 

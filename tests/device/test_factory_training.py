@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from fogsim.cli import app
 from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import max_batch_size, training_memory
 from fogsim.scenario import load_scenario
@@ -92,12 +90,13 @@ def test_sub_model_strategies_train_a_factory_model_narrowed_to_each_budget(
 ) -> None:
     """The small nodes cannot hold the dense model: they train a narrowed one within
     their budget (mask-union by DynHP pruning, heterofl/fedrolex a slice)."""
-    _, sc = scenario(tmp_path, model, small="256KiB", strategy=f'name = "{strategy}"')
+    # oneDNN pads a 1-channel 28x28 map 8x: even width 1 needs ~1 MB at batch 16
+    _, sc = scenario(tmp_path, model, small="1536KiB", strategy=f'name = "{strategy}"')
     rounds, nodes, _ = run_local(sc, tmp_path / "out")
     assert len(rounds) == 3
     trained = [r for r in nodes if r["status"] == "ok"]
     dense = sc.arch.num_params()
-    budget = {"big": 8 * 2**20, "small": 256 * 2**10}
+    budget = {"big": 8 * 2**20, "small": 1536 * 2**10}
     for r in trained:
         assert int(r["peak_memory"]) <= budget[r["class"]] and int(r["over_budget"]) == 0
     small = [r for r in trained if r["class"] == "small"]

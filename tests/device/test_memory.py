@@ -96,6 +96,32 @@ def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib) -> None:
             assert p["device_peak"] <= p["modelled"] * slack, p
 
 
+FACTORY_RUNS = [("lenet5", 1024), ("resnet_like", 1536)]
+DENSE = {"lenet5": (6, 16, 120, 84), "resnet_like": (8, 16, 16, 32)}
+
+
+@pytest.mark.parametrize(("model", "kib"), FACTORY_RUNS, ids=[f"{m}-{k}" for m, k in FACTORY_RUNS])
+def test_dynhp_on_a_factory_model_stays_within_its_budget_by_the_heap(model, kib) -> None:
+    """A user's model (``[model] factory``: LeNet-5; a CNN with batch norm), pruned by
+    DynHP with its memory from the chain replay at each step's widths: every step and
+    pruning check within the budget by the heap's count, as above (a phase that grows a
+    library cache, more than Python's own small growth, may cost up to 1% more). The
+    narrowest conv needs ~1 MB at batch 16 (oneDNN pads a 1-channel map 8x): the
+    budgets are above it."""
+    budget = kib * KiB
+    run = heap.measure_dynhp((), (), budget, epochs=3, samples=1000,
+                             factory=f"tests.example_models:{model}")  # fmt: skip
+    assert run["error"] is None, run["error"]
+    phases = [p for p in run["phases"] if p["kind"] in ("step", "check")]
+    assert sum(p["kind"] == "check" for p in phases) >= 3 and len(phases) > 100
+    assert all(w < d for w, d in zip(run["widths"], DENSE[model], strict=True)), run["widths"]
+    for p in phases:
+        slack = 1.01 if p["kept"] > 4096 else 1.0
+        assert p["device_peak"] <= budget * slack, p
+        if "modelled" in p:
+            assert p["device_peak"] <= p["modelled"] * slack, p
+
+
 @pytest.mark.parametrize("kib", [256, 512])
 def test_a_cnn_below_its_narrowest_model_refuses_to_train(kib) -> None:
     """oneDNN pads a 1-channel map 8x: even the narrowest CNN needs ~1 MB at batch 16,
