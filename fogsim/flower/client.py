@@ -23,16 +23,26 @@ Three calls turn a FedAvg client into one that trains whatever sub-model it rece
   network with fewer neurons per layer. Nothing is randomly re-initialised.
 - :func:`train_reply`: the reply FedAvg expects (``arrays``, ``metrics`` with
   ``num-examples``), from the trained model.
+- :func:`dynhp_reply`: instead of your training loop, fogsim's DynHP on the received
+  sub-model: it prunes further to DynHP's target, each step's batch the largest the
+  budget holds by fogsim's memory model, and replies with the pruned model and its own
+  ``kept``. It needs the model as a factory (``FactoryArch("mypkg.models:make", in_shape,
+  num_classes)``, ``make(in_shape, num_classes) -> nn.Module``): the memory model
+  replays its step at every width the pruning reaches (``fogsim.device.chain_replay``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from fogsim.device.chain import assign
+from fogsim.device.dynhp import DynHP, DynHPConfig
+from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.factory import FactoryArch
 from fogsim.flower import wire
 from fogsim.flower.strategies import BUDGET_KEY
 from fogsim.units import parse_bytes
@@ -77,6 +87,39 @@ def train_reply(
     state = {k: v.detach() for k, v in model.state_dict().items()}
     content = RecordDict({wire.ARRAYS: ArrayRecord(state), wire.METRICS: record})
     return Message(content, reply_to=msg)
+
+
+def dynhp_reply(
+    msg: Message,
+    model: nn.Module,
+    arch: FactoryArch,
+    data: tuple[torch.Tensor, torch.Tensor],
+    budget: int | None,
+    cfg: DynHPConfig | None = None,
+    *,
+    progress: tuple[float, float] = (0.0, 1.0),
+    epochs: float = 1.0,
+    optimizer: str = "sgd-momentum",
+    lr: float = 0.05,
+) -> Message:
+    """Train ``model`` (the received sub-model, :func:`load_arrays`) on ``data`` with
+    DynHP within ``budget`` bytes and reply: the pruned sub-model, metrics
+    (``num-examples``, ``train-loss``, ``peak-memory``: the largest modelled step,
+    ``pruned``: neurons removed) and its own ``kept`` (global indices per group, which
+    the strategy aggregates by). ``arch``: the dense model as a factory (module doc);
+    ``progress``: where this round runs on DynHP's schedule (e.g. ``((r - 1) / R, r /
+    R)`` in round ``r`` of ``R``); ``cfg``: DynHP's knobs (``DynHPConfig()``: 10x)."""
+    kept = wire.unpack_kept(msg.content[wire.KEPT]) if wire.KEPT in msg.content else None
+    dynhp = DynHP(cfg or DynHPConfig(), arch, kept)
+    x, y = data
+    stats = train_dynhp(
+        model, x, y, dynhp, budget=budget, epochs=epochs, progress_range=progress,
+        optimizer=optimizer, lr=lr,
+    )  # fmt: skip
+    metrics = {"train-loss": stats.mean_loss, "peak-memory": max(stats.memory)}
+    reply = train_reply(msg, model, len(x), {**metrics, "pruned": stats.pruned})
+    reply.content[wire.KEPT] = wire.pack_kept(dynhp.kept)
+    return reply
 
 
 def shapes_of(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -20,7 +20,8 @@ stock ``ServerApp``. What they add to FedAvg:
   ``Context``). The widest width fraction ``f`` whose training memory
   (``memory_fn(sub-model shapes)``; default: ``bytes_per_param`` per parameter for
   weights, gradients and one optimizer buffer, no activations, as the server does
-  not know your input size) fits the budget sets its share: ``ceil(f * width)``
+  not know your input size; :func:`replayed_memory`: fogsim's memory model of your
+  model, given as a factory) fits the budget sets its share: ``ceil(f * width)``
   neurons per group. A node that does not answer the query trains the whole model;
   one whose budget holds not even one neuron per group is not sent anything.
 - **Masked averaging.** Each global element becomes the ``num-examples``-weighted
@@ -49,8 +50,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from fogsim.device.chain import ChainLayout, Kept
-from fogsim.device.memory import largest_fraction
+from fogsim.device.chain import ChainLayout, Kept, layout_of
+from fogsim.device.factory import FactoryArch
+from fogsim.device.memory import largest_fraction, training_memory
 from fogsim.device.pruning import masked_mean
 from fogsim.flower import wire
 
@@ -59,6 +61,19 @@ FRACTION_KEY = "width-fraction"  # train config: the node's share of every group
 QUERY_KEY = "query"  # query config: what is asked ("budget")
 
 MemoryFn = Callable[[Mapping[str, Sequence[int]]], int]
+
+
+def replayed_memory(arch: FactoryArch, batch: int, optimizer: str = "sgd") -> MemoryFn:
+    """A ``memory_fn`` from fogsim's memory model: the bytes of one training step at
+    ``batch`` with ``optimizer`` of ``arch``'s model (a ``[model] factory``,
+    ``fogsim.device.factory``) narrowed to the sub-model's shapes, activations and
+    oneDNN's buffers included (``fogsim.device.chain_replay``, checked against the
+    process heap), rather than ``bytes_per_param`` per parameter."""
+
+    def memory(shapes: Mapping[str, Sequence[int]]) -> int:
+        return training_memory(arch.with_widths(layout_of(shapes).widths), batch, optimizer)
+
+    return memory
 
 
 class SubModelFedAvg(FedAvg):

@@ -17,10 +17,19 @@ from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
+from fogsim.device.dynhp import DynHPConfig
+from fogsim.device.factory import FactoryArch
+from fogsim.device.memory import training_memory
 from fogsim.flower import wire
 from fogsim.flower.chain import ChainError, ChainLayout, check_model
-from fogsim.flower.client import budget_reply, load_arrays, node_budget, train_reply
-from fogsim.flower.strategies import BUDGET_KEY, FedRolex, HeteroFL, MaskUnion
+from fogsim.flower.client import (
+    budget_reply,
+    dynhp_reply,
+    load_arrays,
+    node_budget,
+    train_reply,
+)
+from fogsim.flower.strategies import BUDGET_KEY, FedRolex, HeteroFL, MaskUnion, replayed_memory
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "flower_app"
@@ -230,6 +239,46 @@ def test_the_client_helpers_speak_the_documented_keys() -> None:
     assert set(reply.content["arrays"].keys()) == set(lenet().state_dict())
 
 
+def test_a_client_of_yours_prunes_with_dynhp_within_its_budget() -> None:
+    """The server sizes the node's sub-model by fogsim's memory model of the user's
+    model (``replayed_memory``); the client prunes it further with DynHP within its
+    budget (``dynhp_reply``) and replies its own ``kept``, which the strategy
+    aggregates by."""
+    arch = FactoryArch("tests.example_models:lenet5", (1, 28, 28), 10)
+    s = MaskUnion(memory_fn=replayed_memory(arch, batch=16, optimizer="sgd-momentum"))
+    state = {k: v.numpy() for k, v in arch.build().state_dict().items()}
+    shapes = {k: v.shape for k, v in state.items()}
+    s.global_state, s.layout = state, ChainLayout.of(shapes)
+    budget = 1536 << 10  # the dense LeNet-5 needs ~1.9 MiB at batch 16
+    s.budgets = {1: budget}
+    f = s.fraction_for(1)
+    sent_kept = s.kept_at(f, 1)
+    widths = [len(k) for k in sent_kept]
+    assert 0 < f < 1 and training_memory(arch.with_widths(widths), 16, "sgd-momentum") <= budget
+    arrays = wire.numpy_record(s.layout.extract(state, sent_kept))
+    content = RecordDict({"arrays": arrays, "kept": wire.pack_kept(sent_kept)})
+    sent = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+    model = load_arrays(arch.build(), sent.content["arrays"])
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)
+    cfg = DynHPConfig(target_compression=4, check_every=2, patience=1)
+    reply = dynhp_reply(sent, model, arch, data, budget, cfg, epochs=2)
+    metrics, kept = reply.content["metrics"], wire.unpack_kept(reply.content["kept"])
+    assert metrics["pruned"] > 0 and metrics["peak-memory"] <= budget
+    assert all(set(k) <= set(was) for k, was in zip(kept, sent_kept, strict=True))
+    assert sum(len(k) for k in kept) < sum(widths)
+    got = {k: tuple(v.shape) for k, v in reply.content["arrays"].items()}
+    assert got == s.layout.sub_shapes(shapes, kept)
+    s.sent = {1: sent_kept}
+    new, _ = s.aggregate_train(1, [reply])
+    out = {k: v.numpy() for k, v in new.items()}
+    g = int(np.argmax([len(a) - len(b) for a, b in zip(sent_kept, kept, strict=True)]))
+    dropped = np.setdiff1d(sent_kept[g], kept[g])  # held by nobody now: unchanged
+    name = s.layout.members(g)[0]
+    assert len(dropped) and not np.array_equal(out[name][kept[g]], state[name][kept[g]])
+    np.testing.assert_array_equal(out[name][dropped], state[name][dropped])
+
+
 @pytest.fixture
 def example_app(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
@@ -244,8 +293,9 @@ def test_example_app_with_run_simulation(example_app, monkeypatch, name: str) ->
     from flwr.simulation import run_simulation
 
     server_app, client_app, task = example_app
-    monkeypatch.setitem(task.DEFAULTS, "strategy", name)  # the ServerApp runs in-process
-    monkeypatch.setitem(task.DEFAULTS, "num-server-rounds", 2)
+    # the ServerApp runs in-process; the ClientApps in Ray's workers read the defaults
+    # (DynHP's schedule by num-server-rounds among them: not patched, 3 rounds)
+    monkeypatch.setitem(task.DEFAULTS, "strategy", name)
     run_simulation(
         server_app.app,
         client_app.app,
@@ -257,11 +307,13 @@ def test_example_app_with_run_simulation(example_app, monkeypatch, name: str) ->
     )
     strategy, result = server_app.RUNS[-1]
     acc = {r: m["accuracy"] for r, m in result.evaluate_metrics_serverapp.items()}
-    assert acc[2] > acc[0] + 0.2, acc
-    assert sorted(result.train_metrics_clientapp) == [1, 2], "Flower's own summary has them"
-    assert sorted(strategy.budgets.values()) == sorted([4 << 20, 1 << 20, 256 << 10] * 2)
+    assert acc[3] > acc[0] + 0.2, acc
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3], "Flower's own summary has them"
+    assert sorted(strategy.budgets.values()) == sorted([4 << 20, 2560 << 10, 2 << 20] * 2)
     fractions = sorted(strategy.fraction_for(n) for n in strategy.budgets)
-    assert fractions[0] < 1.0 == fractions[-1], "the 256 KiB nodes train a sub-model"
+    assert 0 < fractions[0] < 1.0 == fractions[-1], "the 2 MiB nodes train a sub-model"
+    pruned = result.train_metrics_clientapp[3]["pruned"]  # the schedule's end: 10x
+    assert pruned > 0, result.train_metrics_clientapp  # DynHP (the app's default)
 
 
 @pytest.mark.slow  # a real local SuperLink and simulation (~1 min)
@@ -278,7 +330,7 @@ def test_example_app_with_flwr_run(tmp_path: Path) -> None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     args = ["flwr", "run", ".", "--stream", "--federation-config", "num-supernodes=6"]
-    args += ["--run-config", "num-server-rounds=2 strategy='fedrolex'"]
+    args += ["--run-config", "num-server-rounds=2 strategy='fedrolex' dynhp=false"]
     try:
         done = subprocess.run(
             args, cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=400

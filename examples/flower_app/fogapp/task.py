@@ -9,13 +9,15 @@ import torch
 from torch import nn
 
 from fogsim.data import load_dataset
+from fogsim.device.factory import FactoryArch
 
 # the run config's defaults, as in pyproject.toml (run_simulation passes no run config)
 DEFAULTS = {
     "num-server-rounds": 3,
     "strategy": "mask-union",
     "fraction-train": 1.0,
-    "budgets": "4MiB,1MiB,256KiB",
+    "budgets": "4MiB,2560KiB,2MiB",
+    "dynhp": True,
     "samples-per-node": 600,
     "local-epochs": 1,
     "lr": 0.05,
@@ -27,10 +29,11 @@ def settings(run_config: dict) -> dict:
     return {**DEFAULTS, **run_config}
 
 
-def lenet5() -> nn.Module:
-    """LeNet-5 for 28x28 inputs (padding 2 on the first convolution)."""
+def lenet5(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
+    """LeNet-5 for 28x28 inputs (padding 2 on the first convolution); the arguments
+    make it a factory fogsim's memory model can narrow (:data:`ARCH`)."""
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2),
+        nn.Conv2d(in_shape[0], 6, 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5),
@@ -41,8 +44,14 @@ def lenet5() -> nn.Module:
         nn.ReLU(),
         nn.Linear(120, 84),
         nn.ReLU(),
-        nn.Linear(84, 10),
+        nn.Linear(84, num_classes),
     )
+
+
+# the model as fogsim's memory model and DynHP see it: a factory reference they can
+# narrow to any widths (the server's memory_fn, the client's DynHP)
+ARCH = FactoryArch("fogapp.task:lenet5", (1, 28, 28), 10)
+BATCH = 32  # the batch train() uses, at which the server sizes each node's sub-model
 
 
 def node_data(partition_id: int, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +73,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
     total = 0.0
     for _ in range(epochs):
         total = 0.0
-        for idx in torch.randperm(len(x)).split(32):
+        for idx in torch.randperm(len(x)).split(BATCH):
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
