@@ -165,7 +165,8 @@ class FactoryArch:
     def with_widths(self, widths: Sequence[int]) -> FactoryArch:
         widths = tuple(int(w) for w in widths)
         dense = self.model.widths
-        if len(widths) != len(dense) or not all(1 <= w <= d for w, d in zip(widths, dense, strict=True)):
+        fits = len(widths) == len(dense) and all(map(int.__le__, widths, dense))
+        if not fits or min(widths, default=1) < 1:
             raise ValueError(f"{self.ref}: widths {list(widths)} do not narrow {list(dense)}")
         return replace(self, sub=None if widths == dense else widths)
 
