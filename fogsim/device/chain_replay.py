@@ -47,6 +47,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from fogsim.device import replay
+from fogsim.device.chain import ChainError
 
 Phases = list[tuple[int, int]]
 # GELU's CPU kernel holds a batch-independent workspace while it runs (micro-measured:
@@ -56,7 +57,7 @@ Phases = list[tuple[int, int]]
 GELU_WORKSPACE = (13_000, 29_000)
 BN_BACKWARD_TEMPORARIES = 1  # input-sized maps BatchNorm's backward holds (measured)
 INDEX_BYTES = 8  # int64 max-pool indices
-BATCH_ONE_ONLY = -(1 << 40)  # the slope of a phase that holds at batch 1 only (module doc)
+BATCH_ONE_ONLY = -(1 << 40)  # the slope of a phase that holds at batch 1 only (chain_phases)
 # per module type, the replay's kind: ``relu`` saves its output, ``act_in`` its input
 MODULES = (
     (nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm1d | nn.BatchNorm2d, "bn"),
@@ -86,17 +87,13 @@ class Op:
 
 def _kind(module: nn.Module) -> str:
     if isinstance(module, nn.AdaptiveAvgPool2d):
-        return "mean" if _pair(module.output_size) == (1, 1) else "act_in"
+        return "mean" if module.output_size in (1, (1, 1), [1, 1]) else "act_in"
     if isinstance(module, nn.Dropout):
         return "dropout" if module.p > 0 else "view"
     kind = next((k for types, k in MODULES if isinstance(module, types)), None)
     if kind is None:
-        raise ValueError(f"no memory rule for layer {type(module).__name__}")
+        raise ChainError(f"no memory rule for layer {type(module).__name__}")
     return kind
-
-
-def _pair(v: object) -> tuple:
-    return tuple(v) if isinstance(v, tuple | list) else (v, v)
 
 
 def trace(model: nn.Module, in_shape: tuple[int, int, int]) -> list[Op]:
@@ -129,7 +126,7 @@ def trace(model: nn.Module, in_shape: tuple[int, int, int]) -> list[Op]:
         elif node.op == "call_method" and node.target in METHODS:
             kind = METHODS[node.target]
         else:
-            raise ValueError(f"no memory rule for {node.op} {node.target}")
+            raise ChainError(f"no memory rule for {node.op} {node.target}")
         gelu = isinstance(module, nn.GELU) or node.target is nn.functional.gelu
         ops.append(Op(kind, inp, out, module, gelu))
     return ops
