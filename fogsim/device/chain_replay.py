@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from fogsim.device import replay
+from fogsim.device.chain import ChainError
 
 Phases = list[tuple[int, int]]
 # GELU's CPU kernel holds a batch-independent workspace while it runs (micro-measured:
@@ -56,7 +57,7 @@ Phases = list[tuple[int, int]]
 GELU_WORKSPACE = (13_000, 29_000)
 BN_BACKWARD_TEMPORARIES = 1  # input-sized maps BatchNorm's backward holds (measured)
 INDEX_BYTES = 8  # int64 max-pool indices
-BATCH_ONE_ONLY = -(1 << 40)  # the slope of a phase that holds at batch 1 only (module doc)
+BATCH_ONE_ONLY = -(1 << 40)  # the slope of a phase that holds at batch 1 only (chain_phases)
 # per module type, the replay's kind: ``relu`` saves its output, ``act_in`` its input
 MODULES = (
     (nn.Conv2d, "conv"), (nn.Linear, "linear"), (nn.BatchNorm1d | nn.BatchNorm2d, "bn"),
@@ -82,24 +83,73 @@ class Op:
     out: tuple[int, ...]
     module: nn.Module | None = field(default=None, compare=False)
     gelu: bool = False  # holds GELU's workspace (:data:`GELU_WORKSPACE`)
+    name: str | None = None  # the module's name in the model
 
 
 def _kind(module: nn.Module) -> str:
     if isinstance(module, nn.AdaptiveAvgPool2d):
-        return "mean" if _pair(module.output_size) == (1, 1) else "act_in"
+        return "mean" if module.output_size in (1, (1, 1), [1, 1]) else "act_in"
     if isinstance(module, nn.Dropout):
         return "dropout" if module.p > 0 else "view"
     kind = next((k for types, k in MODULES if isinstance(module, types)), None)
     if kind is None:
-        raise ValueError(f"no memory rule for layer {type(module).__name__}")
+        raise ChainError(f"no memory rule for layer {type(module).__name__}")
     return kind
 
 
-def _pair(v: object) -> tuple:
-    return tuple(v) if isinstance(v, tuple | list) else (v, v)
-
-
 def trace(model: nn.Module, in_shape: tuple[int, int, int]) -> list[Op]:
+    """The model's ops in forward order with per-sample shapes.
+
+    Tracing takes milliseconds, replaying a fraction of one, and a bisection over
+    widths asks for many widths of one model: so the fx trace is kept per skeleton
+    (the model's class, its modules' names, types and width-free hyperparameters)
+    and a narrowed model's shapes are computed from its layers' weights (a conv or
+    linear layer sets the channels or features; every other op keeps its input's
+    channels and its traced spatial size; a flatten multiplies). A skeleton whose
+    trace these rules do not reproduce is traced anew every time."""
+    skeleton = (
+        type(model),
+        tuple(in_shape),
+        *((n, type(m), _hyper(m)) for n, m in model.named_modules()),
+    )
+    if skeleton not in _TRACES:
+        ops = fx_trace(model, in_shape)
+        same = _reshaped(ops, model, in_shape) == ops  # the rules reproduce the trace
+        _TRACES[skeleton] = [replace(op, module=None) for op in ops] if same else None
+    ops = _TRACES[skeleton]
+    return fx_trace(model, in_shape) if ops is None else _reshaped(ops, model, in_shape)
+
+
+_TRACES: dict[tuple, list[Op] | None] = {}
+
+
+def _hyper(module: nn.Module) -> tuple:
+    """A module's hyperparameters that do not change with its widths."""
+    if isinstance(module, nn.Conv2d):
+        m = module
+        return m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.padding_mode
+    if isinstance(module, nn.Linear | nn.BatchNorm1d | nn.BatchNorm2d):
+        return ()
+    return (module.extra_repr(),)
+
+
+def _reshaped(ops: list[Op], model: nn.Module, in_shape: tuple[int, int, int]) -> list[Op]:
+    """``ops`` (traced on a model of this skeleton) with ``model``'s shapes (trace)."""
+    shape, out_ops = tuple(in_shape), []
+    for op in ops:
+        module = model.get_submodule(op.name) if op.name is not None else None
+        if op.kind in ("conv", "linear"):
+            out = (module.weight.shape[0], *op.out[1:])
+        elif op.kind == "view":
+            out = (math.prod(shape),) if len(op.out) == 1 else shape
+        else:
+            out = (shape[0], *op.out[1:])
+        out_ops.append(Op(op.kind, shape, out, module, op.gelu, op.name))
+        shape = out
+    return out_ops
+
+
+def fx_trace(model: nn.Module, in_shape: tuple[int, int, int]) -> list[Op]:
     """The model's ops in forward order with per-sample shapes (``torch.fx`` on a
     batch of 1, without gradients, in eval mode so batch norm's running statistics
     are left alone; on the parameters' device, ``meta`` for a model without storage)."""
@@ -129,9 +179,10 @@ def trace(model: nn.Module, in_shape: tuple[int, int, int]) -> list[Op]:
         elif node.op == "call_method" and node.target in METHODS:
             kind = METHODS[node.target]
         else:
-            raise ValueError(f"no memory rule for {node.op} {node.target}")
+            raise ChainError(f"no memory rule for {node.op} {node.target}")
         gelu = isinstance(module, nn.GELU) or node.target is nn.functional.gelu
-        ops.append(Op(kind, inp, out, module, gelu))
+        name = node.target if module is not None else None
+        ops.append(Op(kind, inp, out, module, gelu, name))
     return ops
 
 

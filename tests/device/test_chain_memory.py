@@ -6,7 +6,7 @@ must reproduce.
 
 The heap grid runs in one heap-counted process (~55 s on a busy 2-core machine);
 ``FOGSIM_CHAIN_GRID=full`` adds batches 128 and 256 and runs every optimizer at
-every point."""
+every point (~5.5 min)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from fogsim.device import heap
 from fogsim.device.arch import Arch
 from fogsim.device.chain import ChainLayout, assign
-from fogsim.device.chain_replay import chain_phases
+from fogsim.device.chain_replay import chain_phases, fx_trace, trace
 from fogsim.device.factory import build
 from fogsim.device.models import FogNet
 from fogsim.device.replay import step_phases
@@ -187,3 +187,15 @@ def test_the_phases_are_cached_per_structure_and_widths() -> None:
     assert chain_phases(c, IN_SHAPE, "adam") != chain_phases(a, IN_SHAPE, "adam")
     per_sample = max(s for _, s in chain_phases(a, IN_SHAPE, "adam"))
     assert per_sample < 4 * math.prod(IN_SHAPE) * 4 * 8 * 4  # sanity: bytes, not bits
+
+
+def test_narrowed_shapes_are_computed_as_fx_traces_them() -> None:
+    """The trace kept per skeleton, reshaped from a narrowed model's weights, equals a
+    fresh ``torch.fx`` trace of that model at every width the heap test uses."""
+    runs = {**WIDTHS, **{name: [w for w, *_ in r] for name, r in OTHERS.items()}}
+    for name, sets in runs.items():
+        for widths in sets:
+            model = narrowed(name, widths)
+            ops, traced = trace(model, IN_SHAPE), fx_trace(model, IN_SHAPE)
+            assert ops == traced, (name, widths)
+            assert all(a.module is b.module for a, b in zip(ops, traced, strict=True))
