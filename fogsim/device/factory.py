@@ -186,10 +186,14 @@ class FactoryArch:
     def num_params(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes())
 
-    def phases(self, optimizer: str, dtype_bytes: int = 4) -> list[tuple[int, int]]:
+    def phases(
+        self, optimizer: str, dtype_bytes: int = 4, batch: int | None = None
+    ) -> list[tuple[int, int]]:
         """``(fixed_bytes, bytes_per_sample)`` of one training step at every moment it
-        may peak, replayed on the model's own layers (``fogsim.device.chain_replay``)."""
-        return _phases(self, optimizer, dtype_bytes)
+        may peak, replayed on the model's own layers (``fogsim.device.chain_replay``):
+        at ``batch`` exactly, or (None) bounding every batch (a conv's algorithm
+        depends on the batch: ``chain_replay.chain_phases``)."""
+        return _phases(self, optimizer, dtype_bytes, batch)
 
     def meta_model(self) -> nn.Module:
         """The model at these widths on the meta device (shapes only, no storage)."""
@@ -211,9 +215,11 @@ class FactoryArch:
 
 
 @functools.lru_cache(maxsize=4096)
-def _phases(arch: FactoryArch, optimizer: str, dtype_bytes: int) -> list[tuple[int, int]]:
+def _phases(
+    arch: FactoryArch, optimizer: str, dtype_bytes: int, batch: int | None
+) -> list[tuple[int, int]]:
     """:meth:`FactoryArch.phases`, kept: a strategy asks per budget, DynHP per pruning."""
-    return chain_phases(arch.meta_model(), arch.in_shape, optimizer, dtype_bytes)
+    return chain_phases(arch.meta_model(), arch.in_shape, optimizer, dtype_bytes, batch)
 
 
 def load_model(arch: Arch | FactoryArch, state: Mapping[str, torch.Tensor]) -> nn.Module:

@@ -244,12 +244,14 @@ class _Phases:
 
     def __init__(self, counter: Counter, model: Any) -> None:
         self.counter, self.model, self.optimizer = counter, model, None
+        gc.freeze()  # what exists now is never garbage: each phase's collect skips it
         self.records: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None
 
     def __call__(self, phase: str, optimizer: Any) -> None:
         self.close()
         if phase != "end":
+            gc.collect()  # garbage of the phase before, freed now, not inside this one
             self.optimizer = optimizer
             resident = _resident(self.model, optimizer)
             self.open = {"kind": phase, "resident": resident, "base": self.counter.current()}

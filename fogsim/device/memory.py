@@ -155,12 +155,16 @@ def memory_breakdown(
 
 
 def step_phases_of(
-    model: FogNet | Arch | FactoryArch, optimizer: str, dtype_bytes: int = 4
+    model: FogNet | Arch | FactoryArch,
+    optimizer: str,
+    dtype_bytes: int = 4,
+    batch: int | None = None,
 ) -> list[tuple[int, int]]:
     """``(fixed, per_sample)`` bytes at every moment a step may peak: replayed for a
-    FogNet (``fogsim.device.replay``), or on a factory model's own layers."""
+    FogNet (``fogsim.device.replay``), or on a factory model's own layers, at ``batch``
+    or bounding every batch (a factory conv's algorithm depends on the batch)."""
     if isinstance(model, FactoryArch):
-        return model.phases(optimizer, dtype_bytes)
+        return model.phases(optimizer, dtype_bytes, batch)
     return step_phases(Arch.of(model), optimizer, dtype_bytes)
 
 
@@ -171,7 +175,7 @@ def training_memory(
     dtype_bytes: int = 4,
 ) -> int:
     """Modelled peak bytes of training ``model`` at ``batch_size`` (see module doc)."""
-    phases = step_phases_of(model, optimizer_kind(optimizer), dtype_bytes)
+    phases = step_phases_of(model, optimizer_kind(optimizer), dtype_bytes, batch_size)
     return max(f + s * batch_size for f, s in phases)
 
 

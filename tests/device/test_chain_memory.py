@@ -20,7 +20,8 @@ import torch
 from fogsim.device import heap
 from fogsim.device.arch import Arch
 from fogsim.device.chain import ChainLayout, assign
-from fogsim.device.chain_replay import chain_phases, fx_trace, trace
+from fogsim.device.chain_replay import chain_phases
+from fogsim.device.chain_trace import fx_trace, trace
 from fogsim.device.factory import build
 from fogsim.device.models import FogNet
 from fogsim.device.replay import step_phases
