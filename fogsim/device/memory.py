@@ -1,4 +1,5 @@
-"""How many bytes training a FogNet takes: the memory model.
+"""How many bytes training a FogNet takes: the memory model (a ``[model] factory``
+model's is the same replay on its own layers, ``fogsim.device.chain_replay``).
 
 The *model* (:func:`training_memory`) is pure arithmetic on the widths, because the
 simulator evaluates it per client per round and DynHP re-evaluates it after every
@@ -130,7 +131,8 @@ def memory_breakdown(
     dtype_bytes: int = 4,
 ) -> MemoryBreakdown:
     """Modelled bytes of one training step of ``model`` at ``batch_size`` (fogsim's own
-    models: a factory model's figure is measured whole, without a breakdown)."""
+    models: a factory model's replay, ``fogsim.device.chain_replay``, gives its total
+    without a breakdown)."""
     arch = Arch.of(model)
     kind = optimizer_kind(optimizer)
     sizes = [math.prod(s) for s in arch.param_shapes()]

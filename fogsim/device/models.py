@@ -51,8 +51,7 @@ class FogNet(nn.Module):
         for c in channels:
             self.convs.append(nn.Conv2d(c_in, c, KERNEL, padding=KERNEL // 2))
             c_in, h, w = c, h // 2, w // 2
-        self.spatial = h * w  # pixels per channel entering the first linear layer
-        sizes = [c_in * self.spatial, *hidden, num_classes]
+        sizes = [c_in * h * w, *hidden, num_classes]
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
 
     @property
