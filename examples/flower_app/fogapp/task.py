@@ -17,7 +17,7 @@ DEFAULTS = {
     "strategy": "mask-union",
     "fraction-train": 1.0,
     "budgets": "4MiB,2560KiB,2MiB",
-    "dynhp": True,
+    "dynhp": False,
     "samples-per-node": 600,
     "local-epochs": 1,
     "lr": 0.05,
