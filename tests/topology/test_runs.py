@@ -22,37 +22,11 @@ def run_cli(scenario: Path, out: Path, *sets: str) -> dict:
     return load(out)
 
 
-def test_hierarchical_and_buffered_runs_on_ray(tiny_scenario: Path, tmp_path: Path) -> None:
-    fog = run_cli(
-        tiny_scenario,
-        tmp_path / "fog",
-        "topology.kind='hierarchical'",
-        "topology.fogs=2",
-        "topology.fog_rounds=2",
-        "topology.cloud_link={up_mbps=10, down_mbps=10, latency_ms=50}",
-    )
-    rounds, nodes = fog["rounds"], fog["nodes"]
-    assert [r["round"] for r in rounds] == [1, 2]
-    assert rounds[-1]["accuracy"] > 0.5, "well above chance after training"
-    assert all(r["sampled"] == 8 and r["aggregated"] == 8 for r in rounds)
-    assert {n["fog"] for n in nodes} == {0, 1} and {n["fog_round"] for n in nodes} == {1, 2}
-    assert all(r["cloud_bytes_down"] > 0 and r["cloud_bytes_up"] > 0 for r in rounds)
-    assert all(r["sim_time_s"] > 2 * 0.05 for r in rounds), "down and up the cloud link"
-
-    buffered = run_cli(
-        tiny_scenario,
-        tmp_path / "buf",
-        "topology.aggregation='buffered'",
-        "topology.buffer_size=2",
-        "topology.concurrency=4",
-        "run.rounds=3",
-    )
-    rounds, nodes = buffered["rounds"], buffered["nodes"]
-    assert [r["sampled"] for r in rounds] == [2, 2, 2]
-    assert rounds[-1]["accuracy"] > 0.3
-    assert {n["staleness"] for n in nodes} <= {0, 1, 2, 3}
-
-    both = run_cli(  # FedBuff at each of 2 fogs: all fogs' windows in one exchange on Ray
+def test_a_fog_tier_running_fedbuff_on_ray(tiny_scenario: Path, tmp_path: Path) -> None:
+    """FedBuff at each of 2 fogs, all fogs' windows in one exchange, over a cloud link:
+    the fog tier and buffered rounds on Ray together (each alone, and their arithmetic,
+    in process: test_hierarchy, test_buffered, test_fog_buffered)."""
+    both = run_cli(
         tiny_scenario,
         tmp_path / "fog-buf",
         "topology.kind='hierarchical'",
@@ -61,9 +35,14 @@ def test_hierarchical_and_buffered_runs_on_ray(tiny_scenario: Path, tmp_path: Pa
         "topology.aggregation='buffered'",
         "topology.buffer_size=2",
         "topology.concurrency=4",
-        "run.rounds=1",
+        "topology.cloud_link={up_mbps=10, down_mbps=10, latency_ms=50}",
+        "run.rounds=2",
     )
     rounds, nodes = both["rounds"], both["nodes"]
-    assert rounds[0]["sampled"] == rounds[0]["aggregated"] == 2 * 2 * 1
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["sampled"] == r["aggregated"] == 2 * 2 * 1 for r in rounds)
     assert {(n["fog"], n["fog_round"]) for n in nodes} == {(0, 1), (0, 2), (1, 1), (1, 2)}
-    assert rounds[0]["accuracy"] > 0.2
+    assert {n["staleness"] for n in nodes} <= {0, 1, 2, 3}
+    assert all(r["cloud_bytes_down"] > 0 and r["cloud_bytes_up"] > 0 for r in rounds)
+    assert all(r["sim_time_s"] > 2 * 0.05 for r in rounds), "down and up the cloud link"
+    assert rounds[-1]["accuracy"] > 0.2
