@@ -91,6 +91,7 @@ def aggregate(scenario: str, strategy: str, runs: list[dict[str, Any]]) -> dict[
 
 
 @renderer("strategies")
+@renderer("strategies_lenet")  # the same table, on a factory model (fleet5-mnist-lenet)
 def table(doc: dict[str, Any]) -> str:
     """One markdown table per scenario: strategies as rows, per class 'mean / min'."""
     out = []
