@@ -163,7 +163,8 @@ class ChainLayout:
         return out
 
     def extract(self, state: Mapping[str, np.ndarray], kept: Kept) -> dict[str, np.ndarray]:
-        """The sub-model of ``state`` holding the neurons ``kept`` (compact copies)."""
+        """The sub-model of ``state`` holding the neurons ``kept``: compact copies of the
+        arrays it narrows, views of those it holds whole (whoever keeps them copies)."""
         index = self.index({k: v.shape for k, v in state.items()}, kept)
         return {k: np.asarray(v[index[k]], order="C") for k, v in state.items()}
 

@@ -131,15 +131,15 @@ def submodel_shapes(
 def extract_submodel(
     global_state: Mapping[str, torch.Tensor | np.ndarray], kept: Kept
 ) -> dict[str, torch.Tensor]:
-    """Slice a global state dict to the neurons in ``kept`` (a sub-model state dict)."""
-    index = submodel_index({k: np.shape(v) for k, v in global_state.items()}, kept)
-    out = {}
-    for name, value in global_state.items():
-        whole = np.asarray(value)
-        part = np.asarray(whole[index[name]])  # numpy (torch indexing with it: ~10x slower)
-        # an unpruned parameter comes back as a view: copy so the sub-model owns it
-        out[name] = torch.from_numpy(part.copy() if np.shares_memory(part, whole) else part)
-    return out
+    """Slice a global state dict to the neurons in ``kept`` (a sub-model state dict that
+    owns its tensors)."""
+    whole = {k: np.asarray(v) for k, v in global_state.items()}  # numpy: torch's ~10x slower
+    sub = layout_of({k: v.shape for k, v in whole.items()}).extract(whole, kept)
+    # an unpruned parameter comes back as a view: copy so the sub-model owns it
+    return {
+        k: torch.from_numpy(v.copy() if np.shares_memory(v, whole[k]) else v)
+        for k, v in sub.items()
+    }
 
 
 def scatter_add_submodel(

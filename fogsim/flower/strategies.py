@@ -53,7 +53,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from fogsim.device.chain import ChainLayout, Kept, layout_of
 from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import largest_fraction, training_memory
-from fogsim.device.pruning import masked_mean
+from fogsim.device.pruning import masked_mean, scatter_add_submodel
 from fogsim.flower import wire
 
 BUDGET_KEY = "budget-bytes"  # query reply metric: the node's training memory, bytes
@@ -221,10 +221,7 @@ class SubModelFedAvg(FedAvg):
                     msg.metadata.src_node_id)  # fmt: skip
                 continue
             n = float(metrics[self.weighted_by_key])
-            index = self.layout.index(shapes, kept)
-            for k, v in got.items():
-                num[k][index[k]] += n * v.astype(np.float64)  # float32 * n would round
-                den[k][index[k]] += n
+            scatter_add_submodel(num, den, got, kept, n, self.layout.index(shapes, kept))
             used.append(msg)
         if not used:
             return None, None
