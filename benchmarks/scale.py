@@ -68,34 +68,38 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --- measuring a process tree -------------------------------------------------
-def tree_memory(root: int) -> tuple[int, int]:
-    """(RSS, PSS) bytes summed over ``root`` and all its descendants."""
-    rss = pss = 0
+def tree_memory(root: int) -> dict[int, tuple[int, int, str]]:
+    """pid -> (RSS bytes, PSS bytes, command line) of ``root`` and all its descendants."""
+    out = {}
     for pid in [root, *descendants(root)]:
         try:
-            rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    pss += int(line.split()[1]) * 1024
-                    break
-        except (OSError, IndexError, ValueError):
+            rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            pss = next(int(ln.split()[1]) * 1024 for ln in rollup if ln.startswith("Pss:"))
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError, StopIteration):
             continue  # the process ended while we looked
-    return rss, pss
+        out[pid] = (rss, pss, cmd.strip())
+    return out
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[float, int, int]:
-    """Run ``cmd``; (wall seconds, peak tree RSS, peak tree PSS). Fails loudly."""
+def run_measured(cmd: list[str], log: Path) -> tuple[float, int, int, dict]:
+    """Run ``cmd``; (wall seconds, peak tree RSS, peak tree PSS, the tree's
+    :func:`tree_memory` at the PSS peak). Fails loudly."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     t0 = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        peak = [0, 0]
+        peak: list[Any] = [0, 0, {}]
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.2):
-                rss, pss = tree_memory(proc.pid)
-                peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+                tree = tree_memory(proc.pid)
+                rss, pss = sum(t[0] for t in tree.values()), sum(t[1] for t in tree.values())
+                peak[0] = max(peak[0], rss)
+                if pss > peak[1]:
+                    peak[1], peak[2] = pss, tree
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -104,7 +108,7 @@ def run_measured(cmd: list[str], log: Path) -> tuple[float, int, int]:
         sampler.join()
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {code}; see {log}:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - t0, peak[0], peak[1]
+    return time.perf_counter() - t0, peak[0], peak[1], peak[2]
 
 
 def parse_row(row: str) -> tuple[int, int, int | None, int | None]:
@@ -270,7 +274,7 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
         sets = [a for o in over for a in ("--set", o)]
         run_dir = work / f"{row}-{strategy}"
         cmd = [fogsim, "run", str(SCENARIO), "--out", str(run_dir), "--quiet", "--overwrite"]
-        wall, rss, pss = run_measured([*cmd, *sets], work / f"{row}-{strategy}.log")
+        wall, rss, pss, _ = run_measured([*cmd, *sets], work / f"{row}-{strategy}.log")
         rows = load(run_dir)["rounds"]
         sec = median_after_first([float(r["wall_s"]) for r in rows])
         node_rows = [n for n in load(run_dir)["nodes"] if n["status"] == "ok"]
@@ -299,7 +303,7 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
     me = [py, __file__, "--child", "flower", "--out", str(flower_json)]
     over = overrides(nodes, per_round, rounds, "fedavg", None, draws)
     sets = [a for o in over for a in ("--set", o)]
-    wall, rss, pss = run_measured([*me, *sets], work / f"{row}-flower.log")
+    wall, rss, pss, _ = run_measured([*me, *sets], work / f"{row}-flower.log")
     sec = median_after_first(json.loads(flower_json.read_text())["round_s"])
     out["flower"] = {"sec": sec, "wall": wall, "rss": rss, "pss": pss}
     print(f"  {row} flower: {sec:.2f} s/round", flush=True)

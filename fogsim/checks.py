@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fogsim.data import load_dataset
+from fogsim.data import read_dataset
 from fogsim.device.heap import HeapCounterUnavailable
 from fogsim.fleet import build_fleet, check_trainable
 from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
@@ -65,7 +65,7 @@ def load_checked(path: str | Path, overrides: list[str] | None = None) -> Scenar
 def check_data(sc: Scenario) -> None:
     """The data set loads and splits across the fleet (before any Ray process starts);
     raises DatasetNotFoundError, DatasetError, or ScenarioError naming the split."""
-    data = load_dataset(sc.data.dataset, sc.data.path)
+    data = read_dataset(sc.data.dataset, sc.data.path)  # uncached: the driver keeps none
     d = sc.data
     if data.image_shape != tuple(d.image_shape):
         raise ScenarioError(

@@ -109,7 +109,15 @@ def read_idx(path: Path) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def load_dataset(name: str, path: str | None = None) -> ImageData:
-    """Load a data set once per process (cached), from ``path`` or the default places."""
+    """:func:`read_dataset`, once per process (cached): a client worker trains every
+    node of its cohorts on it."""
+    return read_dataset(name, path)
+
+
+def read_dataset(name: str, path: str | None = None) -> ImageData:
+    """Read a data set from ``path`` or the default places, not cached: the driver
+    keeps only what it needs (the test split), so MNIST's 47 MB of training images
+    are not held beside the client workers' own copies for a whole run."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if name == "digits":

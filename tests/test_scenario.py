@@ -111,3 +111,14 @@ def test_availability_drops_nodes(tiny_scenario) -> None:
     small_up = int((fleet.node_class[up] == 1).sum())
     assert (fleet.node_class[up] == 0).sum() == 4  # "big" is always up
     assert 400 < small_up < 600  # about half of 996
+
+
+def test_checking_the_data_keeps_none_of_it_in_the_driver(tiny_scenario) -> None:
+    """The driver reads the data set to check it and then drops it: a run's client
+    workers hold their own copies, and the driver would otherwise keep all of it."""
+    from fogsim.checks import check_data
+    from fogsim.data import load_dataset
+
+    load_dataset.cache_clear()
+    check_data(load_checked(tiny_scenario))
+    assert load_dataset.cache_info().currsize == 0

@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
-from fogsim.data import load_dataset
+from fogsim.data import read_dataset
 from fogsim.device.factory import FactoryArch
 from fogsim.device.models import FogNet
 from fogsim.device.training import evaluate
@@ -130,8 +130,9 @@ class RoundLoop:
     def run(self, grid: Grid) -> dict[str, Any] | None:
         """All rounds, then ``summary.json``; None if :attr:`stop` ended it early."""
         sc = self.scenario
-        ds = load_dataset(sc.data.dataset, sc.data.path)
+        ds = read_dataset(sc.data.dataset, sc.data.path)
         self.test = ds.tensors(ds.test_x, ds.test_y)
+        del ds  # the training images (MNIST's 47 MB): the driver keeps only the test split
         self.strategy = round_driver(sc, self.fleet)  # a fog tier's, if any
         self.model = initial_model(sc)
         ckpt = self.writer.read_checkpoint() if self.resume else None
