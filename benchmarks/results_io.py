@@ -79,7 +79,15 @@ def pm(cell: dict[str, Any] | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {}
-BENCHMARKS = ("dynhp_vs_competitors", "strategies", "scale", "research_maskunion", "fog")  # modules
+BENCHMARKS = (  # modules
+    "dynhp_vs_competitors",
+    "dynhp_knobs",
+    "strategies",
+    "scale",
+    "memory_floor",
+    "research_maskunion",
+    "fog",
+)
 
 
 def renderer(name: str) -> Callable[[Callable[[dict[str, Any]], str]], Callable]:
