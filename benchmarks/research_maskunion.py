@@ -75,6 +75,10 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.clip_grad=1.0",
         "strategy.params.label_mask=true",
     ],
+    "mask-union-clip": [  # the care's gradient clipping alone, no label masking
+        "strategy.name='mask-union'",
+        "strategy.params.clip_grad=1.0",
+    ],
     "heterofl": ["strategy.name='heterofl'"],
     "heterofl-plain": [
         "strategy.name='heterofl'",
