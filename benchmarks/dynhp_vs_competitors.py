@@ -49,9 +49,15 @@ METHODS = ["dense", "small-dense", "one-shot", "iterative", "dynhp-static", "dyn
 
 
 def run(
-    method: str, data: tuple[torch.Tensor, ...], target: float, epochs: float, seed: int
+    method: str,
+    data: tuple[torch.Tensor, ...],
+    target: float,
+    epochs: float,
+    seed: int,
+    knobs: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """One method, one seed: test accuracy, final size, modelled memory, wall time."""
+    """One method, one seed: test accuracy, final size, modelled memory, wall time
+    (``knobs``: ``DynHPConfig`` settings changed for the two DynHP methods)."""
     x, y, xt, yt = data
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -120,10 +126,13 @@ def run(
     else:
         model = FogNet((), HIDDEN)
         cfg = DynHPConfig(
-            target_compression=target,
-            dynamic_batch=method == "dynhp",
-            min_batch=BASE_BATCH,
-            max_batch=256,
+            **{
+                "target_compression": target,
+                "dynamic_batch": method == "dynhp",
+                "min_batch": BASE_BATCH,
+                "max_batch": 256,
+                **(knobs or {}),
+            }
         )
         st = train_dynhp(model, x, y, DynHP(cfg, arch), budget=budget, epochs=epochs, **common)
         mem += st.memory

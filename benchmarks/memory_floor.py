@@ -37,7 +37,7 @@ from typing import Any
 
 from results_io import pm, renderer, stats
 from results_io import write as write_results
-from scale import ROOT, SCENARIO, median_after_first, overrides, run_measured
+from scale import ROOT, fogsim_run, median_after_first, overrides, run_measured
 
 from fogsim.study.results import load
 
@@ -88,12 +88,9 @@ def measure_run(variant: str, work: Path) -> dict[str, float]:
     """role -> MB PSS at the tree's peak (and ``total``) of one ``fogsim run``."""
     work.mkdir(parents=True, exist_ok=True)
     strategy, extra = VARIANTS[variant]
-    over = overrides(1000, 100, 4, strategy, None) + extra
-    sets = [a for o in over for a in ("--set", o)]
-    fogsim = str(Path(sys.executable).with_name("fogsim"))
     run_dir = work / variant.replace(", ", "-").replace(" ", "-")
-    cmd = [fogsim, "run", str(SCENARIO), "--out", str(run_dir), "--quiet", "--overwrite"]
-    _, _, pss, tree = run_measured([*cmd, *sets], run_dir.with_suffix(".log"))
+    cmd = fogsim_run(run_dir, overrides(1000, 100, 4, strategy, None) + extra)
+    _, _, pss, tree = run_measured(cmd, run_dir.with_suffix(".log"))
     root = next(iter(tree))  # tree_memory lists the root, the driver, first
     by_role: dict[str, list[float]] = {}
     for pid, (_, p, cmd_line) in tree.items():

@@ -147,6 +147,13 @@ def overrides(
     return out
 
 
+def fogsim_run(run_dir: Path, over: list[str]) -> list[str]:
+    """The ``fogsim run`` command of the scale scenario with ``over`` as ``--set``s."""
+    fogsim = str(Path(sys.executable).with_name("fogsim"))
+    cmd = [fogsim, "run", str(SCENARIO), "--out", str(run_dir), "--quiet", "--overwrite"]
+    return [*cmd, *(a for o in over for a in ("--set", o))]
+
+
 def median_after_first(seconds: list[float]) -> float:
     return statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
 
@@ -268,13 +275,12 @@ def measure_row(row: str, rounds: int, work: Path) -> dict[str, Any]:
         "cohort": sim.cohort(per_round),
     }
     py = sys.executable
-    fogsim = str(Path(py).with_name("fogsim"))
     for strategy in ("mask-union", "fedavg"):
         over = overrides(nodes, per_round, rounds, strategy, in_flight, draws)
         sets = [a for o in over for a in ("--set", o)]
         run_dir = work / f"{row}-{strategy}"
-        cmd = [fogsim, "run", str(SCENARIO), "--out", str(run_dir), "--quiet", "--overwrite"]
-        wall, rss, pss, _ = run_measured([*cmd, *sets], work / f"{row}-{strategy}.log")
+        cmd = fogsim_run(run_dir, over)
+        wall, rss, pss, _ = run_measured(cmd, work / f"{row}-{strategy}.log")
         rows = load(run_dir)["rounds"]
         sec = median_after_first([float(r["wall_s"]) for r in rows])
         node_rows = [n for n in load(run_dir)["nodes"] if n["status"] == "ok"]

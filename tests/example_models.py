@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# the two fogsim trains are shipped (scenarios name them): "tests.example_models:lenet5"
+# shipped in fogsim.device.zoo (scenarios name them there); re-exported for the tests
 from fogsim.device.zoo import lenet5, resnet_like  # noqa: F401
 
 
