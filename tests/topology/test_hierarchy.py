@@ -129,6 +129,18 @@ def test_fog_rounds_clock_bytes_and_stragglers(scenario_file, tmp_path) -> None:
             assert n["sim_time_s"] > 0.005 + n["bytes_down"] * 8 / 40e6
 
 
+def test_a_hierarchical_run_learns(tiny_scenario: Path, tmp_path: Path) -> None:
+    """Two fogs of two fog rounds each, two cloud rounds, over a cloud link: the model
+    every device gets is well above chance (10 classes) after training."""
+    link = "topology.cloud_link={up_mbps=10, down_mbps=10, latency_ms=50}"
+    sets = [*HIER, "topology.fogs=2", "topology.fog_rounds=2", link]
+    rounds, nodes, _ = run_local(load_scenario(tiny_scenario, sets), tmp_path / "fog")
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["sampled"] == r["aggregated"] == 8 for r in rounds)
+    assert {(n["fog"], n["fog_round"]) for n in nodes} == {(0, 1), (0, 2), (1, 1), (1, 2)}
+    assert rounds[-1]["accuracy"] > 0.5, "well above chance after training"
+
+
 def test_assignments(scenario_file) -> None:
     def assign(*sets: str) -> np.ndarray:
         sc = load_scenario(scenario_file, [*HIER, *sets])
