@@ -1,24 +1,27 @@
 """mask-union against HeteroFL and FedRolex by the accuracy each device's own model
-reaches (RESEARCH.md): per scenario, variant and seed one run; per device class the
-mean over seeds (± std) of the class mean and the class minimum of devices.csv, plus
-the global model's final accuracy and the run's total bytes up / down.
+reaches (the README's tables under Strategies): per scenario, variant and seed one
+run; per device class the mean over seeds (± std) of the class mean and the class
+minimum of devices.csv, plus the global model's final accuracy and the run's total
+bytes up / down.
 
 Two engines:
 
 - ``flower`` (default, the one results are quoted from): a real ``fogsim run`` per
   (scenario, variant, seed), Flower + Ray, in a child process, into
-  ``OUT/<scenario>/<variant>/seed<k>``; a run directory holding ``summary.json`` is
-  reused, so an interrupted benchmark resumes where it stopped.
+  ``OUT/<scenario>/<variant>/seed<k>``; a finished run there (``summary.json``) made
+  with the very same resolved scenario (``scenario.json``, every default filled in) is
+  reused, so an interrupted benchmark resumes where it stopped, and a default changed
+  in the code since makes it run again.
 - ``inprocess``: the same strategy and client code without Flower or Ray (the
   strategy's ``configure_train``, the client's ``train`` per message, then
   ``aggregate_train``; devices evaluated with ``fogsim.study.deployed``), about 2-3x
   faster, for exploring. For the fleet5 MLP scenarios it gave the very same numbers
   as ``fogsim run`` (checked for mask-union on MNIST IID, seed 1).
 
-Writes ``OUT/research_maskunion.json`` (every run and the aggregates; an ``inprocess``
-run already there with the same overrides is reused too) and prints one markdown table
-per scenario. Run at most one simulation at a time on a small machine: this script runs
-them one after another.
+Writes ``OUT/research_maskunion.json`` (every run, with its resolved scenario, and the
+aggregates; an ``inprocess`` run already there of the very same resolved scenario is
+reused too) and prints one markdown table per scenario. Run at most one simulation at a
+time on a small machine: this script runs them one after another.
 
 ``benchmarks/results/mask_union_vs_rivals.json`` (the README's tables) is updated
 row by row: the (scenario, variant) pairs asked for replace their rows, the others stay,
@@ -62,9 +65,14 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
     "mnist-dirichlet-cnn": ("scenarios/fleet5-mnist-dirichlet.toml", CNN),
     "fmnist-iid-cnn": ("scenarios/fleet5-fmnist-iid.toml", CNN),
     "fmnist-dirichlet-cnn": ("scenarios/fleet5-fmnist-dirichlet.toml", CNN),
+    "digits-iid": ("scenarios/fleet5-digits-iid.toml", []),  # the strategies benchmark's
 }
 VARIANTS: dict[str, list[str]] = {
     "mask-union": ["strategy.name='mask-union'"],
+    "mask-union-linear": [  # the LR follows the batch linearly (the default: sqrt)
+        "strategy.name='mask-union'",
+        "dynhp.lr_scaling='linear'",
+    ],
     "mask-union-before": [
         "strategy.name='mask-union'",
         "strategy.params.masks='own'",
@@ -92,6 +100,11 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.label_mask=false",
         "strategy.params.batch_lr=true",
     ],
+    "heterofl-batchlr-linear": [  # HeteroFL given mask-union-linear's LR rule
+        "strategy.name='heterofl'",
+        "strategy.params.batch_lr=true",
+        "dynhp.lr_scaling='linear'",
+    ],
     "fedrolex": ["strategy.name='fedrolex'"],
     "fedrolex-plain": [
         "strategy.name='fedrolex'",
@@ -103,9 +116,24 @@ DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrole
 PUBLISHED = "mask_union_vs_rivals"
 
 
+def resolved(scenario: str, overrides: list[str]) -> dict[str, Any]:
+    """The scenario a run with ``overrides`` really gets, every default filled in: what
+    decides whether an earlier run is reused (a default changed since must not let a
+    stale run through)."""
+    from fogsim.scenario import load_scenario
+
+    return load_scenario(ROOT / scenario, overrides).model_dump(mode="json")
+
+
 def run_flower(scenario: str, overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    """A real ``fogsim run`` into ``run_dir`` (unless finished); its results."""
-    if not (run_dir / "summary.json").exists():
+    """A real ``fogsim run`` into ``run_dir`` (unless a finished run of this very
+    scenario is there); its results."""
+    from fogsim.study.results import scenario_changes
+
+    stored = run_dir / "scenario.json"
+    if not (run_dir / "summary.json").exists() or scenario_changes(
+        json.loads(stored.read_text()) if stored.exists() else {}, resolved(scenario, overrides)
+    ):
         cmd = [sys.executable, "-c", "from fogsim.cli import app; app()", "run", scenario]
         cmd += ["--out", str(run_dir), "--quiet", "--overwrite"]
         for o in overrides:
@@ -225,7 +253,7 @@ def one_run(
         res = run_flower(scenario, overrides, out / name / variant / f"seed{seed}")
     else:
         res = run_inprocess(scenario, overrides)
-    res.update(engine=engine, overrides=overrides)
+    res.update(engine=engine, overrides=overrides, scenario=resolved(scenario, overrides))
     return res
 
 
@@ -288,9 +316,9 @@ def main() -> None:
                     args.engine == "inprocess"
                     and old
                     and old.get("engine") == "inprocess"
-                    and (old.get("overrides") == overrides)
+                    and old.get("scenario") == resolved(SCENARIOS[name][0], overrides)
                 ):
-                    res = old  # already run in process with these settings
+                    res = old  # already run in process on this very scenario
                 else:
                     res = one_run(name, variant, seed, args.engine, out, args.set)
                 entry["runs"][str(seed)] = res
@@ -323,9 +351,7 @@ def publish(
     path = RESULTS / f"{PUBLISHED}.json"
     old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     command = " ".join(["python", *sys.argv])
-    rows = [
-        r for r in old.get("rows", []) if r["variant"] not in asked.get(r["scenario"], {})
-    ]
+    rows = [r for r in old.get("rows", []) if r["variant"] not in asked.get(r["scenario"], {})]
     for r in rows:  # rows of earlier versions of this file: the file's one command and engine
         r.setdefault("engine", old.get("engine", "flower"))
         r.setdefault("command", old.get("command"))

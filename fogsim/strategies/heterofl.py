@@ -22,7 +22,8 @@ sub-model care of ``SubModelStrategy``:
 Why the care matters: on Fashion-MNIST Dirichlet(0.3) with the CNN (4 rounds, seed
 0) plain slices stalled at 0.21 global accuracy (loss 2.1) while mask-union reached
 0.61; clipping alone gave 0.64, label masking alone 0.68. On the MNIST MLP the care
-costs HeteroFL up to ~1 point; ``RESEARCH.md`` reports both configurations.
+costs HeteroFL up to ~1 point; the README's research tables report both
+configurations (``heterofl`` and ``heterofl-plain``).
 """
 
 from fogsim.device.pruning import Kept
