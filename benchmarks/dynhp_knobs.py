@@ -34,6 +34,9 @@ SETTINGS: dict[str, dict[str, Any]] = {  # name -> the knobs changed from DynHPC
     "criterion weight-norm-io": {"criterion": "weight-norm-io"},
     "check_every 50 steps": {"check_every": 50},
     "max_batch 32": {"max_batch": 32},
+    "end 0.9 (wide for longer)": {"end": 0.9},
+    "min_batch 8 (a wider start)": {"min_batch": 8},
+    "min_batch 4": {"min_batch": 4},
 }
 
 
