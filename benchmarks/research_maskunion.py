@@ -65,7 +65,7 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
     "mnist-dirichlet-cnn": ("scenarios/fleet5-mnist-dirichlet.toml", CNN),
     "fmnist-iid-cnn": ("scenarios/fleet5-fmnist-iid.toml", CNN),
     "fmnist-dirichlet-cnn": ("scenarios/fleet5-fmnist-dirichlet.toml", CNN),
-    "digits-iid": ("scenarios/fleet5-digits-iid.toml", []),  # the strategies benchmark's
+    "digits-iid": ("scenarios/fleet5-digits-iid.toml", []),  # the strategies benchmark's too
 }
 VARIANTS: dict[str, list[str]] = {
     "mask-union": ["strategy.name='mask-union'"],
@@ -86,6 +86,10 @@ VARIANTS: dict[str, list[str]] = {
     "mask-union-clip": [  # the care's gradient clipping alone, no label masking
         "strategy.name='mask-union'",
         "strategy.params.clip_grad=1.0",
+    ],
+    "mask-union-labels": [  # the care's label masking alone, no clipping
+        "strategy.name='mask-union'",
+        "strategy.params.label_mask=true",
     ],
     "heterofl": ["strategy.name='heterofl'"],
     "heterofl-plain": [
