@@ -18,7 +18,8 @@ Two engines:
   faster, for exploring. For the fleet5 MLP scenarios it gave the very same numbers
   as ``fogsim run`` (checked for mask-union on MNIST IID, seed 1).
 
-Writes ``OUT/research_maskunion.json`` (every run, with its resolved scenario, and the
+The scenarios and variants live in ``research_variants.py``. Writes
+``OUT/research_maskunion.json`` (every run, with its resolved scenario, and the
 aggregates; an ``inprocess`` run already there of the very same resolved scenario is
 reused too) and prints one markdown table per scenario. Run at most one simulation at a
 time on a small machine: this script runs them one after another.
@@ -51,72 +52,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from research_variants import DEFAULT_VARIANTS, SCENARIOS, VARIANTS
 from results_io import RESULTS, renderer, stats
 from results_io import write as write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-CNN = ["model.arch='cnn'", "model.hidden=[128]"]
-SCENARIOS: dict[str, tuple[str, list[str]]] = {
-    "mnist-iid": ("scenarios/fleet5-mnist-iid.toml", []),
-    "mnist-dirichlet": ("scenarios/fleet5-mnist-dirichlet.toml", []),
-    "fmnist-iid": ("scenarios/fleet5-fmnist-iid.toml", []),
-    "fmnist-dirichlet": ("scenarios/fleet5-fmnist-dirichlet.toml", []),
-    "mnist-iid-cnn": ("scenarios/fleet5-mnist-iid.toml", CNN),
-    "mnist-dirichlet-cnn": ("scenarios/fleet5-mnist-dirichlet.toml", CNN),
-    "fmnist-iid-cnn": ("scenarios/fleet5-fmnist-iid.toml", CNN),
-    "fmnist-dirichlet-cnn": ("scenarios/fleet5-fmnist-dirichlet.toml", CNN),
-    "digits-iid": ("scenarios/fleet5-digits-iid.toml", []),  # the strategies benchmark's too
-}
-VARIANTS: dict[str, list[str]] = {
-    "mask-union": ["strategy.name='mask-union'"],
-    "mask-union-linear": [  # the LR follows the batch linearly (the default: sqrt)
-        "strategy.name='mask-union'",
-        "dynhp.lr_scaling='linear'",
-    ],
-    "mask-union-before": [
-        "strategy.name='mask-union'",
-        "strategy.params.masks='own'",
-        "strategy.params.target_batch='max'",
-    ],
-    "mask-union-care": [  # HeteroFL's reference care on mask-union (the idea)
-        "strategy.name='mask-union'",
-        "strategy.params.clip_grad=1.0",
-        "strategy.params.label_mask=true",
-    ],
-    "mask-union-clip": [  # the care's gradient clipping alone, no label masking
-        "strategy.name='mask-union'",
-        "strategy.params.clip_grad=1.0",
-    ],
-    "mask-union-labels": [  # the care's label masking alone, no clipping
-        "strategy.name='mask-union'",
-        "strategy.params.label_mask=true",
-    ],
-    "heterofl": ["strategy.name='heterofl'"],
-    "heterofl-plain": [
-        "strategy.name='heterofl'",
-        "strategy.params.clip_grad=0",
-        "strategy.params.label_mask=false",
-    ],
-    "heterofl-batchlr": ["strategy.name='heterofl'", "strategy.params.batch_lr=true"],
-    "heterofl-plain-batchlr": [
-        "strategy.name='heterofl'",
-        "strategy.params.clip_grad=0",
-        "strategy.params.label_mask=false",
-        "strategy.params.batch_lr=true",
-    ],
-    "heterofl-batchlr-linear": [  # HeteroFL given mask-union-linear's LR rule
-        "strategy.name='heterofl'",
-        "strategy.params.batch_lr=true",
-        "dynhp.lr_scaling='linear'",
-    ],
-    "fedrolex": ["strategy.name='fedrolex'"],
-    "fedrolex-plain": [
-        "strategy.name='fedrolex'",
-        "strategy.params.clip_grad=0",
-        "strategy.params.label_mask=false",
-    ],
-}
-DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"
 PUBLISHED = "mask_union_vs_rivals"
 
 

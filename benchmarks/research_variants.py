@@ -1,0 +1,78 @@
+"""The study of ``research_maskunion.py``: its scenarios (the fleet5 files, MLP and CNN,
+and the digits) and the variants it compares, each a list of ``--set`` overrides.
+
+A variant names what it changes from a strategy's defaults; a row of
+``benchmarks/results/mask_union_vs_rivals.json`` made with it can be made again from
+its name, as long as the name keeps its overrides.
+"""
+
+from __future__ import annotations
+
+CNN = ["model.arch='cnn'", "model.hidden=[128]"]
+SCENARIOS: dict[str, tuple[str, list[str]]] = {
+    "mnist-iid": ("scenarios/fleet5-mnist-iid.toml", []),
+    "mnist-dirichlet": ("scenarios/fleet5-mnist-dirichlet.toml", []),
+    "fmnist-iid": ("scenarios/fleet5-fmnist-iid.toml", []),
+    "fmnist-dirichlet": ("scenarios/fleet5-fmnist-dirichlet.toml", []),
+    "mnist-iid-cnn": ("scenarios/fleet5-mnist-iid.toml", CNN),
+    "mnist-dirichlet-cnn": ("scenarios/fleet5-mnist-dirichlet.toml", CNN),
+    "fmnist-iid-cnn": ("scenarios/fleet5-fmnist-iid.toml", CNN),
+    "fmnist-dirichlet-cnn": ("scenarios/fleet5-fmnist-dirichlet.toml", CNN),
+    "digits-iid": ("scenarios/fleet5-digits-iid.toml", []),  # the strategies benchmark's too
+}
+VARIANTS: dict[str, list[str]] = {
+    "mask-union": ["strategy.name='mask-union'"],
+    "mask-union-linear": [  # the LR follows the batch linearly (the default: sqrt)
+        "strategy.name='mask-union'",
+        "dynhp.lr_scaling='linear'",
+    ],
+    "mask-union-before": [
+        "strategy.name='mask-union'",
+        "strategy.params.masks='own'",
+        "strategy.params.target_batch='max'",
+    ],
+    "mask-union-care": [  # HeteroFL's reference care on mask-union (the issue's idea)
+        "strategy.name='mask-union'",
+        "strategy.params.clip_grad=1.0",
+        "strategy.params.label_mask=true",
+    ],
+    "mask-union-clip": [  # the care's gradient clipping alone, no label masking
+        "strategy.name='mask-union'",
+        "strategy.params.clip_grad=1.0",
+    ],
+    "mask-union-care-flatlr": [  # the care, and HeteroFL's LR (not following the batch)
+        "strategy.name='mask-union'",
+        "strategy.params.clip_grad=1.0",
+        "strategy.params.label_mask=true",
+        "dynhp.lr_scaling='none'",
+    ],
+    "mask-union-labels": [  # the care's label masking alone, no clipping
+        "strategy.name='mask-union'",
+        "strategy.params.label_mask=true",
+    ],
+    "heterofl": ["strategy.name='heterofl'"],
+    "heterofl-plain": [
+        "strategy.name='heterofl'",
+        "strategy.params.clip_grad=0",
+        "strategy.params.label_mask=false",
+    ],
+    "heterofl-batchlr": ["strategy.name='heterofl'", "strategy.params.batch_lr=true"],
+    "heterofl-plain-batchlr": [
+        "strategy.name='heterofl'",
+        "strategy.params.clip_grad=0",
+        "strategy.params.label_mask=false",
+        "strategy.params.batch_lr=true",
+    ],
+    "heterofl-batchlr-linear": [  # HeteroFL given mask-union-linear's LR rule
+        "strategy.name='heterofl'",
+        "strategy.params.batch_lr=true",
+        "dynhp.lr_scaling='linear'",
+    ],
+    "fedrolex": ["strategy.name='fedrolex'"],
+    "fedrolex-plain": [
+        "strategy.name='fedrolex'",
+        "strategy.params.clip_grad=0",
+        "strategy.params.label_mask=false",
+    ],
+}
+DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"
