@@ -38,10 +38,9 @@ from fogsim.device.arch import Arch
 from fogsim.device.chain import widths_of
 from fogsim.device.dynhp import DynHP
 from fogsim.device.dynhp_train import lr_scale, train_dynhp
-from fogsim.device.factory import FactoryArch, load_model
-from fogsim.device.factory import macs_per_sample as factory_macs
+from fogsim.device.factory import FactoryArch, load_model, macs_per_sample
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
-from fogsim.device.models import FogNet, macs_per_sample, num_params, set_scaler, train_flops
+from fogsim.device.models import num_params, set_scaler, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
 from fogsim.flower import cohort, partial, wire
 from fogsim.flower.wire import ClientSpec
@@ -142,13 +141,6 @@ def memory_shape(spec: ClientSpec, model: nn.Module) -> Arch | FactoryArch:
     return spec.arch.with_widths(widths_of(model))
 
 
-def macs_of(spec: ClientSpec, model: nn.Module) -> int:
-    """Multiply-accumulates of one forward pass of ``model``."""
-    if isinstance(model, FogNet):
-        return macs_per_sample(model)
-    return factory_macs(model, spec.arch.in_shape)
-
-
 def train_fixed(
     spec: ClientSpec,
     content: RecordDict,
@@ -237,7 +229,7 @@ def train(content: RecordDict) -> RecordDict:
         return wire.reply({wire.NODE: node, wire.DROPPED_OUT: 1})
     x, y, _, _ = local_data(spec, node)
     model = received_model(spec, content)
-    macs_in = macs_of(spec, model)
+    macs_in = macs_per_sample(model, spec.arch.in_shape)
     gen = torch.Generator().manual_seed(stream_seed(spec.seed, rnd, node))
     if fault == "crash":
         raise InjectedCrash(f"injected crash of node {node} in round {rnd}")
@@ -260,7 +252,7 @@ def train(content: RecordDict) -> RecordDict:
     if fault == "corrupt":
         corrupt(model)
     # FLOPs: the model shrinks while DynHP trains; average its start and end cost.
-    macs = (macs_in + macs_of(spec, model)) / 2
+    macs = (macs_in + macs_per_sample(model, spec.arch.in_shape)) / 2
     metrics.update(
         {
             wire.NODE: node,

@@ -231,8 +231,9 @@ def load_model(arch: Arch | FactoryArch, state: Mapping[str, torch.Tensor]) -> n
 
 
 def macs_per_sample(model: nn.Module, in_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass of any chain model (its Linear and
-    Conv2d layers, read with forward hooks on one zero image)."""
+    """Multiply-accumulates of one forward pass of any chain model, a FogNet included
+    (its Linear and Conv2d layers, read with forward hooks on one zero image, in
+    evaluation mode; the model's mode is kept)."""
     macs = 0
 
     def count(layer: nn.Module, _inp: object, out: torch.Tensor) -> None:
@@ -245,10 +246,12 @@ def macs_per_sample(model: nn.Module, in_shape: Sequence[int]) -> int:
 
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     hooks = [m.register_forward_hook(count) for m in layers]
+    training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, *in_shape, device=next(model.parameters()).device))
     finally:
+        model.train(training)
         for h in hooks:
             h.remove()
     return macs

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fogsim.cli import app
-from fogsim.device.factory import FactoryError, checked
+from fogsim.device.factory import FactoryError, checked, macs_per_sample
+from fogsim.device.models import FogNet
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -83,3 +84,13 @@ def test_a_resolved_factory_scenario_reads_back(factory_scenario: Path) -> None:
     sc = load_scenario(factory_scenario)
     again = Scenario.model_validate(sc.model_dump(mode="json"))
     assert again.model.factory == f"{MOD}:lenet5"
+
+
+def test_multiply_accumulates_of_a_cnn_by_hand() -> None:
+    """A 5x5 same-padding conv costs c_in * c_out * 25 per output pixel, at the size of
+    its input (the 2x2 pool comes after it); a Linear in * out. The count leaves the
+    model's training mode as it was."""
+    net = FogNet((4, 8), (32,))
+    by_hand = 1 * 4 * 25 * 28 * 28 + 4 * 8 * 25 * 14 * 14 + 8 * 7 * 7 * 32 + 32 * 10
+    assert macs_per_sample(net, (1, 28, 28)) == by_hand == 248_064
+    assert net.training
