@@ -55,8 +55,8 @@ at its target size, so DynHP removes nothing and mask-union trains HeteroFL's ne
 slices in its own neuron order. Its lead over HeteroFL as HeteroFL's reference code
 trains is mostly the training recipe (no clipping or label masking, the LR following
 the batch): HeteroFL given the same recipe is within ~0.6 pt of it on the MNIST and
-Fashion-MNIST MLPs, and mask-union given HeteroFL's recipe ties HeteroFL on the CNN
-(the README, Strategies).
+Fashion-MNIST MLPs, and mask-union given HeteroFL's recipe ties it on the CNN with MNIST
+Dirichlet (the README, Strategies).
 """
 
 from __future__ import annotations
