@@ -102,6 +102,17 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def macs_per_sample(model: FogNet) -> int:
+    """Multiply-accumulates of one forward pass, from the widths alone (no forward:
+    ``factory.macs_per_sample`` uses this for every FogNet on the client's hot path)."""
+    macs, (_, h, w) = 0, model.in_shape
+    for conv in model.convs:
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        macs += conv.in_channels * conv.out_channels * k * h * w
+        h, w = h // 2, w // 2
+    return macs + sum(fc.in_features * fc.out_features for fc in model.fcs)
+
+
 def train_flops(macs: float, samples: int) -> float:
     """FLOPs to train on ``samples`` examples of a model of ``macs`` per forward pass:
     3x the forward pass (forward 1x, backward 2x: gradients w.r.t. inputs and

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fogsim.cli import app
-from fogsim.device.factory import FactoryError, checked, macs_per_sample
+from fogsim.device.factory import FactoryError, checked, counted_macs, macs_per_sample
 from fogsim.device.models import FogNet
 from tests.conftest import TINY
 
@@ -88,9 +88,11 @@ def test_a_resolved_factory_scenario_reads_back(factory_scenario: Path) -> None:
 
 def test_multiply_accumulates_of_a_cnn_by_hand() -> None:
     """A 5x5 same-padding conv costs c_in * c_out * 25 per output pixel, at the size of
-    its input (the 2x2 pool comes after it); a Linear in * out. The count leaves the
+    its input (the 2x2 pool comes after it); a Linear in * out. The FogNet formula and
+    the hooks' count (every other model's) agree with the hand; the count leaves the
     model's training mode as it was."""
     net = FogNet((4, 8), (32,))
     by_hand = 1 * 4 * 25 * 28 * 28 + 4 * 8 * 25 * 14 * 14 + 8 * 7 * 7 * 32 + 32 * 10
     assert macs_per_sample(net, (1, 28, 28)) == by_hand == 248_064
+    assert counted_macs(net, (1, 28, 28)) == by_hand
     assert net.training
