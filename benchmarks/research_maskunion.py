@@ -69,14 +69,21 @@ def resolved(scenario: str, overrides: list[str]) -> dict[str, Any]:
     return load_scenario(ROOT / scenario, overrides).model_dump(mode="json")
 
 
-def run_flower(scenario: str, overrides: list[str], run_dir: Path) -> dict[str, Any]:
+def overrides_of(name: str, variant: str, seed: int, extra_set: list[str]) -> list[str]:
+    """The ``--set`` overrides of one (scenario, variant, seed) run."""
+    return [*SCENARIOS[name][1], *VARIANTS[variant], f"run.seed={seed}", *extra_set]
+
+
+def run_flower(
+    scenario: str, overrides: list[str], run_dir: Path, resolved_as: dict[str, Any]
+) -> dict[str, Any]:
     """A real ``fogsim run`` into ``run_dir`` (unless a finished run of this very
-    scenario is there); its results."""
+    scenario, ``resolved_as``, is there); its results."""
     from fogsim.study.results import scenario_changes
 
     stored = run_dir / "scenario.json"
     if not (run_dir / "summary.json").exists() or scenario_changes(
-        json.loads(stored.read_text()) if stored.exists() else {}, resolved(scenario, overrides)
+        json.loads(stored.read_text()) if stored.exists() else {}, resolved_as
     ):
         cmd = [sys.executable, "-c", "from fogsim.cli import app; app()", "run", scenario]
         cmd += ["--out", str(run_dir), "--quiet", "--overwrite"]
@@ -191,13 +198,14 @@ def table(name: str, results: dict[str, dict[str, Any]]) -> str:
 def one_run(
     name: str, variant: str, seed: int, engine: str, out: Path, extra_set: list[str]
 ) -> dict[str, Any]:
-    scenario, extra = SCENARIOS[name]
-    overrides = [*extra, *VARIANTS[variant], f"run.seed={seed}", *extra_set]
+    scenario = SCENARIOS[name][0]
+    overrides = overrides_of(name, variant, seed, extra_set)
+    resolved_as = resolved(scenario, overrides)
     if engine == "flower":
-        res = run_flower(scenario, overrides, out / name / variant / f"seed{seed}")
+        res = run_flower(scenario, overrides, out / name / variant / f"seed{seed}", resolved_as)
     else:
         res = run_inprocess(scenario, overrides)
-    res.update(engine=engine, overrides=overrides, scenario=resolved(scenario, overrides))
+    res.update(engine=engine, overrides=overrides, scenario=resolved_as)
     return res
 
 
@@ -254,8 +262,7 @@ def main() -> None:
             for seed in seeds:
                 t0 = time.perf_counter()
                 old = entry["runs"].get(str(seed))
-                _, extra = SCENARIOS[name]
-                overrides = [*extra, *VARIANTS[variant], f"run.seed={seed}", *args.set]
+                overrides = overrides_of(name, variant, seed, args.set)
                 if (
                     args.engine == "inprocess"
                     and old
