@@ -1,6 +1,7 @@
 """DynHP against its competitors at equal data, epochs and final parameter count.
 
-Methods (MLP 784-300-100-10, SGD momentum 0.9, LR 0.01 at batch 16, sqrt-scaled):
+Methods (MLP 784-300-100-10, SGD momentum 0.9, LR 0.01 at batch 16 or, with
+``--select-lr``, each method's own; sqrt-scaled with the batch):
 
 - dense: the unpruned net at batch 64;
 - small-dense: a net uniformly narrowed to the final size, trained from scratch;
@@ -11,8 +12,13 @@ Methods (MLP 784-300-100-10, SGD momentum 0.9, LR 0.01 at batch 16, sqrt-scaled)
 - dynhp-static: DynHP under the budget, batch fixed at its starting size (ablation);
 - dynhp: DynHP (Taylor, gate, budget start, dynamic batch).
 
-The budget is what the final-size model needs to train at batch 64. Every method runs
-once per seed (model init and batch order); the table is mean ± std over the seeds,
+The budget is what the final-size model needs to train at batch 64. With
+``--select-lr`` each method trains at its own LR from that grid: the one with the best
+mean accuracy on a validation split (the last ``VALIDATION`` training images, held out;
+the first three seeds), so that no method is compared at an LR tuned for another; the
+final runs train on the whole training split and are scored on the test split. Every
+method runs once per seed (model init and batch order); the table is mean ± std over
+the seeds,
 written to ``benchmarks/results/dynhp_vs_competitors.json`` (``--out`` elsewhere) and
 rendered into the README by ``benchmarks/results_io.py --readme``. Memory is the
 modelled training memory (``fogsim.device.memory``); the mean is over training steps.
@@ -22,11 +28,13 @@ Usage::
     python benchmarks/dynhp_vs_competitors.py                 # 5 seeds, 10x, MNIST + F-MNIST
     python benchmarks/dynhp_vs_competitors.py --quick         # 3 seeds, 15k samples, 3 epochs
     python benchmarks/dynhp_vs_competitors.py --targets 2,4,10 --seeds 0,1,2,3,4
+    python benchmarks/dynhp_vs_competitors.py --select-lr 0.0025,0.005,0.01,0.02 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from typing import Any
 
@@ -46,6 +54,7 @@ HIDDEN = (300, 100)
 OPT = "sgd-momentum"
 LR, BASE_BATCH, DENSE_BATCH = 0.01, 16, 64
 METHODS = ["dense", "small-dense", "one-shot", "iterative", "dynhp-static", "dynhp"]
+VALIDATION = 10_000  # training images held out to choose each method's LR (--select-lr)
 
 
 def run(
@@ -55,9 +64,11 @@ def run(
     epochs: float,
     seed: int,
     knobs: dict[str, Any] | None = None,
+    lr: float = LR,
 ) -> dict[str, float]:
     """One method, one seed: test accuracy, final size, modelled memory, wall time
-    (``knobs``: ``DynHPConfig`` settings changed for the two DynHP methods)."""
+    (``knobs``: ``DynHPConfig`` settings changed for the two DynHP methods; ``lr``: the
+    LR at batch ``BASE_BATCH``)."""
     x, y, xt, yt = data
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -65,7 +76,7 @@ def run(
     budget = final_model_budget(arch, target, DENSE_BATCH, OPT)
     t0 = time.perf_counter()
     mem: list[int] = []
-    common: dict[str, Any] = dict(optimizer=OPT, lr=LR, lr_batch=BASE_BATCH, generator=gen)
+    common: dict[str, Any] = dict(optimizer=OPT, lr=lr, lr_batch=BASE_BATCH, generator=gen)
     plain = DynHPConfig(target_compression=1.0, dynamic_batch=False)
     if method in ("dense", "small-dense"):
         widths = HIDDEN if method == "dense" else uniform_widths(arch, target)
@@ -172,17 +183,51 @@ def rows_for(dataset: str, target: float, per_seed: dict[str, list[dict[str, flo
 @renderer("dynhp_vs_competitors")
 def table(doc: dict[str, Any]) -> str:
     lines = [
-        "| data set | target | method | accuracy % | Δ vs dense (pt) | compression | "
+        "| data set | target | method | LR | accuracy % | Δ vs dense (pt) | compression | "
         "peak memory (KiB) | mean memory (KiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
+        lr = r.get("lr", doc.get("settings", {}).get("lr"))
         lines.append(
-            f"| {r['dataset']} | {r['target']:g}x | {r['method']} | {pm(r['accuracy'], 100)} | "
+            f"| {r['dataset']} | {r['target']:g}x | {r['method']} | {lr:g} | "
+            f"{pm(r['accuracy'], 100)} | "
             f"{pm(r['error_vs_dense_pt'])} | {pm(r['compression'], digits=1)}x | "
             f"{pm(r['peak_memory'], 1 / 1024, 0)} | {pm(r['mean_memory'], 1 / 1024, 0)} |"
         )
     return "\n".join(lines)
+
+
+DATA: dict[str, tuple[torch.Tensor, ...]] = {}  # split -> tensors (forked workers share them)
+
+
+Job = tuple  # (split, method, target, epochs, seed, lr[, knobs]): one run()'s arguments
+
+
+def _job(job: Job) -> dict[str, float]:
+    split, method, target, epochs, seed, lr, *knobs = job
+    torch.set_num_threads(1)
+    return run(method, DATA[split], target, epochs, seed, *knobs, lr=lr)
+
+
+def run_all(jobs: list[Job], workers: int) -> list[dict]:
+    """Every job's :func:`run`, in order, on ``workers`` forked processes (1: here);
+    a job's split names its data in ``DATA``."""
+    if workers == 1:
+        return [_job(j) for j in jobs]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_job, jobs, chunksize=1)
+
+
+def choose_lrs(
+    cases: list[tuple[str, float]], grid: list[float], epochs: float, seeds: list[int], workers: int
+) -> dict[tuple[str, float], dict[float, dict[str, Any]]]:
+    """Per (method, target), the validation accuracy at every LR of ``grid``."""
+    jobs = [("validation", m, t, epochs, s, lr) for m, t in cases for lr in grid for s in seeds]
+    done = iter(run_all(jobs, workers))
+    return {
+        case: {lr: stats([next(done)["accuracy"] for _ in seeds]) for lr in grid} for case in cases
+    }
 
 
 def main() -> None:
@@ -192,30 +237,43 @@ def main() -> None:
     ap.add_argument("--datasets", default="mnist,fashion-mnist")
     ap.add_argument("--targets", default="10", help="e.g. 2,4,10")
     ap.add_argument("--seeds", default=None, help="comma-separated (default 0..4; quick 0..2)")
+    ap.add_argument("--select-lr", help="LRs to choose each method's from, e.g. 0.005,0.01")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (1 torch thread each)")
     ap.add_argument("--out", default="dynhp_vs_competitors", help="results file name")
     args = ap.parse_args()
     epochs = args.epochs or (3 if args.quick else 6)
     seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.quick else "0,1,2,3,4")).split(",")]
+    grid = [float(v) for v in args.select_lr.split(",")] if args.select_lr else []
     limit = 15000 if args.quick else None
+    targets = [float(t) for t in args.targets.split(",")]
+    cases = [("dense", 1.0)] + [(m, t) for t in targets for m in METHODS[1:]]
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     for ds in args.datasets.split(","):
         d = load_dataset(ds)
-        data = (*d.tensors(d.train_x[:limit], d.train_y[:limit]), *d.tensors(d.test_x, d.test_y))
-        dense = [run("dense", data, 1.0, epochs, s) for s in seeds]
-        for target in [float(t) for t in args.targets.split(",")]:
-            per_seed = {"dense": dense}
-            for m in METHODS[1:]:
-                per_seed[m] = [run(m, data, target, epochs, s) for s in seeds]
-                acc = stats([r["accuracy"] for r in per_seed[m]])
-                print(f"{ds} {target:g}x {m}: accuracy {pm(acc, 100)} %", flush=True)
-            rows += rows_for(ds, target, per_seed)
-    path = write(
-        args.out,
-        rows,
-        seeds,
-        settings={"epochs": epochs, "train_limit": limit, "hidden": HIDDEN, "lr": LR},
-    )
+        x, y = d.tensors(d.train_x[:limit], d.train_y[:limit])
+        DATA["test"] = (x, y, *d.tensors(d.test_x, d.test_y))
+        DATA["validation"] = (x[:-VALIDATION], y[:-VALIDATION], x[-VALIDATION:], y[-VALIDATION:])
+        validation = choose_lrs(cases, grid, epochs, seeds[:3], args.jobs) if grid else {}
+        lr_of = {
+            c: max(grid, key=lambda v: validation[c][v]["mean"]) if grid else LR for c in cases
+        }
+        jobs = [("test", m, t, epochs, s, lr_of[(m, t)]) for m, t in cases for s in seeds]
+        done = iter(run_all(jobs, args.jobs))
+        per_case = {c: [next(done) for _ in seeds] for c in cases}
+        for target in targets:
+            per_seed = {
+                m: per_case[("dense", 1.0) if m == "dense" else (m, target)] for m in METHODS
+            }
+            for row in rows_for(ds, target, per_seed):
+                case = ("dense", 1.0) if row["method"] == "dense" else (row["method"], target)
+                row["lr"] = lr_of[case]
+                row["lr_validation"] = {str(v): a for v, a in validation.get(case, {}).items()}
+                rows.append(row)
+                print(f"{ds} {target:g}x {row['method']} (LR {row['lr']:g}): accuracy "
+                      f"{pm(row['accuracy'], 100)} %", flush=True)  # fmt: skip
+    settings = {"epochs": epochs, "train_limit": limit, "hidden": HIDDEN, "lr": grid or LR}
+    path = write(args.out, rows, seeds, settings=settings | {"validation": VALIDATION})
     print(table({"rows": rows}))
     print(f"wrote {path}")
 

@@ -15,7 +15,9 @@ per 100 updates, the step of one flat round); hierarchical-buffered (FedBuff at 
 - ``sim_time_s``: simulated seconds of the whole run;
 - ``cloud_bytes``: bytes on the cloud link, both ways (flat: the devices' own traffic);
 - ``device_energy_j``: the devices' energy (every class of this fleet has the figures);
-- ``wall_s``: real seconds of the run's rounds.
+- ``wall_s``: real seconds of the run's rounds;
+- ``max_fall_pt``: the largest fall of the global model's accuracy below its best so
+  far, in points (how far a run swings back; rows made before it was added lack it).
 
 Every (variant, seed) is one run into ``OUT/<variant>/seed=<s>`` (a finished run of
 the same scenario is reused). Usage::
@@ -32,6 +34,7 @@ import argparse
 import json
 import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,7 @@ FIGURES = (
     "cloud_bytes",
     "device_energy_j",
     "wall_s",
+    "max_fall_pt",
 )
 
 
@@ -104,7 +108,16 @@ def run_figures(run_dir: Path, target: float) -> dict[str, Any]:
         "cloud_bytes": sum(r["cloud_bytes"] for r in rounds),
         "device_energy_j": sum(energy) if all(e not in (None, "") for e in energy) else None,
         "wall_s": summary["wall_s"],
+        "max_fall_pt": max_fall(r["accuracy"] for r in rounds),
     }
+
+
+def max_fall(accuracies: Iterable[float]) -> float:
+    """The largest drop below the best accuracy so far, in points."""
+    best, fall = 0.0, 0.0
+    for a in accuracies:
+        best, fall = max(best, a), max(fall, best - a)
+    return 100 * fall
 
 
 @renderer("fog")

@@ -50,6 +50,10 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.name='mask-union'",
         "strategy.params.label_mask=true",
     ],
+    "mask-union-batch256": [  # batches may grow to 256 as devices prune (the default: 32)
+        "strategy.name='mask-union'",
+        "dynhp.max_batch=256",
+    ],
     "heterofl": ["strategy.name='heterofl'"],
     "heterofl-plain": [
         "strategy.name='heterofl'",

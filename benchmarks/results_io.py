@@ -87,6 +87,7 @@ BENCHMARKS = (  # modules
     "memory_floor",
     "research_maskunion",
     "fog",
+    "energy",
 )
 
 
@@ -102,10 +103,10 @@ def render(name: str) -> str:
     """The markdown a results file stands for in the README (ends with its source)."""
     doc = json.loads((RESULTS / f"{name}.json").read_text())
     body = RENDERERS[name](doc)
-    seeds = ", ".join(map(str, doc["seeds"]))
+    seeds = f"seeds {', '.join(map(str, doc['seeds']))}, " if doc["seeds"] else ""
     return (
-        f"{body}\n\n<sub>from `benchmarks/results/{name}.json`: `{doc['command']}`, seeds "
-        f"{seeds}, {doc['date'][:10]}, {doc['machine']['cores']} cores</sub>"
+        f"{body}\n\n<sub>from `benchmarks/results/{name}.json`: `{doc['command']}`, "
+        f"{seeds}{doc['date'][:10]}, {doc['machine']['cores']} cores</sub>"
     )
 
 

@@ -399,6 +399,7 @@ def json_rows(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
+@renderer("scale_registered")  # 1,000 nodes, 1,000 per round
 @renderer("scale_fleets")  # 10,000 and 100,000 nodes, 1,000 per round
 @renderer("scale")
 def markdown(doc: dict[str, Any]) -> str:
