@@ -79,4 +79,10 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.label_mask=false",
     ],
 }
+# LR sensitivity: each strategy at half and twice the scenarios' train.lr (0.05)
+VARIANTS |= {
+    f"{name}-lr{lr:g}": [f"strategy.name='{name}'", f"train.lr={lr}"]
+    for name in ("mask-union", "heterofl")
+    for lr in (0.025, 0.1)
+}
 DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"

@@ -171,7 +171,7 @@ def compare(
     """Write ``compare.csv``, ``compare_accuracy.png`` (per round),
     ``compare_cost.png`` (against cumulative bytes and simulated time) and
     ``compare_cloud.png`` (against cumulative cloud-link bytes) into ``out_dir``."""
-    from fogsim.study.plots import plot_cost_overlay, plot_overlay  # matplotlib, when drawing
+    from fogsim.study.overlays import plot_cost_overlay, plot_overlay  # matplotlib, when drawing
 
     rows = [run_metrics(d, target) for d in run_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,7 @@ def summarize(
 ) -> tuple[list[dict[str, Any]], Table]:
     """Write ``compare.csv`` (per run), ``sweep.csv`` (mean/std per grid point) and
     ``sweep_accuracy.png`` (mean accuracy per round, std band) into ``out_dir``."""
-    from fogsim.study.plots import plot_overlay  # matplotlib, when drawing
+    from fogsim.study.overlays import plot_overlay  # matplotlib, when drawing
 
     metrics = [run_metrics(d, target) for d in dirs]
     per_class = class_columns(metrics)
