@@ -56,7 +56,10 @@ slices in its own neuron order. Its lead over HeteroFL as HeteroFL's reference c
 trains is mostly the training recipe (no clipping or label masking, the LR following
 the batch): HeteroFL given the same recipe is within ~0.6 pt of it on the MNIST and
 Fashion-MNIST MLPs, and mask-union given HeteroFL's recipe ties it on the CNN with MNIST
-Dirichlet (the README, Strategies).
+Dirichlet. The LR is part of the recipe: unclipped, mask-union wants a smaller one than
+HeteroFL (of 0.025, 0.05 and 0.1 on the fleet5 scenarios, mask-union's best is 0.025 or
+0.05 on all eight, HeteroFL's 0.1 on five), and each at its best of the three it meets
+the bar on 3 of 8 scenarios (the README, Strategies, "Is it the LR?").
 """
 
 from __future__ import annotations
