@@ -20,7 +20,7 @@ import argparse
 from typing import Any
 
 import torch
-from dynhp_vs_competitors import DATA, LR, run_all
+from dynhp_vs_competitors import DATA, LR, Job, run_all
 from results_io import pm, renderer, stats, write
 
 from fogsim.data import load_dataset
@@ -65,7 +65,9 @@ def main() -> None:
     d = load_dataset(args.dataset)
     DATA["test"] = (*d.tensors(d.train_x, d.train_y), *d.tensors(d.test_x, d.test_y))
     jobs = [
-        ("test", "dynhp", TARGET, EPOCHS, s, args.lr, k) for k in SETTINGS.values() for s in seeds
+        Job("test", "dynhp", TARGET, EPOCHS, s, args.lr, k)
+        for k in SETTINGS.values()
+        for s in seeds
     ]
     done = iter(run_all(jobs, args.jobs))
     rows = []

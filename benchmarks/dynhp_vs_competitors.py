@@ -36,7 +36,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -201,13 +201,21 @@ def table(doc: dict[str, Any]) -> str:
 DATA: dict[str, tuple[torch.Tensor, ...]] = {}  # split -> tensors (forked workers share them)
 
 
-Job = tuple  # (split, method, target, epochs, seed, lr[, knobs]): one run()'s arguments
+class Job(NamedTuple):
+    """One :func:`run`'s arguments, its data named by the split's key in ``DATA``."""
+
+    split: str
+    method: str
+    target: float
+    epochs: float
+    seed: int
+    lr: float
+    knobs: dict[str, Any] | None = None
 
 
 def _job(job: Job) -> dict[str, float]:
-    split, method, target, epochs, seed, lr, *knobs = job
     torch.set_num_threads(1)
-    return run(method, DATA[split], target, epochs, seed, *knobs, lr=lr)
+    return run(job.method, DATA[job.split], job.target, job.epochs, job.seed, job.knobs, lr=job.lr)
 
 
 def run_all(jobs: list[Job], workers: int) -> list[dict]:
@@ -223,7 +231,7 @@ def choose_lrs(
     cases: list[tuple[str, float]], grid: list[float], epochs: float, seeds: list[int], workers: int
 ) -> dict[tuple[str, float], dict[float, dict[str, Any]]]:
     """Per (method, target), the validation accuracy at every LR of ``grid``."""
-    jobs = [("validation", m, t, epochs, s, lr) for m, t in cases for lr in grid for s in seeds]
+    jobs = [Job("validation", m, t, epochs, s, lr) for m, t in cases for lr in grid for s in seeds]
     done = iter(run_all(jobs, workers))
     return {
         case: {lr: stats([next(done)["accuracy"] for _ in seeds]) for lr in grid} for case in cases
@@ -258,7 +266,7 @@ def main() -> None:
         lr_of = {
             c: max(grid, key=lambda v: validation[c][v]["mean"]) if grid else LR for c in cases
         }
-        jobs = [("test", m, t, epochs, s, lr_of[(m, t)]) for m, t in cases for s in seeds]
+        jobs = [Job("test", m, t, epochs, s, lr_of[(m, t)]) for m, t in cases for s in seeds]
         done = iter(run_all(jobs, args.jobs))
         per_case = {c: [next(done) for _ in seeds] for c in cases}
         for target in targets:

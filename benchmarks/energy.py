@@ -26,6 +26,7 @@ same scenario is reused). Usage::
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,7 @@ from results_io import pm, renderer, stats, write
 from strategies import run_one
 
 from fogsim.study.compare import run_metrics
-from fogsim.study.results import load
-from fogsim.study.series import PARTS, class_energy
+from fogsim.study.series import PARTS, class_energy, load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "iot-field-mnist.toml"
@@ -44,11 +44,9 @@ STRATEGIES = ("mask-union", "fedavg")
 
 def run_figures(run_dir: Path) -> dict[str, Any]:
     """One finished run's figures: the run's, and per class (see the module docstring)."""
-    run, metrics = load(run_dir), run_metrics(run_dir, TARGET)
-    energy, held = class_energy(run), run["summary"]["classes"]
-    departed: dict[str, int] = {}
-    for n in run["nodes"]:
-        departed[n["class"]] = departed.get(n["class"], 0) + (n["status"] == "departed")
+    run = load_run(run_dir)
+    metrics, energy, held = run_metrics(run, TARGET), class_energy(run), run["summary"]["classes"]
+    departed = Counter(n["class"] for n in run["nodes"] if n["status"] == "departed")
     classes = {
         c: {
             "node_rounds": energy[c]["n"],
@@ -57,7 +55,7 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
             "total_kj": energy[c]["total"] / 1e3,
             "acc_mean": held[c]["mean"],
             "acc_min": held[c]["min"],
-            "departed": departed.get(c, 0),
+            "departed": departed[c],
         }
         for c in energy
     }

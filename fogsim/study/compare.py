@@ -54,9 +54,10 @@ def dense_params(scenario: dict[str, Any]) -> int | None:
     return ModelSection.model_validate(model).num_params(data)
 
 
-def run_metrics(run_dir: str | Path, target: float) -> dict[str, Any]:
-    """Headline numbers of one run; ``None`` where the run has no data for one."""
-    run = load_run(run_dir)
+def run_metrics(run: str | Path | dict[str, Any], target: float) -> dict[str, Any]:
+    """Headline numbers of one run (its directory, or the run ``load_run`` read);
+    ``None`` where the run has no data for one."""
+    run = run if isinstance(run, dict) else load_run(run)
     rounds = run["rounds"]
     acc = column(rounds, "accuracy") or []
     reached = [
