@@ -195,6 +195,29 @@ def table(doc: dict[str, Any]) -> str:
             f"{pm(r['error_vs_dense_pt'])} | {pm(r['compression'], digits=1)}x | "
             f"{pm(r['peak_memory'], 1 / 1024, 0)} | {pm(r['mean_memory'], 1 / 1024, 0)} |"
         )
+    return "\n".join(lines) + "\n\n" + leads(doc)
+
+
+def leads(doc: dict[str, Any], ours: str = "dynhp") -> str:
+    """DynHP minus every other method, paired by seed (the same seed's data order and
+    initial model for each), in pt: mean ± std and the seeds DynHP was ahead on. A
+    paired difference's std leaves out what the seed moves in both; each side's own
+    std keeps it, so the two views can disagree on what is "beyond one std"."""
+    lines = [
+        f"{ours} minus each method, paired by seed (pt; mean ± std, seeds {ours} was ahead):",
+        "",
+        "| data set | " + " | ".join(m for m in METHODS if m != ours) + " |",
+        "|---|" + "---|" * (len(METHODS) - 1),
+    ]
+    for ds in dict.fromkeys(r["dataset"] for r in doc["rows"]):
+        acc = {r["method"]: r["accuracy"]["values"] for r in doc["rows"] if r["dataset"] == ds}
+        cells = []
+        for m in METHODS:
+            if m == ours or m not in acc:
+                continue
+            d = [100 * (a - b) for a, b in zip(acc[ours], acc[m], strict=True)]
+            cells.append(f"{pm(stats(d))} ({sum(x > 0 for x in d)}/{len(d)})")
+        lines.append(f"| {ds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -19,10 +19,14 @@ Two engines:
   as ``fogsim run`` (checked for mask-union on MNIST IID, seed 1).
 
 The scenarios and variants live in ``research_variants.py``. Writes
-``OUT/research_maskunion.json`` (every run, with its resolved scenario, and the
-aggregates; an ``inprocess`` run already there of the very same resolved scenario is
-reused too) and prints one markdown table per scenario. Run at most one simulation at a
-time on a small machine: this script runs them one after another.
+``OUT/research_maskunion.json`` (every run, with its resolved scenario, the code it
+was made with (``code_version``) and the aggregates; an ``inprocess`` run already there
+of the very same resolved scenario is reused too) and prints one markdown table per
+scenario. Reuse goes by the scenario, not the code: a change to the simulator that
+only reorders floating-point sums moves a 20-round run by tenths of a point, so
+``--fresh`` reuses (of either engine) only runs made with the current code, and a
+published row lists the code its runs were made with (``code``). Run at most one
+simulation at a time on a small machine: this script runs them one after another.
 
 ``benchmarks/results/mask_union_vs_rivals.json`` (the README's tables) is updated
 row by row: the (scenario, variant) pairs asked for replace their rows, the others stay,
@@ -44,6 +48,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -52,8 +57,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from research_tables import table
 from research_variants import DEFAULT_VARIANTS, SCENARIOS, VARIANTS
-from results_io import RESULTS, renderer, stats
+from results_io import RESULTS, stats
 from results_io import write as write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,16 +80,40 @@ def overrides_of(name: str, variant: str, seed: int, extra_set: list[str]) -> li
     return [*SCENARIOS[name][1], *VARIANTS[variant], f"run.seed={seed}", *extra_set]
 
 
+@functools.cache
+def code_version() -> str:
+    """The simulator's code a run is made with: the last commit that touched
+    ``fogsim/`` or ``clients/``, ``+changes`` when either has uncommitted changes.
+    Recorded with every run; ``--fresh`` reuses only runs of this very code (a change
+    of floating-point order alone moves a run's figures by tenths of a point)."""
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run(
+        [*git, "log", "-1", "--format=%h", "--", "fogsim", "clients"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "fogsim", "clients"], capture_output=True, text=True
+    ).stdout.strip()
+    return (commit or "unknown") + ("+changes" if dirty else "")
+
+
 def run_flower(
-    scenario: str, overrides: list[str], run_dir: Path, resolved_as: dict[str, Any]
+    scenario: str,
+    overrides: list[str],
+    run_dir: Path,
+    resolved_as: dict[str, Any],
+    reuse: bool = True,
 ) -> dict[str, Any]:
-    """A real ``fogsim run`` into ``run_dir`` (unless a finished run of this very
-    scenario, ``resolved_as``, is there); its results."""
+    """A real ``fogsim run`` into ``run_dir`` (unless ``reuse`` and a finished run of
+    this very scenario, ``resolved_as``, is there); its results."""
     from fogsim.study.results import scenario_changes
 
     stored = run_dir / "scenario.json"
-    if not (run_dir / "summary.json").exists() or scenario_changes(
-        json.loads(stored.read_text()) if stored.exists() else {}, resolved_as
+    if (
+        not reuse
+        or not (run_dir / "summary.json").exists()
+        or scenario_changes(json.loads(stored.read_text()) if stored.exists() else {}, resolved_as)
     ):
         cmd = [sys.executable, "-c", "from fogsim.cli import app; app()", "run", scenario]
         cmd += ["--out", str(run_dir), "--quiet", "--overwrite"]
@@ -156,7 +186,8 @@ def run_inprocess(scenario: str, overrides: list[str]) -> dict[str, Any]:
 
 def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Over seeds: per class the mean ± std of the class mean and the class minimum
-    (with n and the per-seed values), and the engine(s) the runs used."""
+    (with n and the per-seed values), the engine(s) the runs used and the code they
+    were made with (``code_version``; ``unrecorded`` before it was recorded)."""
     seeds = list(runs.values())
     classes = list(seeds[0]["classes"])
     engines = sorted({r.get("engine", "flower") for r in seeds})
@@ -165,47 +196,28 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["classes"][c] = {k: stats([r["classes"][c][k] for r in seeds]) for k in ("mean", "min")}
     for key in ("final_accuracy", "bytes_up", "bytes_down"):
         out[key] = stats([float(r[key]) for r in seeds])
+    out["code"] = sorted({r.get("code", "unrecorded") for r in seeds})
     return out
 
 
-def fmt(ms: dict[str, float | None], scale: float = 100.0, digits: int = 2) -> str:
-    if ms["mean"] is None:
-        return "-"
-    text = f"{scale * ms['mean']:.{digits}f}"
-    return text + (f" ± {scale * ms['std']:.{digits}f}" if ms["std"] is not None else "")
-
-
-def table(name: str, results: dict[str, dict[str, Any]]) -> str:
-    """One markdown table: a row per variant, per class 'mean' and 'min' columns."""
-    variants = [v for v in results if results[v].get("aggregate")]
-    if not variants:
-        return ""
-    classes = list(results[variants[0]]["aggregate"]["classes"])
-    head = ["variant", "seeds", "global"]
-    head += [f"{c} {k}" for c in classes for k in ("mean", "min")]
-    head += ["up MB", "down MB"]
-    lines = [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in variants:
-        agg = results[v]["aggregate"]
-        cells = [v, str(len(agg["seeds"])), fmt(agg["final_accuracy"])]
-        for c in classes:
-            cells += [fmt(agg["classes"][c]["mean"]), fmt(agg["classes"][c]["min"])]
-        cells += [fmt(agg["bytes_up"], 1e-6, 1), fmt(agg["bytes_down"], 1e-6, 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def one_run(
-    name: str, variant: str, seed: int, engine: str, out: Path, extra_set: list[str]
+    name: str,
+    variant: str,
+    seed: int,
+    engine: str,
+    out: Path,
+    extra_set: list[str],
+    reuse: bool = True,
 ) -> dict[str, Any]:
     scenario = SCENARIOS[name][0]
     overrides = overrides_of(name, variant, seed, extra_set)
     resolved_as = resolved(scenario, overrides)
     if engine == "flower":
-        res = run_flower(scenario, overrides, out / name / variant / f"seed{seed}", resolved_as)
+        run_dir = out / name / variant / f"seed{seed}"
+        res = run_flower(scenario, overrides, run_dir, resolved_as, reuse)
     else:
         res = run_inprocess(scenario, overrides)
-    res.update(engine=engine, overrides=overrides, scenario=resolved_as)
+    res.update(engine=engine, overrides=overrides, scenario=resolved_as, code=code_version())
     return res
 
 
@@ -244,6 +256,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/research-maskunion")
     ap.add_argument("--no-publish", action="store_true", help=f"leave {PUBLISHED}.json alone")
     ap.add_argument("--check-engines", metavar="SCENARIO:VARIANT:SEED")
+    ap.add_argument("--fresh", action="store_true", help="reuse only runs of this code")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,15 +276,17 @@ def main() -> None:
                 t0 = time.perf_counter()
                 old = entry["runs"].get(str(seed))
                 overrides = overrides_of(name, variant, seed, args.set)
-                if (
-                    args.engine == "inprocess"
-                    and old
-                    and old.get("engine") == "inprocess"
+                same = (
+                    old
+                    and old.get("engine") == args.engine
                     and old.get("scenario") == resolved(SCENARIOS[name][0], overrides)
-                ):
+                )
+                if not args.fresh and same and args.engine == "inprocess":
                     res = old  # already run in process on this very scenario
+                elif args.fresh and same and old.get("code") == code_version():
+                    res = old  # already run on this very scenario with this very code
                 else:
-                    res = one_run(name, variant, seed, args.engine, out, args.set)
+                    res = one_run(name, variant, seed, args.engine, out, args.set, not args.fresh)
                 entry["runs"][str(seed)] = res
                 sens = {c: round(v["mean"], 4) for c, v in res["classes"].items() if v["mean"]}
                 print(
@@ -337,44 +352,6 @@ def results_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for variant, entry in variants.items()
         if entry.get("aggregate")
     ]
-
-
-@renderer("mask_union_vs_rivals")
-def markdown(doc: dict[str, Any]) -> str:
-    """Per scenario, one table: a row per variant; per class its devices' mean and
-    minimum accuracy (each the mean ± std over seeds), global accuracy, MB up; then the
-    engine checks."""
-    out = []
-    for name in dict.fromkeys(r["scenario"] for r in doc["rows"]):
-        rows = [r for r in doc["rows"] if r["scenario"] == name]
-        classes = list(rows[0]["classes"])
-        engines = ", ".join(dict.fromkeys(r.get("engine", doc.get("engine", "?")) for r in rows))
-        n = ", ".join(dict.fromkeys(str(len(r["seeds"])) for r in rows))
-        head = ["variant", "global"] + [f"{c} mean (min)" for c in classes] + ["MB up"]
-        lines = [
-            f"**{name}** ({n} seeds, engine `{engines}`)",
-            "",
-            "| " + " | ".join(head) + " |",
-            "|" + "---|" * len(head),
-        ]
-        for r in rows:
-            cells = [r["variant"], fmt(r["final_accuracy"])]
-            for c in classes:
-                cls = r["classes"][c]
-                cells.append(f"{fmt(cls['mean'])} ({fmt(cls['min'])})")
-            cells.append(fmt(r["bytes_up"], 1e-6, 0))
-            lines.append("| " + " | ".join(cells) + " |")
-        out.append("\n".join(lines))
-    for c in doc.get("engine_checks", []):
-        wall = c["wall_s"]
-        out.append(
-            f"Engine check, {c['scenario']} {c['variant']} seed {c['seed']}: `flower` and "
-            f"`inprocess` differ by at most {100 * c['max_abs_diff']:.2f} pt in the global "
-            f"and every class mean and minimum; bytes up "
-            f"{'equal' if c['bytes_up_equal'] else 'different'}; "
-            f"{wall['flower']:.0f} s against {wall['inprocess']:.0f} s."
-        )
-    return "\n\n".join(out)
 
 
 if __name__ == "__main__":

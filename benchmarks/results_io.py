@@ -85,7 +85,7 @@ BENCHMARKS = (  # modules
     "strategies",
     "scale",
     "memory_floor",
-    "research_maskunion",
+    "research_tables",
     "fog",
     "energy",
 )
