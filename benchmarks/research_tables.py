@@ -14,16 +14,9 @@ import math
 import statistics
 from typing import Any
 
-from results_io import renderer
+from results_io import pm, renderer
 
 RIVALS = ("heterofl", "fedrolex")  # the bar: mask-union >= each, every class
-
-
-def fmt(ms: dict[str, float | None], scale: float = 100.0, digits: int = 2) -> str:
-    if ms["mean"] is None:
-        return "-"
-    text = f"{scale * ms['mean']:.{digits}f}"
-    return text + (f" ± {scale * ms['std']:.{digits}f}" if ms["std"] is not None else "")
 
 
 def table(name: str, results: dict[str, dict[str, Any]]) -> str:
@@ -38,10 +31,10 @@ def table(name: str, results: dict[str, dict[str, Any]]) -> str:
     lines = [f"### {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
         agg = results[v]["aggregate"]
-        cells = [v, str(len(agg["seeds"])), fmt(agg["final_accuracy"])]
+        cells = [v, str(len(agg["seeds"])), pm(agg["final_accuracy"], 100)]
         for c in classes:
-            cells += [fmt(agg["classes"][c]["mean"]), fmt(agg["classes"][c]["min"])]
-        cells += [fmt(agg["bytes_up"], 1e-6, 1), fmt(agg["bytes_down"], 1e-6, 1)]
+            cells += [pm(agg["classes"][c]["mean"], 100), pm(agg["classes"][c]["min"], 100)]
+        cells += [pm(agg["bytes_up"], 1e-6, 1), pm(agg["bytes_down"], 1e-6, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -65,11 +58,11 @@ def markdown(doc: dict[str, Any]) -> str:
             "|" + "---|" * len(head),
         ]
         for r in rows:
-            cells = [r["variant"], fmt(r["final_accuracy"])]
+            cells = [r["variant"], pm(r["final_accuracy"], 100)]
             for c in classes:
                 cls = r["classes"][c]
-                cells.append(f"{fmt(cls['mean'])} ({fmt(cls['min'])})")
-            cells.append(fmt(r["bytes_up"], 1e-6, 0))
+                cells.append(f"{pm(cls['mean'], 100)} ({pm(cls['min'], 100)})")
+            cells.append(pm(r["bytes_up"], 1e-6, 0))
             cells.append(", ".join(r.get("code", ["unrecorded"])))
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
