@@ -64,6 +64,9 @@ from results_io import write as write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = "mask_union_vs_rivals"
+# per class, over seeds: test accuracy (mean and minimum over the class's devices) and,
+# in runs that have it, the same on the fleet's validation samples (choosing an LR)
+FIGURES = ("mean", "min", "validation_mean", "validation_min")
 
 
 def resolved(scenario: str, overrides: list[str]) -> dict[str, Any]:
@@ -149,7 +152,7 @@ def run_inprocess(scenario: str, overrides: list[str]) -> dict[str, Any]:
     from fogsim.flower.server_app import initial_model
     from fogsim.scenario import load_scenario
     from fogsim.strategies import build_strategy
-    from fogsim.study.deployed import class_summary, device_rows
+    from fogsim.study.deployed import class_summary, device_rows, validation_set
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     torch.set_num_threads(1)  # as each client actor
@@ -174,7 +177,7 @@ def run_inprocess(scenario: str, overrides: list[str]) -> dict[str, Any]:
         down += strategy.round_stats.get("bytes_down_train", 0)
     model.load_state_dict(arrays.to_torch_state_dict())
     state = {k: v.numpy() for k, v in model.state_dict().items()}
-    rows = device_rows(strategy, fleet, state, *test)
+    rows = device_rows(strategy, fleet, state, *test, validation_set(sc, ds))
     return {
         "final_accuracy": evaluate(model, *test)[0],
         "classes": class_summary(rows, fleet),
@@ -186,14 +189,16 @@ def run_inprocess(scenario: str, overrides: list[str]) -> dict[str, Any]:
 
 def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Over seeds: per class the mean ± std of the class mean and the class minimum
-    (with n and the per-seed values), the engine(s) the runs used and the code they
+    (with n and the per-seed values; on the validation samples too where every run
+    has them), the engine(s) the runs used and the code they
     were made with (``code_version``; ``unrecorded`` before it was recorded)."""
     seeds = list(runs.values())
     classes = list(seeds[0]["classes"])
     engines = sorted({r.get("engine", "flower") for r in seeds})
     out: dict[str, Any] = {"seeds": list(runs), "engine": "+".join(engines), "classes": {}}
     for c in classes:
-        out["classes"][c] = {k: stats([r["classes"][c][k] for r in seeds]) for k in ("mean", "min")}
+        keys = [k for k in FIGURES if all(k in r["classes"][c] for r in seeds)]
+        out["classes"][c] = {k: stats([r["classes"][c][k] for r in seeds]) for k in keys}
     for key in ("final_accuracy", "bytes_up", "bytes_down"):
         out[key] = stats([float(r[key]) for r in seeds])
     out["code"] = sorted({r.get("code", "unrecorded") for r in seeds})

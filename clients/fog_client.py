@@ -33,7 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fogsim.data import draw, load_dataset, split_local
+from fogsim.data import draw, load_dataset
 from fogsim.device.arch import Arch
 from fogsim.device.chain import widths_of
 from fogsim.device.dynhp import DynHP
@@ -66,7 +66,7 @@ def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:
         indices = draw(num_samples, data.samples_per_node, [spec.seed, node])
     else:
         indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed, spec.shares)[node]
-    train_idx, test_idx = split_local(indices, data.client_test_fraction, [spec.seed, node])
+    train_idx, test_idx = data.local_split(indices, spec.seed, node)
     ds = load_dataset(data.dataset, data.path)
     return (
         *ds.tensors(ds.train_x[train_idx], ds.train_y[train_idx]),

@@ -73,3 +73,24 @@ def test_draws_are_per_node_seeded_and_independent_of_the_fleet_size() -> None:
     assert not np.array_equal(a, draw(60_000, 100, [4, 5]))
     with pytest.raises(ValueError, match="samples_per_node = 70000 but only 60000"):
         draw(60_000, 70_000, [0, 0])
+
+
+def test_validation_samples_are_what_the_nodes_hold_out_and_nothing_trains_on() -> None:
+    """``draws`` overlap between nodes: a sample one node holds out and another trains
+    on is not a validation sample; ``limit`` draws a seeded subset."""
+    from fogsim.data import draw
+    from fogsim.scenario import DataSection
+
+    labels = np.zeros(1_000, dtype=np.int64)
+    data = DataSection(partitioning="draws", samples_per_node=200, client_test_fraction=0.1)
+    pool = data.validation(labels, 8, 3, None, limit=10_000)
+    splits = [data.local_split(draw(1_000, 200, [3, n]), 3, n) for n in range(8)]
+    trained = set(np.concatenate([t for t, _ in splits]).tolist())
+    held = set(np.concatenate([h for _, h in splits]).tolist())
+    assert held & trained, "the case must have overlap to mean anything"
+    assert set(pool.tolist()) == held - trained and np.all(np.diff(pool) > 0)
+    some = data.validation(labels, 8, 3, None, limit=5)
+    assert len(some) == 5 and set(some.tolist()) <= set(pool.tolist())
+    assert np.array_equal(some, data.validation(labels, 8, 3, None, limit=5))
+    none = DataSection(partitioning="draws", samples_per_node=200, client_test_fraction=0)
+    assert len(none.validation(labels, 8, 3, None, limit=10_000)) == 0

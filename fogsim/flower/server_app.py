@@ -29,7 +29,12 @@ from fogsim.device.training import evaluate
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario
 from fogsim.strategies import FogStrategy
-from fogsim.study.deployed import class_summary, device_rows, round_class_accuracy
+from fogsim.study.deployed import (
+    class_summary,
+    device_rows,
+    round_class_accuracy,
+    validation_set,
+)
 from fogsim.study.results import STATUSES, TRAINED, Checkpoint, RunFailed, RunWriter
 from fogsim.topology import round_driver, tier_columns
 
@@ -254,9 +259,11 @@ class RoundLoop:
         )
 
     def finish(self) -> dict[str, Any]:
-        """devices.csv (every device's own model on the whole test split) and the
-        per-class summary of it."""
-        rows = device_rows(self.strategy, self.fleet, self.global_state(), *self.test)
+        """devices.csv (every device's own model on the whole test split and on the
+        fleet's validation samples) and the per-class summary of it."""
+        sc = self.scenario
+        validation = validation_set(sc, read_dataset(sc.data.dataset, sc.data.path))
+        rows = device_rows(self.strategy, self.fleet, self.global_state(), *self.test, validation)
         self.writer.write_devices(rows)
         return class_summary(rows, self.fleet)
 

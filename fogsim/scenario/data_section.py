@@ -8,7 +8,15 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from fogsim.data import BUILT_IN_SHAPES, DATASETS, OWN, PARTITIONINGS, partition
+from fogsim.data import (
+    BUILT_IN_SHAPES,
+    DATASETS,
+    OWN,
+    PARTITIONINGS,
+    draw,
+    partition,
+    split_local,
+)
 from fogsim.datasets.partitioners import problems as partitioner_problems
 from fogsim.device.models import IMAGE_SHAPE, NUM_CLASSES
 from fogsim.scenario.base import Section
@@ -98,3 +106,39 @@ class DataSection(Section):
             partitioner_params=self.partitioner_params,
             weights=weights,
         )
+
+    def local_split(
+        self, indices: np.ndarray, seed: int, node: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Node ``node``'s (train, held-out) part of its ``indices``: ``client_test_fraction``
+        of them held out, seeded by (run seed, node). The one split both its client and
+        the fleet's validation samples (:meth:`validation`) use."""
+        return split_local(indices, self.client_test_fraction, [seed, node])
+
+    def validation(
+        self,
+        labels: np.ndarray,
+        num_nodes: int,
+        seed: int,
+        weights: list[float] | None,
+        limit: int,
+    ) -> np.ndarray:
+        """The fleet's validation samples (indices into the training set, sorted): what
+        every node holds out of its training, pooled, less any sample some node trains
+        on (``draws`` overlap between nodes), at most ``limit`` of them (a seeded choice).
+
+        No training step ever sees them, so a learning rate or a strategy chosen by
+        them is not chosen by the test split: the test figures stay an unbiased
+        estimate (empty when ``client_test_fraction`` is 0)."""
+        if self.partitioning == "draws":
+            n = len(labels)
+            parts = [draw(n, self.samples_per_node, [seed, node]) for node in range(num_nodes)]
+        else:
+            parts = self.split(labels, num_nodes, seed, weights)
+        splits = [self.local_split(p, seed, node) for node, p in enumerate(parts)]
+        trained = np.concatenate([t for t, _ in splits])
+        held = np.setdiff1d(np.concatenate([h for _, h in splits]), trained)
+        if len(held) > limit:
+            rng = np.random.default_rng([seed, 0x7A11D])
+            held = np.sort(rng.choice(held, size=limit, replace=False))
+        return held

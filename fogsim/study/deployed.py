@@ -11,8 +11,10 @@ device whose model does not.
 Each round a seeded sample of each class's holders is evaluated on a seeded subset of
 the test split (``[simulation] device_eval_nodes`` / ``device_eval_samples``: the
 curves); when the run ends every holder is evaluated on the whole test split
-(``devices.csv`` and ``summary.json``: the figures to quote). Devices holding the same
-neurons share one evaluation.
+(``devices.csv`` and ``summary.json``: the figures to quote) and on the fleet's
+validation samples (``validation_accuracy``; :func:`validation_set`), so that a
+learning rate or a strategy can be chosen without looking at the test split. Devices
+holding the same neurons share one evaluation.
 """
 
 from __future__ import annotations
@@ -29,7 +31,21 @@ from fogsim.device.training import evaluate
 from fogsim.fleet import Fleet
 
 if TYPE_CHECKING:
+    from fogsim.datasets.base import ImageData
+    from fogsim.scenario import Scenario
     from fogsim.strategies.base import FogStrategy
+
+VALIDATION_SAMPLES = 10_000  # at most this many validation samples (a seeded choice)
+
+
+def validation_set(sc: Scenario, ds: ImageData) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The fleet's validation samples of ``ds`` (``DataSection.validation``: what the
+    nodes hold out of their training, at most ``VALIDATION_SAMPLES``), as tensors; None
+    when there are none (``client_test_fraction = 0``)."""
+    index = sc.data.validation(
+        ds.train_y, sc.fleet.nodes, sc.run.seed, sc.fleet.data_shares, VALIDATION_SAMPLES
+    )
+    return ds.tensors(ds.train_x[index], ds.train_y[index]) if len(index) else None
 
 
 def _digest(weights: dict[str, np.ndarray]) -> str:
@@ -100,10 +116,13 @@ def device_rows(
     state: dict[str, np.ndarray],
     x: torch.Tensor,
     y: torch.Tensor,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
-    """devices.csv: one row per device holding a model, evaluated on ``x, y``."""
+    """devices.csv: one row per device holding a model, evaluated on ``x, y`` (the test
+    split) and, if given, on ``validation`` (``validation_accuracy``)."""
     nodes = sorted(strategy.holders)
     results = evaluate_held(strategy, nodes, state, x, y)
+    checked = evaluate_held(strategy, nodes, state, *validation) if validation else {}
     return [
         {
             "node": node,
@@ -113,6 +132,7 @@ def device_rows(
             "params": results[node][2],
             "accuracy": results[node][0],
             "loss": results[node][1],
+            **({"validation_accuracy": checked[node][0]} if checked else {}),
         }
         for node in nodes
     ]
@@ -120,14 +140,20 @@ def device_rows(
 
 def class_summary(rows: list[dict[str, Any]], fleet: Fleet) -> dict[str, dict[str, Any]]:
     """Per class: devices holding a model, and the mean, std and minimum of their
-    accuracy (None where the class holds nothing)."""
+    accuracy (None where the class holds nothing); where the rows have it, the mean
+    and minimum of their validation accuracy too (``validation_mean``, ``_min``)."""
     out = {}
     for c in fleet.classes:
-        accs = [r["accuracy"] for r in rows if r["class"] == c.name]
+        mine = [r for r in rows if r["class"] == c.name]
+        accs = [r["accuracy"] for r in mine]
         out[c.name] = {
             "devices": len(accs),
             "mean": statistics.fmean(accs) if accs else None,
             "std": statistics.stdev(accs) if len(accs) > 1 else None,
             "min": min(accs) if accs else None,
         }
+        if rows and "validation_accuracy" in rows[0]:
+            checked = [r["validation_accuracy"] for r in mine]
+            out[c.name]["validation_mean"] = statistics.fmean(checked) if checked else None
+            out[c.name]["validation_min"] = min(checked) if checked else None
     return out

@@ -100,7 +100,10 @@ FIGURES = (
     "connect_j",
 )
 
-DEVICE_COLUMNS = ["node", "class", "budget_bytes", "last_round", "params", "accuracy", "loss"]
+DEVICE_COLUMNS = [
+    *("node", "class", "budget_bytes", "last_round", "params", "accuracy", "loss"),
+    "validation_accuracy",  # on the fleet's validation samples (fogsim.study.deployed)
+]
 
 
 @dataclass
@@ -195,7 +198,8 @@ class RunWriter:
         CsvLog(self.dir / "fleet.csv").append(rows)
 
     def write_devices(self, rows: list[dict[str, Any]]) -> None:
-        """devices.csv: every device holding a model and that model's test accuracy."""
+        """devices.csv: every device holding a model and that model's test accuracy (and
+        its validation accuracy, blank where the run has no validation samples)."""
         (self.dir / "devices.csv").unlink(missing_ok=True)
         CsvLog(self.dir / "devices.csv", DEVICE_COLUMNS).append(rows)
 

@@ -201,10 +201,13 @@ def check_strategy_run(name: str, run_dir: Path, tables: dict) -> None:
     devices_hold_what_they_trained(run_dir, tables)
 
 
-def masked_dense_accuracy(state: dict, kept: list[np.ndarray] | None) -> tuple[float, float]:
+def masked_dense_accuracy(
+    state: dict, kept: list[np.ndarray] | None, data: tuple | None = None
+) -> tuple[float, float]:
     """Accuracy and loss of the dense global model with every neuron outside ``kept``
     silenced (its row and bias zeroed: ReLU(0) feeds the next layer nothing): the same
-    function as the sub-model the device holds, computed without slicing anything."""
+    function as the sub-model the device holds, computed without slicing anything; on
+    ``data`` (x, y), by default MNIST's test split."""
     from fogsim.data import load_dataset
     from fogsim.device.models import model_from_state
     from fogsim.device.training import evaluate
@@ -214,28 +217,51 @@ def masked_dense_accuracy(state: dict, kept: list[np.ndarray] | None) -> tuple[f
         off = np.setdiff1d(np.arange(state[f"fcs.{g}.bias"].shape[0]), keep)
         state[f"fcs.{g}.weight"][off] = 0.0
         state[f"fcs.{g}.bias"][off] = 0.0
-    data = load_dataset("mnist")
-    return evaluate(model_from_state(state), *data.tensors(data.test_x, data.test_y))
+    if data is None:
+        mnist = load_dataset("mnist")
+        data = mnist.tensors(mnist.test_x, mnist.test_y)
+    return evaluate(model_from_state(state), *data)
+
+
+def held_out_by_clients(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every node's held-out samples as its own client splits them off its training
+    data (``local_data``), pooled: the fleet's validation samples, found without
+    ``DataSection.validation``."""
+    from clients.fog_client import local_data
+    from fogsim.flower.wire import ClientSpec
+    from fogsim.scenario import Scenario
+
+    sc = Scenario.model_validate_json((run_dir / "scenario.json").read_text())
+    spec = ClientSpec.of(sc)
+    parts = [local_data(spec, node)[2:] for node in range(sc.fleet.nodes)]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def devices_hold_what_they_trained(run_dir: Path, tables: dict) -> None:
     """devices.csv: one row per node that trained, its accuracy that of the global model
-    restricted to the neurons it held (checked here by masking the dense model)."""
+    restricted to the neurons it held (checked here by masking the dense model), on the
+    test split and on the samples the clients held out of training (validation)."""
     trained = {r["node"] for r in tables["nodes"] if r["status"] == "ok"}
     devices = tables["devices"]
     assert {d["node"] for d in devices} == trained
     state = torch.load(run_dir / "model.pt")
     kept = torch.load(run_dir / "checkpoint.pt", weights_only=False)["strategy"].get("kept", {})
     summary = tables["summary"]["classes"]
+    held_out = held_out_by_clients(run_dir)
+    assert len(held_out[1]) < 10_000  # all of it is the validation set (no subset drawn)
     for d in devices:
         acc, loss = masked_dense_accuracy(state, kept.get(d["node"]))
         assert abs(d["accuracy"] - acc) <= 2e-4, (d, acc)  # at most 2 of 10,000 ties flip
         assert abs(d["loss"] - loss) <= 1e-4 * max(1.0, loss), (d, loss)
+        checked, _ = masked_dense_accuracy(state, kept.get(d["node"]), held_out)
+        assert abs(d["validation_accuracy"] - checked) <= 2 / len(held_out[1]), (d, checked)
     for cls, s in summary.items():
         accs = [d["accuracy"] for d in devices if d["class"] == cls]
+        checked = [d["validation_accuracy"] for d in devices if d["class"] == cls]
         assert s["devices"] == len(accs)
         if accs:
             assert s["min"] == min(accs) and abs(s["mean"] - sum(accs) / len(accs)) < 1e-12
+            assert s["validation_min"] == min(checked)
 
 
 def test_mask_union_prunes_each_device_only_as_far_as_its_budget_asks(tiny_scenario) -> None:
