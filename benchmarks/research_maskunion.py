@@ -59,7 +59,7 @@ from typing import Any
 
 from research_tables import table
 from research_variants import DEFAULT_VARIANTS, SCENARIOS, VARIANTS
-from results_io import RESULTS, stats
+from results_io import RESULTS, cpu_model, stats
 from results_io import write as write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +202,7 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for key in ("final_accuracy", "bytes_up", "bytes_down"):
         out[key] = stats([float(r[key]) for r in seeds])
     out["code"] = sorted({r.get("code", "unrecorded") for r in seeds})
+    out["cpu"] = sorted({r.get("cpu", "unrecorded") for r in seeds})
     return out
 
 
@@ -223,6 +224,7 @@ def one_run(
     else:
         res = run_inprocess(scenario, overrides)
     res.update(engine=engine, overrides=overrides, scenario=resolved_as, code=code_version())
+    res["cpu"] = cpu_model()  # the same code on another CPU moves a run (the README)
     return res
 
 

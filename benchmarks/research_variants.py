@@ -79,10 +79,22 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.label_mask=false",
     ],
 }
-# LR sensitivity: each strategy at half and twice the scenarios' train.lr (0.05)
+# Each strategy's LR grid: research_select.py chooses its LR per scenario on the
+# validation samples. The scenarios' own train.lr (0.05) is the strategy's plain variant.
+SCENARIO_LR = 0.05
+LR_GRID = (0.025, 0.05, 0.1, 0.2)
+CHOOSING = ("mask-union", "heterofl", "fedrolex")  # the strategies whose LR is chosen
+
+
+def at_lr(strategy: str, lr: float) -> str:
+    """The variant that trains ``strategy`` at ``lr`` (e.g. ``heterofl-lr0.1``)."""
+    return strategy if lr == SCENARIO_LR else f"{strategy}-lr{lr:g}"
+
+
 VARIANTS |= {
-    f"{name}-lr{lr:g}": [f"strategy.name='{name}'", f"train.lr={lr}"]
-    for name in ("mask-union", "heterofl")
-    for lr in (0.025, 0.1)
+    at_lr(name, lr): [f"strategy.name='{name}'", f"train.lr={lr}"]
+    for name in CHOOSING
+    for lr in LR_GRID
+    if lr != SCENARIO_LR
 }
 DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"

@@ -39,10 +39,25 @@ def stats(values: list[float | None]) -> dict[str, Any]:
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict[str, Any]:
+    """Cores, CPU and the vector instructions torch's kernels use (another CPU may sum
+    floats in another order, which moves a 20-round run's figures), versions."""
     import torch
 
     versions = {"python": platform.python_version(), "torch": torch.__version__}
+    versions["cpu"] = cpu_model()
+    versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     try:
         import flwr
 
@@ -86,6 +101,7 @@ BENCHMARKS = (  # modules
     "scale",
     "memory_floor",
     "research_tables",
+    "research_select",
     "fog",
     "energy",
 )

@@ -59,3 +59,43 @@ def test_paired_table_differences_are_per_seed_and_name_the_classes_behind() -> 
         "| s | 2 | +0.25 ± 1.06 [1/2] | -2.00 ± 0.00 [0/2]; min +10.50 ± 0.71 [2/2] "
         "| missed: small* |"
     )
+
+
+def test_each_strategy_gets_the_lr_its_validation_samples_choose_not_the_test_split() -> None:
+    """A by-hand case: per scenario and strategy the LR of the best validation score
+    (mean over seeds of the mean over classes) is chosen, and its runs' test figures
+    are the row; runs of one variant are pooled over caches; a strategy lacking one
+    LR of the grid is left out."""
+    import research_select
+    from research_variants import LR_GRID, at_lr
+
+    def run(test: float, validation: tuple[float, float]) -> dict:
+        # one seed's run; validation: per class (big, small)
+        classes = {
+            c: {"mean": test, "min": test, "validation_mean": v, "validation_min": v}
+            for c, v in zip(("big", "small"), validation, strict=True)
+        }
+        figures = {"final_accuracy": test, "bytes_up": 1, "bytes_down": 1}
+        return {"classes": classes, "code": "abc", "engine": "inprocess", **figures}
+
+    # per LR, per seed: validation (big, small). mask-union: 0.1 scores (0.9 + 0.8 +
+    # 0.7 + 0.8) / 4 = 0.80, the best, though 0.025 is the best on the test split
+    scores = {0.025: [(0.9, 0.5), (0.5, 0.5)], 0.1: [(0.9, 0.8), (0.7, 0.8)]}
+    flat = [(0.6, 0.6), (0.6, 0.6)]
+
+    def test_of(lr: float) -> float:
+        return 0.99 if lr == 0.025 else 0.5
+
+    seed1 = {
+        at_lr("mask-union", lr): {"runs": {"1": run(test_of(lr), scores.get(lr, flat)[0])}}
+        for lr in LR_GRID
+    }
+    seed2 = {
+        at_lr("mask-union", lr): {"runs": {"2": run(test_of(lr), scores.get(lr, flat)[1])}}
+        for lr in LR_GRID
+    }
+    seed2 |= {at_lr("heterofl", lr): {"runs": {"1": run(0.5, flat[0])}} for lr in LR_GRID[1:]}
+    rows = research_select.tuned_rows([{"mnist-iid": seed1}, {"mnist-iid": seed2}])
+    assert [(r["variant"], r["lr"], r["seeds"]) for r in rows] == [("mask-union", 0.1, ["1", "2"])]
+    assert rows[0]["validation"]["0.1"] == pytest.approx(0.80)
+    assert rows[0]["classes"]["big"]["mean"]["mean"] == 0.5  # the test figure of lr 0.1's runs

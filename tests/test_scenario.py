@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,24 @@ def test_checking_the_data_keeps_none_of_it_in_the_driver(tiny_scenario) -> None
     load_dataset.cache_clear()
     check_data(load_checked(tiny_scenario))
     assert load_dataset.cache_info().currsize == 0
+
+
+@pytest.mark.skipif(
+    __import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 only"
+)
+def test_importing_fogsim_pins_torch_kernels_to_avx2_unless_the_user_chose() -> None:
+    """Runs reproduce across x86 hosts only with the same kernels (fogsim/__init__.py)."""
+    import subprocess
+    import sys
+
+    probe = "import fogsim, torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+    }
+    pinned = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert pinned.stdout.strip() == "AVX2", pinned.stderr
+    env["ATEN_CPU_CAPABILITY"] = "default"
+    chosen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert chosen.stdout.strip() == "DEFAULT", chosen.stderr

@@ -109,21 +109,30 @@ def run_metrics(run: str | Path | dict[str, Any], target: float) -> dict[str, An
 
 def own_accuracy_columns(classes: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     """``acc_<class>`` and ``acc_<class>_min``: mean and minimum accuracy of the models
-    the class's devices hold at the end (summary.json, from devices.csv)."""
+    the class's devices hold at the end (summary.json, from devices.csv); ``val_<class>``
+    and ``val_<class>_min``: the same on the fleet's validation samples, where the run
+    has them (what to choose a sweep's point by, leaving the test split alone)."""
     out = {}
     for name, c in classes.items():
         out[f"acc_{name}"], out[f"acc_{name}_min"] = c.get("mean"), c.get("min")
+    for name, c in classes.items():
+        if "validation_mean" in c:
+            out[f"val_{name}"], out[f"val_{name}_min"] = c["validation_mean"], c["validation_min"]
     return out
 
 
 def class_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The per-class accuracy columns of any of ``rows``, in first-seen order."""
+    """The per-class accuracy columns of any of ``rows`` (test, then validation), in
+    first-seen order."""
     seen = {k: None for m in rows for k in m if k.startswith("acc_")}
+    seen |= {k: None for m in rows for k in m if k.startswith("val_")}
     return list(seen)
 
 
 def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs") -> Table:
-    classes = [c[4:] for c in class_columns(rows) if not c.endswith("_min")]
+    classes = [
+        c[4:] for c in class_columns(rows) if c.startswith("acc_") and not c.endswith("_min")
+    ]
     table = Table(
         title,
         ["run", "strategy", "rounds", "final acc", "best acc", f"rounds to {target:g}"]

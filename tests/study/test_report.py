@@ -83,6 +83,11 @@ def test_compare_table_and_overlay(run_dir: Path, tmp_path: Path) -> None:
     total = sum(r["bytes_up"] + r["bytes_down"] for r in run["rounds"])
     assert rows[0]["total_bytes"] == total
     assert rows[0]["compression"] == 1.0  # fedavg: every node holds the dense model
+    held = {k: c for k, c in run["summary"]["classes"].items() if c["devices"]}
+    assert held  # per class: the validation figures beside the test ones
+    for cls, c in held.items():
+        assert (rows[0][f"acc_{cls}"], rows[0][f"val_{cls}"]) == (c["mean"], c["validation_mean"])
+        assert rows[0][f"val_{cls}_min"] == c["validation_min"]
     assert_png(tmp_path / "cmp" / "compare_accuracy.png")
     never = run_metrics(run_dir, 0.999)
     assert never["rounds_to_target"] is None
@@ -142,6 +147,10 @@ def test_sweep_resumes_and_summarizes(scenario_file: Path, run_dir: Path, tmp_pa
     assert rows[0]["final_accuracy_mean"] == redone["rounds"][-1]["accuracy"]
     assert rows[1]["final_accuracy_mean"] == load(run_dir)["summary"]["final_accuracy"]
     assert rows[0]["final_accuracy_std"] == ""  # one repeat: no spread
+    for cls, c in redone["summary"]["classes"].items():  # a point is chosen by these
+        assert rows[0][f"val_{cls}_mean"] == (
+            "" if c["validation_mean"] is None else c["validation_mean"]
+        )
     assert len(read_csv(sweep / "compare.csv")) == 2
     assert_png(sweep / "sweep_accuracy.png")
 

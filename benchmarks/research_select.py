@@ -1,0 +1,153 @@
+"""Each strategy at the learning rate its validation samples choose, per scenario, and
+mask-union against its rivals so tuned (the README's "Each strategy at its own LR").
+
+The fleet5 scenarios train every strategy at one ``train.lr`` (0.05), which suits
+some strategies better than others (HeteroFL, clipped, does best at 0.1 on five of
+them by the test split). A fair comparison lets each strategy choose its own LR, and
+choose it without the test split: every run also evaluates each device's own model on
+the fleet's *validation samples* (what the nodes hold out of their training;
+``fogsim.study.deployed``). Per scenario and strategy, this picks from ``LR_GRID``
+the LR whose runs have the best validation score (the mean over seeds of the mean
+over device classes of the class's mean validation accuracy), and reports the test
+figures of those same runs: the choice never saw the test split.
+
+It reads the runs of ``research_maskunion.py`` (its ``OUT/research_maskunion.json``
+caches, one or more: their runs are pooled, a later file's run of the same scenario,
+variant and seed replacing an earlier one's), so run that first, for the variants
+``at_lr(strategy, lr)`` names::
+
+    python benchmarks/research_maskunion.py --engine inprocess --fresh --no-publish \\
+        --scenarios mnist-iid,... --variants mask-union-lr0.025,mask-union,... \\
+        --seeds 1,2,3 --out runs/select
+    python benchmarks/research_select.py runs/select/research_maskunion.json
+
+and writes ``benchmarks/results/mask_union_tuned.json``: per (scenario, strategy) the
+chosen LR, every LR's validation score, and the chosen runs' aggregates (as in
+``mask_union_vs_rivals.json``). A strategy is chosen for a scenario only where every
+LR of the grid has runs of the same seeds and code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from research_maskunion import aggregate
+from research_tables import paired
+from research_variants import CHOOSING, LR_GRID, SCENARIOS, at_lr
+from results_io import renderer
+from results_io import write as write_results
+
+PUBLISHED = "mask_union_tuned"
+
+
+def validation_score(aggregate: dict[str, Any]) -> float | None:
+    """The mean over seeds of the mean over device classes (those holding a model) of
+    the class's mean validation accuracy; None without validation figures."""
+    per_class = [
+        c["validation_mean"]["values"]
+        for c in aggregate["classes"].values()
+        if "validation_mean" in c and c["validation_mean"]["n"]
+    ]
+    if not per_class:
+        return None
+    return statistics.fmean(statistics.fmean(seed) for seed in zip(*per_class, strict=True))
+
+
+def choose(entries: dict[str, dict[str, Any]], strategy: str) -> dict[str, Any] | None:
+    """The row of ``strategy`` at its chosen LR, from one scenario's variants
+    (``entries``: variant -> its aggregate); None unless every LR of the grid ran
+    on the same seeds with the same code and has validation figures."""
+    grid = {lr: entries.get(at_lr(strategy, lr)) for lr in LR_GRID}
+    if any(a is None for a in grid.values()):
+        return None
+    if len({(tuple(a["seeds"]), tuple(a["code"])) for a in grid.values()}) != 1:
+        return None
+    scores = {lr: validation_score(a) for lr, a in grid.items()}
+    if any(v is None for v in scores.values()):
+        return None
+    lr = max(LR_GRID, key=lambda v: scores[v])  # a tie: the smaller LR
+    return {
+        **grid[lr],
+        "variant": strategy,
+        "lr": lr,
+        "chosen": at_lr(strategy, lr),
+        "validation": {str(v): s for v, s in scores.items()},
+    }
+
+
+def tuned_rows(caches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario (in ``SCENARIOS`` order) and strategy, the row at its chosen LR.
+    The caches' runs are pooled per (scenario, variant, seed), a later cache's run of
+    the same seed replacing an earlier one's, and aggregated over seeds."""
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for cache in caches:
+        for name, variants in cache.items():
+            for variant, entry in variants.items():
+                runs.setdefault(name, {}).setdefault(variant, {}).update(entry.get("runs", {}))
+    entries = {
+        name: {
+            v: aggregate(dict(sorted(r.items(), key=lambda kv: int(kv[0]))))
+            for v, r in vs.items()
+            if r
+        }
+        for name, vs in runs.items()
+    }
+    rows = []
+    for name in [s for s in SCENARIOS if s in entries]:
+        for strategy in CHOOSING:
+            row = choose(entries[name], strategy)
+            if row is not None:
+                rows.append({"scenario": name, **row})
+    return rows
+
+
+@renderer(PUBLISHED)
+def markdown(doc: dict[str, Any]) -> str:
+    """The LR each strategy chose per scenario (validation score at every LR of the
+    grid, the chosen one in bold), then mask-union minus each rival, paired by seed."""
+    rows = doc["rows"]
+    strategies = list(dict.fromkeys(r["variant"] for r in rows))
+    head = ["scenario", "seeds", *strategies]
+    lines = [
+        "**The LR each strategy chose on the validation samples** (validation score in %, "
+        f"at LR {' / '.join(f'{v:g}' for v in doc['lr_grid'])}; the chosen one in bold)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        mine = {r["variant"]: r for r in rows if r["scenario"] == name}
+        cells = [name, ", ".join(dict.fromkeys(str(len(r["seeds"])) for r in mine.values()))]
+        for s in strategies:
+            r = mine.get(s)
+            if r is None:
+                cells.append("–")
+                continue
+            scores = [
+                (f"**{100 * v:.2f}**" if float(lr) == r["lr"] else f"{100 * v:.2f}")
+                for lr, v in r["validation"].items()
+            ]
+            cells.append(" / ".join(scores))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n\n".join(["\n".join(lines), paired(doc)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("caches", nargs="+", help="research_maskunion.json files of the runs")
+    args = ap.parse_args()
+    caches = [json.loads(Path(p).read_text()) for p in args.caches]
+    rows = tuned_rows(caches)
+    if not rows:
+        raise SystemExit("no (scenario, strategy) has runs at every LR of the grid")
+    print(markdown({"rows": rows, "lr_grid": list(LR_GRID)}))
+    seeds = sorted({int(s) for r in rows for s in r["seeds"]})
+    print(f"wrote {write_results(PUBLISHED, rows, seeds, lr_grid=list(LR_GRID))}")
+
+
+if __name__ == "__main__":
+    main()
