@@ -24,8 +24,9 @@ was made with (``code_version``) and the aggregates; an ``inprocess`` run alread
 of the very same resolved scenario is reused too) and prints one markdown table per
 scenario. Reuse goes by the scenario, not the code: a change to the simulator that
 only reorders floating-point sums moves a 20-round run by tenths of a point, so
-``--fresh`` reuses (of either engine) only runs made with the current code, and a
-published row lists the code its runs were made with (``code``). Run at most one
+``--fresh`` reuses (of either engine) only runs made with the current code and CPU
+kernels (``isa``: fogsim pins AVX2, see ``fogsim/__init__.py``), and a published row
+lists the code, CPU and kernels its runs were made with. Run at most one
 simulation at a time on a small machine: this script runs them one after another.
 
 ``benchmarks/results/mask_union_vs_rivals.json`` (the README's tables) is updated
@@ -81,6 +82,17 @@ def resolved(scenario: str, overrides: list[str]) -> dict[str, Any]:
 def overrides_of(name: str, variant: str, seed: int, extra_set: list[str]) -> list[str]:
     """The ``--set`` overrides of one (scenario, variant, seed) run."""
     return [*SCENARIOS[name][1], *VARIANTS[variant], f"run.seed={seed}", *extra_set]
+
+
+@functools.cache
+def torch_isa() -> str:
+    """The CPU kernels torch runs here (AVX2 unless the environment says otherwise:
+    fogsim pins them when imported)."""
+    import torch
+
+    import fogsim  # noqa: F401  (the pin)
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 @functools.cache
@@ -203,6 +215,7 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out[key] = stats([float(r[key]) for r in seeds])
     out["code"] = sorted({r.get("code", "unrecorded") for r in seeds})
     out["cpu"] = sorted({r.get("cpu", "unrecorded") for r in seeds})
+    out["isa"] = sorted({r.get("isa", "unrecorded") for r in seeds})
     return out
 
 
@@ -224,7 +237,8 @@ def one_run(
     else:
         res = run_inprocess(scenario, overrides)
     res.update(engine=engine, overrides=overrides, scenario=resolved_as, code=code_version())
-    res["cpu"] = cpu_model()  # the same code on another CPU moves a run (the README)
+    res["cpu"] = cpu_model()  # the kernels' width moves a run (fogsim/__init__.py)
+    res["isa"] = torch_isa()
     return res
 
 
@@ -290,8 +304,16 @@ def main() -> None:
                 )
                 if not args.fresh and same and args.engine == "inprocess":
                     res = old  # already run in process on this very scenario
-                elif args.fresh and same and old.get("code") == code_version():
-                    res = old  # already run on this very scenario with this very code
+                elif (
+                    args.fresh
+                    and same
+                    and (old.get("code"), old.get("isa"))
+                    == (
+                        code_version(),
+                        torch_isa(),
+                    )
+                ):
+                    res = old  # already run on this very scenario, code and kernels
                 else:
                     res = one_run(name, variant, seed, args.engine, out, args.set, not args.fresh)
                 entry["runs"][str(seed)] = res

@@ -24,7 +24,7 @@ variant and seed replacing an earlier one's), so run that first, for the variant
 and writes ``benchmarks/results/mask_union_tuned.json``: per (scenario, strategy) the
 chosen LR, every LR's validation score, and the chosen runs' aggregates (as in
 ``mask_union_vs_rivals.json``). A strategy is chosen for a scenario only where every
-LR of the grid has runs of the same seeds and code.
+LR of the grid has runs of the same seeds, code and CPU kernels.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ def validation_score(aggregate: dict[str, Any]) -> float | None:
 def choose(entries: dict[str, dict[str, Any]], strategy: str) -> dict[str, Any] | None:
     """The row of ``strategy`` at its chosen LR, from one scenario's variants
     (``entries``: variant -> its aggregate); None unless every LR of the grid ran
-    on the same seeds with the same code and has validation figures."""
+    on the same seeds with the same code and kernels and has validation figures."""
     grid = {lr: entries.get(at_lr(strategy, lr)) for lr in LR_GRID}
     if any(a is None for a in grid.values()):
         return None
-    if len({(tuple(a["seeds"]), tuple(a["code"])) for a in grid.values()}) != 1:
+    if len({(tuple(a["seeds"]), tuple(a["code"]), tuple(a["isa"])) for a in grid.values()}) != 1:
         return None
     scores = {lr: validation_score(a) for lr, a in grid.items()}
     if any(v is None for v in scores.values()):

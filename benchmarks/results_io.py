@@ -55,6 +55,8 @@ def machine() -> dict[str, Any]:
     floats in another order, which moves a 20-round run's figures), versions."""
     import torch
 
+    import fogsim  # noqa: F401  (pins the kernels, as in every run: fogsim/__init__.py)
+
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     versions["cpu"] = cpu_model()
     versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
