@@ -307,11 +307,8 @@ def main() -> None:
                 elif (
                     args.fresh
                     and same
-                    and (old.get("code"), old.get("isa"))
-                    == (
-                        code_version(),
-                        torch_isa(),
-                    )
+                    and old.get("isa") == torch_isa()
+                    and old.get("code") == code_version()
                 ):
                     res = old  # already run on this very scenario, code and kernels
                 else:

@@ -45,12 +45,15 @@ PUBLISHED = "mask_union_tuned"
 
 
 def validation_score(aggregate: dict[str, Any]) -> float | None:
-    """The mean over seeds of the mean over device classes (those holding a model) of
-    the class's mean validation accuracy; None without validation figures."""
+    """The mean over seeds of the mean over device classes (those holding a model on
+    every seed: a class's values carry no seed, so a class held on some seeds only
+    cannot be paired with the others') of the class's mean validation accuracy; None
+    without validation figures."""
+    seeds = len(aggregate["seeds"])
     per_class = [
         c["validation_mean"]["values"]
         for c in aggregate["classes"].values()
-        if "validation_mean" in c and c["validation_mean"]["n"]
+        if "validation_mean" in c and c["validation_mean"]["n"] == seeds
     ]
     if not per_class:
         return None

@@ -143,6 +143,7 @@ def class_summary(rows: list[dict[str, Any]], fleet: Fleet) -> dict[str, dict[st
     accuracy (None where the class holds nothing); where the rows have it, the mean
     and minimum of their validation accuracy too (``validation_mean``, ``_min``)."""
     out = {}
+    validated = bool(rows) and "validation_accuracy" in rows[0]
     for c in fleet.classes:
         mine = [r for r in rows if r["class"] == c.name]
         accs = [r["accuracy"] for r in mine]
@@ -152,7 +153,7 @@ def class_summary(rows: list[dict[str, Any]], fleet: Fleet) -> dict[str, dict[st
             "std": statistics.stdev(accs) if len(accs) > 1 else None,
             "min": min(accs) if accs else None,
         }
-        if rows and "validation_accuracy" in rows[0]:
+        if validated:
             checked = [r["validation_accuracy"] for r in mine]
             out[c.name]["validation_mean"] = statistics.fmean(checked) if checked else None
             out[c.name]["validation_min"] = min(checked) if checked else None

@@ -100,10 +100,8 @@ FIGURES = (
     "connect_j",
 )
 
-DEVICE_COLUMNS = [
-    *("node", "class", "budget_bytes", "last_round", "params", "accuracy", "loss"),
-    "validation_accuracy",  # on the fleet's validation samples (fogsim.study.deployed)
-]
+DEVICE_COLUMNS = ["node", "class", "budget_bytes", "last_round", "params", "accuracy", "loss"]
+DEVICE_COLUMNS += ["validation_accuracy"]  # the fleet's validation samples (study.deployed)
 
 
 @dataclass
