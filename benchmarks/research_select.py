@@ -1,20 +1,23 @@
-"""Each strategy at the learning rate its validation samples choose, per scenario, and
-mask-union against its rivals so tuned (the README's "Each strategy at its own LR").
+"""Each strategy at the configuration and learning rate its validation samples choose,
+per scenario, and mask-union against its rivals so tuned (the README's "Each strategy
+at its own LR").
 
-The fleet5 scenarios train every strategy at one ``train.lr`` (0.05), which suits
-some strategies better than others (HeteroFL, clipped, does best at 0.1 on five of
-them by the test split). A fair comparison lets each strategy choose its own LR, and
-choose it without the test split: every run also evaluates each device's own model on
-the fleet's *validation samples* (what the nodes hold out of their training;
-``fogsim.study.deployed``). Per scenario and strategy, this picks from ``LR_GRID``
-the LR whose runs have the best validation score (the mean over seeds of the mean
-over device classes of the class's mean validation accuracy), and reports the test
-figures of those same runs: the choice never saw the test split.
+The fleet5 scenarios train every strategy at one ``train.lr`` (0.05) and with its own
+defaults of gradient clipping, which suits some strategies better than others
+(HeteroFL, clipped, does best at 0.1 on five of them by the test split). A fair
+comparison lets each strategy choose its own, and choose without the test split:
+every run also evaluates each device's own model on the fleet's *validation samples*
+(what the nodes hold out of their training; ``fogsim.study.deployed``). Per scenario
+and strategy, this picks from ``CHOOSING[strategy]`` x ``LR_GRID`` (the same 2 x 4
+points for every strategy: its defaults and the other setting of clipping, at four
+LRs) the point whose runs have the best validation score (the mean over seeds of the
+mean over device classes of the class's mean validation accuracy), and reports the
+test figures of those same runs: the choice never saw the test split.
 
 It reads the runs of ``research_maskunion.py`` (its ``OUT/research_maskunion.json``
 caches, one or more: their runs are pooled, a later file's run of the same scenario,
 variant and seed replacing an earlier one's), so run that first, for the variants
-``at_lr(strategy, lr)`` names::
+``at_lr(configuration, lr)`` names::
 
     python benchmarks/research_maskunion.py --engine inprocess --fresh --no-publish \\
         --scenarios mnist-iid,... --variants mask-union-lr0.025,mask-union,... \\
@@ -22,9 +25,9 @@ variant and seed replacing an earlier one's), so run that first, for the variant
     python benchmarks/research_select.py runs/select/research_maskunion.json
 
 and writes ``benchmarks/results/mask_union_tuned.json``: per (scenario, strategy) the
-chosen LR, every LR's validation score, and the chosen runs' aggregates (as in
-``mask_union_vs_rivals.json``). A strategy is chosen for a scenario only where every
-LR of the grid has runs of the same seeds, code and CPU kernels.
+chosen configuration and LR, every point's validation score, and the chosen runs'
+aggregates (as in ``mask_union_vs_rivals.json``). A strategy is chosen for a scenario
+only where every point of its grid has runs of the same seeds, code and CPU kernels.
 """
 
 from __future__ import annotations
@@ -61,24 +64,30 @@ def validation_score(aggregate: dict[str, Any]) -> float | None:
 
 
 def choose(entries: dict[str, dict[str, Any]], strategy: str) -> dict[str, Any] | None:
-    """The row of ``strategy`` at its chosen LR, from one scenario's variants
-    (``entries``: variant -> its aggregate); None unless every LR of the grid ran
-    on the same seeds with the same code and kernels and has validation figures."""
-    grid = {lr: entries.get(at_lr(strategy, lr)) for lr in LR_GRID}
+    """The row of ``strategy`` at its chosen configuration and LR, from one scenario's
+    variants (``entries``: variant -> its aggregate); None unless every configuration
+    of ``CHOOSING[strategy]`` ran at every LR of the grid, all on the same seeds with
+    the same code and kernels, with validation figures."""
+    grid = {
+        (config, lr): entries.get(at_lr(config, lr))
+        for config in CHOOSING[strategy]
+        for lr in LR_GRID
+    }
     if any(a is None for a in grid.values()):
         return None
     if len({(tuple(a["seeds"]), tuple(a["code"]), tuple(a["isa"])) for a in grid.values()}) != 1:
         return None
-    scores = {lr: validation_score(a) for lr, a in grid.items()}
+    scores = {point: validation_score(a) for point, a in grid.items()}
     if any(v is None for v in scores.values()):
         return None
-    lr = max(LR_GRID, key=lambda v: scores[v])  # a tie: the smaller LR
+    config, lr = max(grid, key=lambda point: scores[point])  # a tie: the first in the grid
     return {
-        **grid[lr],
+        **grid[config, lr],
         "variant": strategy,
+        "configuration": config,
         "lr": lr,
-        "chosen": at_lr(strategy, lr),
-        "validation": {str(v): s for v, s in scores.items()},
+        "chosen": at_lr(config, lr),
+        "validation": {c: {str(v): scores[c, v] for v in LR_GRID} for c in CHOOSING[strategy]},
     }
 
 
@@ -110,32 +119,25 @@ def tuned_rows(caches: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @renderer(PUBLISHED)
 def markdown(doc: dict[str, Any]) -> str:
-    """The LR each strategy chose per scenario (validation score at every LR of the
-    grid, the chosen one in bold), then mask-union minus each rival, paired by seed."""
-    rows = doc["rows"]
-    strategies = list(dict.fromkeys(r["variant"] for r in rows))
-    head = ["scenario", "seeds", *strategies]
+    """Each strategy's validation scores over its grid (a row per configuration, a
+    column per LR, the chosen point in bold), then mask-union minus each rival,
+    paired by seed."""
+    grid = doc["lr_grid"]
+    head = ["scenario", "seeds", "strategy", "configuration", *(f"LR {v:g}" for v in grid)]
     lines = [
-        "**The LR each strategy chose on the validation samples** (validation score in %, "
-        f"at LR {' / '.join(f'{v:g}' for v in doc['lr_grid'])}; the chosen one in bold)",
+        "**What each strategy chose on the validation samples** (validation score in %: "
+        "the mean over device classes of their devices' mean; the chosen point in bold)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
-    for name in dict.fromkeys(r["scenario"] for r in rows):
-        mine = {r["variant"]: r for r in rows if r["scenario"] == name}
-        cells = [name, ", ".join(dict.fromkeys(str(len(r["seeds"])) for r in mine.values()))]
-        for s in strategies:
-            r = mine.get(s)
-            if r is None:
-                cells.append("–")
-                continue
-            scores = [
-                (f"**{100 * v:.2f}**" if float(lr) == r["lr"] else f"{100 * v:.2f}")
-                for lr, v in r["validation"].items()
-            ]
-            cells.append(" / ".join(scores))
-        lines.append("| " + " | ".join(cells) + " |")
+    for r in doc["rows"]:
+        for config, scores in r["validation"].items():
+            cells = [r["scenario"], str(len(r["seeds"])), r["variant"], config]
+            for lr, v in scores.items():
+                chosen = config == r["configuration"] and float(lr) == r["lr"]
+                cells.append(f"**{100 * v:.2f}**" if chosen else f"{100 * v:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n\n".join(["\n".join(lines), paired(doc)])
 
 
@@ -146,10 +148,11 @@ def main() -> None:
     caches = [json.loads(Path(p).read_text()) for p in args.caches]
     rows = tuned_rows(caches)
     if not rows:
-        raise SystemExit("no (scenario, strategy) has runs at every LR of the grid")
+        raise SystemExit("no (scenario, strategy) has runs at every point of its grid")
     print(markdown({"rows": rows, "lr_grid": list(LR_GRID)}))
     seeds = sorted({int(s) for r in rows for s in r["seeds"]})
-    print(f"wrote {write_results(PUBLISHED, rows, seeds, lr_grid=list(LR_GRID))}")
+    grid = {"lr_grid": list(LR_GRID), "configurations": CHOOSING}
+    print(f"wrote {write_results(PUBLISHED, rows, seeds, **grid)}")
 
 
 if __name__ == "__main__":

@@ -79,21 +79,31 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.label_mask=false",
     ],
 }
-# Each strategy's LR grid: research_select.py chooses its LR per scenario on the
-# validation samples. The scenarios' own train.lr (0.05) is the strategy's plain variant.
+# Each strategy's configurations and LR grid: research_select.py chooses, per
+# scenario, the configuration and LR of each strategy on the validation samples. The
+# scenarios' own train.lr (0.05) is a configuration's plain variant. Each strategy
+# chooses between its defaults and the other setting of gradient clipping (mask-union
+# does not clip by default; HeteroFL and FedRolex clip to 1 and mask labels, as their
+# reference code, and their plain variants do neither), so every strategy is tuned
+# over the same 2 x 4 points.
 SCENARIO_LR = 0.05
 LR_GRID = (0.025, 0.05, 0.1, 0.2)
-CHOOSING = ("mask-union", "heterofl", "fedrolex")  # the strategies whose LR is chosen
+CHOOSING: dict[str, tuple[str, ...]] = {  # strategy -> the configurations it chooses from
+    "mask-union": ("mask-union", "mask-union-clip"),
+    "heterofl": ("heterofl", "heterofl-plain"),
+    "fedrolex": ("fedrolex", "fedrolex-plain"),
+}
 
 
-def at_lr(strategy: str, lr: float) -> str:
-    """The variant that trains ``strategy`` at ``lr`` (e.g. ``heterofl-lr0.1``)."""
-    return strategy if lr == SCENARIO_LR else f"{strategy}-lr{lr:g}"
+def at_lr(variant: str, lr: float) -> str:
+    """The variant that trains ``variant`` at ``lr`` (e.g. ``heterofl-lr0.1``)."""
+    return variant if lr == SCENARIO_LR else f"{variant}-lr{lr:g}"
 
 
 VARIANTS |= {
-    at_lr(name, lr): [f"strategy.name='{name}'", f"train.lr={lr}"]
-    for name in CHOOSING
+    at_lr(variant, lr): [*VARIANTS[variant], f"train.lr={lr}"]
+    for configurations in CHOOSING.values()
+    for variant in configurations
     for lr in LR_GRID
     if lr != SCENARIO_LR
 }

@@ -61,13 +61,13 @@ def test_paired_table_differences_are_per_seed_and_name_the_classes_behind() -> 
     )
 
 
-def test_each_strategy_gets_the_lr_its_validation_samples_choose_not_the_test_split() -> None:
-    """A by-hand case: per scenario and strategy the LR of the best validation score
-    (mean over seeds of the mean over classes) is chosen, and its runs' test figures
-    are the row; runs of one variant are pooled over caches; a strategy lacking one
-    LR of the grid is left out."""
+def test_each_strategy_gets_the_point_its_validation_samples_choose() -> None:
+    """A by-hand case: per scenario and strategy the configuration and LR of the best
+    validation score (mean over seeds of the mean over classes) is chosen, and its
+    runs' test figures are the row; runs of one variant are pooled over caches; a
+    strategy lacking one point of its grid is left out."""
     import research_select
-    from research_variants import LR_GRID, at_lr
+    from research_variants import CHOOSING, LR_GRID, at_lr
 
     def run(test: float, validation: tuple[float, float]) -> dict:
         # one seed's run; validation: per class (big, small)
@@ -78,24 +78,30 @@ def test_each_strategy_gets_the_lr_its_validation_samples_choose_not_the_test_sp
         figures = {"final_accuracy": test, "bytes_up": 1, "bytes_down": 1}
         return {"classes": classes, "code": "abc", "isa": "AVX2", "engine": "inprocess", **figures}
 
-    # per LR, per seed: validation (big, small). mask-union: 0.1 scores (0.9 + 0.8 +
-    # 0.7 + 0.8) / 4 = 0.80, the best, though 0.025 is the best on the test split
-    scores = {0.025: [(0.9, 0.5), (0.5, 0.5)], 0.1: [(0.9, 0.8), (0.7, 0.8)]}
+    # per (configuration, LR), per seed: validation (big, small). mask-union's default
+    # at 0.1 scores (0.9 + 0.8 + 0.7 + 0.8) / 4 = 0.80, its clipped one at 0.2 0.85,
+    # the best, though the default at 0.025 is the best on the test split
+    default, clipped = CHOOSING["mask-union"]
+    scores = {
+        (default, 0.025): [(0.9, 0.5), (0.5, 0.5)],
+        (default, 0.1): [(0.9, 0.8), (0.7, 0.8)],
+        (clipped, 0.2): [(0.9, 0.9), (0.8, 0.8)],
+    }
     flat = [(0.6, 0.6), (0.6, 0.6)]
 
-    def test_of(lr: float) -> float:
-        return 0.99 if lr == 0.025 else 0.5
+    def test_of(point: tuple[str, float]) -> float:
+        return {(default, 0.025): 0.99, (clipped, 0.2): 0.7}.get(point, 0.5)
 
-    seed1 = {
-        at_lr("mask-union", lr): {"runs": {"1": run(test_of(lr), scores.get(lr, flat)[0])}}
-        for lr in LR_GRID
-    }
-    seed2 = {
-        at_lr("mask-union", lr): {"runs": {"2": run(test_of(lr), scores.get(lr, flat)[1])}}
-        for lr in LR_GRID
-    }
-    seed2 |= {at_lr("heterofl", lr): {"runs": {"1": run(0.5, flat[0])}} for lr in LR_GRID[1:]}
+    points = [(config, lr) for config in (default, clipped) for lr in LR_GRID]
+    seed1, seed2 = (
+        {at_lr(*p): {"runs": {str(i + 1): run(test_of(p), scores.get(p, flat)[i])}} for p in points}
+        for i in range(2)
+    )
+    heterofl = [(c, lr) for c in CHOOSING["heterofl"] for lr in LR_GRID][1:]
+    seed2 |= {at_lr(*p): {"runs": {"1": run(0.5, flat[0])}} for p in heterofl}
     rows = research_select.tuned_rows([{"mnist-iid": seed1}, {"mnist-iid": seed2}])
-    assert [(r["variant"], r["lr"], r["seeds"]) for r in rows] == [("mask-union", 0.1, ["1", "2"])]
-    assert rows[0]["validation"]["0.1"] == pytest.approx(0.80)
-    assert rows[0]["classes"]["big"]["mean"]["mean"] == 0.5  # the test figure of lr 0.1's runs
+    chosen = [(r["variant"], r["configuration"], r["lr"], r["seeds"]) for r in rows]
+    assert chosen == [("mask-union", clipped, 0.2, ["1", "2"])]
+    assert rows[0]["validation"][default]["0.1"] == pytest.approx(0.80)
+    assert rows[0]["validation"][clipped]["0.2"] == pytest.approx(0.85)
+    assert rows[0]["classes"]["big"]["mean"]["mean"] == 0.7  # the test figure of that point

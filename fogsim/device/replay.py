@@ -38,7 +38,10 @@ def conv_block() -> int:
 
     oneDNN computes in "nChw8c"/"nChw16c" layouts whose channel count is padded up to
     the vector width, so a 1-channel map costs 8x (AVX2) in its blocked copy. Measured
-    on AVX2; 16 on AVX-512 follows oneDNN's layout choice (not measured here)."""
+    on AVX2. 16 follows oneDNN's layout choice on AVX-512, but the model built with it
+    was measured to over-count there (a 1-1 channel CNN at batch 1: 194,164 B modelled,
+    114,976 B by the heap), which is one reason ``fogsim/__init__`` pins AVX2 kernels:
+    the 16 applies only where a user unpins them."""
     return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
 
