@@ -28,7 +28,8 @@ Usage::
     python benchmarks/dynhp_vs_competitors.py                 # 5 seeds, 10x, MNIST + F-MNIST
     python benchmarks/dynhp_vs_competitors.py --quick         # 3 seeds, 15k samples, 3 epochs
     python benchmarks/dynhp_vs_competitors.py --targets 2,4,10 --seeds 0,1,2,3,4
-    python benchmarks/dynhp_vs_competitors.py --select-lr 0.00125,0.0025,0.005,0.01,0.02,0.04 --jobs 2
+    python benchmarks/dynhp_vs_competitors.py --jobs 2 \\
+        --select-lr 0.00125,0.0025,0.005,0.01,0.02,0.04
 """
 
 from __future__ import annotations

@@ -40,6 +40,12 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.name='mask-union'",
         "strategy.params.clip_grad=1.0",
     ],
+    "mask-union-clip-index-lr0.1": [  # clipped at LR 0.1, in HeteroFL's neuron order
+        "strategy.name='mask-union'",
+        "strategy.params.clip_grad=1.0",
+        "strategy.params.order='index'",
+        "train.lr=0.1",
+    ],
     "mask-union-care-flatlr": [  # the care, and HeteroFL's LR (not following the batch)
         "strategy.name='mask-union'",
         "strategy.params.clip_grad=1.0",

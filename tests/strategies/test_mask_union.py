@@ -64,6 +64,24 @@ def test_nested_masks_are_prefixes_of_the_initial_weight_norm_order(tiny_scenari
     assert all(np.array_equal(a, b) for a, b in zip(restored.order, s.order, strict=True))
 
 
+def test_index_order_hands_out_heterofls_slices(tiny_scenario) -> None:
+    s = strategy(tiny_scenario, order="index")
+    nodes = [n for n in range(s.fleet.num_nodes) if s.takes_part[n]]
+    sizes = set()
+    for n in nodes:
+        kept = s.kept_for(n, 1)
+        widths = s.arch.scaled(s.width_fraction(n)).widths
+        assert [k.tolist() for k in kept] == [list(range(w)) for w in widths]
+        sizes.add(tuple(widths))
+    assert len(sizes) > 3
+    # not the weight-norm order's prefixes: the two orders differ on this model
+    assert any(
+        set(k) != set(o[: len(k)])
+        for n in nodes
+        for k, o in zip(s.kept_for(n, 1), norms_order(s.global_state), strict=True)
+    )
+
+
 def test_own_masks_keep_each_nodes_mask(tiny_scenario) -> None:
     s = strategy(tiny_scenario, masks="own", target_batch="max")
     node = next(n for n in range(s.fleet.num_nodes) if s.takes_part[n])
@@ -81,6 +99,10 @@ def test_bad_options_are_refused(tiny_scenario) -> None:
         strategy(tiny_scenario, masks="random")
     with pytest.raises(ValueError, match="target_batch"):
         strategy(tiny_scenario, target_batch="median")
+    with pytest.raises(ValueError, match="order"):
+        strategy(tiny_scenario, order="random")
+    with pytest.raises(ValueError, match="nested masks only"):
+        strategy(tiny_scenario, order="index", masks="own")
 
 
 def dynhp_round(s, node: int, participations: int) -> RecordDict:
