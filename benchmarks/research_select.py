@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from research_maskunion import aggregate
-from research_tables import paired
+from research_tables import RIVALS, paired
 from research_variants import CHOOSING, LR_GRID, SCENARIOS, at_lr
 from results_io import renderer
 from results_io import write as write_results
@@ -121,7 +121,7 @@ def tuned_rows(caches: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(doc: dict[str, Any]) -> str:
     """Each strategy's validation scores over its grid (a row per configuration, a
     column per LR, the chosen point in bold), then mask-union minus each rival,
-    paired by seed."""
+    paired by seed (and mask-union in HeteroFL's order minus each, where it ran)."""
     grid = doc["lr_grid"]
     head = ["scenario", "seeds", "strategy", "configuration", *(f"LR {v:g}" for v in grid)]
     lines = [
@@ -138,7 +138,10 @@ def markdown(doc: dict[str, Any]) -> str:
                 chosen = config == r["configuration"] and float(lr) == r["lr"]
                 cells.append(f"**{100 * v:.2f}**" if chosen else f"{100 * v:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n\n".join(["\n".join(lines), paired(doc)])
+    # mask-union in HeteroFL's neuron order, where it ran: against the rivals and the
+    # default order, each at its own chosen point
+    index = paired(doc, "mask-union-index", (*RIVALS, "mask-union"))
+    return "\n\n".join(t for t in ("\n".join(lines), paired(doc), index) if t)
 
 
 def main() -> None:

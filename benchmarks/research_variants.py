@@ -40,11 +40,14 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.name='mask-union'",
         "strategy.params.clip_grad=1.0",
     ],
-    "mask-union-clip-index-lr0.1": [  # clipped at LR 0.1, in HeteroFL's neuron order
+    "mask-union-index": [  # in HeteroFL's neuron order (the default: initial weight norm)
+        "strategy.name='mask-union'",
+        "strategy.params.order='index'",
+    ],
+    "mask-union-clip-index": [
         "strategy.name='mask-union'",
         "strategy.params.clip_grad=1.0",
         "strategy.params.order='index'",
-        "train.lr=0.1",
     ],
     "mask-union-care-flatlr": [  # the care, and HeteroFL's LR (not following the batch)
         "strategy.name='mask-union'",
@@ -96,6 +99,7 @@ SCENARIO_LR = 0.05
 LR_GRID = (0.025, 0.05, 0.1, 0.2)
 CHOOSING: dict[str, tuple[str, ...]] = {  # strategy -> the configurations it chooses from
     "mask-union": ("mask-union", "mask-union-clip"),
+    "mask-union-index": ("mask-union-index", "mask-union-clip-index"),
     "heterofl": ("heterofl", "heterofl-plain"),
     "fedrolex": ("fedrolex", "fedrolex-plain"),
 }
