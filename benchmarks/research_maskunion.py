@@ -60,7 +60,7 @@ from typing import Any
 
 from research_tables import table
 from research_variants import DEFAULT_VARIANTS, SCENARIOS, VARIANTS
-from results_io import RESULTS, cpu_model, stats
+from results_io import RESULTS, cpu_kernels, cpu_model, stats
 from results_io import write as write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,17 +82,6 @@ def resolved(scenario: str, overrides: list[str]) -> dict[str, Any]:
 def overrides_of(name: str, variant: str, seed: int, extra_set: list[str]) -> list[str]:
     """The ``--set`` overrides of one (scenario, variant, seed) run."""
     return [*SCENARIOS[name][1], *VARIANTS[variant], f"run.seed={seed}", *extra_set]
-
-
-@functools.cache
-def torch_isa() -> str:
-    """The CPU kernels torch runs here (AVX2 unless the environment says otherwise:
-    fogsim pins them when imported)."""
-    import torch
-
-    import fogsim  # noqa: F401  (the pin)
-
-    return torch.backends.cpu.get_cpu_capability()
 
 
 @functools.cache
@@ -238,7 +227,7 @@ def one_run(
         res = run_inprocess(scenario, overrides)
     res.update(engine=engine, overrides=overrides, scenario=resolved_as, code=code_version())
     res["cpu"] = cpu_model()  # the kernels' width moves a run (fogsim/__init__.py)
-    res["isa"] = torch_isa()
+    res["isa"] = cpu_kernels()
     return res
 
 
@@ -307,7 +296,7 @@ def main() -> None:
                 elif (
                     args.fresh
                     and same
-                    and old.get("isa") == torch_isa()
+                    and old.get("isa") == cpu_kernels()
                     and old.get("code") == code_version()
                 ):
                     res = old  # already run on this very scenario, code and kernels

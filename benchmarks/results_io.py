@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -50,16 +51,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+@functools.cache
+def cpu_kernels() -> str:
+    """The vector instructions torch's CPU kernels use here, as in every run (AVX2
+    unless the environment says otherwise: fogsim pins them when imported)."""
+    import torch
+
+    import fogsim  # noqa: F401  (the pin: fogsim/__init__.py)
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def machine() -> dict[str, Any]:
     """Cores, CPU and the vector instructions torch's kernels use (another CPU may sum
     floats in another order, which moves a 20-round run's figures), versions."""
     import torch
 
-    import fogsim  # noqa: F401  (pins the kernels, as in every run: fogsim/__init__.py)
-
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     versions["cpu"] = cpu_model()
-    versions["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    versions["torch_cpu_capability"] = cpu_kernels()
     try:
         import flwr
 
