@@ -8,17 +8,20 @@ from typing import Annotated
 import typer
 
 from fogsim.cli.common import fail
-from fogsim.data import DATASETS, DatasetError
+from fogsim.data import DatasetError
 from fogsim.device.centralized import CentralizedRun, run_centralized
 from fogsim.device.dynhp import CRITERIA, DynHPConfig
 from fogsim.device.memory import BudgetError
+from fogsim.scenario.model_section import conv_blocks
 from fogsim.units import parse_bytes
 
 MODELS = {"mlp": ((), (300, 100)), "cnn": ((16, 32), (128,))}  # (channels, hidden)
+# the data sets that need no --path (a scenario's [data] takes the others), by image size
+IMAGES = {"mnist": (28, 28), "fashion-mnist": (28, 28), "digits": (8, 8)}
 
 
 def dynhp(
-    dataset: Annotated[str, typer.Option(help="mnist or fashion-mnist")] = "mnist",
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist or digits")] = "mnist",
     epochs: Annotated[int, typer.Option(min=1, help="passes over the training set")] = 6,
     target: Annotated[
         float, typer.Option(min=1.0, help="target compression (dense/final params)")
@@ -46,7 +49,7 @@ def dynhp(
       fogsim dynhp --dataset fashion-mnist --epochs 6 --target 10 --out runs/dynhp-fmnist.csv
     """
     for option, value, allowed in (
-        ("dataset", dataset, DATASETS),
+        ("dataset", dataset, tuple(IMAGES)),
         ("model", model, tuple(MODELS)),
         ("criterion", criterion, CRITERIA),
     ):
@@ -57,6 +60,12 @@ def dynhp(
     except ValueError as e:
         fail(f"--budget {budget!r}: {e}; e.g. 600KiB, or auto")
     channels, hidden = MODELS[model]
+    h, w = IMAGES[dataset]
+    if len(channels) > (blocks := conv_blocks(h, w)):
+        fail(
+            f"--model {model}: {len(channels)} conv blocks on {h}x{w} {dataset} images; "
+            f"the memory model covers at most {blocks} there (use --model mlp)"
+        )
     cfg = DynHPConfig(target_compression=target, criterion=criterion, dynamic_batch=dynamic_batch)
     run = CentralizedRun(
         dataset,

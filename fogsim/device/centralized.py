@@ -78,7 +78,8 @@ def measured_step(model: FogNet, batch: int, optimizer: str) -> int | str:
     """A training step of the model's widths at ``batch`` measured from the heap
     (``fogsim.device.heap``: a fresh process, a few seconds); blank if the heap counter
     cannot run here."""
-    point = {"channels": model.channels, "hidden": model.hidden, "batch": batch}
+    point = {"channels": model.channels, "hidden": model.hidden, "in_shape": model.in_shape}
+    point["batch"] = batch
     try:
         return measure_steps([{**point, "optimizer": optimizer}])[0]["measured"]
     except HeapCounterUnavailable:
@@ -114,7 +115,7 @@ def run_centralized(
     limit = run.train_limit
     x, y = data.tensors(data.train_x[:limit], data.train_y[:limit])
     xt, yt = data.tensors(data.test_x, data.test_y)
-    model = FogNet(run.channels, run.hidden)
+    model = FogNet(run.channels, run.hidden, data.image_shape)
     dense = num_params(model)
     budget = run.budget or final_model_budget(
         Arch.of(model), run.cfg.target_compression, run.ref_batch, run.optimizer

@@ -175,7 +175,7 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
     import torch
     from torch import nn
 
-    from fogsim.device.models import FogNet
+    from fogsim.device.models import IMAGE_SHAPE, FogNet
     from fogsim.device.training import optimizer_of_kind
 
     torch.manual_seed(0)
@@ -196,7 +196,8 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
             assign(model, {k: torch.from_numpy(v) for k, v in sub.items()})
             del state, sub
     else:
-        model = FogNet(tuple(point["channels"]), tuple(point["hidden"]))
+        shape = tuple(point.get("in_shape", IMAGE_SHAPE))  # e.g. the digits' 1x8x8
+        model = FogNet(tuple(point["channels"]), tuple(point["hidden"]), shape)
         in_shape, classes = model.in_shape, model.num_classes
     opt = optimizer_of_kind(point["optimizer"], model.parameters(), 0.01)
     x = torch.randn(point["batch"], *in_shape)

@@ -1,5 +1,6 @@
 """The CLI's non-running commands and its error paths (exit code 2, no traceback)."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -54,16 +55,32 @@ def test_run_refuses_existing_run(tiny_scenario: Path, tmp_path: Path) -> None:
     "args, says",
     [
         (["--budget", "12parsecs"], "--budget '12parsecs'"),
-        (["--dataset", "cifar"], "allowed: mnist, fashion-mnist"),
+        (["--dataset", "cifar"], "allowed: mnist, fashion-mnist, digits"),
         (["--model", "rnn"], "allowed: mlp, cnn"),
         (["--criterion", "x"], "allowed: taylor"),
         (["--budget", "10B"], "cannot hold even the narrowest model"),
+        (["--dataset", "digits", "--model", "cnn"], "2 conv blocks on 8x8 digits images"),
     ],
 )
 def test_dynhp_bad_options_exit_2_without_traceback(args: list[str], says: str) -> None:
     result = runner.invoke(app, ["dynhp", "--epochs", "1", *args])
     assert result.exit_code == 2 and says in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_dynhp_on_the_digits_trains_their_8x8_images_within_the_budget(tmp_path: Path) -> None:
+    """The model is built for the data set's images (it was always 28x28: the digits'
+    8x8 images crashed the first step); each epoch's step fits the budget, by the
+    model and, where the heap counter builds, by the heap."""
+    out = tmp_path / "dynhp.csv"
+    args = ["--dataset", "digits", "--budget", "256KiB", "--epochs", "2", "--out", str(out)]
+    result = runner.invoke(app, ["dynhp", *args])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and float(rows[-1]["compression"]) >= 9.5, rows
+    for row in rows:
+        assert int(row["modelled_memory"]) <= 256 * 1024, row
+        assert row["measured_memory"] == "" or int(row["measured_memory"]) <= 256 * 1024, row
 
 
 def test_resume_where_there_is_nothing_to_resume(tiny_scenario: Path, tmp_path: Path) -> None:

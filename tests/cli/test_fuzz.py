@@ -355,7 +355,7 @@ REGRESSIONS = [
     (["run.seed=-1"], ["run.seed", "greater than or equal to 0"]),
     (["run.seed=" + "9" * 5000], ["run.seed", "integer"]),
     (["model.hidden=[1000000000000]"], ["model", "parameters", "at most 100,000,000"]),
-    (["model.arch='cnn'", "model.channels=[1,1,1,1,1]"], ["model", "conv blocks", "at most 4"]),
+    (["model.arch='cnn'", "model.channels=[1,1,1,1]"], ["model", "5x5 kernel", "at most 3"]),
     (["x[/]=1"], ["x[/]", "unknown key"]),
 ]
 
