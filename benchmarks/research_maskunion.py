@@ -14,7 +14,7 @@ Two engines:
   in the code since makes it run again.
 - ``inprocess``: the same strategy and client code without Flower or Ray (the
   strategy's ``configure_train``, the client's ``train`` per message, then
-  ``aggregate_train``; devices evaluated with ``fogsim.study.deployed``), about 2-3x
+  ``aggregate_train``; devices evaluated with ``fogsim.study.deployed``), about 1.2-2x
   faster, for exploring. For the fleet5 MLP scenarios it gave the very same numbers
   as ``fogsim run`` (checked for mask-union on MNIST IID, seed 1).
 

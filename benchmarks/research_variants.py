@@ -49,6 +49,14 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.clip_grad=1.0",
         "strategy.params.order='index'",
     ],
+    "mask-union-as-heterofl-lr0.1": [  # HeteroFL's order and recipe: heterofl-lr0.1's runs
+        "strategy.name='mask-union'",
+        "strategy.params.order='index'",
+        "strategy.params.clip_grad=1.0",
+        "strategy.params.label_mask=true",
+        "dynhp.lr_scaling='none'",
+        "train.lr=0.1",
+    ],
     "mask-union-care-flatlr": [  # the care, and HeteroFL's LR (not following the batch)
         "strategy.name='mask-union'",
         "strategy.params.clip_grad=1.0",

@@ -14,6 +14,7 @@ from fogsim.fleet import build_fleet
 from fogsim.flower import wire
 from fogsim.scenario import load_scenario
 from fogsim.strategies import STRATEGIES
+from tests.topology.local import run_local
 
 SPREAD = ["fleet.nodes=30", "fleet.classes.1.memory='300KiB'", "fleet.classes.1.memory_max='6MiB'"]
 
@@ -103,6 +104,42 @@ def test_bad_options_are_refused(tiny_scenario) -> None:
         strategy(tiny_scenario, order="random")
     with pytest.raises(ValueError, match="nested masks only"):
         strategy(tiny_scenario, order="index", masks="own")
+
+
+# HeteroFL's neuron order and its reference recipe (clipping, label masking, an LR that
+# does not follow the batch), as mask-union's options
+HETEROFL_RECIPE = [
+    "strategy.params.order='index'",
+    "strategy.params.clip_grad=1.0",
+    "strategy.params.label_mask=true",
+    "dynhp.lr_scaling='none'",
+]
+
+
+def test_in_heterofls_order_and_recipe_mask_union_trains_what_heterofl_trains(
+    tiny_scenario, tmp_path
+) -> None:
+    """With nested masks a device receives its slice already at its target, so DynHP
+    prunes nothing: in HeteroFL's order and with its recipe, mask-union must train
+    HeteroFL's models to the last digit, and what separates the two in the README's
+    tables is the order and the recipe alone. Under DynHP's own LR rule the small
+    devices (batch 17) train at another LR, and the figures move."""
+    sets = [
+        "run.rounds=3",
+        "simulation.evaluate_clients=0",
+        "fleet.classes.1.memory='160KiB'",  # small devices train at a batch below 32
+        "data.alpha=0.3",  # labels missing on some nodes: label masking bites
+    ]
+
+    def figures(name: str, *extra: str) -> list[dict]:
+        out = tmp_path / f"{name}{len(extra)}"
+        rounds, _, _ = run_local(load_scenario(tiny_scenario, [*sets, name, *extra]), out)
+        return [{k: v for k, v in r.items() if k.startswith(("acc", "loss"))} for r in rounds]
+
+    heterofl = figures("strategy.name='heterofl'")
+    assert {"acc_big", "acc_small", "acc_small_min"} <= set(heterofl[-1])
+    assert figures("strategy.name='mask-union'", *HETEROFL_RECIPE) == heterofl
+    assert figures("strategy.name='mask-union'", *HETEROFL_RECIPE[:-1]) != heterofl
 
 
 def dynhp_round(s, node: int, participations: int) -> RecordDict:
