@@ -88,18 +88,23 @@ def test_model_bounds_the_heap_within_15_percent(grid: list[dict]) -> None:
 
 
 MLP, CNN, WIDE_CNN = ((), (300, 100)), ((4, 8), (32,)), ((16, 32), (128,))
-RUNS = [(MLP, 256), (MLP, 512), (MLP, 1024), (CNN, 1024), (CNN, 2048), (WIDE_CNN, 4096)]
+MOMENTUM = "sgd-momentum"
+RUNS = [(MLP, 256, MOMENTUM), (MLP, 512, MOMENTUM), (MLP, 1024, MOMENTUM), (CNN, 1024, MOMENTUM)]
+RUNS += [(CNN, 2048, MOMENTUM), (WIDE_CNN, 4096, MOMENTUM)]
+RUNS += [(MLP, 256, "sgd"), (MLP, 512, "adam"), (WIDE_CNN, 2048, "adam")]  # other optimizers
 
 
-@pytest.mark.parametrize(("arch", "kib"), RUNS, ids=[f"{a}-{k}KiB" for a, k in RUNS])
-def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib) -> None:
+@pytest.mark.parametrize(
+    ("arch", "kib", "optimizer"), RUNS, ids=[f"{a}-{k}KiB-{o}" for a, k, o in RUNS]
+)
+def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib, optimizer) -> None:
     """Every training step and every pruning check of a DynHP run, by the heap's count
     (what a phase keeps for good beyond its tensors, a process-wide library cache,
     excepted: ``fogsim.device.heap``). On a step where such a cache grows (the first at
     a new shape) its creation may cost up to 1% more. The first fit of a model that
     arrives bigger than the budget is not a training step and is excluded."""
     budget = kib * KiB
-    run = heap.measure_dynhp(*arch, budget, epochs=3, samples=1000)
+    run = heap.measure_dynhp(*arch, budget, epochs=3, samples=1000, optimizer=optimizer)
     assert run["error"] is None, run["error"]
     phases = [p for p in run["phases"] if p["kind"] in ("step", "check")]
     assert sum(p["kind"] == "check" for p in phases) >= 3
