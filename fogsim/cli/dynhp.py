@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fogsim.cli.common import fail
-from fogsim.data import DatasetError
+from fogsim.data import BUILT_IN_SHAPES, DatasetError
 from fogsim.device.centralized import CentralizedRun, run_centralized
 from fogsim.device.dynhp import CRITERIA, DynHPConfig
 from fogsim.device.memory import BudgetError
@@ -16,8 +16,6 @@ from fogsim.scenario.model_section import conv_blocks
 from fogsim.units import parse_bytes
 
 MODELS = {"mlp": ((), (300, 100)), "cnn": ((16, 32), (128,))}  # (channels, hidden)
-# the data sets that need no --path (a scenario's [data] takes the others), by image size
-IMAGES = {"mnist": (28, 28), "fashion-mnist": (28, 28), "digits": (8, 8)}
 
 
 def dynhp(
@@ -49,7 +47,7 @@ def dynhp(
       fogsim dynhp --dataset fashion-mnist --epochs 6 --target 10 --out runs/dynhp-fmnist.csv
     """
     for option, value, allowed in (
-        ("dataset", dataset, tuple(IMAGES)),
+        ("dataset", dataset, tuple(BUILT_IN_SHAPES)),  # the others need a scenario's path
         ("model", model, tuple(MODELS)),
         ("criterion", criterion, CRITERIA),
     ):
@@ -60,7 +58,7 @@ def dynhp(
     except ValueError as e:
         fail(f"--budget {budget!r}: {e}; e.g. 600KiB, or auto")
     channels, hidden = MODELS[model]
-    h, w = IMAGES[dataset]
+    _, h, w = BUILT_IN_SHAPES[dataset][0]
     if len(channels) > (blocks := conv_blocks(h, w)):
         fail(
             f"--model {model}: {len(channels)} conv blocks on {h}x{w} {dataset} images; "

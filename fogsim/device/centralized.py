@@ -79,9 +79,8 @@ def measured_step(model: FogNet, batch: int, optimizer: str) -> int | str:
     (``fogsim.device.heap``: a fresh process, a few seconds); blank if the heap counter
     cannot run here."""
     point = {"channels": model.channels, "hidden": model.hidden, "in_shape": model.in_shape}
-    point["batch"] = batch
     try:
-        return measure_steps([{**point, "optimizer": optimizer}])[0]["measured"]
+        return measure_steps([{**point, "batch": batch, "optimizer": optimizer}])[0]["measured"]
     except HeapCounterUnavailable:
         return ""
 
