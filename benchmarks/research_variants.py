@@ -71,12 +71,25 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.name='mask-union'",
         "dynhp.max_batch=256",
     ],
+    "mask-union-wide8": [  # devices start wider (the prefix they train at batch 8), DynHP prunes
+        "strategy.name='mask-union'",
+        "strategy.params.start_batch=8",
+    ],
+    "mask-union-wide4": [  # ... at batch 4
+        "strategy.name='mask-union'",
+        "strategy.params.start_batch=4",
+    ],
+    "mask-union-minbatch4": [  # every budget sized at batch 4, not 16: wider slices, no pruning
+        "strategy.name='mask-union'",
+        "dynhp.min_batch=4",
+    ],
     "heterofl": ["strategy.name='heterofl'"],
     "heterofl-plain": [
         "strategy.name='heterofl'",
         "strategy.params.clip_grad=0",
         "strategy.params.label_mask=false",
     ],
+    "heterofl-minbatch4": ["strategy.name='heterofl'", "dynhp.min_batch=4"],
     "heterofl-batchlr": ["strategy.name='heterofl'", "strategy.params.batch_lr=true"],
     "heterofl-plain-batchlr": [
         "strategy.name='heterofl'",

@@ -95,7 +95,10 @@ def train_dynhp_round(
     cfg, train = content[wire.CONFIG], spec.train
     global_arch = spec.arch
     kept = wire.unpack_kept(content[wire.KEPT])
-    device_cfg = spec.dynhp.model_copy(update={"target_compression": float(cfg[wire.TARGET])})
+    device = {"target_compression": float(cfg[wire.TARGET])}
+    if wire.MIN_BATCH in cfg:  # a sub-model wider than min_batch trains: start smaller
+        device["min_batch"] = int(cfg[wire.MIN_BATCH])
+    device_cfg = spec.dynhp.model_copy(update=device)
     dynhp = DynHP(device_cfg, global_arch, kept)
     if wire.DYNHP in content:
         state = wire.unpack_dynhp_state(content[wire.DYNHP])

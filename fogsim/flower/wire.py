@@ -73,6 +73,7 @@ MODE = "mode"  # "dense" (train regardless of budget), "plain" (fixed sub-model)
 ROUND = "server-round"
 TARGET = "target-compression"  # dynhp: this device's target compression
 PROGRESS_START, PROGRESS_END = "progress-start", "progress-end"  # dynhp: its schedule span
+MIN_BATCH = "min-batch"  # dynhp (optional): the batch its first sub-model trains at
 SPEC = "spec"  # ClientSpec as JSON
 # sub-model training care (absent = off)
 SCALER = "scaler"  # 1: scale hidden outputs by global / local width in training (HeteroFL)

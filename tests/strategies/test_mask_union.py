@@ -104,6 +104,10 @@ def test_bad_options_are_refused(tiny_scenario) -> None:
         strategy(tiny_scenario, order="random")
     with pytest.raises(ValueError, match="nested masks only"):
         strategy(tiny_scenario, order="index", masks="own")
+    with pytest.raises(ValueError, match="start_batch"):
+        strategy(tiny_scenario, start_batch=17)  # above [dynhp] min_batch (16)
+    with pytest.raises(ValueError, match="start_batch"):
+        strategy(tiny_scenario, start_batch=4, masks="own")
 
 
 # HeteroFL's neuron order and its reference recipe (clipping, label masking, an LR that
@@ -165,3 +169,27 @@ def test_min_target_deploys_every_neuron_the_budget_trains(tiny_scenario) -> Non
         pruned[batch] = sum(len(a) - len(b) for a, b in zip(sent, kept, strict=True))
         assert last[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
     assert pruned["min"] == 0 and pruned["max"] > 0
+
+
+def test_a_wider_start_is_pruned_to_the_budgets_target_within_the_budget(tiny_scenario) -> None:
+    """``start_batch``: the smallest device receives the wider prefix it trains at
+    batch 4 and, at its schedule's end, DynHP has pruned it (inside the prefix) to the
+    model its budget trains at ``min_batch``, no step over the budget."""
+    s = strategy(tiny_scenario, start_batch=4)
+    node = min(range(s.fleet.num_nodes), key=s.fleet.budget)
+    sent = s.kept_for(node, 1)
+    plain = strategy(tiny_scenario).kept_for(node, 1)
+    assert sum(map(len, sent)) > sum(map(len, plain))
+    assert all(set(a) <= set(b) for a, b in zip(plain, sent, strict=True))  # nested
+    # first of 10 participations: the schedule asks for nothing yet, the prefix trains
+    s.planned = 10
+    first = dynhp_round(s, node, 0)
+    assert [k.tolist() for k in wire.unpack_kept(first[wire.KEPT])] == [k.tolist() for k in sent]
+    assert first[wire.METRICS][wire.BATCH_SIZE] < s.scenario.dynhp.min_batch
+    last = dynhp_round(s, node, s.planned - 1)
+    kept = wire.unpack_kept(last[wire.KEPT])
+    assert all(set(k) <= set(w) for k, w in zip(kept, sent, strict=True))
+    params = s.arch.with_widths([len(k) for k in kept]).num_params()
+    assert params <= s.arch.num_params() / s.target(node)
+    for reply in (first, last):
+        assert reply[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
