@@ -17,16 +17,20 @@ no staleness and ``eta = 1``, exactly the strategy's own average.
 
 **Real compute in batches, order from the clock.** Devices that start while version
 ``v`` is current all train on version ``v``, whenever that happens in simulated time;
-so each merge's devices (one started by the previous merge's last reply, and one per
+so each window's devices (one in each place freed before it opened: by the previous
+merge's last reply, or by an earlier reply that found no device waiting; and one per
 each of this window's first K-1 replies) are sampled when the window opens and trained
 in one Flower exchange. Their simulated durations (download + FLOPs / FLOP/s + upload,
 from their replies) are then known, and the window is replayed event by event: the
 K earliest replies among all devices in flight form the buffer, each of the first K-1
-starting one of the new devices at its time. Deterministic for a seed: sampling is
-seeded by (seed, version), ties broken by node. Simplifications: a device that replies
-in a window can be sampled again from the next window on; a reply that failed
-(crashed, dropped, rejected, over its budget) takes a buffer place like an update.
-A resumed run starts a fresh set of devices (the ones in flight are not checkpointed).
+starting one of the new devices at its time (a reply with none left to start, when
+too few devices were idle and up at the opening, frees its place for the next window:
+``concurrency`` stays the number in flight whenever enough are idle). Deterministic
+for a seed: sampling is seeded by (seed, version), ties broken by node.
+Simplifications: a device that replies in a window can be sampled again from the next
+window on; a reply that failed (crashed, dropped, rejected, over its budget) takes a
+buffer place like an update. A resumed run starts a fresh set of devices (the ones in
+flight are not checkpointed).
 """
 
 from __future__ import annotations
@@ -109,7 +113,10 @@ class Buffered:
         self.strategy = build_strategy(planned(scenario), fleet)
         self.eligible = self.strategy.takes_part.copy()
         self.flight: list[tuple[float, int, Job]] = []  # heap of (finish, node, job)
-        self.carry: float | None = None  # start of the job the last merge's reply frees
+        # times of places freed and not yet refilled (the last merge's reply, and replies
+        # that found no device waiting): the next window starts a device in each
+        self.free: list[float] = []
+        self.merged_at: float | None = None  # the simulated time of the last merge
         self.opened = 0.0  # the simulated time the current window opened
         self.versions: dict[int, State] = {}  # model versions jobs in flight started from
         self.node_rows: list[dict[str, Any]] = []
@@ -142,14 +149,17 @@ class Buffered:
         topo, clock = self.topology, self.strategy.clock
         version, self.opened = rnd - 1, clock.now_s
         self.versions[version] = {k: v.numpy() for k, v in arrays.items()}
-        spawns = topo.buffer_size - 1 + (1 if self.carry is not None else 0)
-        first = topo.concurrency if not self.flight and self.carry is None else 0
+        first = topo.concurrency if not self.flight and not self.free else 0
+        spawns = topo.buffer_size - 1 + len(self.free)
         jobs = self.start_jobs(grid, rnd, arrays, first + spawns, version)
         for job in jobs[:first]:
             job.start = self.opened
-        if self.carry is not None and len(jobs) > first:
-            # flat: opened == carry; a fog waiting for the cloud's model starts it then
-            jobs[first].start = max(self.carry, self.opened)
+        # a freed place starts its device now (flat: the last merge's reply opened this
+        # window; a fog waiting for the cloud's model starts it when that arrives)
+        placed = jobs[first : first + len(self.free)]
+        for job, freed in zip(placed, self.free, strict=False):
+            job.start = max(freed, self.opened)
+        self.free = self.free[len(placed) :]  # too few idle devices: for the next window
         return jobs
 
     def close(self, rnd: int, jobs: list[Job]) -> ArrayRecord | None:
@@ -161,18 +171,21 @@ class Buffered:
             if not math.isnan(job.start):
                 heapq.heappush(self.flight, (job.finish, job.node, job))
         waiting = [j for j in jobs if math.isnan(j.start)]  # started by this window's replies
-        buffer = []
-        for i in range(topo.buffer_size):
-            if not self.flight:  # too few devices were up to fill the buffer
-                break
+        buffer: list[Job] = []
+        while len(buffer) < topo.buffer_size and self.flight:  # else too few were up
             _, _, job = heapq.heappop(self.flight)
             buffer.append(job)
-            if i < len(waiting):
-                waiting[i].start = max(job.finish, opened)
-                heapq.heappush(self.flight, (waiting[i].finish, waiting[i].node, waiting[i]))
+            if len(buffer) == topo.buffer_size:  # the merge's reply: the next model's place
+                self.free.append(job.finish)
+            elif waiting:
+                nxt = waiting.pop(0)
+                nxt.start = max(job.finish, opened)
+                heapq.heappush(self.flight, (nxt.finish, nxt.node, nxt))
+            else:  # no device was idle and up at the opening: the next window fills it
+                self.free.append(job.finish)
         # the merge happens at the last reply, or at the opening if that came earlier
-        self.carry = max(buffer[-1].finish, opened) if buffer else None
-        clock.now_s = self.carry if buffer else opened
+        self.merged_at = max(buffer[-1].finish, opened) if buffer else None
+        clock.now_s = self.merged_at if buffer else opened
         return self.merge(rnd, rnd - 1, buffer, opened)
 
     def start_jobs(
@@ -256,7 +269,7 @@ class Buffered:
             energy.update(spent)
             energy[f"energy_j_{self.fleet.device(job.node).name}"] += spent.get("energy_j", 0.0)
             self.node_rows.append(self.node_row(rnd, job, what, row, spent, version))
-        s.clock.now_s = self.carry or opened
+        s.clock.now_s = self.merged_at or opened
         tally = Counter(status_of.values())
         self.round_stats = {
             "sampled": len(buffer),
@@ -269,7 +282,7 @@ class Buffered:
             "bytes_up": sum(r.get("bytes_up") or 0 for r in self.node_rows),
             "bytes_down_train": sum(j.bytes_down for j in buffer),
             "sim_clock_s": opened,
-            "sim_time_s": (self.carry or opened) - opened,
+            "sim_time_s": (self.merged_at or opened) - opened,
             "energy": energy,
             "problems": problems,
         }

@@ -98,6 +98,25 @@ def test_replies_merge_in_clock_order_on_the_model_of_their_start(scenario_file,
     ]
 
 
+def test_concurrency_devices_stay_in_flight_when_no_device_waits(scenario_file, tmp_path) -> None:
+    """A fleet of exactly ``concurrency`` nodes: at every opening all of them are busy,
+    so no device waits for this window's replies; the places the two fast devices free
+    must still be filled (by themselves, on the next model), so every merge takes the
+    two fast replies one fast duration apart (by hand; the audit's case: a reply that
+    found no device waiting once lost its place for good, and merge 2 took 2x as
+    long)."""
+    fleet = ["fleet.nodes=4", "fleet.classes.0.count=2", "simulation.clients_per_round=2"]
+    fleet += ["topology.concurrency=4"]
+    slow = "fleet.classes.1.flops=2e5"  # 10,000x slower: busy through all 4 merges
+    sets = [*BUFFERED, slow, *fleet, "topology.buffer_size=2", "run.rounds=4"]
+    rounds, nodes, _ = run_local(load_scenario(scenario_file, sets), tmp_path / "a")
+    fast = rounds[0]["sim_time_s"]
+    for r, row in enumerate(rounds):
+        assert row["sampled"] == 2 and row["sim_clock_s"] == pytest.approx(r * fast), row
+        assert row["sim_time_s"] == pytest.approx(fast), row
+    assert {n["class"] for n in nodes} == {"big"} and all(n["staleness"] == 0 for n in nodes)
+
+
 def test_buffered_beats_lock_step_in_simulated_time_when_speeds_differ(scenario_file, tmp_path):
     """The same number of updates merged: lock-step rounds wait for their slowest
     device, buffered merges take the first replies."""
