@@ -15,6 +15,7 @@ from fogsim.data import read_dataset
 from fogsim.device.heap import HeapCounterUnavailable
 from fogsim.fleet import build_fleet, check_trainable
 from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
+from fogsim.scenario.files import from_set
 from fogsim.strategies import strategy_class
 from fogsim.strategies.registry import StrategyError
 from fogsim.topology import TopologyError, round_driver
@@ -49,16 +50,18 @@ def problems(sc: Scenario) -> list[str]:
     return found
 
 
-def check(sc: Scenario, source: str) -> None:
-    """Raise a ScenarioError naming ``source`` and every problem of ``sc``."""
+def check(sc: Scenario, source: str, overrides: list[str] | None = None) -> None:
+    """Raise a ScenarioError naming ``source`` and every problem of ``sc`` (each one a
+    ``--set`` of ``overrides`` set says so)."""
     if found := problems(sc):
-        raise ScenarioError("\n".join([f"{source}: invalid scenario", *(f"  {p}" for p in found)]))
+        said = [f"  {p}{from_set(overrides or [], p.partition(':')[0])}" for p in found]
+        raise ScenarioError("\n".join([f"{source}: invalid scenario", *said]))
 
 
 def load_checked(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override (``--set``) and validate a scenario file, then :func:`check` it."""
     sc = load_scenario(path, overrides)
-    check(sc, shown(str(path)))
+    check(sc, shown(str(path)), overrides)
     return sc
 
 

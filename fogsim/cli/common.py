@@ -77,7 +77,9 @@ def load_data(sc: Scenario) -> None:
     """Fail unless the data set loads and splits across the fleet (before Ray starts)."""
     try:
         check_data(sc)
-    except (DatasetNotFoundError, DatasetError, ScenarioError) as e:
+    except DatasetNotFoundError as e:  # the field to fix, as for any other bad value
+        fail(f"data.path = {sc.data.path!r}: {e}" if sc.data.path else str(e))
+    except (DatasetError, ScenarioError) as e:
         fail(str(e))
 
 

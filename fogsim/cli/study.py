@@ -90,12 +90,12 @@ def compare(
     check_run_dirs(run_dirs)
     dest = out_dir or run_dirs[0].resolve().parent
     try:
-        rows, csv_path, png = compare_runs(run_dirs, dest, target)
+        rows, written = compare_runs(run_dirs, dest, target)
     except OSError as e:
         fail(f"--out {dest}: cannot write there ({e.strerror})")
         raise
     out.print(rich_table(metrics_table(rows, target)))
-    out.print(f"wrote {csv_path} and {png}")
+    out.print("wrote " + ", ".join(str(p) for p in written))
 
 
 def sweep_dir_of(sc: Scenario, out_dir: Path | None) -> Path:

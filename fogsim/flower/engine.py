@@ -246,7 +246,17 @@ def launch(
         "client_resources": {"num_cpus": sim.cpus_per_client, "num_gpus": 0.0},
         "init_args": init_args,
     }
+    import ray
+
     try:
+        if not ray.is_initialized():
+            # Flower's Ray backend would start Ray itself (the same arguments, the same
+            # PYTHONPATH for the actors), but ray.init replaces the process's SIGTERM
+            # handler: started here, before stop_on_signal, SIGTERM stops the run after
+            # its round as SIGINT does, instead of aborting it mid-round
+            path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+            os.environ["PYTHONPATH"] = path
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **init_args)
         with stop_on_signal(stop or threading.Event()):
             run_simulation(
                 server_app=server_app,
@@ -257,8 +267,6 @@ def launch(
                 verbose_logging=verbose,
             )
     finally:
-        import ray
-
         if ray.is_initialized():
             ray.shutdown()  # on an existing cluster: disconnects, the cluster stays up
         if ray_tmp:

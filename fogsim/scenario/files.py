@@ -87,9 +87,7 @@ def _format_errors(source: str, err: ValidationError, overrides: list[str]) -> s
                 field = m.group(1)
                 where = field if not loc or field.startswith(loc + ".") else f"{loc}.{field}"
                 what, value = m.group(2), ""
-            origin = next((o for o in overrides if _overridden(o, where)), None)
-            by = f" (from --set {origin})" if origin else ""
-            lines.append(f"  {where or '(top level)'}: {what}{value}{by}")
+            lines.append(f"  {where or '(top level)'}: {what}{value}{from_set(overrides, where)}")
     return "\n".join(lines)
 
 
@@ -99,6 +97,13 @@ def _overridden(override: str, loc: str) -> bool:
     return bool(loc) and (
         loc == key or f"{loc}.".startswith(f"{key}.") or key.startswith(f"{loc}.")
     )
+
+
+def from_set(overrides: list[str], loc: str) -> str:
+    """`` (from --set KEY=VALUE)`` when an override set field ``loc``, else empty: an
+    error names what the user typed, not the file that did not say it."""
+    origin = next((o for o in overrides if _overridden(o, loc)), None)
+    return f" (from --set {origin})" if origin else ""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -177,10 +177,12 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
 
 def compare(
     run_dirs: list[Path], out_dir: Path, target: float
-) -> tuple[list[dict[str, Any]], Path, Path]:
+) -> tuple[list[dict[str, Any]], list[Path]]:
     """Write ``compare.csv``, ``compare_accuracy.png`` (per round),
-    ``compare_cost.png`` (against cumulative bytes and simulated time) and
-    ``compare_cloud.png`` (against cumulative cloud-link bytes) into ``out_dir``."""
+    ``compare_cost.png`` (against cumulative bytes and simulated time),
+    ``compare_cloud.png`` (against cumulative cloud-link bytes) and, where a run has
+    energy figures, ``compare_energy.png`` into ``out_dir``; returns the rows and
+    every file written."""
     from fogsim.study.overlays import plot_cost_overlay, plot_overlay  # matplotlib, when drawing
 
     rows = [run_metrics(d, target) for d in run_dirs]
@@ -190,14 +192,15 @@ def compare(
         m["run"] if m["run"] == m["strategy"] else f"{m['run']} ({m['strategy']})" for m in rows
     ]
     series = [(label, *m["series"], None) for label, m in zip(labels, rows, strict=True)]
-    png = plot_overlay(series, out_dir / "compare_accuracy.png", target)
+    written = [csv_path, plot_overlay(series, out_dir / "compare_accuracy.png", target)]
     labelled = [(label, m["series"][1], *m["cost"]) for label, m in zip(labels, rows, strict=True)]
-    plot_cost_overlay(labelled, out_dir / "compare_cost.png", target)
+    written.append(plot_cost_overlay(labelled, out_dir / "compare_cost.png", target))
     by_cloud = [
         (label, m["cloud"], m["series"][1], None) for label, m in zip(labels, rows, strict=True)
     ]
     title, xlabel = "global test accuracy vs cloud-link bytes", "cumulative bytes on the cloud link"
-    plot_overlay(by_cloud, out_dir / "compare_cloud.png", target, title, xlabel, log_bytes=True)
+    cloud_png = out_dir / "compare_cloud.png"
+    written.append(plot_overlay(by_cloud, cloud_png, target, title, xlabel, log_bytes=True))
     by_energy = [
         (label, [None if e is None else e / 1e3 for e in m["energy"]], m["series"][1], None)
         for label, m in zip(labels, rows, strict=True)
@@ -205,5 +208,6 @@ def compare(
     ]
     if by_energy:
         title, xlabel = "global test accuracy vs energy", "cumulative energy of sampled nodes (kJ)"
-        plot_overlay(by_energy, out_dir / "compare_energy.png", target, title, xlabel)
-    return rows, csv_path, png
+        energy_png = out_dir / "compare_energy.png"
+        written.append(plot_overlay(by_energy, energy_png, target, title, xlabel))
+    return rows, written

@@ -89,6 +89,8 @@ def test_compare_table_and_overlay(run_dir: Path, tmp_path: Path) -> None:
         assert (rows[0][f"acc_{cls}"], rows[0][f"val_{cls}"]) == (c["mean"], c["validation_mean"])
         assert rows[0][f"val_{cls}_min"] == c["validation_min"]
     assert_png(tmp_path / "cmp" / "compare_accuracy.png")
+    for name in ("compare.csv", "compare_accuracy.png", "compare_cost.png", "compare_cloud.png"):
+        assert name in result.output.replace("\n", "")  # it says every file it wrote
     never = run_metrics(run_dir, 0.999)
     assert never["rounds_to_target"] is None
     # default --out: the first run's parent
