@@ -79,6 +79,11 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.name='mask-union'",
         "strategy.params.start_batch=4",
     ],
+    "mask-union-wide8-order": [  # ... pruned by the server's neuron order: masks stay nested
+        "strategy.name='mask-union'",
+        "strategy.params.start_batch=8",
+        "strategy.params.prune='order'",
+    ],
     "mask-union-minbatch4": [  # every budget sized at batch 4, not 16: wider slices, no pruning
         "strategy.name='mask-union'",
         "dynhp.min_batch=4",
@@ -90,6 +95,11 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.label_mask=false",
     ],
     "heterofl-minbatch4": ["strategy.name='heterofl'", "dynhp.min_batch=4"],
+    "heterofl-minbatch8-lr0.1": [  # sized at batch 8, as mask-union-wide8's devices start
+        "strategy.name='heterofl'",
+        "dynhp.min_batch=8",
+        "train.lr=0.1",
+    ],
     "heterofl-batchlr": ["strategy.name='heterofl'", "strategy.params.batch_lr=true"],
     "heterofl-plain-batchlr": [
         "strategy.name='heterofl'",

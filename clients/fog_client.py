@@ -103,6 +103,8 @@ def train_dynhp_round(
     if wire.DYNHP in content:
         state = wire.unpack_dynhp_state(content[wire.DYNHP])
         dynhp.load_state_dict({**state, "dense_params": global_arch.num_params()}, kept)
+    if wire.ORDER in content:  # prune the tail of the server's order, not by own scores
+        dynhp.fix_scores(wire.unpack_groups(content[wire.ORDER], wire.ORDER))
     stats = train_dynhp(
         model,
         x,

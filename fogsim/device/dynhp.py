@@ -129,6 +129,14 @@ class DynHP:
         self.streak = [np.zeros(w, dtype=np.int64) for w in widths]
         self.seen = [np.zeros(w, dtype=bool) for w in widths]
         self.dense_params = self.global_arch.num_params()
+        self.fixed = False  # True: prune by the scores given (fix_scores), learn none
+
+    def fix_scores(self, scores: list[np.ndarray]) -> None:
+        """Prune by these per-group scores (global neuron index, higher kept longer)
+        instead of learning scores from the gradients: e.g. a server's neuron order."""
+        self.score = [np.asarray(s, dtype=float) for s in scores]
+        self.seen = [np.ones(len(s), dtype=bool) for s in scores]
+        self.fixed = True
 
     def shape(self, model: nn.Module) -> Arch | FactoryArch:
         """What the memory model is asked about ``model`` (at its widths now)."""
@@ -169,6 +177,8 @@ class DynHP:
 
     def update_scores(self, model: nn.Module) -> None:
         """Fold the current scores into the EMA (call after backward, before step)."""
+        if self.fixed:
+            return
         for g, s in enumerate(self.raw_scores(model)):
             if s is None:
                 continue

@@ -74,6 +74,7 @@ ROUND = "server-round"
 TARGET = "target-compression"  # dynhp: this device's target compression
 PROGRESS_START, PROGRESS_END = "progress-start", "progress-end"  # dynhp: its schedule span
 MIN_BATCH = "min-batch"  # dynhp (optional): the batch its first sub-model trains at
+ORDER = "order"  # dynhp (optional): per group, a score per neuron to prune by (low first)
 SPEC = "spec"  # ClientSpec as JSON
 # sub-model training care (absent = off)
 SCALER = "scaler"  # 1: scale hidden outputs by global / local width in training (HeteroFL)

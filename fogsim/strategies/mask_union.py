@@ -105,6 +105,7 @@ from fogsim.strategies.submodel import SubModelStrategy
 MASKS = ("nested", "own")
 ORDERS = ("weight-norm", "index")
 TARGET_BATCHES = ("min", "max")
+PRUNES = ("scores", "order")
 
 
 @register("mask-union")
@@ -120,6 +121,7 @@ class MaskUnion(SubModelStrategy):
         order: Literal["weight-norm", "index"] = "weight-norm",
         target_batch: Literal["min", "max"] = "min",
         start_batch: int | None = None,
+        prune: Literal["scores", "order"] = "scores",
         scaler: bool = False,
         clip_grad: float | None = None,
         label_mask: bool = False,
@@ -140,8 +142,13 @@ class MaskUnion(SubModelStrategy):
                 f"start_batch must be 1..[dynhp] min_batch ({min_batch}) with nested masks,"
                 f" not {start_batch!r} with masks {masks!r}"
             )
+        if prune not in PRUNES or (prune == "order" and start_batch is None):
+            raise ValueError(
+                f"prune must be one of {', '.join(PRUNES)} ('order' with start_batch only),"
+                f" not {prune!r}"
+            )
         self.masks, self.order_by, self.target_batch = masks, order, target_batch
-        self.start_batch = start_batch
+        self.start_batch, self.prune = start_batch, prune
         self.order: list[np.ndarray] | None = None  # nested: per group, neurons by rank
         self.dynhp_state: dict[int, ArrayRecord] = {}
         self.participations: dict[int, int] = {}
@@ -170,19 +177,21 @@ class MaskUnion(SubModelStrategy):
             out.append(np.argsort(-norms, kind="stable"))
         return out
 
-    def kept_at(self, fraction: float, server_round: int) -> Kept:
-        """Per group, the first ``ceil(fraction * width)`` neurons of the order: by
-        index (HeteroFL's slices), the fixed weight-norm one (nested masks; set on first
-        use) or the current weight-norm one (own masks)."""
+    def neuron_order(self) -> list[np.ndarray]:
+        """Per group, the neurons most important first: by index (HeteroFL's), the
+        fixed weight-norm order (nested masks; set on first use) or the current
+        weight-norm one (own masks)."""
         if self.order_by == "index":
-            return self.nested(fraction)
+            return [np.arange(w) for w in self.widths]
         if self.masks == "nested":
             self.order = self.order or self.weight_order()
-            order = self.order
-        else:
-            order = self.weight_order()
+            return self.order
+        return self.weight_order()
+
+    def kept_at(self, fraction: float, server_round: int) -> Kept:
+        """Per group, the first ``ceil(fraction * width)`` neurons of the order."""
         sizes = self.arch.scaled(fraction).widths
-        return [np.sort(o[:k]) for k, o in zip(sizes, order, strict=True)]
+        return [np.sort(o[:k]) for k, o in zip(sizes, self.neuron_order(), strict=True)]
 
     def kept_for(self, node: int, server_round: int) -> Kept:
         if self.masks == "own" and node in self.kept:
@@ -202,6 +211,10 @@ class MaskUnion(SubModelStrategy):
         config[wire.TARGET] = self.target(node)
         if self.start_batch is not None:
             config[wire.MIN_BATCH] = self.start_batch
+        if self.prune == "order":  # per group 1 - rank / width: the order's tail goes first
+            ranks = [np.argsort(o, kind="stable") for o in self.neuron_order()]
+            scores = [1.0 - r / len(r) for r in ranks]
+            records[wire.ORDER] = wire.numpy_record(wire.pack_groups(scores, wire.ORDER))
         p = self.participations.get(node, 0)
         config[wire.PROGRESS_START] = min(1.0, p / self.planned)
         config[wire.PROGRESS_END] = min(1.0, (p + 1) / self.planned)

@@ -108,6 +108,8 @@ def test_bad_options_are_refused(tiny_scenario) -> None:
         strategy(tiny_scenario, start_batch=17)  # above [dynhp] min_batch (16)
     with pytest.raises(ValueError, match="start_batch"):
         strategy(tiny_scenario, start_batch=4, masks="own")
+    with pytest.raises(ValueError, match="prune"):
+        strategy(tiny_scenario, prune="order")  # without start_batch nothing is pruned
 
 
 # HeteroFL's neuron order and its reference recipe (clipping, label masking, an LR that
@@ -193,3 +195,22 @@ def test_a_wider_start_is_pruned_to_the_budgets_target_within_the_budget(tiny_sc
     assert params <= s.arch.num_params() / s.target(node)
     for reply in (first, last):
         assert reply[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
+
+
+def test_a_wider_start_pruned_by_the_order_stays_a_prefix_of_it(tiny_scenario) -> None:
+    """``prune = "order"``: DynHP removes the tail of the server's neuron order, not
+    its own lowest scores, so what a device deploys is still a prefix of the order in
+    every group (nested with every other device's), at its target, within budget."""
+    s = strategy(tiny_scenario, start_batch=4, prune="order")
+    order = norms_order(s.global_state)
+    node = min(range(s.fleet.num_nodes), key=s.fleet.budget)
+    sent = s.kept_for(node, 1)
+    last = dynhp_round(s, node, s.planned - 1)
+    kept = wire.unpack_kept(last[wire.KEPT])
+    assert sum(map(len, kept)) < sum(map(len, sent))  # it pruned
+    for g, k in enumerate(kept):
+        assert set(k) == set(order[g][: len(k)]), g
+    assert s.arch.with_widths([len(k) for k in kept]).num_params() <= (
+        s.arch.num_params() / s.target(node)
+    )
+    assert last[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
