@@ -141,7 +141,9 @@ def markdown(doc: dict[str, Any]) -> str:
     # mask-union in HeteroFL's neuron order, where it ran: against the rivals and the
     # default order, each at its own chosen point
     index = paired(doc, "mask-union-index", (*RIVALS, "mask-union"))
-    return "\n\n".join(t for t in ("\n".join(lines), paired(doc), index) if t)
+    # and with a wider start that DynHP prunes by the order (README, "Tried: a wider start")
+    wide = paired(doc, "mask-union-wide8-order", (*RIVALS, "mask-union"))
+    return "\n\n".join(t for t in ("\n".join(lines), paired(doc), index, wide) if t)
 
 
 def main() -> None:

@@ -131,6 +131,8 @@ LR_GRID = (0.025, 0.05, 0.1, 0.2)
 CHOOSING: dict[str, tuple[str, ...]] = {  # strategy -> the configurations it chooses from
     "mask-union": ("mask-union", "mask-union-clip"),
     "mask-union-index": ("mask-union-index", "mask-union-clip-index"),
+    # the wider start pruned by the order: one configuration, so 4 points, not 8
+    "mask-union-wide8-order": ("mask-union-wide8-order",),
     "heterofl": ("heterofl", "heterofl-plain"),
     "fedrolex": ("fedrolex", "fedrolex-plain"),
 }

@@ -37,16 +37,18 @@
   earlier design). A device deploys its final mask, so ``"min"`` keeps every neuron
   it can train at the minimum batch, and DynHP removes neurons only where the budget
   demands it; ``"max"`` prunes further to train at the largest batch.
-- **A wider start** (``start_batch``, default none: off). A node receives the prefix it
-  trains at ``start_batch`` (below ``[dynhp] min_batch``), wider than its target, and
-  trains it at that small batch; DynHP prunes it, by the node's own scores, towards the
-  target on the schedule, the batch growing into the memory freed. This is DynHP doing
-  on a federated device what it does on one (with the default the prefix is already
-  at the target and DynHP removes nothing), and it is not the default: the masks it
-  leaves differ from node to node, and on the MNIST and Fashion-MNIST MLPs it cost
-  every class, the smallest most (the README, "Tried: a wider start that DynHP
-  prunes"); on the digits its gain is that of sizing every budget at a smaller batch,
-  which HeteroFL gets as well.
+- **A wider start** (``start_batch``, default none: off; ``prune``). A node receives
+  the prefix it trains at ``start_batch`` (below ``[dynhp] min_batch``), wider than
+  its target, and trains it at that small batch; DynHP prunes it towards the target on
+  the schedule, the batch growing into the memory freed: DynHP doing on a federated
+  device what it does on one (with the default the prefix is already at the target
+  and DynHP removes nothing). ``prune = "scores"`` removes the node's own
+  lowest-scored neurons (masks drift apart: the smallest devices' minimum suffers);
+  ``"order"`` removes the tail of the server's order (every model stays a prefix).
+  Not the default (the README, "Tried: a wider start that DynHP prunes"): at batch 8
+  with the order it gives the CNNs' cameras 4-8 pt (their target stops at 10x, so they
+  deploy models 10x bigger) and holds the other classes, but costs the MLPs up to ~1
+  pt, ~43% more bytes down, and its LR is untuned.
 - **Client state lives on the server.** The node's mask (``kept``) and, with own
   masks, its DynHP state come back in the reply and are sent with its next message,
   so clients are stateless (Flower's ``context.state`` is not needed, and a
