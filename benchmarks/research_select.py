@@ -10,9 +10,10 @@ every run also evaluates each device's own model on the fleet's *validation samp
 (what the nodes hold out of their training; ``fogsim.study.deployed``). Per scenario
 and strategy, this picks from ``CHOOSING[strategy]`` x ``LR_GRID`` (the same 2 x 4
 points for every strategy: its defaults and the other setting of clipping, at four
-LRs) the point whose runs have the best validation score (the mean over seeds of the
-mean over device classes of the class's mean validation accuracy), and reports the
-test figures of those same runs: the choice never saw the test split.
+LRs; mask-union's wider start, a trial, 1 x 4) the point whose runs have the best
+validation score (the mean over seeds of the mean over device classes of the class's
+mean validation accuracy), and reports the test figures of those same runs: the choice
+never saw the test split.
 
 It reads the runs of ``research_maskunion.py`` (its ``OUT/research_maskunion.json``
 caches, one or more: their runs are pooled, a later file's run of the same scenario,
