@@ -224,10 +224,11 @@ class FogStrategy(ReplyIntake, FedAvg):
         return self.aggregate(server_round, accepted)
 
     # --- budgets -----------------------------------------------------------------
-    def width_fraction(self, node: int) -> float:
-        """Width fraction of the global model fleet node ``node`` trains at the minimum
-        batch (on demand: a bisection per distinct budget, cached)."""
-        return widest_fraction(self.arch, self.fleet.budget(node), self.optimizer, self.min_batch)
+    def width_fraction(self, node: int, batch: int | None = None) -> float:
+        """Width fraction of the global model fleet node ``node`` trains at ``batch``
+        (default: the minimum batch; on demand: a bisection per distinct budget, cached)."""
+        budget = self.fleet.budget(node)
+        return widest_fraction(self.arch, budget, self.optimizer, batch or self.min_batch)
 
     def budget_for(self, fraction: float) -> int:
         """Bytes that train width ``fraction`` at the minimum batch: every budget at or

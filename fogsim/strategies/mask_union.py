@@ -98,7 +98,6 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fogsim.device.chain import layout_of
-from fogsim.device.memory import widest_fraction
 from fogsim.device.pruning import Kept
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
@@ -164,9 +163,8 @@ class MaskUnion(SubModelStrategy):
         """The node's target compression: ``min(target_compression, dense / widest model
         it trains at the min or max batch)``, at least 1 (computed when it is sampled)."""
         dynhp = self.scenario.dynhp
-        budget = self.fleet.budget(node)
         batch = dynhp.min_batch if self.target_batch == "min" else dynhp.max_batch
-        f = widest_fraction(self.arch, budget, self.optimizer, batch)
+        f = self.width_fraction(node, batch)
         ratio = self.arch.num_params() / self.arch.scaled(f).num_params()
         return min(dynhp.target_compression, max(1.0, ratio))
 
@@ -201,9 +199,7 @@ class MaskUnion(SubModelStrategy):
         if self.masks == "own" and node in self.kept:
             return self.kept[node]
         if self.start_batch is not None:  # the prefix the node trains at start_batch
-            budget = self.fleet.budget(node)
-            fraction = widest_fraction(self.arch, budget, self.optimizer, self.start_batch)
-            return self.kept_at(fraction, server_round)
+            return self.kept_at(self.width_fraction(node, self.start_batch), server_round)
         return super().kept_for(node, server_round)
 
     def node_payload(

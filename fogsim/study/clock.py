@@ -76,8 +76,10 @@ def target_line(run: dict[str, Any], target: float) -> str:
         return f"Test accuracy {target:g} not reached."
     cloud, t = hit["cloud_bytes"], hit["time_s"]
     cloud_text = f", {cloud / 1e6:.2f} MB on the cloud link" if cloud is not None else ""
-    # 3 significant digits below 100 s (a round of a small fleet takes 0.07 s: ".1f"
-    # said 0.1), whole seconds above
-    shown = None if t is None else f"{t:.3g}" if t < 100 else f"{t:.0f}"
-    time_text = f" after {shown} s on the simulated clock" if t is not None else ""
+    time_text = ""
+    if t is not None:
+        # 3 significant digits below 100 s (a small fleet's round takes 0.07 s: ".1f"
+        # said 0.1), whole seconds above
+        shown = f"{t:.3g}" if t < 100 else f"{t:.0f}"
+        time_text = f" after {shown} s on the simulated clock"
     return f"Test accuracy {target:g} reached in round {hit['round']}{time_text}{cloud_text}."
