@@ -225,6 +225,16 @@ def leads(doc: dict[str, Any], ours: str = "dynhp") -> str:
 DATA: dict[str, tuple[torch.Tensor, ...]] = {}  # split -> tensors (forked workers share them)
 
 
+def load_splits(dataset: str, limit: int | None = None) -> None:
+    """Fill ``DATA``: ``"test"`` trains on the (first ``limit``) training images and
+    scores on the test split; ``"validation"`` trains on all of those but the last
+    ``VALIDATION`` and scores on them (for choices that must not see the test split)."""
+    d = load_dataset(dataset)
+    x, y = d.tensors(d.train_x[:limit], d.train_y[:limit])
+    DATA["test"] = (x, y, *d.tensors(d.test_x, d.test_y))
+    DATA["validation"] = (x[:-VALIDATION], y[:-VALIDATION], x[-VALIDATION:], y[-VALIDATION:])
+
+
 class Job(NamedTuple):
     """One :func:`run`'s arguments, its data named by the split's key in ``DATA``."""
 
@@ -282,10 +292,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     for ds in args.datasets.split(","):
-        d = load_dataset(ds)
-        x, y = d.tensors(d.train_x[:limit], d.train_y[:limit])
-        DATA["test"] = (x, y, *d.tensors(d.test_x, d.test_y))
-        DATA["validation"] = (x[:-VALIDATION], y[:-VALIDATION], x[-VALIDATION:], y[-VALIDATION:])
+        load_splits(ds, limit)
         validation = choose_lrs(cases, grid, epochs, seeds[:3], args.jobs) if grid else {}
         lr_of = {
             c: max(grid, key=lambda v: validation[c][v]["mean"]) if grid else LR for c in cases

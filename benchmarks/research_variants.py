@@ -84,6 +84,14 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.start_batch=8",
         "strategy.params.prune='order'",
     ],
+    "mask-union-wide8-order-lr0.025-rounds15": [  # its CNN choice at HeteroFL's bytes:
+        # 20 rounds of it send ~1.3x HeteroFL's bytes (up + down), 15 rounds ~1x
+        "strategy.name='mask-union'",
+        "strategy.params.start_batch=8",
+        "strategy.params.prune='order'",
+        "train.lr=0.025",
+        "run.rounds=15",
+    ],
     "mask-union-minbatch4": [  # every budget sized at batch 4, not 16: wider slices, no pruning
         "strategy.name='mask-union'",
         "dynhp.min_batch=4",
