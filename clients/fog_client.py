@@ -39,7 +39,12 @@ from fogsim.device.chain import widths_of
 from fogsim.device.dynhp import DynHP
 from fogsim.device.dynhp_train import lr_scale, train_dynhp
 from fogsim.device.factory import FactoryArch, load_model, macs_per_sample
-from fogsim.device.memory import BudgetError, max_batch_size, training_memory
+from fogsim.device.memory import (
+    BudgetError,
+    max_batch_size,
+    proximal_anchor_bytes,
+    training_memory,
+)
 from fogsim.device.models import num_params, set_scaler, train_flops
 from fogsim.device.training import evaluate, make_optimizer, present_labels, train_epochs
 from fogsim.flower import cohort, partial, wire
@@ -159,10 +164,12 @@ def train_fixed(
     the batch to fit the node's budget; "dense" ignores the budget (and reports it).
     ``care``: :func:`training_care`."""
     cfg, train = content[wire.CONFIG], spec.train
-    kind = train.memory_kind
+    kind, shape = train.memory_kind, memory_shape(spec, model)
+    mu = float(cfg.get(wire.PROXIMAL_MU, 0.0))  # FedProx (a Flower strategy)
+    anchor = proximal_anchor_bytes(shape) if mu else 0  # its copy of the received model
     batch = min(train.batch_size, len(x))
     if cfg[wire.MODE] == "plain":
-        batch = max_batch_size(memory_shape(spec, model), int(cfg[wire.BUDGET]), kind, cap=batch)
+        batch = max_batch_size(shape, int(cfg[wire.BUDGET]) - anchor, kind, cap=batch)
     lr = train.lr
     if int(cfg.get(wire.BATCH_LR, 0)):  # the LR follows the batch, as DynHP's does
         lr *= lr_scale(spec.dynhp.lr_scaling, batch, train.batch_size)
@@ -175,13 +182,13 @@ def train_fixed(
         batch_size=batch,
         optimizer=opt,
         generator=gen,
-        proximal_mu=float(cfg.get(wire.PROXIMAL_MU, 0.0)),  # FedProx (a Flower strategy)
+        proximal_mu=mu,
         **care,
     )
     return {
         wire.TRAIN_LOSS: loss,
         wire.BATCH_SIZE: batch,
-        wire.PEAK_MEMORY: training_memory(memory_shape(spec, model), batch, kind),
+        wire.PEAK_MEMORY: training_memory(shape, batch, kind) + anchor,
         wire.PRUNED: 0,
         "samples": len(x) * train.local_epochs,
     }

@@ -88,6 +88,19 @@ def test_overrides_reach_nested_lists(tiny_scenario) -> None:
         load_scenario(tiny_scenario, ["justakey"])
 
 
+def test_none_unsets_a_field_that_may_be_unset(tiny_scenario) -> None:
+    """TOML has no null: ``"none"`` unsets a field whose default is a value (all
+    devices evaluated each round, all of a round in flight), and is refused, naming
+    the field, where a value is required."""
+    sets = ["simulation.device_eval_nodes=none", "simulation.device_eval_samples='None'"]
+    sc = load_scenario(tiny_scenario, [*sets, "simulation.max_in_flight=none"])
+    assert sc.simulation.device_eval_nodes is None
+    assert sc.simulation.device_eval_samples is None
+    assert sc.simulation.max_in_flight is None
+    with pytest.raises(ScenarioError, match="train.lr.*got 'none'"):
+        load_scenario(tiny_scenario, ["train.lr=none"])
+
+
 def test_fleet_counts_and_seeded_assignment(tiny_scenario) -> None:
     sc = load_scenario(tiny_scenario)
     assert class_counts(sc.fleet) == [4, 6]

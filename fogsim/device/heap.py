@@ -23,6 +23,8 @@ runs :func:`_worker`:
   library cache grown on a new shape, e.g. MKL's GEMM buffer pool or oneDNN's
   primitive cache, process-wide and shared by every model the process trains) is
   reported apart and not charged to the device (``device_peak``).
+- :func:`measure_round`: a whole round of the fixed-model loop (``train_epochs``), its
+  peak above the heap before it plus the parameters alive then.
 """
 
 from __future__ import annotations
@@ -110,12 +112,14 @@ def measure_dynhp(
     samples: int = 2000,
     optimizer: str = "sgd-momentum",
     factory: str | None = None,
+    criterion: str = "taylor",
 ) -> dict[str, Any]:
     """Phases of a real ``train_dynhp`` run on the first ``samples`` MNIST images under
     ``budget``, set up as ``fogsim dynhp`` does: ``{"phases": [{"kind": "step" |
     "check" | "fit", "device_peak", "peak", "kept", "modelled"?...}], "error"}``. The
     model is the FogNet of ``channels`` and ``hidden``, or ``factory``'s (a
-    ``[model] factory`` reference; then both are ignored)."""
+    ``[model] factory`` reference; then both are ignored); DynHP scores neurons by
+    ``criterion``."""
     request = {
         "task": "dynhp",
         "factory": factory,
@@ -125,6 +129,36 @@ def measure_dynhp(
         "epochs": epochs,
         "samples": samples,
         "optimizer": optimizer,
+        "criterion": criterion,
+    }
+    return _run(request)
+
+
+def measure_round(
+    channels: tuple[int, ...],
+    hidden: tuple[int, ...],
+    batch: int,
+    samples: int,
+    optimizer: str = "sgd-momentum",
+    proximal_mu: float = 0.0,
+) -> dict[str, Any]:
+    """Measured bytes of a whole round of the fixed-model loop (``train_epochs``, as a
+    HeteroFL, FedRolex, fedavg-feasible or Flower plug-in client trains): one epoch
+    over ``samples`` random images at ``batch`` with a fresh optimizer, after one such
+    round has settled the library caches; the peak above the heap before it plus the
+    parameters alive then (``measured``), in ``training_memory``'s terms plus
+    FedProx's copy of the model when ``proximal_mu`` is set, plus what the budget
+    leaves out: the shuffled sample order (``order``) and Python's free lists, which
+    fill during the round and which a garbage collection empties (``cached``, an
+    upper bound of their part of the peak)."""
+    request = {
+        "task": "round",
+        "channels": list(channels),
+        "hidden": list(hidden),
+        "batch": batch,
+        "samples": samples,
+        "optimizer": optimizer,
+        "proximal_mu": proximal_mu,
     }
     return _run(request)
 
@@ -285,12 +319,13 @@ def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     n = request["samples"]
     x, y = data.tensors(data.train_x[:n], data.train_y[:n])
     torch.manual_seed(0)
+    config = DynHPConfig(criterion=request.get("criterion", "taylor"))
     if request.get("factory"):
         arch = FactoryArch(request["factory"], (1, 28, 28), 10)
-        model, dynhp = arch.build(), DynHP(DynHPConfig(), arch)
+        model, dynhp = arch.build(), DynHP(config, arch)
     else:
         model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
-        dynhp = DynHP(DynHPConfig(), model)
+        dynhp = DynHP(config, model)
     probe = _Phases(counter, model)
     optimizer: Any = request["optimizer"]
     modelled, error, epochs = [], None, request["epochs"]
@@ -309,6 +344,39 @@ def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     for r, m in zip(steps, modelled, strict=False):
         r["modelled"] = m
     return {"phases": probe.records, "error": error, "widths": list(widths_of(model))}
+
+
+def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from fogsim.device.models import FogNet
+    from fogsim.device.training import optimizer_of_kind, train_epochs
+
+    torch.manual_seed(0)
+    model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
+    x = torch.randn(request["samples"], *model.in_shape)
+    y = torch.randint(0, model.num_classes, (request["samples"],))
+
+    def one_round() -> None:
+        opt = optimizer_of_kind(request["optimizer"], model.parameters(), 0.01)
+        gen = torch.Generator().manual_seed(0)
+        train_epochs(model, x, y, epochs=1, batch_size=request["batch"], optimizer=opt,
+                     generator=gen, proximal_mu=request["proximal_mu"])  # fmt: skip
+        for p in model.parameters():
+            p.grad = None
+
+    one_round()
+    gc.collect()
+    base = counter.current()
+    counter.reset_peak()
+    one_round()
+    end = counter.current()
+    gc.collect()
+    return {
+        "measured": counter.peak() - base + _nbytes(*model.parameters()),
+        "order": 8 * request["samples"],  # the round's shuffled int64 sample order
+        "cached": end - counter.current(),  # what a collection frees: Python's free lists
+    }
 
 
 def _calibrate(counter: Counter) -> dict[str, int]:
@@ -340,6 +408,8 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
     _warm_process(counter)
     if request["task"] == "steps":
         return {"results": [_step_point(counter, p) for p in request["points"]]}
+    if request["task"] == "round":
+        return _round(counter, request)
     return _dynhp_run(counter, request)
 
 

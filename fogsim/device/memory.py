@@ -181,6 +181,13 @@ def training_memory(
     return max(f + s * batch_size for f, s in phases)
 
 
+def proximal_anchor_bytes(model: Arch | FactoryArch, dtype_bytes: int = 4) -> int:
+    """FedProx's copy of the received model, alive through local training on top of
+    every step (``fogsim.device.training.add_proximal_gradient``): one copy of the
+    parameters."""
+    return model.num_params() * dtype_bytes
+
+
 def max_batch_size(
     model: FogNet | Arch | FactoryArch,
     budget_bytes: int,

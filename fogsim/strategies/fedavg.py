@@ -49,6 +49,11 @@ class FedAvgFeasible(FedAvgDense):
 
     def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
         super().__init__(scenario, fleet)
-        self.takes_part = fleet.budgets >= self.budget_for(1.0)
+        self.takes_part = fleet.budgets >= self.budget_for(1.0) + self.extra_bytes()
         if not self.takes_part.any():
             raise ValueError("fedavg-feasible: no node's budget holds the full model")
+
+    def extra_bytes(self) -> int:
+        """Bytes a node keeps through local training besides the step itself (none
+        here; a Flower plug-in's FedProx keeps a copy of the received model)."""
+        return 0

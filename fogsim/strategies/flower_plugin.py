@@ -42,6 +42,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fogsim.device.memory import proximal_anchor_bytes
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
 from fogsim.scenario import Scenario
@@ -117,8 +118,8 @@ class FlowerStrategy(FedAvgFeasible):
     merged = FogStrategy.merged
 
     def __init__(self, scenario: Scenario, fleet: Fleet, inner: Strategy, label: str) -> None:
+        self.inner, self.label = inner, label  # before the admission asks extra_bytes
         super().__init__(scenario, fleet)
-        self.inner, self.label = inner, label
         mailboxes = scenario.simulation.flower_nodes
         for key in ("min_available_nodes", "min_train_nodes"):
             if getattr(inner, key, 0) > mailboxes:
@@ -127,6 +128,11 @@ class FlowerStrategy(FedAvgFeasible):
                     f"the {mailboxes} Flower nodes fogsim registers (simulation.clients_per_round)"
                 )
         self.current: dict[str, np.ndarray] = {}  # the global model sent this round
+
+    def extra_bytes(self) -> int:
+        """FedProx's copy of the received model (``proximal_mu`` set, as Flower's
+        ``FedProx`` keeps it): a node trains only if its budget holds it too."""
+        return proximal_anchor_bytes(self.arch) if getattr(self.inner, "proximal_mu", 0) else 0
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

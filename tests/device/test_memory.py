@@ -16,6 +16,7 @@ from fogsim.device.memory import (
     BudgetError,
     max_batch_size,
     memory_breakdown,
+    proximal_anchor_bytes,
     training_memory,
 )
 from fogsim.device.models import IMAGE_SHAPE, FogNet
@@ -87,24 +88,63 @@ def test_model_bounds_the_heap_within_15_percent(grid: list[dict]) -> None:
         assert r["mmap_delta"] == 0, r  # nothing bypassed malloc during the step
 
 
+# (channels, hidden, batch, samples, optimizer, FedProx mu): a sensor's round, a
+# device with 10x the samples (every batch's index view once lived the whole round),
+# a narrow CNN, FedProx (its term once sat in the autograd graph: ~3.7x the model)
+ROUNDS = [
+    ((), (40, 13), 16, 540, "sgd-momentum", 0.0),
+    ((), (64, 32), 16, 5840, "sgd-momentum", 0.0),
+    ((2, 3), (12,), 16, 5840, "sgd", 0.0),
+    ((), (64, 32), 16, 1350, "sgd-momentum", 0.01),
+    ((), (300, 100), 16, 600, "adam", 0.01),
+]
+
+
+@pytest.mark.parametrize("case", ROUNDS, ids=[f"{c[1]}-{c[3]}-{c[4]}-mu{c[5]}" for c in ROUNDS])
+def test_a_round_of_the_fixed_model_loop_stays_within_the_model_by_the_heap(case) -> None:
+    """A whole round of ``train_epochs`` (HeteroFL, FedRolex, fedavg-feasible and
+    Flower plug-in clients; FedProx's copy of the model counted) against the step
+    model, by the heap's count, less what the budget leaves out (the shuffled sample
+    order and Python's free lists: ``heap.measure_round``). Up to 24 KiB over: a round
+    holds -2 to 19 KB beyond the steady step the model is fitted to (16 measurements
+    of these cases), a known under-count (the README, "Known limits"); what this
+    catches is a loop that keeps more than that (the index views: +263 KB at 5,840
+    samples; FedProx in the graph: megabytes)."""
+    channels, hidden, batch, samples, optimizer, mu = case
+    r = heap.measure_round(channels, hidden, batch, samples, optimizer, mu)
+    arch = Arch(channels, hidden)
+    modelled = training_memory(arch, batch, optimizer) + (proximal_anchor_bytes(arch) if mu else 0)
+    device = r["measured"] - r["order"] - r["cached"]
+    assert device <= modelled + 24 * KiB, (r, modelled)
+    assert modelled <= 1.15 * device, (r, modelled)
+
+
 MLP, CNN, WIDE_CNN = ((), (300, 100)), ((4, 8), (32,)), ((16, 32), (128,))
-MOMENTUM = "sgd-momentum"
-RUNS = [(MLP, 256, MOMENTUM), (MLP, 512, MOMENTUM), (MLP, 1024, MOMENTUM), (CNN, 1024, MOMENTUM)]
-RUNS += [(CNN, 2048, MOMENTUM), (WIDE_CNN, 4096, MOMENTUM)]
-RUNS += [(MLP, 256, "sgd"), (MLP, 512, "adam"), (WIDE_CNN, 2048, "adam")]  # other optimizers
+MOMENTUM, TAYLOR = "sgd-momentum", "taylor"
+RUNS = [(MLP, 256, MOMENTUM, TAYLOR), (MLP, 512, MOMENTUM, TAYLOR), (MLP, 1024, MOMENTUM, TAYLOR)]
+RUNS += [(CNN, 1024, MOMENTUM, TAYLOR), (CNN, 2048, MOMENTUM, TAYLOR)]
+RUNS += [(WIDE_CNN, 4096, MOMENTUM, TAYLOR)]
+RUNS += [(MLP, 256, "sgd", TAYLOR), (MLP, 512, "adam", TAYLOR)]  # other optimizers
+RUNS += [(WIDE_CNN, 2048, "adam", TAYLOR)]
+# scored by weight norms in and out (its scoring once squared a copy of each weight),
+# under the budget of the dense MLP at batch 16, so the scoring runs at a full budget
+RUNS += [(MLP, 3216, MOMENTUM, "weight-norm-io")]
 
 
 @pytest.mark.parametrize(
-    ("arch", "kib", "optimizer"), RUNS, ids=[f"{a}-{k}KiB-{o}" for a, k, o in RUNS]
+    ("arch", "kib", "optimizer", "criterion"),
+    RUNS,
+    ids=[f"{a}-{k}KiB-{o}-{c}" for a, k, o, c in RUNS],
 )
-def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib, optimizer) -> None:
+def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib, optimizer, criterion) -> None:
     """Every training step and every pruning check of a DynHP run, by the heap's count
     (what a phase keeps for good beyond its tensors, a process-wide library cache,
     excepted: ``fogsim.device.heap``). On a step where such a cache grows (the first at
     a new shape) its creation may cost up to 1% more. The first fit of a model that
     arrives bigger than the budget is not a training step and is excluded."""
     budget = kib * KiB
-    run = heap.measure_dynhp(*arch, budget, epochs=3, samples=1000, optimizer=optimizer)
+    run = heap.measure_dynhp(*arch, budget, epochs=3, samples=1000, optimizer=optimizer,
+                             criterion=criterion)  # fmt: skip
     assert run["error"] is None, run["error"]
     phases = [p for p in run["phases"] if p["kind"] in ("step", "check")]
     assert sum(p["kind"] == "check" for p in phases) >= 3

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from clients.fog_client import train
 from fogsim.checks import problems
 from fogsim.cli import app
+from fogsim.device.arch import Arch
+from fogsim.device.memory import training_memory
 from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
 from fogsim.flower import wire
@@ -216,6 +218,36 @@ def test_the_client_applies_fedprox_proximal_term(tiny_scenario: Path) -> None:
 
     free, held = drift(0.0), drift(1.0)
     assert held < 0.5 * free, (held, free)
+
+
+def test_fedprox_budgets_its_copy_of_the_received_model(tiny_scenario: Path) -> None:
+    """FedProx keeps a copy of the received model through local training: a node is
+    admitted only if its budget holds that copy too, and its client sizes the batch to
+    the budget less the copy and reports it in its peak."""
+    fedprox = "strategy.flower='flwr.serverapp.strategy:FedProx'"
+    sc = load_scenario(tiny_scenario, [fedprox, "strategy.params={proximal_mu=0.01}"])
+    fleet = build_fleet(sc.fleet, sc.run.seed)
+    s = build_strategy(sc, fleet)
+    copy = 4 * s.arch.num_params()
+    assert s.extra_bytes() == copy
+    assert (s.takes_part == (fleet.budgets >= s.budget_for(1.0) + copy)).all()
+    torch.manual_seed(0)
+    model = FogNet((), (64, 32))
+    state = model.state_dict()
+    shape = Arch.of(model)
+    budget = training_memory(shape, 16, sc.train.memory_kind) + copy - 1  # batch 16 minus a byte
+
+    def metrics(mu: float) -> dict:
+        records, extra = s.node_payload(0, ArrayRecord(state), 1)
+        config = {**extra, wire.NODE: 0, wire.CLASS: "big", wire.BUDGET: budget}
+        config |= {wire.ROUND: 1, wire.SPEC: s.spec, wire.PROXIMAL_MU: mu}
+        return dict(train(RecordDict({**records, wire.CONFIG: ConfigRecord(config)}))[wire.METRICS])
+
+    plain, prox = metrics(0.0), metrics(0.01)
+    assert plain[wire.BATCH_SIZE] >= 16 > prox[wire.BATCH_SIZE] > 0, (plain, prox)
+    assert prox[wire.PEAK_MEMORY] == training_memory(shape, prox[wire.BATCH_SIZE],
+                                                     sc.train.memory_kind) + copy  # fmt: skip
+    assert prox[wire.PEAK_MEMORY] <= budget
 
 
 def run_cli(scenario: Path, out: Path, sets: list[str]):
