@@ -115,6 +115,7 @@ def own_accuracy_columns(classes: dict[str, dict[str, Any]]) -> dict[str, float 
     out = {}
     for name, c in classes.items():
         out[f"acc_{name}"], out[f"acc_{name}_min"] = c.get("mean"), c.get("min")
+        out[f"held_{name}"] = c.get("devices")  # the devices those figures cover
     for name, c in classes.items():
         if "validation_mean" in c:
             out[f"val_{name}"], out[f"val_{name}_min"] = c["validation_mean"], c["validation_min"]
@@ -122,9 +123,10 @@ def own_accuracy_columns(classes: dict[str, dict[str, Any]]) -> dict[str, float 
 
 
 def class_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The per-class accuracy columns of any of ``rows`` (test, then validation), in
-    first-seen order."""
+    """The per-class columns of any of ``rows`` (test accuracy, devices holding a model,
+    validation accuracy), in first-seen order."""
     seen = {k: None for m in rows for k in m if k.startswith("acc_")}
+    seen |= {k: None for m in rows for k in m if k.startswith("held_")}
     seen |= {k: None for m in rows for k in m if k.startswith("val_")}
     return list(seen)
 
@@ -138,7 +140,7 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
         ["run", "strategy", "rounds", "final acc", "best acc", f"rounds to {target:g}"]
         + [f"sim time to {target:g} (s)", f"cloud bytes to {target:g}", "cloud bytes"]
         + ["bytes up+down", "mean round time (s)", "compression", f"energy to {target:g} (J)"]
-        + [f"{c} devices: mean (min)" for c in classes],
+        + [f"{c} devices: mean (min) [devices]" for c in classes],
     )
     for m in rows:
         table.rows.append(
@@ -156,7 +158,10 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
                 fmt(m["mean_round_time_s"], "s") + f" ({m['round_time_source']})",
                 fmt_ratio(m["compression"]),
                 fmt(m["energy_to_target_j"], "int"),
-                *(own_cell(m.get(f"acc_{c}"), m.get(f"acc_{c}_min")) for c in classes),
+                *(
+                    own_cell(m.get(f"acc_{c}"), m.get(f"acc_{c}_min"), m.get(f"held_{c}"))
+                    for c in classes
+                ),
             ]
         )
     return table

@@ -100,7 +100,7 @@ def class_table(run: dict[str, Any]) -> Table:
     counts = per_class_round(run, "", "count")
     headers = ["class", "nodes", "budget bytes", "params (final mean)", "batch size (final)"]
     headers += ["peak memory (max)", "peak / own budget (max)", "node-rounds"]
-    headers += ["participation", "devices' accuracy: mean (min)", "failed"]
+    headers += ["participation", "devices' accuracy: mean (min) [devices]", "failed"]
     headers += ["energy J per node-round (mean)", "energy J (total)"]
     energy = class_energy(run)
     final = run.get("summary", {}).get("classes", {})
@@ -125,7 +125,7 @@ def class_table(run: dict[str, Any]) -> Table:
                 fmt(ratio, "%"),
                 str(trained),
                 fmt(share, "%") + (f" ({idle[c]})" if trained == 0 and c in idle else ""),
-                own_cell(final.get(c, {}).get("mean"), final.get(c, {}).get("min")),
+                own_cell(*(final.get(c, {}).get(k) for k in ("mean", "min", "devices"))),
                 str(failed),
                 fmt(energy[c]["mean"]) if c in energy else NA,
                 fmt(energy[c]["total"], "int") if c in energy else NA,
@@ -158,9 +158,13 @@ def idle_reasons(run: dict[str, Any], budgets: dict[str, list[float]]) -> dict[s
     return out
 
 
-def own_cell(mean: float | None, low: float | None) -> str:
-    """A class's devices' accuracy as ``mean (min)``."""
-    return fmt(None) if mean is None else f"{fmt(mean, 'acc')} ({fmt(low, 'acc')})"
+def own_cell(mean: float | None, low: float | None, held: int | None = None) -> str:
+    """A class's devices' accuracy as ``mean (min)``, with ``[n]``, the devices
+    holding a model that the figures cover, when known (a device that never completed
+    a participation holds none and is not in them)."""
+    if mean is None:
+        return fmt(None)
+    return f"{fmt(mean, 'acc')} ({fmt(low, 'acc')})" + (f" [{held}]" if held is not None else "")
 
 
 @dataclass

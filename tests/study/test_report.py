@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fogsim.cli import app
-from fogsim.study.compare import run_metrics
+from fogsim.study.compare import metrics_table, run_metrics
 from fogsim.study.plots import DPI, FIGSIZE
 from fogsim.study.results import load, read_csv
 from fogsim.study.sweep import parse_grid, plan, split_values
@@ -65,6 +65,8 @@ def test_report_writes_plots_and_tables_with_run_numbers(run_dir: Path) -> None:
         assert re.search(rf"\| {cls} \| {size} \| .*\| {len(rows)} \|", md), md
         peak = max(n["peak_memory"] for n in rows)  # modelled peak, from nodes.csv
         assert re.search(rf"\| {cls} \| .*\| {peak} \|", md), (peak, md)
+        c = run["summary"]["classes"][cls]  # the devices' accuracy, and how many hold one
+        assert f"| {c['mean']:.4f} ({c['min']:.4f}) [{c['devices']}] |" in md, md
 
 
 @pytest.mark.slow  # a real Flower + Ray run
@@ -88,6 +90,11 @@ def test_compare_table_and_overlay(run_dir: Path, tmp_path: Path) -> None:
     for cls, c in held.items():
         assert (rows[0][f"acc_{cls}"], rows[0][f"val_{cls}"]) == (c["mean"], c["validation_mean"])
         assert rows[0][f"val_{cls}_min"] == c["validation_min"]
+        assert rows[0][f"held_{cls}"] == c["devices"]  # the devices the figures cover
+    table = metrics_table([run_metrics(run_dir, 0.5)], 0.5)  # what compare prints
+    for cls, c in held.items():
+        cell = f"{c['mean']:.4f} ({c['min']:.4f}) [{c['devices']}]"
+        assert table.rows[0][table.headers.index(f"{cls} devices: mean (min) [devices]")] == cell
     assert_png(tmp_path / "cmp" / "compare_accuracy.png")
     for name in ("compare.csv", "compare_accuracy.png", "compare_cost.png", "compare_cloud.png"):
         assert name in result.output.replace("\n", "")  # it says every file it wrote
