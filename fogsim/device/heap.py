@@ -148,9 +148,9 @@ def measure_round(
     round has settled the library caches; the peak above the heap before it plus the
     parameters alive then (``measured``), in ``training_memory``'s terms plus
     FedProx's copy of the model when ``proximal_mu`` is set, plus what the budget
-    leaves out: the shuffled sample order (``order``) and Python's free lists, which
-    fill during the round and which a garbage collection empties (``cached``, an
-    upper bound of their part of the peak)."""
+    leaves out: the shuffled sample order (``order``) and what the round left in
+    Python's free lists (``cached``: they grow every round until a full garbage
+    collection empties them, an upper bound of their part of the peak)."""
     request = {
         "task": "round",
         "channels": list(channels),
@@ -365,17 +365,17 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
         for p in model.parameters():
             p.grad = None
 
-    one_round()
-    gc.collect()
+    one_round()  # as in a client's long-lived process: the round before is not collected
     base = counter.current()
     counter.reset_peak()
     one_round()
     end = counter.current()
-    gc.collect()
+    gc.collect()  # finds no garbage, but empties the interpreter's free lists
     return {
         "measured": counter.peak() - base + _nbytes(*model.parameters()),
         "order": 8 * request["samples"],  # the round's shuffled int64 sample order
-        "cached": end - counter.current(),  # what a collection frees: Python's free lists
+        "cached": end - base,  # what the round left in Python's free lists
+        "freed_below_base": base - counter.current(),  # >= 0: the round leaked nothing
     }
 
 
