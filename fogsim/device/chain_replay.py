@@ -188,7 +188,8 @@ class _ChainReplay:
             record = grad or op.kind in ("conv", "linear", "bn")
             if op.kind in ("conv", "linear"):  # its autograd nodes, saved records
                 live.fixed += replay.STEP_OVERHEAD_PER_LAYER
-            elif op.kind == "bn":  # measured ~2 KB more per batch norm (resnet_like)
+            elif op.kind in ("bn", "dropout"):  # measured ~2 KB more per batch norm
+                # (resnet_like), ~1.3 KB per dropout (an independent check, 6 of them)
                 live.fixed += replay.STEP_OVERHEAD_PER_LAYER // 2
             saved: list[int] = []
             if op.kind == "conv":

@@ -15,7 +15,10 @@ a grouped convolution) would be sliced wrongly without any error. So the module 
 traced with ``torch.fx`` (``fogsim.device.chain.check_model``) and refused, naming
 the layer, unless it is ``Linear``, ``Conv2d`` and ``BatchNorm`` layers in a line with
 activations, pooling, flatten and dropout between them; its arrays must then form a
-chain, and its output must have ``num_classes`` logits.
+chain, and its output must have ``num_classes`` logits. Its memory must be known too:
+every op has a rule in the replay, no conv pads a copy of its input (a non-zero
+``padding_mode``, an uneven ``padding="same"``), and the model runs narrowed (every
+group at one neuron: a ``view`` to a size written into the model does not).
 
 Its memory figure (:class:`FactoryArch`) is modelled as FogNet's is, by replaying a
 training step allocation by allocation on the model's own layers at any widths
@@ -44,6 +47,7 @@ from torch import nn
 from fogsim.device.arch import Arch
 from fogsim.device.chain import ChainError, ChainLayout, assign, check_model
 from fogsim.device.chain_replay import chain_phases
+from fogsim.device.chain_trace import fx_trace
 from fogsim.device.models import FogNet, model_from_state
 from fogsim.device.models import macs_per_sample as fognet_macs
 
@@ -132,8 +136,33 @@ def checked(ref: str, in_shape: Shape, num_classes: int) -> FactoryModel:
             f"{ref}: gives outputs of shape {tuple(out.shape)[1:]} per image; "
             f"expected ({num_classes},) logits (num_classes = {num_classes})"
         )
+    _check_narrowed(ref, in_shape, num_classes, shapes, layout)
+    try:  # every op has a memory rule (the replay's trace)
+        fx_trace(model, tuple(in_shape))
+    except ChainError as e:
+        raise FactoryError(f"{ref}: {e}") from None
     params = tuple(name for name, _ in model.named_parameters())
     return FactoryModel(ref, in_shape, num_classes, tuple(shapes.items()), layout, params)
+
+
+def _check_narrowed(
+    ref: str, in_shape: Shape, num_classes: int, shapes: dict, layout: ChainLayout
+) -> None:
+    """Refuse a model that runs dense but not narrowed, as strategies and DynHP
+    narrow it (every neuron group at 1 neuron, on the meta device: shapes only), e.g.
+    a ``view`` to a hard-coded size."""
+    narrowest = layout.shapes_at(shapes, [1] * len(layout.widths))
+    try:
+        with torch.device("meta"):
+            model = assign(build(ref, in_shape, num_classes),
+                           {k: torch.empty(v) for k, v in narrowest.items()})  # fmt: skip
+            model(torch.zeros(2, *in_shape))
+    except RuntimeError as e:
+        raise FactoryError(
+            f"{ref}: does not run narrowed (every neuron group at 1, as fogsim narrows "
+            f"models to fit budgets): {e}; a size written into the model (e.g. "
+            "x.view(-1, 256)) is the usual cause: use torch.flatten(x, 1)"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ OTHERS = {
     "mixed": [(None, 3, "sgd"), ([1, 1, 2, 2, 2], 16, "adam"), ([4, 8, 3, 1, 1], 64, "sgd")],
     "mlp": [(None, 16, "sgd-momentum"), ([1, 1], 3, "adam"), ([5, 32], 64, "sgd")],
     "bn_peak": [(None, 64, "adam"), ([9], 16, "sgd")],
+    # narrow and deep, a dropout per layer (each ~1.3 KB of autograd bookkeeping)
+    "deep_dropout": [([1] * 6, 1, "sgd-momentum"), ([2] * 6, 16, "sgd-momentum")],
 }
 if FULL:
     OTHERS = {
@@ -83,6 +85,17 @@ def mlp(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
         nn.Flatten(), nn.Linear(math.prod(in_shape), 64), nn.Tanh(), nn.Dropout(0.2),
         nn.Linear(64, 32), nn.GELU(), nn.Linear(32, num_classes),
     )  # fmt: skip
+
+
+def deep_dropout(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.Module:
+    """Six 32-unit layers, each with Tanh and Dropout (an independent check's case)."""
+    nn = torch.nn
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(in_shape)
+    for _ in range(6):
+        layers += [nn.Linear(width, 32), nn.Tanh(), nn.Dropout(0.1)]
+        width = 32
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
 def narrowed(name: str, widths: list[int] | None) -> torch.nn.Module:

@@ -44,6 +44,12 @@ def test_the_examples_are_chains() -> None:
         (f"{MOD}:not_a_module", ["returned a str"]),
         (f"{MOD}:NOT_CALLABLE", ["no function 'NOT_CALLABLE'"]),
         ("tests.no_such_module:make", ["cannot import 'tests.no_such_module'"]),
+        # what the memory replay would under-count: a padded copy of the input
+        (f"{MOD}:reflect_padded", ["layer '0'", "padding_mode 'reflect'", "'zeros'"]),
+        (f"{MOD}:even_same_padded", ["layer '0'", "padding='same'", "(4, 4)", "odd kernel"]),
+        # runs dense, not narrowed; an op with no memory rule
+        (f"{MOD}:fixed_view", ["does not run narrowed", "torch.flatten(x, 1)"]),
+        (f"{MOD}:reshaped", ["no memory rule", "reshape"]),
     ],
 )
 def test_unusable_factories_are_refused(ref: str, says: list[str]) -> None:
@@ -58,6 +64,8 @@ def test_unusable_factories_are_refused(ref: str, says: list[str]) -> None:
         (f"model.factory='{MOD}:with_skip'", ["model.factory", "with_skip", "skip connection"]),
         (f"model.factory='{MOD}:with_layernorm'", ["model.factory", "LayerNorm"]),
         ("model.factory='tests.nope:make'", ["model.factory", "cannot import"]),
+        (f"model.factory='{MOD}:fixed_view'", ["model.factory", "does not run narrowed"]),
+        (f"model.factory='{MOD}:reshaped'", ["model.factory", "no memory rule"]),
         ("model.factory='lenet5'", ["model.factory", "should match pattern"]),
         ("model.hidden=[8]", ["model", "factory =", "hidden", "give one of them"]),
     ],
