@@ -274,10 +274,13 @@ def split_local(
     indices: np.ndarray, test_fraction: float, seed: int | list[int]
 ) -> tuple[np.ndarray, ...]:
     """A node's (train, held-out) index arrays; held-out feeds client-side evaluation.
-    ``seed``: an int or a list of ints (a ``SeedSequence`` entropy, e.g. [seed, node])."""
+    ``seed``: an int or a list of ints (a ``SeedSequence`` entropy, e.g. [seed, node]).
+    At least one sample is held out and at least one trains on: with a large fraction
+    a node of a few samples once held out all of them and crashed every round it was
+    sampled in."""
     if test_fraction <= 0 or len(indices) < 2:
         return indices, indices[:0]
     rng = np.random.default_rng(seed)
     shuffled = rng.permutation(indices)
-    n_test = max(1, int(round(len(indices) * test_fraction)))
+    n_test = min(max(1, int(round(len(indices) * test_fraction))), len(indices) - 1)
     return np.sort(shuffled[n_test:]), np.sort(shuffled[:n_test])

@@ -61,6 +61,11 @@ def test_partition_skew() -> None:
 def test_split_local() -> None:
     train, test = split_local(np.arange(100), 0.1, seed=1)
     assert len(test) == 10 and len(train) == 90 and not set(train) & set(test)
+    # a node of a few samples keeps one to train on whatever the fraction (it held out
+    # all of them at 0.75 with 2, at 0.95 with up to 10, and crashed every round)
+    for n, fraction in ((2, 0.75), (4, 0.9), (10, 0.95), (3, 0.99)):
+        train, test = split_local(np.arange(n), fraction, seed=1)
+        assert len(train) >= 1 and len(test) >= 1 and len(train) + len(test) == n
 
 
 def test_draws_are_per_node_seeded_and_independent_of_the_fleet_size() -> None:

@@ -69,6 +69,10 @@ def test_x_and_y_only_hold_out_a_sixth(tmp_path: Path) -> None:
         ({"x": np.zeros((4, 8, 8)), "y": np.zeros(5, int)}, "x/y labels of shape (5,)"),
         ({"x": np.zeros((4, 8, 8)), "y": np.zeros(4)}, "type float64"),
         ({"x": np.zeros((4, 8, 8), bool), "y": np.zeros(4, int)}, "images are bool"),
+        # floats must be in [0, 1] (NaN is not), and there must be images at all
+        ({"x": np.full((6, 8, 8), 255.0), "y": np.zeros(6, int)}, "float in [255, 255]"),
+        ({"x": np.full((6, 8, 8), np.nan), "y": np.zeros(6, int)}, "float in [nan, nan]"),
+        ({"x": np.zeros((0, 8, 8)), "y": np.zeros(0, int)}, "no train images"),
     ],
 )
 def test_unusable_files_are_refused_naming_the_file(tmp_path: Path, arrays, words) -> None:

@@ -24,7 +24,7 @@ def load_npz(path: Path) -> ImageData:
     ``np.savez`` writes them), or ``x, y`` (a seeded sixth becomes the test split,
     :func:`~fogsim.datasets.base.hold_out`). Images are ``(N, H, W)`` (grey),
     ``(N, H, W, C)`` or ``(N, C, H, W)`` with 1 or 3 channels, any size; ``uint8``
-    (0..255) or float (taken as [0, 1]); labels are integers ``0..K-1``, any ``K``. Each
+    (0..255) or float in [0, 1] (checked); labels are integers ``0..K-1``, any ``K``. Each
     channel is normalised by the training images' mean and std. Errors name the file."""
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -84,4 +84,14 @@ def _channels_first(path: Path, x: np.ndarray, split: str) -> np.ndarray:
         )
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise DatasetError(f"{path}: {split} images are {x.dtype}; expected uint8 or float")
-    return x if x.dtype == np.uint8 else x.astype(np.float32)
+    if len(x) == 0:
+        raise DatasetError(f"{path}: no {split} images")
+    if x.dtype == np.uint8:
+        return x
+    low, high = float(np.min(x)), float(np.max(x))  # NaN propagates: refused below
+    if not (0.0 <= low and high <= 1.0):
+        raise DatasetError(
+            f"{path}: {split} images are float in [{low:g}, {high:g}]; expected [0, 1] "
+            "(divide 0..255 images by 255, or store them as uint8)"
+        )
+    return x.astype(np.float32)
