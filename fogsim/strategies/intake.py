@@ -216,6 +216,7 @@ class ReplyIntake:
         problems = []  # what went wrong, in the clients' words
         for node, reason in sorted(t.crashes.items()):
             t.status[node] = "crashed"
+            t.rows.setdefault(node, {})["error"] = reason  # nodes.csv says why
             problems.append(f"node {node} crashed: {reason}")
         if deadline and any(s in ("dropped", "timed_out") for s in t.status.values()):
             t.sim_times.append(deadline)  # the server waited for them until the deadline

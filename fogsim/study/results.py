@@ -84,6 +84,7 @@ NODE_COLUMNS = [
     "fog_round",  # the cloud round's fog rounds this was (blank on a flat topology)
     "staleness",  # buffered rounds: model versions between the node's start and its merge
     "sim_start_s",  # buffered rounds: the node's start on the simulated clock
+    "error",  # a crashed client's exception, in its words (a column older runs lack)
 ]
 
 

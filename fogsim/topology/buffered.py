@@ -255,7 +255,7 @@ class Buffered:
             if job.reply is None:
                 what = "timed_out"
             elif job.reply.has_error():
-                what = "crashed"
+                what, row = "crashed", {"error": job.reply.error.reason}  # nodes.csv says why
                 problems.append(f"node {job.node} crashed: {job.reply.error.reason}")
             else:
                 _, what, row, _ = s.arrived(job.reply)

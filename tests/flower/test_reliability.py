@@ -200,6 +200,9 @@ def test_injected_faults_are_counted_and_never_averaged(tiny_scenario: Path, tmp
         assert n["status"] == EXPECTED_STATUS[fault], n
     statuses = {n["status"] for n in run["nodes"]}
     assert {"ok", "crashed", "dropped", "rejected"} <= statuses, "the seed exercises each fault"
+    for n in run["nodes"]:  # a crash says why, in the client's words; nothing else has one
+        said = f"injected crash of node {n['node']} in round {n['round']}"
+        assert (said in str(n["error"])) == (n["status"] == "crashed"), n
     for r in run["rounds"]:
         mine = [n for n in run["nodes"] if n["round"] == r["round"]]
         assert len(mine) == r["sampled"] == 6

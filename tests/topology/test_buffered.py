@@ -143,6 +143,18 @@ def test_a_buffered_run_learns(tiny_scenario: Path, tmp_path: Path) -> None:
     assert rounds[-1]["accuracy"] > 0.3, "well above chance after training"
 
 
+def test_a_buffered_crash_says_why_in_nodes_csv(tiny_scenario: Path, tmp_path: Path) -> None:
+    """A device that crashed has its client's error in nodes.csv, as in lock-step rounds."""
+    sets = ["topology.aggregation='buffered'", "topology.buffer_size=2", "topology.concurrency=4"]
+    sc = load_scenario(tiny_scenario, [*sets, "run.rounds=3", "faults.crash=0.5"])
+    _, nodes, _ = run_local(sc, tmp_path)
+    crashed = [n for n in nodes if n["status"] == "crashed"]
+    assert crashed, "the seed crashes some device"
+    for n in nodes:
+        said = f"injected crash of node {n['node']}"
+        assert (said in str(n.get("error"))) == (n["status"] == "crashed"), n
+
+
 @pytest.mark.parametrize(
     ("sets", "says"),
     [
