@@ -82,6 +82,12 @@ def test_unusable_files_are_refused_naming_the_file(tmp_path: Path, arrays, word
     assert words in str(e.value)
 
 
+def test_a_file_that_is_no_npz_says_so(tmp_path: Path) -> None:
+    (tmp_path / "text.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(DatasetError, match="text.npz: not an .npz file"):
+        load_npz(tmp_path / "text.npz")
+
+
 def test_scenario_fields_for_npz(tiny_scenario: Path, npz: Path) -> None:
     sc = load_scenario(tiny_scenario, [*NPZ_SETS, f"data.path='{npz}'", "model.arch='cnn'"])
     assert sc.arch.in_shape == (3, 16, 16) and sc.arch.num_classes == 5

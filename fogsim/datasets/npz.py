@@ -32,6 +32,10 @@ def load_npz(path: Path) -> ImageData:
     except (OSError, ValueError, zlib.error) as e:
         if not path.exists():
             raise DatasetNotFoundError(f"{path}: no such .npz file") from None
+        if path.is_file() and path.read_bytes()[:2] != b"PK":  # numpy would blame pickles
+            raise DatasetError(
+                f"{path}: not an .npz file (a zip archive, as numpy.savez writes one)"
+            ) from None
         raise DatasetError(f"{path}: not a readable .npz file ({e})") from None
     if set(NPZ_KEYS) <= set(arrays):
         parts = [arrays[k] for k in NPZ_KEYS]
