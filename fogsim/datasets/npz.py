@@ -32,7 +32,7 @@ def load_npz(path: Path) -> ImageData:
     except (OSError, ValueError, zlib.error) as e:
         if not path.exists():
             raise DatasetNotFoundError(f"{path}: no such .npz file") from None
-        if path.is_file() and path.read_bytes()[:2] != b"PK":  # numpy would blame pickles
+        if path.is_file() and _magic(path) != b"PK":  # numpy would blame pickles
             raise DatasetError(
                 f"{path}: not an .npz file (a zip archive, as numpy.savez writes one)"
             ) from None
@@ -49,6 +49,12 @@ def load_npz(path: Path) -> ImageData:
             f"{path}: holds {sorted(arrays)}; expected {', '.join(NPZ_KEYS)} or x, y"
         )
     return from_arrays("npz", path, *parts)
+
+
+def _magic(path: Path) -> bytes:
+    """A file's first two bytes (``PK`` for a zip archive, as an ``.npz`` is)."""
+    with path.open("rb") as f:
+        return f.read(2)
 
 
 def from_arrays(

@@ -309,8 +309,8 @@ def _check_conv(name: str, conv: nn.Conv2d) -> None:
             f"layer {name!r}: padding_mode {conv.padding_mode!r} pads a copy of the input, "
             "whose memory is not modelled; use padding_mode='zeros'"
         )
-    uneven = [d * (k - 1) % 2 for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
-    if conv.padding == "same" and any(uneven):
+    spans = zip(conv.kernel_size, conv.dilation, strict=True)
+    if conv.padding == "same" and any(d * (k - 1) % 2 for k, d in spans):
         raise ChainError(
             f"layer {name!r}: padding='same' with kernel {conv.kernel_size} pads one side "
             "more, on a copy of the input whose memory is not modelled; use an odd kernel "

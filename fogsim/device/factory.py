@@ -145,6 +145,16 @@ def checked(ref: str, in_shape: Shape, num_classes: int) -> FactoryModel:
     return FactoryModel(ref, in_shape, num_classes, tuple(shapes.items()), layout, params)
 
 
+def meta_model(
+    ref: str, in_shape: Shape, num_classes: int, shapes: Mapping[str, tuple[int, ...]]
+) -> nn.Module:
+    """Factory ``ref``'s model with arrays of ``shapes`` on the meta device (shapes
+    only, no storage)."""
+    with torch.device("meta"):
+        model = build(ref, in_shape, num_classes)
+        return assign(model, {k: torch.empty(v) for k, v in shapes.items()})
+
+
 def _check_narrowed(
     ref: str, in_shape: Shape, num_classes: int, shapes: dict, layout: ChainLayout
 ) -> None:
@@ -154,9 +164,7 @@ def _check_narrowed(
     narrowest = layout.shapes_at(shapes, [1] * len(layout.widths))
     try:
         with torch.device("meta"):
-            model = assign(build(ref, in_shape, num_classes),
-                           {k: torch.empty(v) for k, v in narrowest.items()})  # fmt: skip
-            model(torch.zeros(2, *in_shape))
+            meta_model(ref, in_shape, num_classes, narrowest)(torch.zeros(2, *in_shape))
     except RuntimeError as e:
         raise FactoryError(
             f"{ref}: does not run narrowed (every neuron group at 1, as fogsim narrows "
@@ -227,10 +235,7 @@ class FactoryArch:
 
     def meta_model(self) -> nn.Module:
         """The model at these widths on the meta device (shapes only, no storage)."""
-        with torch.device("meta"):
-            model = build(self.ref, self.in_shape, self.num_classes)
-            shapes = self.shapes()
-            return assign(model, {k: torch.empty(shapes[k]) for k in shapes})
+        return meta_model(self.ref, self.in_shape, self.num_classes, self.shapes())
 
     def build(self, seed: int = 0) -> nn.Module:
         """A fresh dense model (the initial global model)."""

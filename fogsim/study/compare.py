@@ -125,10 +125,8 @@ def own_accuracy_columns(classes: dict[str, dict[str, Any]]) -> dict[str, float 
 def class_columns(rows: list[dict[str, Any]]) -> list[str]:
     """The per-class columns of any of ``rows`` (test accuracy, devices holding a model,
     validation accuracy), in first-seen order."""
-    seen = {k: None for m in rows for k in m if k.startswith("acc_")}
-    seen |= {k: None for m in rows for k in m if k.startswith("held_")}
-    seen |= {k: None for m in rows for k in m if k.startswith("val_")}
-    return list(seen)
+    prefixes = ("acc_", "held_", "val_")
+    return list({k: None for p in prefixes for m in rows for k in m if k.startswith(p)})
 
 
 def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs") -> Table:
