@@ -249,7 +249,11 @@ class DynHP:
             self.score[g][gone] = 0.0
             self.streak[g][gone] = 0
             self.seen[g][gone] = False
-            keep = np.setdiff1d(np.arange(widths_of(model)[g]), d)
+            # a mask, not np.setdiff1d: its first call in a process sets up ~1.4 MB
+            # (1.3 MB kept) in numpy, inside a device's first pruning
+            keep_mask = np.ones(widths_of(model)[g], dtype=bool)
+            keep_mask[d] = False
+            keep = np.flatnonzero(keep_mask)
             remove_neurons(model, g, keep, optimizer, self.kept)
             removed += len(d)
         return removed

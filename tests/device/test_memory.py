@@ -142,11 +142,17 @@ def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib, optimizer, c
     (what a phase keeps for good beyond its tensors, a process-wide library cache,
     excepted: ``fogsim.device.heap``). On a step where such a cache grows (the first at
     a new shape) its creation may cost up to 1% more. The first fit of a model that
-    arrives bigger than the budget is not a training step and is excluded."""
+    arrives bigger than the budget is not a training step: it needs the model as
+    received plus one new tensor (the README), by its whole peak, caches included (64
+    KiB allowed for those a first conv sets up; numpy's first ``setdiff1d`` there once
+    set up 1.2-1.4 MB)."""
     budget = kib * KiB
     run = heap.measure_dynhp(*arch, budget, epochs=3, samples=1000, optimizer=optimizer,
                              criterion=criterion)  # fmt: skip
     assert run["error"] is None, run["error"]
+    received = [p.untyped_storage().nbytes() for p in FogNet(*arch).parameters()]
+    for fit in (p for p in run["phases"] if p["kind"] == "fit"):
+        assert fit["peak"] <= sum(received) + max(received) + 64 * KiB, fit
     phases = [p for p in run["phases"] if p["kind"] in ("step", "check")]
     assert sum(p["kind"] == "check" for p in phases) >= 3
     assert run["widths"] != [*arch[0], *arch[1]], "the run must prune"
