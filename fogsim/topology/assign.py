@@ -6,6 +6,8 @@ node), fixed for the run, and ``fleet.csv`` can show it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fogsim.fleet import Fleet
@@ -70,3 +72,18 @@ def split(total: int, sizes: np.ndarray) -> np.ndarray:
     for i in np.argsort(-(exact - out), kind="stable")[: total - out.sum()]:
         out[i] += 1
     return out
+
+
+def fog_shares(total: int, sizes: np.ndarray, field: str) -> np.ndarray:
+    """``total`` (the scenario's ``field``, a per-round figure of the whole fleet) split
+    over the fogs by :func:`split`; an error naming the field if a fog would get none:
+    its devices would never train (no silent rounding up)."""
+    got = split(total, sizes)
+    if (got < 1).any():
+        f = int(np.argmin(got))
+        raise TopologyError(
+            f"{field}: {total} split over {len(sizes)} fogs by size gives fog {f} "
+            f"({sizes[f]} devices) none; allowed: at least one per fog (about "
+            f"{math.ceil(sizes.sum() / sizes.min())} here)"
+        )
+    return got

@@ -325,6 +325,8 @@ class Buffered:
             wp = w_plain[k] if isinstance(w_plain, dict) else w_plain
             scale = np.where(wp > 0, ws / np.maximum(wp, 1e-300), 0.0)
             new[k] = (v + step * scale * mean[k]).astype(v.dtype)
+        if isinstance(w_plain, dict):  # sub-models: the parameters some update held
+            self.round_stats["union_params"] = sum(int((d > 0).sum()) for d in w_plain.values())
         if hasattr(s, "global_state"):
             s.global_state = new
         return wire.numpy_record(new)

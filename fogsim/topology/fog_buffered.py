@@ -47,7 +47,7 @@ from flwr.serverapp import Grid
 
 from fogsim.fleet import Fleet
 from fogsim.scenario import Scenario
-from fogsim.topology.assign import TopologyError, split
+from fogsim.topology.assign import TopologyError, fog_shares
 from fogsim.topology.buffered import Buffered, Job, messages_of
 from fogsim.topology.hierarchy import Hierarchy, Send, fog_scenario, round_weight
 from fogsim.topology.merge import add
@@ -57,15 +57,8 @@ def shares(scenario: Scenario, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """(buffer_size, concurrency) per fog: the scenario's split by fog size; an error
     naming the field if a fog would get none or a buffer over its concurrency."""
     topo = scenario.topology
-    buffers, busy = split(topo.buffer_size, sizes), split(topo.concurrency, sizes)
-    for field, got in (("buffer_size", buffers), ("concurrency", busy)):
-        if (got < 1).any():
-            f = int(np.argmin(got))
-            raise TopologyError(
-                f"topology.{field}: {getattr(topo, field)} split over {len(sizes)} fogs by "
-                f"size gives fog {f} ({sizes[f]} devices) none; allowed: at least one per "
-                f"fog (about {math.ceil(sizes.sum() / sizes.min())} here)"
-            )
+    buffers = fog_shares(topo.buffer_size, sizes, "topology.buffer_size")
+    busy = fog_shares(topo.concurrency, sizes, "topology.concurrency")
     if (buffers > busy).any():
         f = int(np.argmax(buffers - busy))
         raise TopologyError(

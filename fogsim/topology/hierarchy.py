@@ -39,7 +39,7 @@ from fogsim.scenario import Scenario
 from fogsim.strategies import build_strategy
 from fogsim.strategies.base import registered_nodes
 from fogsim.study.results import STATUSES
-from fogsim.topology.assign import TopologyError, num_fogs, split
+from fogsim.topology.assign import TopologyError, fog_shares, num_fogs
 from fogsim.topology.merge import Weights, add, merge, upload_bytes
 
 Send = Callable[[list[Message]], list[Message]]  # hands messages to Flower, returns replies
@@ -92,6 +92,8 @@ class Fog:
     strategy: Any  # its aggregator: a FogStrategy, or a Buffered running one
     weights: Weights | None = None  # this cloud round's, None until it aggregates
     arrays: ArrayRecord | None = None  # its model
+    # this cloud round's aggregated updates by device class: lost if its model is late
+    aggregated: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
 class Hierarchy:
@@ -118,7 +120,8 @@ class Hierarchy:
     def fog_driver(self, f: int, sizes: np.ndarray, fleet: Fleet) -> Any:
         """Fog ``f``'s aggregator: the scenario's strategy with its share of the clients
         per round (in proportion to the fogs' sizes), training only its own devices."""
-        clients = split(self.scenario.simulation.clients_per_round, sizes)
+        total = self.scenario.simulation.clients_per_round
+        clients = fog_shares(total, sizes, "simulation.clients_per_round")
         strategy = build_strategy(fog_scenario(self.scenario, int(clients[f])), fleet)
         strategy.takes_part = strategy.takes_part & (self.fog_of == f)
         return strategy
@@ -149,7 +152,7 @@ class Hierarchy:
         self.node_rows, self.round_stats = [], {"problems": [], "energy": Counter()}
         self.round_stats["failed_by_class"] = Counter()
         for fog in self.fogs:
-            fog.arrays, fog.weights = arrays, None
+            fog.arrays, fog.weights, fog.aggregated = arrays, None, Counter()
             fog.strategy.clock.now_s = start + down_s
         for j in range(topo.fog_rounds):
             self.fog_round(grid, (rnd - 1) * topo.fog_rounds + j + 1, rnd, j, send)
@@ -194,6 +197,7 @@ class Hierarchy:
         stats = fog.strategy.round_stats
         for row in fog.strategy.node_rows:
             self.node_rows.append({**row, "round": rnd, "fog": fog.index, "fog_round": j + 1})
+        fog.aggregated.update(r["class"] for r in fog.strategy.node_rows if r["status"] == "ok")
         for key in SUMMED:
             self.round_stats[key] = self.round_stats.get(key, 0) + stats.get(key, 0)
         self.round_stats["failed_by_class"].update(stats.get("failed_by_class", {}))
@@ -215,8 +219,10 @@ class Hierarchy:
             if fog.weights is None:
                 continue
             up_bytes += nbytes
-            if arrival > deadline:
+            if arrival > deadline:  # its updates never reach the global model
                 late += 1
+                self.round_stats["aggregated"] -= fog.aggregated.total()
+                self.round_stats["failed_by_class"].update(fog.aggregated)
             else:
                 merged.append((state, fog.weights))
         round_s = end - start

@@ -89,6 +89,10 @@ def test_replies_merge_in_clock_order_on_the_model_of_their_start(scenario_file,
         upto = sum(1 for e in ends if e <= n["sim_start_s"])
         assert before <= (r - 1) - n["staleness"] <= upto, n
     assert any(n["staleness"] > 0 for n in nodes) and any(n["staleness"] == 0 for n in nodes)
+    dense = sum(p.numel() for p in FogNet((), tuple(sc.model.hidden)).parameters())
+    for r in rounds:  # the merged sub-models' union: their biggest one up to dense
+        held = [n["params"] for n in nodes if n["round"] == r["round"] and n["status"] == "ok"]
+        assert max(held) <= r["union_params"] <= dense, r
     # real training in batches: the first window's 5 + 2 devices, then 3 per merge
     assert grid.sent == 5 + 2 + 3 * 5 + sc.simulation.evaluate_clients * 6
     again, nodes_again, _ = run_local(sc, tmp_path / "b")

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from fogsim.checks import problems
 from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
 from fogsim.scenario import ScenarioError, load_scenario
 from fogsim.strategies import STRATEGIES
+from fogsim.study.results import RunFailed, read_csv
 from fogsim.topology import fog_of
 from fogsim.topology.merge import merge
 from tests.strategies.test_strategies import const_sub, reply, task_identity  # noqa: F401
@@ -193,6 +195,41 @@ def test_bad_topology_is_one_clear_error(scenario_file, sets, says) -> None:
     with pytest.raises(ScenarioError) as e:
         load_scenario(scenario_file, sets)
     assert says in str(e.value) and "fog.toml" in str(e.value) or says in str(e.value)
+
+
+@pytest.mark.parametrize("aggregation", ["lock-step", "buffered"])
+def test_a_late_fogs_updates_are_not_aggregated(scenario_file, tmp_path, aggregation) -> None:
+    """A fog model past ``cloud_deadline_s`` is not merged: its devices' updates count in
+    ``failed`` (and ``failed_<class>``), not ``aggregated``, so a run whose every fog is
+    late stops after ``max_failed_rounds`` (it once ran on with an unchanged model)."""
+    slow = "topology.cloud_link={up_mbps=1, down_mbps=2, latency_ms=100}"
+    sets = [*HIER, "topology.fogs=2", slow, "run.rounds=4", "simulation.max_failed_rounds=2"]
+    if aggregation == "buffered":
+        sets += ["topology.aggregation='buffered'", "topology.buffer_size=2",
+                 "topology.concurrency=4"]  # fmt: skip
+    on_time = load_scenario(scenario_file, [*sets, "topology.cloud_deadline_s=60"])
+    rounds, _, _ = run_local(on_time, tmp_path / "a")
+    assert all(r["aggregated"] > 0 and r["stragglers_fog"] == 0 for r in rounds)
+    late = load_scenario(scenario_file, [*sets, "topology.cloud_deadline_s=0.05"])
+    with pytest.raises(RunFailed, match="2 rounds in a row"):
+        run_local(late, tmp_path / "b")
+    rounds = read_csv(tmp_path / "b" / "rounds.csv")
+    assert len(rounds) == 2
+    for r in rounds:
+        assert r["stragglers_fog"] == 2 and r["kept_previous"] == 1
+        assert r["aggregated"] == 0 and r["failed"] == r["sampled"] > 0
+        assert r["failed_big"] + r["failed_small"] == r["failed"]
+
+
+def test_a_fog_whose_share_of_the_clients_is_none_is_refused(scenario_file) -> None:
+    """Six fogs of two devices share 4 clients a round: two fogs would get none and their
+    devices never train (the lock-step tier once ran so, silently; the buffered tier
+    refuses its shares so too: test_fog_buffered)."""
+    sets = [*HIER, "topology.fogs=6"]
+    found = problems(load_scenario(scenario_file, [*sets, "simulation.clients_per_round=4"]))
+    says = "simulation.clients_per_round: 4 split over 6 fogs by size gives fog"
+    assert any(says in p and "at least one per fog (about 6 here)" in p for p in found), found
+    assert problems(load_scenario(scenario_file, [*sets, "simulation.clients_per_round=6"])) == []
 
 
 def test_a_flat_fleet_given_a_cloud_link_crosses_it(scenario_file, tmp_path) -> None:
