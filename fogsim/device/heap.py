@@ -9,7 +9,7 @@ into ``$XDG_CACHE_HOME/fogsim`` (``~/.cache/fogsim``).
 
 A measurement runs in a fresh Python under the counter (``PYTHONMALLOC=malloc`` so
 Python objects are counted too, one torch thread as a client actor has), which then
-runs :func:`_worker`:
+runs :func:`fogsim.device.heap_worker.main`:
 
 - :func:`measure_steps`: per point (widths, batch, optimizer), a few warm-up steps so
   optimizer state exists and library caches have settled, then the peak of one full
@@ -29,8 +29,6 @@ runs :func:`_worker`:
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import hashlib
 import json
 import os
@@ -71,7 +69,7 @@ def library() -> Path:
 
 
 def _run(request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    """Run :func:`_worker` with ``request`` in a fresh Python under the counter."""
+    """Run ``fogsim.device.heap_worker.main(request)`` in a fresh Python under the counter."""
     env = {
         **os.environ,
         # the driver's own path: the same fogsim, and a user's factory module, as here
@@ -82,7 +80,7 @@ def _run(request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
         "MKL_NUM_THREADS": "1",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "fogsim.device.heap", json.dumps(request)],
+        [sys.executable, "-m", "fogsim.device.heap_worker", json.dumps(request)],
         env=env,
         capture_output=True,
         text=True,
@@ -163,255 +161,7 @@ def measure_round(
     return _run(request)
 
 
-# --- inside the measured process ------------------------------------------------------
-class Counter:
-    """The preloaded counter's functions (``ctypes``)."""
-
-    def __init__(self) -> None:
-        lib = ctypes.CDLL(None)
-        if not hasattr(lib, "heapcount_current"):
-            raise HeapCounterUnavailable("libheapcount is not preloaded (LD_PRELOAD)")
-        for name in ("current", "peak", "mmap_current", "mmap_peak"):
-            getattr(lib, f"heapcount_{name}").restype = ctypes.c_long
-        self.lib = lib
-
-    def current(self) -> int:
-        return self.lib.heapcount_current()
-
-    def peak(self) -> int:
-        return self.lib.heapcount_peak()
-
-    def mmap(self) -> tuple[int, int]:
-        return self.lib.heapcount_mmap_current(), self.lib.heapcount_mmap_peak()
-
-    def reset_peak(self) -> None:
-        self.lib.heapcount_reset_peak()
-
-
-def _nbytes(*tensors: Any) -> int:
-    return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
-
-
-def _resident(model: Any, optimizer: Any, grads: bool = True) -> int:
-    """Bytes of the parameters (and gradients), optimizer state: what the memory
-    model counts as existing at a moment."""
-    import torch
-
-    params = list(model.parameters())
-    n = _nbytes(*params) + (_nbytes(*(p.grad for p in params)) if grads else 0)
-    if optimizer is not None:
-        state = optimizer.state.values()
-        n += _nbytes(*(v for s in state for v in s.values() if torch.is_tensor(v)))
-    return n
-
-
-def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dict[str, Any]:
-    import torch
-    from torch import nn
-
-    from fogsim.device.models import IMAGE_SHAPE, FogNet
-    from fogsim.device.training import optimizer_of_kind
-
-    torch.manual_seed(0)
-    if "factory" in point:  # a user's model (fogsim.device.factory), dense or narrowed
-        from fogsim.device.factory import build
-
-        in_shape, classes = tuple(point["in_shape"]), point["num_classes"]
-        model = build(point["factory"], in_shape, classes)
-        if point.get("widths") is not None:  # the first w neurons of every group
-            import numpy as np
-
-            from fogsim.device.chain import ChainLayout, assign
-
-            state = {k: v.numpy() for k, v in model.state_dict().items()}
-            layout = ChainLayout.of({k: v.shape for k, v in state.items()})
-            kept = [np.arange(w) for w in point["widths"]]
-            sub = layout.extract(state, kept)
-            assign(model, {k: torch.from_numpy(v) for k, v in sub.items()})
-            del state, sub
-    else:
-        shape = tuple(point.get("in_shape", IMAGE_SHAPE))  # e.g. the digits' 1x8x8
-        model = FogNet(tuple(point["channels"]), tuple(point["hidden"]), shape)
-        in_shape, classes = model.in_shape, model.num_classes
-    opt = optimizer_of_kind(point["optimizer"], model.parameters(), 0.01)
-    x = torch.randn(point["batch"], *in_shape)
-    y = torch.randint(0, classes, (point["batch"],))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    transients, mmaps = [], []
-    for _ in range(3):  # steady state: the three agree to a few bytes
-        opt.zero_grad(set_to_none=True)
-        gc.collect()
-        base, (mmap_base, _) = counter.current(), counter.mmap()
-        counter.reset_peak()
-        step()
-        transients.append(counter.peak() - base)
-        mmaps.append(counter.mmap()[1] - mmap_base)
-    opt.zero_grad(set_to_none=True)
-    resident = _resident(model, opt, grads=False) + _nbytes(x, y)
-    return {
-        **point,
-        "transient": max(transients),
-        "measured": max(transients) + resident,
-        "mmap_delta": max(mmaps),
-    }
-
-
-def _warm_process(counter: Counter) -> None:
-    """First use of every op and optimizer in this process on tiny models, so one-time
-    initialisation (lazy imports, thread pools, library set-up) is not measured."""
-    for channels in ((), (1,)):
-        for kind in ("sgd", "sgd-momentum", "adam"):
-            for batch in (1, 16):
-                point = {"channels": channels, "hidden": (2,), "batch": batch, "optimizer": kind}
-                _step_point(counter, point, warmup=1)
-    gc.collect()
-
-
-class _Phases:
-    """``on_phase`` of ``train_dynhp``: the heap peak of each phase (module doc)."""
-
-    def __init__(self, counter: Counter, model: Any) -> None:
-        self.counter, self.model, self.optimizer = counter, model, None
-        gc.freeze()  # what exists now is never garbage: each phase's collect skips it
-        self.records: list[dict[str, Any]] = []
-        self.open: dict[str, Any] | None = None
-
-    def __call__(self, phase: str, optimizer: Any) -> None:
-        self.close()
-        if phase != "end":
-            gc.collect()  # garbage of the phase before, freed now, not inside this one
-            self.optimizer = optimizer
-            resident = _resident(self.model, optimizer)
-            self.open = {"kind": phase, "resident": resident, "base": self.counter.current()}
-            self.counter.reset_peak()
-
-    def close(self) -> None:
-        if self.open is None:
-            return
-        end, peak = self.counter.current(), self.counter.peak()
-        o, self.open = self.open, None
-        change = _resident(self.model, self.optimizer) - o["resident"]
-        kept = max(0, end - o["base"] - change)  # left allocated beyond its tensors
-        measured = peak - o["base"] + o["resident"]
-        self.records.append(
-            {"kind": o["kind"], "peak": measured, "kept": kept, "device_peak": measured - kept}
-        )
-
-
-def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from fogsim.data import load_dataset
-    from fogsim.device.chain import widths_of
-    from fogsim.device.dynhp import DynHP, DynHPConfig
-    from fogsim.device.dynhp_train import train_dynhp
-    from fogsim.device.factory import FactoryArch
-    from fogsim.device.models import FogNet
-
-    data = load_dataset("mnist")
-    n = request["samples"]
-    x, y = data.tensors(data.train_x[:n], data.train_y[:n])
-    torch.manual_seed(0)
-    config = DynHPConfig(criterion=request.get("criterion", "taylor"))
-    if request.get("factory"):
-        arch = FactoryArch(request["factory"], (1, 28, 28), 10)
-        model, dynhp = arch.build(), DynHP(config, arch)
-    else:
-        model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
-        dynhp = DynHP(config, model)
-    probe = _Phases(counter, model)
-    optimizer: Any = request["optimizer"]
-    modelled, error, epochs = [], None, request["epochs"]
-    try:
-        for epoch in range(epochs):
-            stats = train_dynhp(
-                model, x, y, dynhp, budget=request["budget"], epochs=1,
-                progress_range=(epoch / epochs, (epoch + 1) / epochs), optimizer=optimizer,
-                lr=0.01, generator=torch.Generator().manual_seed(epoch), on_phase=probe,
-            )  # fmt: skip
-            optimizer = stats.optimizer
-            modelled += stats.memory
-    except ValueError as e:  # BudgetError: the budget holds no model
-        error = f"{type(e).__name__}: {e}"
-    steps = [r for r in probe.records if r["kind"] == "step"]
-    for r, m in zip(steps, modelled, strict=False):
-        r["modelled"] = m
-    return {"phases": probe.records, "error": error, "widths": list(widths_of(model))}
-
-
-def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from fogsim.device.models import FogNet
-    from fogsim.device.training import optimizer_of_kind, train_epochs
-
-    torch.manual_seed(0)
-    model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
-    x = torch.randn(request["samples"], *model.in_shape)
-    y = torch.randint(0, model.num_classes, (request["samples"],))
-
-    def one_round() -> None:
-        opt = optimizer_of_kind(request["optimizer"], model.parameters(), 0.01)
-        gen = torch.Generator().manual_seed(0)
-        train_epochs(model, x, y, epochs=1, batch_size=request["batch"], optimizer=opt,
-                     generator=gen, proximal_mu=request["proximal_mu"])  # fmt: skip
-        for p in model.parameters():
-            p.grad = None
-
-    one_round()  # as in a client's long-lived process: the round before is not collected
-    base = counter.current()
-    counter.reset_peak()
-    one_round()
-    end = counter.current()
-    gc.collect()  # finds no garbage, but empties the interpreter's free lists
-    return {
-        "measured": counter.peak() - base + _nbytes(*model.parameters()),
-        "order": 8 * request["samples"],  # the round's shuffled int64 sample order
-        "cached": end - base,  # what the round left in Python's free lists
-        "freed_below_base": base - counter.current(),  # >= 0: the round leaked nothing
-    }
-
-
-def _calibrate(counter: Counter) -> dict[str, int]:
-    """How a known allocation moves the count: a 3 MiB tensor, then its release."""
-    import torch
-
-    gc.collect()
-    before = counter.current()
-    block = torch.empty(3 << 20, dtype=torch.uint8)
-    allocated = counter.current() - before
-    del block
-    gc.collect()
-    return {"allocated": allocated, "after_free": counter.current() - before}
-
-
 def calibrate() -> dict[str, int]:
     """Check the method on a known allocation: ``allocated`` should be 3 MiB (plus the
     tensor's small bookkeeping) and ``after_free`` about 0."""
     return _run({"task": "calibrate"})
-
-
-def _worker(request: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(1)
-    counter = Counter()
-    if request["task"] == "calibrate":
-        return _calibrate(counter)
-    _warm_process(counter)
-    if request["task"] == "steps":
-        return {"results": [_step_point(counter, p) for p in request["points"]]}
-    if request["task"] == "round":
-        return _round(counter, request)
-    return _dynhp_run(counter, request)
-
-
-if __name__ == "__main__":
-    print(json.dumps(_worker(json.loads(sys.argv[1]))))

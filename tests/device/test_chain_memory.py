@@ -100,7 +100,7 @@ def deep_dropout(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.M
 
 def narrowed(name: str, widths: list[int] | None) -> torch.nn.Module:
     """The factory's dense model cut to the first ``widths`` neurons of every group,
-    as ``heap._step_point`` trains it."""
+    as ``heap_worker._step_point`` trains it."""
     model = build(f"{HERE if name in OTHERS else MOD}:{name}", IN_SHAPE, CLASSES)
     if widths is not None:
         state = {k: v.numpy() for k, v in model.state_dict().items()}
