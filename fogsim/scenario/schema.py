@@ -102,7 +102,9 @@ class StrategySection(Section):
 
     @model_validator(mode="after")
     def _one_strategy(self) -> StrategySection:
-        if self.flower is not None and "name" in self.model_fields_set:
+        # a name other than the default (a resolved scenario, as scenario.json holds it
+        # for --resume, lists the default name beside the Flower class)
+        if self.flower is not None and self.name != type(self).model_fields["name"].default:
             raise ValueError(f"name = {self.name!r} and flower = {self.flower!r}: give one of them")
         return self
 

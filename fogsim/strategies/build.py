@@ -15,7 +15,12 @@ from fogsim.device.memory import training_memory
 from fogsim.fleet import Fleet
 from fogsim.scenario import Scenario
 from fogsim.strategies.base import FogStrategy
-from fogsim.strategies.flower_plugin import FlowerStrategy, build_flower, flower_class
+from fogsim.strategies.flower_plugin import (
+    FlowerStrategy,
+    build_flower,
+    flower_class,
+    proximal_bytes,
+)
 from fogsim.strategies.registry import STRATEGIES, StrategyError
 
 
@@ -66,9 +71,12 @@ def dense_notice(sc: Scenario, fleet: Fleet) -> str | None:
     """What a Flower strategy leaves out on ``fleet``: it trains the dense model, so
     (as ``fedavg-feasible``) nodes whose budget cannot hold it sit out; None if the
     scenario's strategy is fogsim's own or every node holds the dense model."""
-    if issubclass(strategy_class(sc), FogStrategy):
+    cls = strategy_class(sc)
+    if issubclass(cls, FogStrategy):
         return None
+    inner = build_flower(cls, sc.strategy.params, sc.strategy.label)
     need = training_memory(sc.arch, sc.dynhp.min_batch, sc.train.memory_kind)
+    need += proximal_bytes(inner, sc.arch)  # FedProx's copy of the received model
     out = {
         c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())
         for i, c in enumerate(fleet.classes)

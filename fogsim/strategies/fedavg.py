@@ -49,9 +49,14 @@ class FedAvgFeasible(FedAvgDense):
 
     def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
         super().__init__(scenario, fleet)
-        self.takes_part = fleet.budgets >= self.budget_for(1.0) + self.extra_bytes()
+        need, extra = self.budget_for(1.0), self.extra_bytes()
+        self.takes_part = fleet.budgets >= need + extra
         if not self.takes_part.any():
-            raise ValueError("fedavg-feasible: no node's budget holds the full model")
+            copy = f" plus {extra} B, the copy of the received model FedProx keeps" if extra else ""
+            raise ValueError(
+                f"fedavg-feasible: no node's budget holds the full model ({need} B at batch "
+                f"{self.min_batch}{copy}); the largest is {int(fleet.budgets.max())} B"
+            )
 
     def extra_bytes(self) -> int:
         """Bytes a node keeps through local training besides the step itself (none

@@ -34,14 +34,18 @@ import inspect
 import os
 import pickle
 import sys
+import typing
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import pydantic
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fogsim.device.arch import Arch
+from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import proximal_anchor_bytes
 from fogsim.fleet import Fleet
 from fogsim.flower import wire
@@ -98,6 +102,7 @@ def build_flower(cls: type[Strategy], params: dict[str, Any], where: str) -> Str
             raise StrategyError(
                 f"strategy.params: {key!r} of {where} is set by {OWNED[key]} in fogsim"
             )
+    _check_types(cls, params, where)
     sig = inspect.signature(cls)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     sampling = {k: v for k, v in SAMPLING.items() if takes_any or k in sig.parameters}
@@ -105,6 +110,36 @@ def build_flower(cls: type[Strategy], params: dict[str, Any], where: str) -> Str
         return cls(**sampling, **params)
     except (TypeError, ValueError) as e:
         raise StrategyError(f"strategy.params: {where} with params {params}: {e}") from None
+
+
+def proximal_bytes(inner: Strategy, arch: Arch | FactoryArch) -> int:
+    """FedProx's copy of the received model (``proximal_mu`` set, as Flower's
+    ``FedProx`` keeps it): a node trains only if its budget holds it too."""
+    return proximal_anchor_bytes(arch) if getattr(inner, "proximal_mu", 0) else 0
+
+
+def _check_types(cls: type[Strategy], params: dict[str, Any], where: str) -> None:
+    """Each param against its constructor's annotation (pydantic, strict: no string
+    taken for a number), so a wrong type is refused at ``validate``, not when the
+    strategy first aggregates, after a round's training. Params whose annotation is
+    missing or not checkable (a class pydantic knows no schema for) are left to it."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: nothing to check against
+        return
+    for key, value in params.items():
+        try:
+            adapter = pydantic.TypeAdapter(hints[key])
+        except (KeyError, pydantic.PydanticSchemaGenerationError):
+            continue
+        try:
+            adapter.validate_python(value, strict=True)
+        except pydantic.ValidationError as e:
+            said = e.errors()[0]["msg"]
+            raise StrategyError(
+                f"strategy.params: {key!r} of {where}: {value!r}: {said}; allowed: "
+                f"{getattr(hints[key], '__name__', hints[key])}"
+            ) from None
 
 
 class FlowerStrategy(FedAvgFeasible):
@@ -130,9 +165,7 @@ class FlowerStrategy(FedAvgFeasible):
         self.current: dict[str, np.ndarray] = {}  # the global model sent this round
 
     def extra_bytes(self) -> int:
-        """FedProx's copy of the received model (``proximal_mu`` set, as Flower's
-        ``FedProx`` keeps it): a node trains only if its budget holds it too."""
-        return proximal_anchor_bytes(self.arch) if getattr(self.inner, "proximal_mu", 0) else 0
+        return proximal_bytes(self.inner, self.arch)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -2,6 +2,7 @@
 Flower subclass registered under a name): built with keyword arguments, run for real
 on Flower + Ray, their failures ending the run with the reason."""
 
+import json
 import pickle
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from clients.fog_client import train
 from fogsim.checks import problems
 from fogsim.cli import app
 from fogsim.device.arch import Arch
-from fogsim.device.memory import training_memory
+from fogsim.device.memory import proximal_anchor_bytes, training_memory
 from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
 from fogsim.flower import wire
@@ -116,6 +117,10 @@ def test_a_registered_flower_subclass_is_never_given_the_scenario(
         (["strategy.params={fraction_train=0.5}"], "'fraction_train' of"),
         (["strategy.params={eta_typo=1}"], "unexpected keyword argument 'eta_typo'"),
         (["strategy.params={min_available_nodes=9}"], "simulation.clients_per_round"),
+        (  # once found only when FedAdam first aggregated, after a round's training
+            ["strategy.params={eta='fast'}"],
+            "'eta' of flwr.serverapp.strategy:FedAdam: 'fast': Input should be a valid number",
+        ),
     ],
 )
 def test_bad_params_are_refused_naming_the_field(tiny_scenario: Path, sets, expected) -> None:
@@ -134,7 +139,7 @@ def test_bad_references_are_refused(tiny_scenario: Path) -> None:
             found[0].startswith("strategy.flower: ") and expected in found[0]
         ), found
     with pytest.raises(ScenarioError, match="give one of them"):
-        load_scenario(tiny_scenario, [*ADAM, "strategy.name='fedavg'"])
+        load_scenario(tiny_scenario, [*ADAM, "strategy.name='heterofl'"])
     with pytest.raises(ScenarioError, match="strategy.flower"):
         load_scenario(tiny_scenario, ["strategy.flower='FedAdam'"])  # no module
 
@@ -145,6 +150,27 @@ def test_the_fleet_summary_says_who_sits_out(tiny_scenario: Path) -> None:
     assert note and "6 node(s) sit out (6 of 'small')" in note and "fedavg-feasible" in note
     sc = load_scenario(tiny_scenario, ["strategy.name='fedavg-feasible'"])
     assert dense_notice(sc, build_fleet(sc.fleet, sc.run.seed)) is None  # fogsim's own says
+
+
+def test_the_fleet_summary_counts_fedproxs_copy(tiny_scenario: Path) -> None:
+    """Small nodes whose budget holds the dense model but not FedProx's copy of it sit
+    out, and the summary says so (it once counted them in); with no node holding the
+    copy, the error names it."""
+    fedprox = ["strategy.flower='flwr.serverapp.strategy:FedProx'"]
+    sc = load_scenario(tiny_scenario, fedprox)
+    dense = training_memory(sc.arch, 16, sc.train.memory_kind)
+    between = dense + proximal_anchor_bytes(sc.arch) // 2
+    small = f"fleet.classes.1.memory={between}"
+    for mu, says in ((0.0, None), (0.01, "6 node(s) sit out (6 of 'small')")):
+        mu_set = f"strategy.params={{proximal_mu={mu}}}"
+        sc = load_scenario(tiny_scenario, [*fedprox, small, mu_set])
+        note = dense_notice(sc, build_fleet(sc.fleet, sc.run.seed))
+        assert note == says or (says and says in note), note
+    sc = load_scenario(tiny_scenario, [*fedprox, small, f"fleet.classes.0.memory={between}",
+                                       "strategy.params={proximal_mu=0.01}"])  # fmt: skip
+    found = problems(sc)
+    assert len(found) == 1 and "no node's budget holds the full model" in found[0], found
+    assert "the copy of the received model FedProx keeps" in found[0]
 
 
 def reply(state: dict, n: int, node: int) -> Message:
@@ -284,6 +310,23 @@ def test_flower_strategies_train(tiny_scenario: Path, tmp_path: Path, name: str)
     ref = f"strategy.flower='flwr.serverapp.strategy:{name}'"
     run_local(load_scenario(tiny_scenario, [ref, *FLOWER_RUNS[name], *COMMON]), tmp_path)
     check_flower_run(tmp_path, name)
+
+
+@pytest.mark.slow  # the resumed round runs on Flower + Ray
+def test_a_flower_strategy_run_resumes(tiny_scenario: Path, tmp_path: Path) -> None:
+    """``--resume`` of a run that stopped after its first round, through the CLI: its
+    scenario.json (listing the default ``name`` beside ``flower``) was once refused as
+    giving both."""
+    sets = ["strategy.flower='flwr.serverapp.strategy:FedAvg'", *COMMON]
+    sc = load_scenario(tiny_scenario, [*sets, "run.rounds=1"])
+    run_local(sc, tmp_path)
+    stored = json.loads((tmp_path / "scenario.json").read_text())
+    stored["run"]["rounds"] = 2  # as if it had stopped after round 1 of 2
+    (tmp_path / "scenario.json").write_text(json.dumps(stored))
+    (tmp_path / "summary.json").unlink()  # unfinished
+    result = runner.invoke(app, ["run", "--out", str(tmp_path), "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [r["round"] for r in load(tmp_path)["rounds"]] == [1, 2]
 
 
 @pytest.mark.slow  # a real Flower + Ray run (one: the others run in process, above)
