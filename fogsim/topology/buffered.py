@@ -169,7 +169,7 @@ class Buffered:
         topo, clock, opened = self.topology, self.strategy.clock, self.opened
         for job in jobs:
             if not math.isnan(job.start):
-                heapq.heappush(self.flight, (job.finish, job.node, job))
+                self.push(job)
         waiting = [j for j in jobs if math.isnan(j.start)]  # started by this window's replies
         buffer: list[Job] = []
         while len(buffer) < topo.buffer_size and self.flight:  # else too few were up
@@ -180,13 +180,21 @@ class Buffered:
             elif waiting:
                 nxt = waiting.pop(0)
                 nxt.start = max(job.finish, opened)
-                heapq.heappush(self.flight, (nxt.finish, nxt.node, nxt))
+                self.push(nxt)
             else:  # no device was idle and up at the opening: the next window fills it
                 self.free.append(job.finish)
         # the merge happens at the last reply, or at the opening if that came earlier
         self.merged_at = max(buffer[-1].finish, opened) if buffer else None
         clock.now_s = self.merged_at if buffer else opened
         return self.merge(rnd, rnd - 1, buffer, opened)
+
+    def push(self, job: Job) -> None:
+        """A started job into the flight: a device whose availability window closes before
+        its own finish leaves then, freeing its place (lock-step rounds count it until it
+        left too); its update is lost (``departed``, at the merge)."""
+        left = self.fleet.availability.until(job.node, job.start) - job.start
+        job.duration = min(job.duration, max(0.0, left))
+        heapq.heappush(self.flight, (job.finish, job.node, job))
 
     def start_jobs(
         self, grid: Grid, rnd: int, arrays: ArrayRecord, k: int, version: int

@@ -102,6 +102,25 @@ def test_replies_merge_in_clock_order_on_the_model_of_their_start(scenario_file,
     ]
 
 
+def test_a_departing_device_frees_its_place_when_it_leaves(scenario_file, tmp_path) -> None:
+    """Slow small devices whose day window closes 0.1 s into the run depart mid-training:
+    each frees its place when it leaves, so a merge ends at its buffer's last reply or
+    departure, whichever each was, as by hand (a departed device once held its place
+    until its own finish, delaying the merge and its replacement's start)."""
+    leave = ["fleet.classes.1.diurnal={share=0.5, from_h=0}", "simulation.start_h=11.99997222"]
+    sets = [*BUFFERED, *SPEEDS, *leave, "run.rounds=3", "simulation.max_failed_rounds=0"]
+    rounds, nodes, _ = run_local(load_scenario(scenario_file, sets), tmp_path)
+    assert any(n["status"] == "departed" for n in nodes)
+    for r in rounds:
+        mine = [n for n in nodes if n["round"] == r["round"]]
+        ends = [
+            n["sim_start_s"] + (n["departed_s"] if n["status"] == "departed" else n["sim_time_s"])
+            for n in mine
+        ]
+        end = r["sim_clock_s"] + r["sim_time_s"]
+        assert end == pytest.approx(max(r["sim_clock_s"], *ends), abs=1e-9), (r, mine)
+
+
 def test_concurrency_devices_stay_in_flight_when_no_device_waits(scenario_file, tmp_path) -> None:
     """A fleet of exactly ``concurrency`` nodes: at every opening all of them are busy,
     so no device waits for this window's replies; the places the two fast devices free
