@@ -2,6 +2,7 @@
 what each partitioner promises holds on fogsim's nodes, fogsim fills in the fleet's
 figures, the run's seed decides, and bad settings exit 2 naming the field."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,26 @@ def test_a_split_the_fleet_cannot_use_is_refused() -> None:
         )
 
 
+def test_more_nodes_than_samples_is_said_so() -> None:
+    """(IidPartitioner said only 'Index 3000 out of range'.)"""
+    with pytest.raises(PartitionerError, match="fleet.nodes = 3001 exceeds the 3000 training"):
+        flower_partition(LABELS, 3001, "IidPartitioner", {}, 0)
+
+
+def test_a_partitioners_retries_warn_once_and_only_if_it_succeeds() -> None:
+    """DirichletPartitioner warns on every attempt at min_partition_size: eleven warnings
+    before its error once reached the user (here 200 fails, 150 takes two attempts)."""
+    for size, warned in ((200, 0), (150, 1)):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            try:
+                params = {"alpha": 0.3, "min_partition_size": size}
+                flower_partition(LABELS, 10, "DirichletPartitioner", params, 0)
+            except PartitionerError as e:
+                assert size == 200 and "max number of attempts" in str(e)
+        assert len(said) == warned, [str(w.message) for w in said]
+
+
 FLOWER = ["data.partitioning='flower'"]
 
 
@@ -122,9 +143,9 @@ def test_a_split_that_fails_on_the_data_exits_2_at_validate(tiny_scenario: Path)
         app, ["validate", str(tiny_scenario), *[a for s in sets for a in ("--set", s)]]
     )
     assert result.exit_code == 2
-    assert "data.partitioning = 'flower' over fleet.nodes = 10: DirichletPartitioner(" in (
-        result.output
-    )
+    said = "".join(result.output.split("\n"))  # the message, whatever the terminal wraps
+    assert f"{tiny_scenario}: data.partitioning = 'flower' over fleet.nodes = 10: " in said
+    assert "DirichletPartitioner(" in said
 
 
 def test_the_allowed_names_are_flower_datasets_row_partitioners() -> None:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from fogsim.checks import check_data, load_checked
 from fogsim.data import DatasetError, DatasetNotFoundError
-from fogsim.scenario import Scenario, ScenarioError
+from fogsim.scenario import Scenario, ScenarioError, shown
 from fogsim.study.report import Table as ReportTable
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios"
@@ -73,14 +73,20 @@ def load(scenario: str, overrides: list[str] | None) -> Scenario:
         raise  # unreachable; keeps type checkers happy
 
 
-def load_data(sc: Scenario) -> None:
-    """Fail unless the data set loads and splits across the fleet (before Ray starts)."""
+def source_of(scenario: str) -> str:
+    """How errors name the scenario file ``scenario`` resolves to."""
+    return shown(str(resolve_scenario_path(scenario)))
+
+
+def load_data(sc: Scenario, source: str) -> None:
+    """Fail unless the data set loads and splits across the fleet (before Ray starts),
+    naming ``source``, the scenario's file."""
     try:
         check_data(sc)
     except DatasetNotFoundError as e:  # the field to fix, as for any other bad value
-        fail(f"data.path = {sc.data.path!r}: {e}" if sc.data.path else str(e))
+        fail(f"{source}: data.path = {sc.data.path!r}: {e}" if sc.data.path else f"{source}: {e}")
     except (DatasetError, ScenarioError) as e:
-        fail(str(e))
+        fail(f"{source}: {e}")
 
 
 def check_cluster(address: str | None) -> None:

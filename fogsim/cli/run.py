@@ -28,6 +28,7 @@ from fogsim.cli.common import (
     load_data,
     out,
     progress_bar,
+    source_of,
 )
 from fogsim.device.memory import widest_fraction
 from fogsim.fleet import Fleet, build_fleet
@@ -141,9 +142,11 @@ def run(
     """
     if resume and scenario is None:
         sc = stored_scenario(out_dir)
+        source = shown(str((out_dir or Path()) / "scenario.json"))
     else:
         sc = load(scenario or "", set_)
-    load_data(sc)
+        source = source_of(scenario or "")
+    load_data(sc, source)
     check_cluster(ray_address or sc.simulation.ray_address)
     run_dir = out_dir or Path(sc.run.output_dir) / sc.run.name
     resuming = prepare_run_dir(run_dir, sc, overwrite, resume)
@@ -342,7 +345,7 @@ def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
       fogsim validate scenarios/quickstart.toml --set fleet.nodes=100
     """
     sc = load(scenario, set_)
-    load_data(sc)
+    load_data(sc, source_of(scenario))
     out.print_json(json.dumps(sc.model_dump(mode="json")))
     print_fleet(sc, out)
     out.print("[green]valid[/]")

@@ -21,6 +21,7 @@ from fogsim.cli.common import (
     progress_bar,
     resolve_scenario_path,
     rich_table,
+    source_of,
 )
 from fogsim.cli.run import interrupted
 from fogsim.scenario import Scenario
@@ -164,7 +165,7 @@ def sweep(
         fail(str(e))
         raise
     for _, s in runs:
-        load_data(s)
+        load_data(s, source_of(scenario))
     for address in {s.simulation.ray_address for _, s in runs}:
         check_cluster(address)
     sweep_dir = sweep_dir_of(sc, out_dir)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,24 +107,37 @@ def flower_partition(
     taken = set(inspect.signature(cls.__init__).parameters)
     filled = {"num_partitions": num_nodes, "partition_by": "label", "seed": seed}
     kwargs = {k: v for k, v in filled.items() if k in taken} | dict(params)
+    if num_nodes > len(labels):  # a partitioner would fail on an index, or leave nodes empty
+        raise PartitionerError(
+            f"fleet.nodes = {num_nodes} exceeds the {len(labels)} training samples: "
+            "every node needs at least one"
+        )
     order = np.random.default_rng(seed).permutation(len(labels))
     table = Dataset.from_dict({"label": labels[order], "index": order})
-    try:
-        partitioner = cls(**kwargs)
-        partitioner.dataset = table
-        count = partitioner.num_partitions
-        if count != num_nodes:
-            raise PartitionerError(
-                f"{cls.__name__} makes {count} partitions for fleet.nodes = {num_nodes}"
-            )
-        parts = [
-            np.sort(partitioner.load_partition(i).with_format("numpy")[:]["index"])
-            for i in range(num_nodes)
-        ]
-    except PartitionerError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise PartitionerError(f"{cls.__name__}({_shown(kwargs)}): {e}") from None
+    # a partitioner's warnings while it retries (DirichletPartitioner: one per attempt at
+    # min_partition_size) are said again only if it succeeds, the last from each place
+    # it warns from: if it fails, the error says why
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            partitioner = cls(**kwargs)
+            partitioner.dataset = table
+            count = partitioner.num_partitions
+            if count != num_nodes:
+                raise PartitionerError(
+                    f"{cls.__name__} makes {count} partitions for fleet.nodes = {num_nodes}"
+                )
+            parts = [
+                np.sort(partitioner.load_partition(i).with_format("numpy")[:]["index"])
+                for i in range(num_nodes)
+            ]
+        except PartitionerError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise PartitionerError(f"{cls.__name__}({_shown(kwargs)}): {e}") from None
+    last = {(w.category, w.filename, w.lineno): w for w in said}
+    for w in last.values():
+        warnings.warn(w.message, w.category, stacklevel=2)
     if empty := [i for i, p in enumerate(parts) if len(p) == 0]:
         raise PartitionerError(
             f"{cls.__name__}({_shown(kwargs)}) leaves {len(empty)} of {num_nodes} nodes "

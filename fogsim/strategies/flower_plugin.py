@@ -102,9 +102,15 @@ def build_flower(cls: type[Strategy], params: dict[str, Any], where: str) -> Str
             raise StrategyError(
                 f"strategy.params: {key!r} of {where} is set by {OWNED[key]} in fogsim"
             )
-    _check_types(cls, params, where)
     sig = inspect.signature(cls)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    if not takes_any and (unknown := [k for k in params if k not in sig.parameters]):
+        allowed = [k for k in sig.parameters if k not in OWNED]
+        raise StrategyError(
+            f"strategy.params: {unknown[0]!r} of {where}: no such parameter; allowed: "
+            f"{', '.join(allowed)}"
+        )
+    _check_types(cls, params, where)
     sampling = {k: v for k, v in SAMPLING.items() if takes_any or k in sig.parameters}
     try:
         return cls(**sampling, **params)

@@ -115,7 +115,11 @@ def test_a_registered_flower_subclass_is_never_given_the_scenario(
     ("sets", "expected"),
     [
         (["strategy.params={fraction_train=0.5}"], "'fraction_train' of"),
-        (["strategy.params={eta_typo=1}"], "unexpected keyword argument 'eta_typo'"),
+        (
+            ["strategy.params={eta_typo=1}"],
+            "'eta_typo' of flwr.serverapp.strategy:FedAdam: no such parameter; allowed: "
+            "train_metrics_aggr_fn, evaluate_metrics_aggr_fn, eta, eta_l",
+        ),
         (["strategy.params={min_available_nodes=9}"], "simulation.clients_per_round"),
         (  # once found only when FedAdam first aggregated, after a round's training
             ["strategy.params={eta='fast'}"],
