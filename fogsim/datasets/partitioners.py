@@ -107,11 +107,6 @@ def flower_partition(
     taken = set(inspect.signature(cls.__init__).parameters)
     filled = {"num_partitions": num_nodes, "partition_by": "label", "seed": seed}
     kwargs = {k: v for k, v in filled.items() if k in taken} | dict(params)
-    if num_nodes > len(labels):  # a partitioner would fail on an index, or leave nodes empty
-        raise PartitionerError(
-            f"fleet.nodes = {num_nodes} exceeds the {len(labels)} training samples: "
-            "every node needs at least one"
-        )
     order = np.random.default_rng(seed).permutation(len(labels))
     table = Dataset.from_dict({"label": labels[order], "index": order})
     # a partitioner's warnings while it retries (DirichletPartitioner: one per attempt at
@@ -134,7 +129,9 @@ def flower_partition(
         except PartitionerError:
             raise
         except (ValueError, TypeError, KeyError, IndexError) as e:
-            raise PartitionerError(f"{cls.__name__}({_shown(kwargs)}): {e}") from None
+            few = num_nodes > len(labels)  # IidPartitioner: only "Index 3000 out of range"
+            why = f" (fleet.nodes = {num_nodes} exceeds the {len(labels)} training samples)"
+            raise PartitionerError(f"{cls.__name__}({_shown(kwargs)}): {e}{why * few}") from None
     last = {(w.category, w.filename, w.lineno): w for w in said}
     for w in last.values():
         warnings.warn(w.message, w.category, stacklevel=2)
