@@ -84,6 +84,12 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.start_batch=8",
         "strategy.params.prune='order'",
     ],
+    "mask-union-wide8-order-capped": [  # ... for the devices whose target it moves only
+        "strategy.name='mask-union'",
+        "strategy.params.start_batch=8",
+        "strategy.params.prune='order'",
+        "strategy.params.start_for='capped'",
+    ],
     "mask-union-wide8-order-lr0.025-rounds15": [  # its CNN choice at HeteroFL's bytes:
         # 20 rounds of it send ~1.3x HeteroFL's bytes (up + down), 15 rounds ~1x
         "strategy.name='mask-union'",
@@ -157,5 +163,15 @@ VARIANTS |= {
     for variant in configurations
     for lr in LR_GRID
     if lr != SCENARIO_LR
+}
+# the wider start for capped devices only, at 0.025 and (the variant itself) the
+# scenarios' 0.05: the LRs the wider start and the default chose on the CNNs (a trial,
+# not a family research_select.py chooses for)
+VARIANTS |= {
+    at_lr("mask-union-wide8-order-capped", lr): [
+        *VARIANTS["mask-union-wide8-order-capped"],
+        f"train.lr={lr}",
+    ]
+    for lr in (0.025,)
 }
 DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"

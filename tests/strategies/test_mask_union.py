@@ -197,6 +197,37 @@ def test_a_wider_start_is_pruned_to_the_budgets_target_within_the_budget(tiny_sc
         assert reply[wire.METRICS][wire.PEAK_MEMORY] <= s.fleet.budget(node)
 
 
+def test_a_wider_start_for_capped_devices_only(tiny_scenario) -> None:
+    """``start_for = "capped"``: only a device whose target stops at
+    ``target_compression`` (1.5 here: the 3 smallest) gets the wider start, prefix and
+    batch; every other one is sent what the default sends it."""
+    sc = load_scenario(tiny_scenario, [*SPREAD, "dynhp.target_compression=1.5"])
+    fleet = build_fleet(sc.fleet, 3)
+    built = {}
+    for name, params in (("plain", {}), ("all", {"start_batch": 4}),
+                         ("capped", {"start_batch": 4, "start_for": "capped"})):  # fmt: skip
+        built[name] = STRATEGIES["mask-union"](sc, fleet, **params)
+        torch.manual_seed(0)
+        built[name].global_state = {
+            k: v.numpy() for k, v in FogNet((), (64, 32)).state_dict().items()
+        }
+    capped = [n for n in range(fleet.num_nodes) if built["plain"].budget_ratio(n) > 1.5]
+    assert 0 < len(capped) < fleet.num_nodes
+    arrays = wire.numpy_record(built["plain"].global_state)
+    for node in range(fleet.num_nodes):
+        like = built["all" if node in capped else "plain"]
+        sent = built["capped"].kept_for(node, 1)
+        assert [k.tolist() for k in sent] == [k.tolist() for k in like.kept_for(node, 1)]
+        _, config = built["capped"].node_payload(node, arrays, 1)
+        assert config.get(wire.MIN_BATCH) == (4 if node in capped else None)
+    assert any(
+        sum(map(len, built["all"].kept_for(n, 1))) > sum(map(len, built["plain"].kept_for(n, 1)))
+        for n in capped
+    )
+    with pytest.raises(ValueError, match="start_for"):
+        STRATEGIES["mask-union"](sc, fleet, start_for="capped")  # no start_batch
+
+
 def test_a_wider_start_pruned_by_the_order_stays_a_prefix_of_it(tiny_scenario) -> None:
     """``prune = "order"``: DynHP removes the tail of the server's neuron order, not
     its own lowest scores, so what a device deploys is still a prefix of the order in
