@@ -232,7 +232,11 @@ def launch(
 
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.INFO if verbose else logging.ERROR)
-    init_args: dict = {"include_dashboard": False, "log_to_driver": verbose}
+    init_args: dict = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,  # "Started a local..."
+    }
     ray_tmp = None
     if address:
         init_args["address"] = address
