@@ -99,6 +99,13 @@ def test_none_unsets_a_field_that_may_be_unset(tiny_scenario) -> None:
     assert sc.simulation.max_in_flight is None
     with pytest.raises(ScenarioError, match="train.lr.*got 'none'"):
         load_scenario(tiny_scenario, ["train.lr=none"])
+    # a catalogue device's radio, unset (it was looked up in the catalogue as 'none')
+    phone = ["fleet.classes.0.device='phone'", "fleet.classes.0.radio=none"]
+    sc = load_scenario(tiny_scenario, phone)
+    assert sc.fleet.classes[0].device == "phone" and sc.fleet.classes[0].radio is None
+    assert sc.fleet.classes[0].tx_j_per_byte is None  # no radio figures
+    plain = load_scenario(tiny_scenario, [*phone[:1], "fleet.classes.0.device=none"])
+    assert plain.fleet.classes[0].device is None
 
 
 def test_fleet_counts_and_seeded_assignment(tiny_scenario) -> None:

@@ -80,7 +80,12 @@ class NodeAvailability:
         w = self.windows[node]
         if w is not None:
             i = w.at(t)
-            return float(w.end[i]) if i is not None else t
+            if i is None:
+                return t
+            end = float(w.end[i])  # a window that starts as this one ends, on, goes on
+            while (j := w.at(end)) is not None and not (w.battery[j] < self.min_battery):
+                end = float(w.end[j])
+            return end
         opens = self.opens_s[node]
         if math.isnan(opens) or self.on_s[node] >= DAY_S:
             return math.inf

@@ -68,7 +68,16 @@ class DeviceClass(Section):
     @model_validator(mode="before")
     @classmethod
     def _catalogue(cls, data: Any) -> Any:
-        return class_figures(data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        # "none" unsets device or radio (as any field that may be unset) before the
+        # catalogue is asked for a device or radio of that name
+        unset = {
+            k: None
+            for k in ("device", "radio")
+            if isinstance(data.get(k), str) and data[k].lower() == "none"
+        }
+        return class_figures({**data, **unset})
 
     @model_validator(mode="after")
     def _share_or_count(self) -> DeviceClass:

@@ -39,6 +39,17 @@ def test_a_window_below_min_battery_is_off(tmp_path) -> None:
     assert av.battery(1, 50) == 0.5 and av.battery(2, 50) is None and av.battery(3, 50) is None
 
 
+def test_touching_windows_that_are_on_are_one_stay(tmp_path) -> None:
+    """A trace logging the battery in steps (windows that touch) keeps a node on across
+    them: it leaves at the first end not followed at once by a window it is on in (a node
+    once departed at every step); a touching window below min_battery ends the stay."""
+    steps = "0,,0,10,0.9\n0,,10,20,0.8\n0,,20,30,0.7\n1,,0,10,0.9\n1,,10,20,0.1\n"
+    av = make(tmp_path, steps + "2,,0,10,0.9\n2,,11,20,0.9\n", min_battery=0.25)
+    assert av.until(0, 5) == 30 and av.until(0, 15) == 30
+    assert av.until(1, 5) == 10  # then off: too little battery
+    assert av.until(2, 5) == 10  # a gap, however short, is off
+
+
 def test_diurnal_model_share_phase_and_seeded_jitter(tmp_path) -> None:
     model = DiurnalModel(share=0.25, from_h=20, jitter_h=1)
     av = make(tmp_path, None, [model, None], seed=5)
