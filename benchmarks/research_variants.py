@@ -174,4 +174,11 @@ VARIANTS |= {
     ]
     for lr in (0.025,)
 }
+# ... at HeteroFL's bytes: 20 rounds of it send ~1.12x HeteroFL's bytes (up + down),
+# 18 rounds ~1.005x, 17 rounds ~0.93x
+VARIANTS |= {
+    f"{variant}-rounds{rounds}": [*VARIANTS[variant], f"run.rounds={rounds}"]
+    for variant in ("mask-union-wide8-order-capped", "mask-union-wide8-order-capped-lr0.025")
+    for rounds in (17, 18)
+}
 DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"
