@@ -266,7 +266,12 @@ class Scenario(Section):
         """Fields that must agree with each other. What needs more than the schema (the
         strategy registry, the fleet's budgets, the data set) is in ``fogsim.checks``."""
         nodes, sim, problems = self.fleet.nodes, self.simulation, self.model.problems(self.data)
-        for field in ("clients_per_round", "evaluate_clients"):
+        # buffered rounds take topology.buffer_size replies a merge, not clients_per_round
+        buffered = self.topology.aggregation == "buffered"
+        per_round = self.topology.buffer_size if buffered else sim.clients_per_round
+        per_round_field = "topology.buffer_size" if buffered else "simulation.clients_per_round"
+        counted = ("evaluate_clients",) if buffered else ("clients_per_round", "evaluate_clients")
+        for field in counted:
             if getattr(sim, field) > nodes:
                 problems.append(
                     f"simulation.{field}: {getattr(sim, field)} exceeds fleet.nodes = {nodes}"
@@ -286,10 +291,9 @@ class Scenario(Section):
                 f"data.partitioning: {self.data.partitioning!r} takes no node weights; "
                 "fleet.file's data_share needs 'iid' or 'dirichlet'"
             )
-        if sim.min_replies > sim.clients_per_round:
+        if sim.min_replies > per_round:
             problems.append(
-                f"simulation.min_replies: {sim.min_replies} exceeds "
-                f"simulation.clients_per_round = {sim.clients_per_round}"
+                f"simulation.min_replies: {sim.min_replies} exceeds {per_round_field} = {per_round}"
             )
         problems += topology_problems(self.topology, self.fleet)
         if problems:  # one line each, field first (see _format_errors)

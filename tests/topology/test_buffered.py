@@ -190,8 +190,21 @@ def test_a_buffered_crash_says_why_in_nodes_csv(tiny_scenario: Path, tmp_path: P
             "topology.buffer_size: 6 exceeds",
         ),
         (["topology.aggregation='fedasync'"], "topology.aggregation"),
+        (  # a merge takes buffer_size replies: min_replies is checked against it
+            [*BUFFERED, "simulation.min_replies=4"],
+            "simulation.min_replies: 4 exceeds topology.buffer_size = 3",
+        ),
     ],
 )
 def test_bad_buffered_settings_are_clear_errors(scenario_file, sets, says) -> None:
     with pytest.raises(ScenarioError, match=says.replace(".", r"\.")):
         load_scenario(scenario_file, sets)
+
+
+def test_clients_per_round_is_not_asked_of_a_buffered_run(scenario_file) -> None:
+    """Buffered rounds do not use it (concurrency and buffer_size say who trains): a
+    value over the fleet's nodes was refused."""
+    sc = load_scenario(scenario_file, [*BUFFERED, "simulation.clients_per_round=20"])
+    assert sc.simulation.clients_per_round == 20
+    with pytest.raises(ScenarioError, match="simulation.clients_per_round: 20 exceeds"):
+        load_scenario(scenario_file, ["simulation.clients_per_round=20"])
