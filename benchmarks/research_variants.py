@@ -147,6 +147,8 @@ CHOOSING: dict[str, tuple[str, ...]] = {  # strategy -> the configurations it ch
     "mask-union-index": ("mask-union-index", "mask-union-clip-index"),
     # the wider start pruned by the order: one configuration, so 4 points, not 8
     "mask-union-wide8-order": ("mask-union-wide8-order",),
+    # ... for the capped devices only (measured on the four CNNs)
+    "mask-union-wide8-order-capped": ("mask-union-wide8-order-capped",),
     "heterofl": ("heterofl", "heterofl-plain"),
     "fedrolex": ("fedrolex", "fedrolex-plain"),
 }
@@ -163,16 +165,6 @@ VARIANTS |= {
     for variant in configurations
     for lr in LR_GRID
     if lr != SCENARIO_LR
-}
-# the wider start for capped devices only, at 0.025 and (the variant itself) the
-# scenarios' 0.05: the LRs the wider start and the default chose on the CNNs (a trial,
-# not a family research_select.py chooses for)
-VARIANTS |= {
-    at_lr("mask-union-wide8-order-capped", lr): [
-        *VARIANTS["mask-union-wide8-order-capped"],
-        f"train.lr={lr}",
-    ]
-    for lr in (0.025,)
 }
 # ... at HeteroFL's bytes: 20 rounds of it send ~1.12x HeteroFL's bytes (up + down),
 # 18 rounds ~1.005x, 17 rounds ~0.93x
