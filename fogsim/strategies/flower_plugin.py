@@ -113,9 +113,16 @@ def build_flower(cls: type[Strategy], params: dict[str, Any], where: str) -> Str
     _check_types(cls, params, where)
     sampling = {k: v for k, v in SAMPLING.items() if takes_any or k in sig.parameters}
     try:
-        return cls(**sampling, **params)
+        inner = cls(**sampling, **params)
     except (TypeError, ValueError) as e:
         raise StrategyError(f"strategy.params: {where} with params {params}: {e}") from None
+    if (mu := getattr(inner, "proximal_mu", 0)) < 0:  # Flower takes it; the client would
+        # push each model away from the one received
+        raise StrategyError(
+            f"strategy.params: 'proximal_mu' of {where}: {mu!r}; allowed: 0 (FedAvg's "
+            "update) or more"
+        )
+    return inner
 
 
 def proximal_bytes(inner: Strategy, arch: Arch | FactoryArch) -> int:

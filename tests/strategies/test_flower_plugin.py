@@ -121,6 +121,13 @@ def test_a_registered_flower_subclass_is_never_given_the_scenario(
             "train_metrics_aggr_fn, evaluate_metrics_aggr_fn, eta, eta_l",
         ),
         (["strategy.params={min_available_nodes=9}"], "simulation.clients_per_round"),
+        (
+            [
+                "strategy.flower='flwr.serverapp.strategy:FedProx'",
+                "strategy.params={proximal_mu=-0.5}",
+            ],
+            "'proximal_mu' of flwr.serverapp.strategy:FedProx: -0.5; allowed: 0",
+        ),
         (  # once found only when FedAdam first aggregated, after a round's training
             ["strategy.params={eta='fast'}"],
             "'eta' of flwr.serverapp.strategy:FedAdam: 'fast': Input should be a valid number",
