@@ -164,8 +164,9 @@ def sweep(
     except SweepError as e:
         fail(str(e))
         raise
+    source = source_of(scenario)
     for _, s in runs:
-        load_data(s, source_of(scenario))
+        load_data(s, source)
     for address in {s.simulation.ray_address for _, s in runs}:
         check_cluster(address)
     sweep_dir = sweep_dir_of(sc, out_dir)

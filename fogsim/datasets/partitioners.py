@@ -129,9 +129,12 @@ def flower_partition(
         except PartitionerError:
             raise
         except (ValueError, TypeError, KeyError, IndexError) as e:
-            few = num_nodes > len(labels)  # IidPartitioner: only "Index 3000 out of range"
-            why = f" (fleet.nodes = {num_nodes} exceeds the {len(labels)} training samples)"
-            raise PartitionerError(f"{cls.__name__}({_shown(kwargs)}): {e}{why * few}") from None
+            why = (  # IidPartitioner says only "Index 3000 out of range"
+                f" (fleet.nodes = {num_nodes} exceeds the {len(labels)} training samples)"
+                if num_nodes > len(labels)
+                else ""
+            )
+            raise PartitionerError(f"{cls.__name__}({_shown(kwargs)}): {e}{why}") from None
     last = {(w.category, w.filename, w.lineno): w for w in said}
     for w in last.values():
         warnings.warn(w.message, w.category, stacklevel=2)

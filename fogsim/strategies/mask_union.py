@@ -52,10 +52,10 @@
   the CNNs' cameras 4-8 pt (their target stops at 10x, so they deploy models 10x
   bigger) and holds the other classes: tuned over the LR grid it meets the bar against
   tuned HeteroFL on 3 of 9 scenarios (both Dirichlet CNNs, the digits) where the
-  default meets it on 2; it costs the MLPs up to ~0.4 pt and ~43%
-  more bytes down. For the capped devices only (``start_for``) it costs the CNNs 12%
-  more bytes and meets the bar on 5 of 9 scenarios at equal rounds, three of the four
-  CNNs among them, but on no CNN at equal bytes (18 rounds).
+  default meets it on 2; it costs the MLPs up to ~0.4 pt and ~43% more bytes down.
+  For the capped devices only (``start_for``) it costs the CNNs 12% more bytes and
+  meets the bar on 5 of 9 scenarios at equal rounds, three of the four CNNs among
+  them, but on no CNN at equal bytes (18 rounds).
 - **Client state lives on the server.** The node's mask (``kept``) and, with own
   masks, its DynHP state come back in the reply and are sent with its next message,
   so clients are stateless (Flower's ``context.state`` is not needed, and a
