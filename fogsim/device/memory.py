@@ -181,11 +181,18 @@ def training_memory(
     return max(f + s * batch_size for f, s in phases)
 
 
+# What a tensor holds besides its data (TensorImpl, StorageImpl, the Python object,
+# malloc headers, its place in a list): 470-480 B by the heap for a detached clone
+TENSOR_METADATA = 512
+
+
 def proximal_anchor_bytes(model: Arch | FactoryArch, dtype_bytes: int = 4) -> int:
     """FedProx's copy of the received model, alive through local training on top of
     every step (``fogsim.device.training.add_proximal_gradient``): one copy of the
-    parameters."""
-    return model.num_params() * dtype_bytes
+    parameters, each a tensor of its own (:data:`TENSOR_METADATA`: ~3 KB for a
+    three-layer MLP, which the round's heap check once found over the model)."""
+    tensors = len(model.param_shapes())
+    return model.num_params() * dtype_bytes + TENSOR_METADATA * tensors
 
 
 def max_batch_size(

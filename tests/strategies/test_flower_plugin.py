@@ -18,7 +18,7 @@ from clients.fog_client import train
 from fogsim.checks import problems
 from fogsim.cli import app
 from fogsim.device.arch import Arch
-from fogsim.device.memory import proximal_anchor_bytes, training_memory
+from fogsim.device.memory import TENSOR_METADATA, proximal_anchor_bytes, training_memory
 from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
 from fogsim.flower import wire
@@ -265,7 +265,7 @@ def test_fedprox_budgets_its_copy_of_the_received_model(tiny_scenario: Path) -> 
     sc = load_scenario(tiny_scenario, [fedprox, "strategy.params={proximal_mu=0.01}"])
     fleet = build_fleet(sc.fleet, sc.run.seed)
     s = build_strategy(sc, fleet)
-    copy = 4 * s.arch.num_params()
+    copy = 4 * s.arch.num_params() + TENSOR_METADATA * len(s.arch.param_shapes())  # 6 tensors
     assert s.extra_bytes() == copy
     assert (s.takes_part == (fleet.budgets >= s.budget_for(1.0) + copy)).all()
     torch.manual_seed(0)
