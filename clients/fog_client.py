@@ -185,6 +185,9 @@ def train_fixed(
         proximal_mu=mu,
         **care,
     )
+    # the gradients are spent: freed, the reply's serialised copy of the model (and
+    # one array's transient copy) fits in their place and the optimizer state's
+    model.zero_grad(set_to_none=True)
     return {
         wire.TRAIN_LOSS: loss,
         wire.BATCH_SIZE: batch,
@@ -275,7 +278,7 @@ def train(content: RecordDict) -> RecordDict:
             wire.TIME_S: time.perf_counter() - start,
         }
     )
-    return wire.reply(metrics, {wire.ARRAYS: ArrayRecord(model.state_dict()), **records})
+    return wire.reply(metrics, {wire.ARRAYS: wire.model_record(model), **records})
 
 
 def evaluate_local(content: RecordDict) -> RecordDict:

@@ -205,6 +205,7 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
 
     from fogsim.device.models import FogNet
     from fogsim.device.training import optimizer_of_kind, train_epochs
+    from fogsim.flower.wire import model_record
 
     torch.manual_seed(0)
     model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
@@ -224,12 +225,20 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     counter.reset_peak()
     one_round()
     end = counter.current()
+    measured = counter.peak() - base + _nbytes(*model.parameters())
     gc.collect()  # finds no garbage, but empties the interpreter's free lists
+    freed_below_base = base - counter.current()
+    counter.reset_peak()
+    before_reply = counter.current()
+    reply = model_record(model)  # the trained weights, as the client sends them
     return {
-        "measured": counter.peak() - base + _nbytes(*model.parameters()),
+        "measured": measured,
         "order": 8 * request["samples"],  # the round's shuffled int64 sample order
         "cached": end - base,  # what the round left in Python's free lists
-        "freed_below_base": base - counter.current(),  # >= 0: the round leaked nothing
+        "freed_below_base": freed_below_base,  # >= 0: the round leaked nothing
+        "reply": counter.peak() - before_reply,  # serialising the reply, at its peak
+        "reply_kept": sum(len(a.data) for a in reply.values()),
+        "params": _nbytes(*model.parameters()),
     }
 
 

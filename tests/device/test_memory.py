@@ -119,6 +119,10 @@ def test_a_round_of_the_fixed_model_loop_stays_within_the_model_by_the_heap(case
     assert device <= modelled + 4 * KiB, (r, modelled)
     assert r["freed_below_base"] >= 0, r  # the round left nothing but free lists
     assert modelled <= 1.15 * device, (r, modelled)
+    # then the reply: one copy of the model beside it (Flower's ArrayRecord of the
+    # state dict took ~2x: up to 1.35x the budget), within what the step took
+    assert r["reply"] <= r["params"] + 32 * KiB, r
+    assert r["params"] + r["reply"] <= modelled, (r, modelled)
 
 
 MLP, CNN, WIDE_CNN = ((), (300, 100)), ((4, 8), (32,)), ((16, 32), (128,))
