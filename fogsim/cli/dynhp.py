@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -31,14 +33,14 @@ def dynhp(
     out: Annotated[Path, typer.Option(help="per-epoch CSV, written row by row")] = Path(
         "runs/dynhp.csv"
     ),
-    model: Annotated[str, typer.Option(help="mlp (784-300-100-10) or cnn")] = "mlp",
+    model: Annotated[str, typer.Option(help="mlp (hidden 300-100) or cnn")] = "mlp",
     criterion: Annotated[str, typer.Option(help="taylor, weight-norm, weight-norm-io")] = "taylor",
     lr: Annotated[
         float, typer.Option(min=1e-9, help="SGD-momentum LR at the minimum batch")
     ] = 0.01,
     ref_batch: Annotated[int, typer.Option(min=1, help="batch for the 'auto' budget")] = 64,
     dynamic_batch: Annotated[bool, typer.Option(help="grow the batch as the net shrinks")] = True,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1)] = 0,
 ) -> None:
     """Train one model centrally with DynHP under a memory budget; write a per-epoch CSV.
 
@@ -53,6 +55,11 @@ def dynhp(
     ):
         if value not in allowed:
             fail(f"--{option} {value!r}: allowed: {', '.join(allowed)}")
+    for option, number in (("target", target), ("lr", lr)):
+        if not math.isfinite(number):
+            fail(f"--{option} {number}: must be a finite number")
+    if out.is_dir() or not os.access(out if out.exists() else _existing_parent(out), os.W_OK):
+        fail(f"--out {out}: cannot write a file there")
     try:
         size = None if budget == "auto" else parse_bytes(budget)
     except ValueError as e:
@@ -77,6 +84,20 @@ def dynhp(
         seed=seed,
     )
     try:
-        run_centralized(run, out)
+        rows = run_centralized(run, out)
     except (BudgetError, DatasetError, OSError) as e:  # budget too small, data, --out
         fail(f"fogsim dynhp: {e}")
+    if rows and rows[-1]["compression"] < target:
+        typer.echo(
+            f"note: target {target:g}x not reached: {rows[-1]['compression']}x at the end "
+            f"(DynHP keeps at least min_width {cfg.min_width} neurons in every layer)",
+            err=True,
+        )
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest folder above ``path`` that exists (``--out``'s parents are created)."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent

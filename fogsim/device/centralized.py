@@ -74,11 +74,11 @@ class CentralizedRun:
     train_limit: int | None = None  # use only the first N training images
 
 
-def measured_step(model: FogNet, batch: int, optimizer: str) -> int | str:
-    """A training step of the model's widths at ``batch`` measured from the heap
+def measured_step(arch: Arch, batch: int, optimizer: str) -> int | str:
+    """A training step of ``arch`` at ``batch`` measured from the heap
     (``fogsim.device.heap``: a fresh process, a few seconds); blank if the heap counter
     cannot run here."""
-    point = {"channels": model.channels, "hidden": model.hidden, "in_shape": model.in_shape}
+    point = {"channels": arch.channels, "hidden": arch.hidden, "in_shape": arch.in_shape}
     try:
         return measure_steps([{**point, "batch": batch, "optimizer": optimizer}])[0]["measured"]
     except HeapCounterUnavailable:
@@ -88,9 +88,13 @@ def measured_step(model: FogNet, batch: int, optimizer: str) -> int | str:
 def epoch_row(
     epoch: int, model: FogNet, stats: TrainStats, run: CentralizedRun, dense: int, acc: float
 ) -> dict[str, float]:
-    """The CSV row of a finished epoch: test accuracy, size, batch and memory (modelled
-    and measured at the batch the epoch ended with)."""
-    batch = stats.batch[-2] if len(stats.batch) > 1 else stats.batch[-1]
+    """The CSV row of a finished epoch: test accuracy and size at its end; the batch
+    and memory of its largest step (modelled, and that step's widths and batch
+    measured from the heap). The epoch's last batch may be a short one, and its
+    widths came after that epoch's last pruning: together they once described a step
+    that never ran (a batch 46 at widths only the final 2-sample step had)."""
+    peak = max(range(len(stats.memory)), key=stats.memory.__getitem__)
+    batch, arch = stats.batch[peak], Arch.of(model).with_widths(stats.widths[peak])
     params = num_params(model)
     return {
         "epoch": epoch,
@@ -98,8 +102,8 @@ def epoch_row(
         "params": params,
         "compression": round(dense / params, 3),
         "batch_size": batch,
-        "modelled_memory": training_memory(model, batch, run.optimizer),
-        "measured_memory": measured_step(model, batch, run.optimizer),
+        "modelled_memory": stats.memory[peak],
+        "measured_memory": measured_step(arch, batch, run.optimizer),
         "wall_s": round(stats.wall_s, 2),
     }
 
@@ -123,13 +127,8 @@ def run_centralized(
     gen = torch.Generator().manual_seed(run.seed)
     rows: list[dict[str, float]] = []
     opt: str | torch.optim.Optimizer = run.optimizer
-    handle = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle = out.open("w", newline="")
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        handle.flush()
+    batch = None  # without dynamic batches: the first epoch's, kept for the run
+    handle = writer = None
     try:
         for epoch in range(run.epochs):
             stats = train_dynhp(
@@ -143,12 +142,20 @@ def run_centralized(
                 optimizer=opt,
                 lr=run.lr,
                 generator=gen,
+                batch=batch,
             )
             opt = stats.optimizer  # type: ignore[assignment]
+            batch = None if run.cfg.dynamic_batch else stats.batch[0]
             acc, loss = evaluate(model, xt, yt)
             row = epoch_row(epoch + 1, model, stats, run, dense, acc) | {"loss": round(loss, 4)}
             rows.append(row)
-            if handle is not None:
+            if out is not None:
+                if handle is None:  # opened with the first row: a run refused at its
+                    # start (a budget that holds no model) leaves an earlier file alone
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    handle = out.open("w", newline="")
+                    writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+                    writer.writeheader()
                 writer.writerow(row)
                 handle.flush()
             if verbose:

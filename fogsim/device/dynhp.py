@@ -295,11 +295,12 @@ class DynHP:
         opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
         removed = self._remove(model, drop, opt)
         if not fits(self.shape(model)):
-            narrowest = self.global_arch.with_widths([1] * len(self.kept))
-            need = training_memory(narrowest, batch, kind)
+            widths = [min(self.cfg.min_width, len(k)) for k in self.kept]  # all it may prune
+            need = training_memory(self.global_arch.with_widths(widths), batch, kind)
             raise BudgetError(
-                f"memory budget {budget} B cannot hold even the narrowest model at batch "
-                f"{batch} (min_width {self.cfg.min_width}); it needs more than {need} B"
+                f"memory budget {budget} B cannot hold even the narrowest model DynHP "
+                f"prunes to (widths {widths}, min_width {self.cfg.min_width}) at batch "
+                f"{batch}: it needs {need} B"
             )
         return removed
 

@@ -34,6 +34,7 @@ class TrainStats:
     params: list[int] = field(default_factory=list)
     batch: list[int] = field(default_factory=list)
     memory: list[int] = field(default_factory=list)  # modelled bytes at that step
+    widths: list[tuple[int, ...]] = field(default_factory=list)  # the step's widths
     progress: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     pruned: int = 0
@@ -56,6 +57,7 @@ class TrainStats:
         self.params.append(sum(p.numel() for p in model.parameters()))
         self.batch.append(batch)
         self.memory.append(training_memory(shape, batch, optimizer))
+        self.widths.append(tuple(shape.widths))
         self.lr.append(lr)
         self.progress.append(progress)
 

@@ -60,6 +60,10 @@ def test_run_refuses_existing_run(tiny_scenario: Path, tmp_path: Path) -> None:
         (["--criterion", "x"], "allowed: taylor"),
         (["--budget", "10B"], "cannot hold even the narrowest model"),
         (["--dataset", "digits", "--model", "cnn"], "2 conv blocks on 8x8 digits images"),
+        (["--target", "inf"], "--target inf: must be a finite number"),
+        (["--lr", "nan"], "--lr nan: must be a finite number"),
+        (["--seed", "-1"], "--seed"),
+        (["--out", "."], "--out .: cannot write a file there"),
     ],
 )
 def test_dynhp_bad_options_exit_2_without_traceback(args: list[str], says: str) -> None:
@@ -148,3 +152,29 @@ def test_the_cli_loads_matplotlib_only_to_draw() -> None:
     code = "import sys, fogsim.cli; print('matplotlib' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_dynhp_refused_at_its_start_leaves_an_earlier_file_alone(tmp_path: Path) -> None:
+    """The CSV is opened with its first row: a budget that holds no model (exit 2)
+    once emptied the results of the run before."""
+    out = tmp_path / "dynhp.csv"
+    out.write_text("epoch,accuracy\n1,0.9\n")
+    result = runner.invoke(app, ["dynhp", "--dataset", "digits", "--budget", "1KiB",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2 and "cannot hold" in result.output, result.output
+    assert out.read_text() == "epoch,accuracy\n1,0.9\n"
+
+
+def test_dynhp_without_dynamic_batches_keeps_its_first_batch(tmp_path: Path) -> None:
+    """``--no-dynamic-batch`` trains every epoch at the first epoch's batch (each epoch
+    once chose its batch from the budget again: 16, 16, then 54); with dynamic batches
+    the shrinking model trains a bigger batch by the last epoch."""
+    batches = {}
+    for flag in ("--no-dynamic-batch", "--dynamic-batch"):
+        out = tmp_path / f"{flag}.csv"
+        args = ["--dataset", "digits", "--epochs", "3", "--out", str(out), flag]
+        result = runner.invoke(app, ["dynhp", *args])
+        assert result.exit_code == 0, result.output
+        batches[flag] = [int(r["batch_size"]) for r in csv.DictReader(out.open())]
+    assert batches["--no-dynamic-batch"] == [16, 16, 16], batches
+    assert batches["--dynamic-batch"][-1] > 16, batches

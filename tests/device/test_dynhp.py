@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from fogsim.device.arch import Arch
+from fogsim.device.centralized import CentralizedRun, epoch_row
 from fogsim.device.chain import widths_of
 from fogsim.device.dynhp import DynHP, DynHPConfig, cubic_target
-from fogsim.device.dynhp_train import train_dynhp
+from fogsim.device.dynhp_train import TrainStats, train_dynhp
 from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import BudgetError, max_batch_size, training_memory
 from fogsim.device.models import FogNet, num_params
@@ -187,3 +188,21 @@ def test_dynhp_prunes_a_factory_model_within_its_budget(model: str, criterion: s
     for name, t in net.state_dict().items():  # every array matches the narrowed shapes
         assert tuple(t.shape) == arch.with_widths(widths).shapes()[name], name
     assert torch.isfinite(net.eval()(x[:4])).all()
+
+
+def test_an_epoch_row_describes_its_largest_step_as_it_ran() -> None:
+    """``fogsim dynhp``'s per-epoch batch and memory are those of the epoch's largest
+    step, at that step's own widths: the row once paired the second-to-last step's
+    batch with the widths after the epoch's last pruning, a step that never ran (29%
+    under the epoch's real peak at 300 KiB)."""
+    run = CentralizedRun("digits", hidden=(300, 100))
+    model = FogNet((), (40, 8), in_shape=(1, 8, 8))  # the widths at the epoch's end
+    stats = TrainStats()
+    for widths, batch in (((300, 100), 16), ((120, 30), 46), ((40, 8), 2)):
+        shape = Arch((), widths, (1, 8, 8))
+        stats.record(1.0, model, shape, batch, run.optimizer, 0.01, 0.5)
+    row = epoch_row(1, model, stats, run, dense=50_610, acc=0.5)
+    peak = training_memory(Arch((), (300, 100), (1, 8, 8)), 16, run.optimizer)
+    assert (row["batch_size"], row["modelled_memory"]) == (16, peak), row
+    assert row["params"] == num_params(model)
+    assert row["measured_memory"] == "" or 0.87 * peak <= row["measured_memory"] <= peak, row
