@@ -44,6 +44,9 @@ from fogsim.study.results import (
 )
 from fogsim.units import format_bytes
 
+# fewer validation samples than this: the run says its validation figures rest on few
+FEW_VALIDATION_SAMPLES = 500
+
 
 def prepare_run_dir(run_dir: Path, sc: Scenario, overwrite: bool, resume: bool) -> bool:
     """Make ``run_dir`` ready; True if an unfinished run there is to be continued.
@@ -168,6 +171,13 @@ def run(
             f"results in {run_dir}",
             markup=False,
         )
+        if 0 < (few := summary.get("validation_samples", 0)) < FEW_VALIDATION_SAMPLES:
+            out.print(
+                f"note: the devices' validation accuracy rests on {few} validation "
+                "sample(s) (what the nodes hold out, less any sample another node "
+                "trains on): too few to choose by",
+                markup=False,
+            )
 
 
 def stored_scenario(run_dir: Path | None) -> Scenario:

@@ -9,6 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fogsim.cli import app
+from fogsim.data import read_dataset
+from fogsim.scenario import load_scenario
 from fogsim.study.results import load
 
 pytestmark = pytest.mark.slow  # real Flower + Ray runs
@@ -149,3 +151,22 @@ def test_a_field_of_catalogue_devices_with_a_trace(tmp_path: Path) -> None:
 
 FIGURES = ("flops", "up_mbps", "down_mbps", "latency_ms", "active_w", "idle_w")
 FIGURES += ("tx_j_per_byte", "rx_j_per_byte", "connect_j")
+
+
+def test_a_run_says_when_its_validation_samples_are_few(
+    tiny_scenario: Path, tmp_path: Path
+) -> None:
+    """``draws`` over a fleet that covers its data leave few samples no node trains on
+    (3 for 10,000 nodes of 60 MNIST images): summary.json counts them and the run says
+    so, rather than quote devices' validation accuracy on a handful of images."""
+    sets = ["data.dataset='digits'", "data.partitioning='draws'", "data.samples_per_node=600"]
+    args = ["run", str(tiny_scenario), "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, [*args, *(x for s in sets for x in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    sc = load_scenario(tiny_scenario, sets)
+    labels = read_dataset(sc.data.dataset, sc.data.path).train_y
+    pooled = sc.data.validation(labels, sc.fleet.nodes, sc.run.seed, sc.fleet.data_shares, 10_000)
+    assert 0 < len(pooled) < 50, len(pooled)  # the case is one of few
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["validation_samples"] == len(pooled)
+    assert f"rests on {len(pooled)} validation sample(s)" in " ".join(result.output.split())
