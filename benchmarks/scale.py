@@ -430,7 +430,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds per run (default 6, quick 4)")
     parser.add_argument("--out", type=Path, help="keep run directories and logs here")
     parser.add_argument("--repeats", type=int, default=1, help="measure every row N times")
-    parser.add_argument("--json", type=Path, help="write the table as a results file here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="write the table as benchmarks/results/<stem of JSON>.json, and a copy at JSON",
+    )
     parser.add_argument("--child", choices=["floor", "flower"], help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
