@@ -185,8 +185,8 @@ def train_fixed(
         proximal_mu=mu,
         **care,
     )
-    # the gradients are spent: freed, the reply's serialised copy of the model (and
-    # one array's transient copy) fits in their place and the optimizer state's
+    # the gradients are spent: freed now, the reply's copy of the model (wire.model_record)
+    # fits where they and the optimizer state were
     model.zero_grad(set_to_none=True)
     return {
         wire.TRAIN_LOSS: loss,
