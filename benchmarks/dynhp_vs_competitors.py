@@ -8,7 +8,9 @@ Methods (MLP 784-300-100-10, SGD momentum 0.9, LR 0.01 at batch 16 or, with
 - one-shot: dense for 70% of the epochs, neuron magnitude (weight-norm) pruning to
   the target in one go, fine-tune for the rest;
 - iterative: magnitude pruning on DynHP's cubic schedule, no gate, fixed batch 64,
-  no memory budget (Zhu & Gupta style gradual pruning);
+  no memory budget (Zhu & Gupta's gradual schedule, but structured, as DynHP: whole
+  neurons go, so parameters and training memory count alike; unstructured weight
+  pruning is not compared);
 - dynhp-static: DynHP under the budget, batch fixed at its starting size (ablation);
 - dynhp: DynHP (Taylor, gate, budget start, dynamic batch).
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from research_maskunion import aggregate
 from research_tables import RIVALS, paired
-from research_variants import CHOOSING, LR_GRID, SCENARIOS, at_lr
+from research_variants import CHOOSING, LR_GRID, SCENARIOS, WIDER, at_lr, lr_grid
 from results_io import renderer
 from results_io import write as write_results
 
@@ -64,15 +64,16 @@ def validation_score(aggregate: dict[str, Any]) -> float | None:
     return statistics.fmean(statistics.fmean(seed) for seed in zip(*per_class, strict=True))
 
 
-def choose(entries: dict[str, dict[str, Any]], strategy: str) -> dict[str, Any] | None:
-    """The row of ``strategy`` at its chosen configuration and LR, from one scenario's
+def choose(
+    entries: dict[str, dict[str, Any]], scenario: str, strategy: str
+) -> dict[str, Any] | None:
+    """The row of ``strategy`` at its chosen configuration and LR, from ``scenario``'s
     variants (``entries``: variant -> its aggregate); None unless every configuration
-    of ``CHOOSING[strategy]`` ran at every LR of the grid, all on the same seeds with
-    the same code and kernels, with validation figures."""
+    of ``CHOOSING[strategy]`` ran at every LR of its grid there (``lr_grid``), all on
+    the same seeds with the same code and kernels, with validation figures."""
+    lrs = lr_grid(scenario, strategy)
     grid = {
-        (config, lr): entries.get(at_lr(config, lr))
-        for config in CHOOSING[strategy]
-        for lr in LR_GRID
+        (config, lr): entries.get(at_lr(config, lr)) for config in CHOOSING[strategy] for lr in lrs
     }
     if any(a is None for a in grid.values()):
         return None
@@ -88,7 +89,7 @@ def choose(entries: dict[str, dict[str, Any]], strategy: str) -> dict[str, Any] 
         "configuration": config,
         "lr": lr,
         "chosen": at_lr(config, lr),
-        "validation": {c: {str(v): scores[c, v] for v in LR_GRID} for c in CHOOSING[strategy]},
+        "validation": {c: {str(v): scores[c, v] for v in lrs} for c in CHOOSING[strategy]},
     }
 
 
@@ -112,7 +113,7 @@ def tuned_rows(caches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name in [s for s in SCENARIOS if s in entries]:
         for strategy in CHOOSING:
-            row = choose(entries[name], strategy)
+            row = choose(entries[name], name, strategy)
             if row is not None:
                 rows.append({"scenario": name, **row})
     return rows
@@ -135,9 +136,12 @@ def markdown(doc: dict[str, Any]) -> str:
     for r in doc["rows"]:
         for config, scores in r["validation"].items():
             cells = [r["scenario"], str(len(r["seeds"])), r["variant"], config]
-            for lr, v in scores.items():
-                chosen = config == r["configuration"] and float(lr) == r["lr"]
-                cells.append(f"**{100 * v:.2f}**" if chosen else f"{100 * v:.2f}")
+            for lr in grid:  # a blank: this strategy's grid did not go that far here
+                v = scores.get(str(lr))
+                chosen = config == r["configuration"] and lr == r["lr"]
+                cells.append(
+                    "" if v is None else f"**{100 * v:.2f}**" if chosen else f"{100 * v:.2f}"
+                )
             lines.append("| " + " | ".join(cells) + " |")
     # mask-union in HeteroFL's neuron order, where it ran: against the rivals and the
     # default order, each at its own chosen point
@@ -158,9 +162,11 @@ def main() -> None:
     rows = tuned_rows(caches)
     if not rows:
         raise SystemExit("no (scenario, strategy) has runs at every point of its grid")
-    print(markdown({"rows": rows, "lr_grid": list(LR_GRID)}))
+    lrs = sorted({*LR_GRID, *(lr for r in rows for lr in lr_grid(r["scenario"], r["variant"]))})
+    print(markdown({"rows": rows, "lr_grid": lrs}))
     seeds = sorted({int(s) for r in rows for s in r["seeds"]})
-    grid = {"lr_grid": list(LR_GRID), "configurations": CHOOSING}
+    wider = {f"{s}/{strategy}": list(extra) for (s, strategy), extra in WIDER.items()}
+    grid = {"lr_grid": lrs, "wider": wider, "configurations": CHOOSING}
     print(f"wrote {write_results(PUBLISHED, rows, seeds, **grid)}")
 
 
