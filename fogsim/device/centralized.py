@@ -93,8 +93,8 @@ def epoch_row(
     measured from the heap). The epoch's last batch may be a short one, and its
     widths came after that epoch's last pruning: together they once described a step
     that never ran (a batch 46 at widths only the final 2-sample step had)."""
-    peak = max(range(len(stats.memory)), key=stats.memory.__getitem__)
-    batch, arch = stats.batch[peak], Arch.of(model).with_widths(stats.widths[peak])
+    peak = stats.peak_step
+    batch, arch = stats.batch[peak], Arch.of(model).with_widths(stats.peak_widths)
     params = num_params(model)
     return {
         "epoch": epoch,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,17 +27,29 @@ from fogsim.device.memory import max_batch_size, optimizer_kind, training_memory
 from fogsim.device.training import clip_gradients, masked_logits, optimizer_of_kind
 
 
+def _floats() -> array:
+    return array("d")
+
+
+def _ints() -> array:
+    return array("q")
+
+
 @dataclass
 class TrainStats:
-    """Per-step records of one :func:`train_dynhp` call."""
+    """Per-step records of one :func:`train_dynhp` call: typed arrays, 8 B a figure (a
+    list's figures are Python objects, ~3-4x that), because a device's process holds
+    them while it trains: fogsim's bookkeeping, which no budget counts. The widths are
+    kept for the step of largest memory only (``fogsim dynhp``'s CSV measures it)."""
 
-    loss: list[float] = field(default_factory=list)
-    params: list[int] = field(default_factory=list)
-    batch: list[int] = field(default_factory=list)
-    memory: list[int] = field(default_factory=list)  # modelled bytes at that step
-    widths: list[tuple[int, ...]] = field(default_factory=list)  # the step's widths
-    progress: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
+    loss: array = field(default_factory=_floats)
+    params: array = field(default_factory=_ints)
+    batch: array = field(default_factory=_ints)
+    memory: array = field(default_factory=_ints)  # modelled bytes at that step
+    progress: array = field(default_factory=_floats)
+    lr: array = field(default_factory=_floats)
+    peak_step: int = -1  # the first step of largest modelled memory
+    peak_widths: tuple[int, ...] = ()  # ... and its widths
     pruned: int = 0
     wall_s: float = 0.0
     optimizer: torch.optim.Optimizer | None = None
@@ -56,8 +69,10 @@ class TrainStats:
         self.loss.append(loss)
         self.params.append(sum(p.numel() for p in model.parameters()))
         self.batch.append(batch)
-        self.memory.append(training_memory(shape, batch, optimizer))
-        self.widths.append(tuple(shape.widths))
+        memory = training_memory(shape, batch, optimizer)
+        if self.peak_step < 0 or memory > self.memory[self.peak_step]:
+            self.peak_step, self.peak_widths = len(self.memory), tuple(shape.widths)
+        self.memory.append(memory)
         self.lr.append(lr)
         self.progress.append(progress)
 
