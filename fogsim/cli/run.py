@@ -153,6 +153,14 @@ def run(
     check_cluster(ray_address or sc.simulation.ray_address)
     run_dir = out_dir or Path(sc.run.output_dir) / sc.run.name
     resuming = prepare_run_dir(run_dir, sc, overwrite, resume)
+    if resuming and sc.topology.aggregation == "buffered":
+        err.print(
+            "note: buffered rounds keep no checkpoint of the devices in flight: the resumed "
+            "run starts a fresh set of them, so from here its figures differ from an "
+            "uninterrupted run's (rerun with --overwrite for those)",
+            markup=False,
+            soft_wrap=True,
+        )
     if not quiet:
         print_fleet(sc, err)
     started = time.perf_counter()

@@ -150,14 +150,19 @@ class RoundLoop:
         self.elapsed = ckpt.elapsed_s if ckpt else 0.0
         arrays = ArrayRecord(self.model.state_dict())
         final = ckpt.accuracy if ckpt else None
-        failed: list[int] = []  # the latest rounds in a row in which no update counted
+        failed = ckpt.failed if ckpt else []  # the latest rounds in a row with no update
+        self.stop_if_failing(failed, resumed=True)  # a run that had failed stays failed
         for rnd in range((ckpt.round + 1) if ckpt else 1, sc.run.rounds + 1):
             if self.stop.is_set():
                 return None
             arrays, row = self.round(grid, rnd, arrays)
-            self.save(row)
-            final = row["accuracy"]
+            if self.stop.is_set() and row["crashed"]:
+                # a stop signalled to the whole process group also ends Ray's workers:
+                # their nodes "crashed" with this round. Not saved: a resume redoes it
+                return None
             failed = [*failed, rnd] if row["sampled"] and not row["aggregated"] else []
+            self.save(row, failed)
+            final = row["accuracy"]
             self.stop_if_failing(failed)
         summary = {
             "name": sc.run.name,
@@ -202,10 +207,10 @@ class RoundLoop:
         }
         return arrays, row
 
-    def stop_if_failing(self, failed: list[int]) -> None:
+    def stop_if_failing(self, failed: list[int], resumed: bool = False) -> None:
         """Raise :class:`RunFailed` once ``[simulation] max_failed_rounds`` rounds in a row
         counted no client update: a run whose model stopped learning must not end with
-        a final accuracy as if it had trained."""
+        a final accuracy as if it had trained (nor when resumed: ``resumed``)."""
         limit = self.scenario.simulation.max_failed_rounds
         if not limit or len(failed) < limit:
             return
@@ -213,15 +218,18 @@ class RoundLoop:
         shown = "; ".join(problems[:3]) + (
             f"; ... ({len(problems)} in all)" if len(problems) > 3 else ""
         )
+        if resumed:
+            shown = "the run had stopped there; each client's status is in nodes.csv"
         raise RunFailed(
             f"rounds {failed[0]}-{failed[-1]}: no client update counted in {len(failed)} rounds "
             f"in a row ([simulation] max_failed_rounds = {limit}); in round {failed[-1]}: "
             f"{shown or 'no client replied'}. The finished rounds are in {self.writer.dir}."
         )
 
-    def save(self, row: dict[str, Any]) -> None:
-        """Rows first (fsynced), then the model, then the checkpoint: a kill at any
-        moment loses at most the round in progress (see ``fogsim.study.results``)."""
+    def save(self, row: dict[str, Any], failed: list[int]) -> None:
+        """Rows first (fsynced), then the model, then the checkpoint (with ``failed``, the
+        latest rounds in a row with no update): a kill at any moment loses at most the
+        round in progress (see ``fogsim.study.results``)."""
         self.writer.rounds.append([row])
         self.writer.nodes.append(self.strategy.node_rows)
         self.writer.write_model(self.model.state_dict())
@@ -234,6 +242,7 @@ class RoundLoop:
                 accuracy=row["accuracy"],
                 best_accuracy=self.best,
                 elapsed_s=self.elapsed,
+                failed=failed,
             )
         )
         if self.progress:

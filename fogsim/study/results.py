@@ -21,9 +21,10 @@ after the last checkpoint are cut from the CSVs first, so none is lost or double
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ class Checkpoint:
     accuracy: float
     best_accuracy: float
     elapsed_s: float  # wall seconds spent on finished rounds
+    # the latest rounds in a row in which no update counted (``max_failed_rounds``): a
+    # resume once restarted the count, and a run that had failed resumed to "finished"
+    failed: list[int] = field(default_factory=list)
 
 
 class RunFailed(RuntimeError):
@@ -145,13 +149,13 @@ class CsvLog:
             os.fsync(f.fileno())
 
     def truncate(self, last_round: int) -> None:
-        """Drop rows of rounds after ``last_round`` (finished after the checkpoint)."""
+        """Drop rows of rounds after ``last_round`` (finished after the checkpoint), and a
+        last line a kill tore (a torn ``10,2,...`` once stayed as round ``1``)."""
         if not self.path.exists():
             return
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            rows = [r for r in reader if int(r["round"]) <= last_round]
+        reader = csv.DictReader(io.StringIO(whole_lines(self.path)))
+        columns = reader.fieldnames or []
+        rows = [r for r in reader if (r["round"] or "").isdigit() and int(r["round"]) <= last_round]
 
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as f:
@@ -222,19 +226,27 @@ class RunWriter:
         return ckpt
 
 
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a fogsim CSV with numbers parsed back to int/float."""
+def whole_lines(path: Path) -> str:
+    """The text of ``path`` up to its last newline: rows are appended whole and fsynced,
+    so a last line without one is a row a kill tore."""
+    text = path.read_text()
+    return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
 
-    def parse(v: str) -> Any:
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a fogsim CSV with numbers parsed back to int/float (a torn last line
+    left out: :func:`whole_lines`)."""
+
+    def parse(v: str | None) -> Any:
         for kind in (int, float):
             try:
                 return kind(v)
-            except ValueError:
+            except (TypeError, ValueError):
                 pass
-        return v
+        return "" if v is None else v
 
-    with path.open(newline="") as f:
-        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    rows = csv.DictReader(io.StringIO(whole_lines(path)))
+    return [{k: parse(v) for k, v in row.items()} for row in rows]
 
 
 # Fields that may differ when a run is resumed or reused: they do not change its results.
