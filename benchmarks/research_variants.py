@@ -170,15 +170,13 @@ WIDER = {
     ("fmnist-dirichlet", "heterofl"): (0.0125,),
     ("fmnist-dirichlet", "fedrolex"): (0.0125,),
     **{
-        ("digits-iid", strategy): (0.4,)
-        for strategy in (
-            "mask-union",
-            "mask-union-wide8-order",
-            "mask-union-wide8-order-capped",
-            "heterofl",
-            "fedrolex",
-        )
-    },  # fmt: skip
+        (s, strategy): (0.4,)
+        for s in ("digits-iid",)
+        for strategy in ("mask-union-wide8-order", "mask-union-wide8-order-capped")
+    },
+    # ... and on, where 0.4 was the choice (0.8), and 0.8 (1.6)
+    **{("digits-iid", strategy): (0.4, 0.8) for strategy in ("heterofl", "fedrolex")},
+    ("digits-iid", "mask-union"): (0.4, 0.8, 1.6),
 }
 
 
