@@ -8,10 +8,11 @@ defaults of gradient clipping, which suits some strategies better than others
 comparison lets each strategy choose its own, and choose without the test split:
 every run also evaluates each device's own model on the fleet's *validation samples*
 (what the nodes hold out of their training; ``fogsim.study.deployed``). Per scenario
-and strategy, this picks from ``CHOOSING[strategy]`` x ``LR_GRID`` (the same 2 x 4
-points for every strategy: its defaults and the other setting of clipping, at four
-LRs; mask-union's wider start, for every device or for the capped ones, trials, 1 x
-4) the point whose runs have the best validation score (the mean over seeds of the
+and strategy, this picks from ``CHOOSING[strategy]`` x ``lr_grid(scenario, strategy)``
+(the same 2 x 4 points for every strategy: its defaults and the other setting of
+clipping, at the four LRs of ``LR_GRID``, widened past an edge where the choice sat
+on one, ``WIDER``; mask-union's wider start, for every device or for the capped ones,
+trials, 1 x 4) the point whose runs have the best validation score (the mean over seeds of the
 mean over device classes of the class's mean validation accuracy), and reports the
 test figures of those same runs: the choice never saw the test split.
 
