@@ -155,9 +155,10 @@ CHOOSING: dict[str, tuple[str, ...]] = {  # strategy -> the configurations it ch
 
 
 # A choice at the grid's edge says only that the best LR may lie beyond it: where a
-# strategy's choice sat at an edge of LR_GRID, its grid there goes one step further
-# (an independent review found 17 of 49 choices at an edge), for every configuration
-# of that strategy. (scenario, strategy) -> the LRs added.
+# strategy's choice sat at an edge of LR_GRID, its grid there goes one step further,
+# and on until the choice is inside it (an independent review found 17 of 49 choices
+# at an edge), for every configuration of that strategy. (scenario, strategy) -> the
+# LRs added.
 WIDER = {
     **{(s, "mask-union-wide8-order"): (0.0125,) for s in ("fmnist-iid", "fmnist-dirichlet")},
     **{
