@@ -167,14 +167,10 @@ def test_dynhp_refused_at_its_start_leaves_an_earlier_file_alone(tmp_path: Path)
 
 def test_dynhp_without_dynamic_batches_keeps_its_first_batch(tmp_path: Path) -> None:
     """``--no-dynamic-batch`` trains every epoch at the first epoch's batch (each epoch
-    once chose its batch from the budget again: 16, 16, then 54); with dynamic batches
-    the shrinking model trains a bigger batch by the last epoch."""
-    batches = {}
-    for flag in ("--no-dynamic-batch", "--dynamic-batch"):
-        out = tmp_path / f"{flag}.csv"
-        args = ["--dataset", "digits", "--epochs", "3", "--out", str(out), flag]
-        result = runner.invoke(app, ["dynhp", *args])
-        assert result.exit_code == 0, result.output
-        batches[flag] = [int(r["batch_size"]) for r in csv.DictReader(out.open())]
-    assert batches["--no-dynamic-batch"] == [16, 16, 16], batches
-    assert batches["--dynamic-batch"][-1] > 16, batches
+    once chose its batch from the budget again: 16, 16, then 54, where the shrunk model
+    fits a bigger one, as a dynamic batch does)."""
+    out = tmp_path / "static.csv"
+    args = ["--dataset", "digits", "--epochs", "3", "--out", str(out), "--no-dynamic-batch"]
+    result = runner.invoke(app, ["dynhp", *args])
+    assert result.exit_code == 0, result.output
+    assert [int(r["batch_size"]) for r in csv.DictReader(out.open())] == [16, 16, 16]
