@@ -87,6 +87,13 @@ def check_resumable(run_dir: Path, sc: Scenario, resume: bool) -> None:
     where = shown(str(run_dir))
     finished = (run_dir / "summary.json").exists()
     done = finished_rounds(run_dir)
+    changed = stored_scenario_changes(run_dir, sc) if resume else []
+    if changed:  # finished or not, the run there is not the one asked for
+        fail(
+            f"--resume {where}: the scenario differs from the run's (scenario.json): "
+            f"{'; '.join(changed)}; resume with the same scenario and --set options, "
+            "or --overwrite to start over"
+        )
     if finished and resume:
         out.print(f"{where}: the run is already finished; nothing to resume", markup=False)
         raise typer.Exit(0)
@@ -99,12 +106,6 @@ def check_resumable(run_dir: Path, sc: Scenario, resume: bool) -> None:
         fail(
             f"--out {where}: holds an unfinished run ({done} round(s) on disk); "
             "pass --resume to continue it, --overwrite to start over, or choose another --out"
-        )
-    if changed := stored_scenario_changes(run_dir, sc):
-        fail(
-            f"--resume {where}: the scenario differs from the run's (scenario.json): "
-            f"{'; '.join(changed)}; resume with the same scenario and --set options, "
-            "or --overwrite to start over"
         )
 
 

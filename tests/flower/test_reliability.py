@@ -124,6 +124,11 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
         app, ["run", str(tiny_scenario), "--out", str(killed), "--resume", *RESUMABLE]
     )
     assert done.exit_code == 0 and "already finished" in done.output
+    # a finished run resumed with another scenario: refused, naming the field (it once
+    # said "already finished", exit 0, as if that run were the one asked for)
+    other = runner.invoke(app, ["run", str(tiny_scenario), "--out", str(killed), "--resume",
+                                *RESUMABLE, "--set", "train.lr=0.3"])  # fmt: skip
+    assert other.exit_code == 2 and "train.lr (0.1 → 0.3)" in other.output, other.output
 
 
 SIGNALS = [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)]
