@@ -11,7 +11,7 @@ import typer
 
 from fogsim.cli.common import fail
 from fogsim.data import BUILT_IN_SHAPES, DatasetError
-from fogsim.device.centralized import CentralizedRun, run_centralized
+from fogsim.device.centralized import CentralizedRun, model_path, run_centralized
 from fogsim.device.dynhp import CRITERIA, DynHPConfig
 from fogsim.device.memory import BudgetError
 from fogsim.scenario.model_section import conv_blocks
@@ -87,6 +87,7 @@ def dynhp(
         rows = run_centralized(run, out)
     except (BudgetError, DatasetError, OSError) as e:  # budget too small, data, --out
         fail(f"fogsim dynhp: {e}")
+    typer.echo(f"per-epoch table in {out}, the final model in {model_path(out)}")
     if rows and rows[-1]["compression"] < target:
         typer.echo(
             f"note: target {target:g}x not reached: {rows[-1]['compression']}x at the end "

@@ -112,7 +112,7 @@ def run_centralized(
     run: CentralizedRun, out: Path | None = None, verbose: bool = True
 ) -> list[dict[str, float]]:
     """Train one FogNet with DynHP; returns (and writes to ``out``, row by row)
-    per-epoch rows."""
+    per-epoch rows, and saves the final model beside them (:func:`model_path`)."""
     torch.manual_seed(run.seed)
     data = load_dataset(run.dataset)
     limit = run.train_limit
@@ -168,4 +168,14 @@ def run_centralized(
     finally:
         if handle is not None:
             handle.close()
+    if out is not None:  # the model the run ends with, beside its table (widths in its shapes)
+        tmp = model_path(out).with_suffix(".pt.tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(model_path(out))
     return rows
+
+
+def model_path(out: Path) -> Path:
+    """Where a run writing its table to ``out`` saves its final model: ``<out>.pt``
+    (``fogsim.device.models.model_from_state`` loads it, at its pruned widths)."""
+    return out.with_suffix(".pt")

@@ -4,10 +4,14 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fogsim import __version__
 from fogsim.cli import app
+from fogsim.data import load_dataset
+from fogsim.device.centralized import model_path
+from fogsim.device.models import model_from_state
 
 runner = CliRunner()
 
@@ -85,6 +89,14 @@ def test_dynhp_on_the_digits_trains_their_8x8_images_within_the_budget(tmp_path:
     for row in rows:
         assert int(row["modelled_memory"]) <= 256 * 1024, row
         assert row["measured_memory"] == "" or int(row["measured_memory"]) <= 256 * 1024, row
+    # the final model is saved beside the table: pruned, and scoring what the table says
+    model = model_from_state(torch.load(model_path(out)), (1, 8, 8))
+    assert sum(p.numel() for p in model.parameters()) == int(rows[-1]["params"])
+    digits = load_dataset("digits")
+    x, y = digits.tensors(digits.test_x, digits.test_y)
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert abs(accuracy - float(rows[-1]["accuracy"])) < 1e-4, (accuracy, rows[-1])
 
 
 def test_resume_where_there_is_nothing_to_resume(tiny_scenario: Path, tmp_path: Path) -> None:
