@@ -228,8 +228,10 @@ class RunWriter:
 
 def whole_lines(path: Path) -> str:
     """The text of ``path`` up to its last newline: rows are appended whole and fsynced,
-    so a last line without one is a row a kill tore."""
-    text = path.read_text()
+    so a last line without one is a row a kill tore. Read as ``csv`` reads (no newline
+    translation), so a quoted field's line breaks stay as written."""
+    with path.open(newline="") as f:
+        text = f.read()
     return text if text.endswith("\n") else text[: text.rfind("\n") + 1]
 
 
