@@ -159,24 +159,27 @@ CHOOSING: dict[str, tuple[str, ...]] = {  # strategy -> the configurations it ch
 # and on until the choice is inside it (an independent review found 17 of 49 choices
 # at an edge), for every configuration of that strategy. (scenario, strategy) -> the
 # LRs added.
+CNNS = tuple(s for s, (_, sets) in SCENARIOS.items() if sets == CNN)
 WIDER = {
-    **{(s, "mask-union-wide8-order"): (0.0125,) for s in ("fmnist-iid", "fmnist-dirichlet")},
-    **{
-        (s, strategy): (0.0125,)
-        for s in ("fmnist-dirichlet", "mnist-dirichlet-cnn", "fmnist-dirichlet-cnn")
-        for strategy in ("mask-union-wide8-order-capped", "mask-union-wide8-order")
-    },
-    **{(s, "mask-union-wide8-order"): (0.0125,) for s in ("mnist-iid-cnn", "fmnist-iid-cnn")},
-    ("mnist-iid-cnn", "mask-union-index"): (0.0125,),
-    ("fmnist-dirichlet", "heterofl"): (0.0125,),
-    ("fmnist-dirichlet", "fedrolex"): (0.0125,),
-    **{
-        (s, strategy): (0.4,)
-        for s in ("digits-iid",)
-        for strategy in ("mask-union-wide8-order", "mask-union-wide8-order-capped")
-    },
-    # ... and on, where 0.4 was the choice (0.8), and 0.8 (1.6)
-    **{("digits-iid", strategy): (0.4, 0.8) for strategy in ("heterofl", "fedrolex")},
+    # below 0.025, where 0.025 was the choice
+    **dict.fromkeys(
+        [
+            *((s, "mask-union-wide8-order") for s in (*CNNS, "fmnist-iid", "fmnist-dirichlet")),
+            *(
+                (s, "mask-union-wide8-order-capped")
+                for s in ("mnist-dirichlet-cnn", "fmnist-dirichlet-cnn", "fmnist-dirichlet")
+            ),
+            ("mnist-iid-cnn", "mask-union-index"),
+            ("fmnist-dirichlet", "heterofl"),
+            ("fmnist-dirichlet", "fedrolex"),
+        ],
+        (0.0125,),
+    ),
+    # above 0.2 on the digits, and on where 0.4 was the choice (0.8), and 0.8 (1.6)
+    ("digits-iid", "mask-union-wide8-order"): (0.4,),
+    ("digits-iid", "mask-union-wide8-order-capped"): (0.4,),
+    ("digits-iid", "heterofl"): (0.4, 0.8),
+    ("digits-iid", "fedrolex"): (0.4, 0.8),
     ("digits-iid", "mask-union"): (0.4, 0.8, 1.6),
 }
 

@@ -225,20 +225,20 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     counter.reset_peak()
     one_round()
     end = counter.current()
-    measured = counter.peak() - base + _nbytes(*model.parameters())
+    params = _nbytes(*model.parameters())
+    measured = counter.peak() - base + params
     gc.collect()  # finds no garbage, but empties the interpreter's free lists
     freed_below_base = base - counter.current()
     counter.reset_peak()
     before_reply = counter.current()
-    reply = model_record(model)  # the trained weights, as the client sends them
+    model_record(model)  # the trained weights, as the client sends them
     return {
         "measured": measured,
         "order": 8 * request["samples"],  # the round's shuffled int64 sample order
         "cached": end - base,  # what the round left in Python's free lists
         "freed_below_base": freed_below_base,  # >= 0: the round leaked nothing
         "reply": counter.peak() - before_reply,  # serialising the reply, at its peak
-        "reply_kept": sum(len(a.data) for a in reply.values()),
-        "params": _nbytes(*model.parameters()),
+        "params": params,
     }
 
 
