@@ -20,3 +20,13 @@ def test_a_torn_last_line_is_left_out_when_reading_and_cut_when_resuming(tmp_pat
     assert nodes.read_text().splitlines() == ["round,node,status", "9,7,ok"]
     log.append([{"round": 10, "node": 3, "status": "ok"}])
     assert nodes.read_text().splitlines()[-1] == "10,3,ok"
+
+
+def test_a_quoted_line_break_survives_the_cut(tmp_path: Path) -> None:
+    """A client's error text may hold a line break, which csv writes as CR LF inside
+    quotes: cutting the rows past the checkpoint keeps it as written."""
+    nodes = tmp_path / "nodes.csv"
+    log = CsvLog(nodes)
+    log.append([{"round": 1, "error": "first\r\nsecond"}, {"round": 2, "error": ""}])
+    log.truncate(1)
+    assert read_csv(nodes) == [{"round": 1, "error": "first\r\nsecond"}]
