@@ -7,6 +7,10 @@ of widths (the narrow shapes DynHP and sub-model strategies reach included), bat
 and optimizers, and on whole DynHP runs, pruning checks included.
 """
 
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -100,8 +104,48 @@ ROUNDS = [
 ]
 
 
+MLP, CNN, WIDE_CNN = ((), (300, 100)), ((4, 8), (32,)), ((16, 32), (128,))
+MOMENTUM, TAYLOR = "sgd-momentum", "taylor"
+RUNS = [(MLP, 256, MOMENTUM, TAYLOR), (MLP, 512, MOMENTUM, TAYLOR), (MLP, 1024, MOMENTUM, TAYLOR)]
+RUNS += [(CNN, 1024, MOMENTUM, TAYLOR), (CNN, 2048, MOMENTUM, TAYLOR)]
+RUNS += [(WIDE_CNN, 4096, MOMENTUM, TAYLOR)]
+RUNS += [(MLP, 256, "sgd", TAYLOR), (MLP, 512, "adam", TAYLOR)]  # other optimizers
+RUNS += [(WIDE_CNN, 2048, "adam", TAYLOR)]
+# scored by weight norms in and out (its scoring once squared a copy of each weight),
+# under the budget of the dense MLP at batch 16, so the scoring runs at a full budget
+RUNS += [(MLP, 3216, MOMENTUM, "weight-norm-io")]
+FACTORY_RUNS = [("lenet5", 1024), ("resnet_like", 1536)]
+DENSE = {"lenet5": (6, 16, 120, 84), "resnet_like": (8, 16, 16, 32)}
+REFUSED = [256, 512]  # KiB: below the narrowest CNN
+
+
+@pytest.fixture(scope="module")
+def measured() -> Iterator[dict[tuple, Future]]:
+    """Every round and DynHP run below, started at once in heap-counted processes, one
+    per CPU (each counts only its own heap): a test waits for its own."""
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        runs = {("round", c): pool.submit(heap.measure_round, *c) for c in ROUNDS}
+        for arch, kib, optimizer, criterion in RUNS:
+            runs[("dynhp", arch, kib, optimizer, criterion)] = pool.submit(
+                heap.measure_dynhp, *arch, kib * KiB, epochs=3, samples=1000,
+                optimizer=optimizer, criterion=criterion)  # fmt: skip
+        for model, kib in FACTORY_RUNS:
+            runs[("factory", model, kib)] = pool.submit(
+                heap.measure_dynhp, (), (), kib * KiB, epochs=3, samples=1000,
+                factory=f"tests.example_models:{model}")  # fmt: skip
+        for kib in REFUSED:
+            runs[("refused", kib)] = pool.submit(
+                heap.measure_dynhp, *CNN, kib * KiB, epochs=1, samples=200
+            )
+        yield runs
+        for run in runs.values():
+            run.cancel()
+
+
 @pytest.mark.parametrize("case", ROUNDS, ids=[f"{c[1]}-{c[3]}-{c[4]}-mu{c[5]}" for c in ROUNDS])
-def test_a_round_of_the_fixed_model_loop_stays_within_the_model_by_the_heap(case) -> None:
+def test_a_round_of_the_fixed_model_loop_stays_within_the_model_by_the_heap(
+    case, measured: dict[tuple, Future]
+) -> None:
     """A whole round of ``train_epochs`` (HeteroFL, FedRolex, fedavg-feasible and
     Flower plug-in clients; FedProx's copy of the model counted) against the step
     model, by the heap's count, less what the budget leaves out (the shuffled sample
@@ -112,7 +156,7 @@ def test_a_round_of_the_fixed_model_loop_stays_within_the_model_by_the_heap(case
     module's dicts: +2.3 KB; FedProx's copy counted without its tensors' metadata: +3
     KB; the index views: +263 KB at 5,840 samples; FedProx in the graph: megabytes)."""
     channels, hidden, batch, samples, optimizer, mu = case
-    r = heap.measure_round(channels, hidden, batch, samples, optimizer, mu)
+    r = measured[("round", case)].result()
     arch = Arch(channels, hidden)
     modelled = training_memory(arch, batch, optimizer) + (proximal_anchor_bytes(arch) if mu else 0)
     device = r["measured"] - r["order"] - r["cached"]
@@ -125,24 +169,14 @@ def test_a_round_of_the_fixed_model_loop_stays_within_the_model_by_the_heap(case
     assert r["params"] + r["reply"] <= modelled, (r, modelled)
 
 
-MLP, CNN, WIDE_CNN = ((), (300, 100)), ((4, 8), (32,)), ((16, 32), (128,))
-MOMENTUM, TAYLOR = "sgd-momentum", "taylor"
-RUNS = [(MLP, 256, MOMENTUM, TAYLOR), (MLP, 512, MOMENTUM, TAYLOR), (MLP, 1024, MOMENTUM, TAYLOR)]
-RUNS += [(CNN, 1024, MOMENTUM, TAYLOR), (CNN, 2048, MOMENTUM, TAYLOR)]
-RUNS += [(WIDE_CNN, 4096, MOMENTUM, TAYLOR)]
-RUNS += [(MLP, 256, "sgd", TAYLOR), (MLP, 512, "adam", TAYLOR)]  # other optimizers
-RUNS += [(WIDE_CNN, 2048, "adam", TAYLOR)]
-# scored by weight norms in and out (its scoring once squared a copy of each weight),
-# under the budget of the dense MLP at batch 16, so the scoring runs at a full budget
-RUNS += [(MLP, 3216, MOMENTUM, "weight-norm-io")]
-
-
 @pytest.mark.parametrize(
     ("arch", "kib", "optimizer", "criterion"),
     RUNS,
     ids=[f"{a}-{k}KiB-{o}-{c}" for a, k, o, c in RUNS],
 )
-def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib, optimizer, criterion) -> None:
+def test_a_dynhp_run_stays_within_its_budget_by_the_heap(
+    arch, kib, optimizer, criterion, measured: dict[tuple, Future]
+) -> None:
     """Every training step and every pruning check of a DynHP run, by the heap's count
     (what a phase keeps for good beyond its tensors, a process-wide library cache,
     excepted: ``fogsim.device.heap``). On a step where such a cache grows (the first at
@@ -152,8 +186,7 @@ def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib, optimizer, c
     KiB allowed for those a first conv sets up; numpy's first ``setdiff1d`` there once
     set up 1.2-1.4 MB)."""
     budget = kib * KiB
-    run = heap.measure_dynhp(*arch, budget, epochs=3, samples=1000, optimizer=optimizer,
-                             criterion=criterion)  # fmt: skip
+    run = measured[("dynhp", arch, kib, optimizer, criterion)].result()
     assert run["error"] is None, run["error"]
     received = [p.untyped_storage().nbytes() for p in FogNet(*arch).parameters()]
     for fit in (p for p in run["phases"] if p["kind"] == "fit"):
@@ -168,12 +201,10 @@ def test_a_dynhp_run_stays_within_its_budget_by_the_heap(arch, kib, optimizer, c
             assert p["device_peak"] <= p["modelled"] * slack, p
 
 
-FACTORY_RUNS = [("lenet5", 1024), ("resnet_like", 1536)]
-DENSE = {"lenet5": (6, 16, 120, 84), "resnet_like": (8, 16, 16, 32)}
-
-
 @pytest.mark.parametrize(("model", "kib"), FACTORY_RUNS, ids=[f"{m}-{k}" for m, k in FACTORY_RUNS])
-def test_dynhp_on_a_factory_model_stays_within_its_budget_by_the_heap(model, kib) -> None:
+def test_dynhp_on_a_factory_model_stays_within_its_budget_by_the_heap(
+    model, kib, measured: dict[tuple, Future]
+) -> None:
     """A user's model (``[model] factory``: LeNet-5; a CNN with batch norm), pruned by
     DynHP with its memory from the chain replay at each step's widths: every step and
     pruning check within the budget by the heap's count, as above (a phase that grows a
@@ -181,8 +212,7 @@ def test_dynhp_on_a_factory_model_stays_within_its_budget_by_the_heap(model, kib
     narrowest conv needs ~1 MB at batch 16 (oneDNN pads a 1-channel map 8x): the
     budgets are above it."""
     budget = kib * KiB
-    run = heap.measure_dynhp((), (), budget, epochs=3, samples=1000,
-                             factory=f"tests.example_models:{model}")  # fmt: skip
+    run = measured[("factory", model, kib)].result()
     assert run["error"] is None, run["error"]
     phases = [p for p in run["phases"] if p["kind"] in ("step", "check")]
     assert sum(p["kind"] == "check" for p in phases) >= 3 and len(phases) > 100
@@ -194,11 +224,13 @@ def test_dynhp_on_a_factory_model_stays_within_its_budget_by_the_heap(model, kib
             assert p["device_peak"] <= p["modelled"] * slack, p
 
 
-@pytest.mark.parametrize("kib", [256, 512])
-def test_a_cnn_below_its_narrowest_model_refuses_to_train(kib) -> None:
+@pytest.mark.parametrize("kib", REFUSED)
+def test_a_cnn_below_its_narrowest_model_refuses_to_train(
+    kib, measured: dict[tuple, Future]
+) -> None:
     """oneDNN pads a 1-channel map 8x: even the narrowest CNN needs ~1 MB at batch 16,
     so a 256 or 512 KiB device refuses (BudgetError) instead of training over budget."""
-    run = heap.measure_dynhp(*CNN, kib * KiB, epochs=1, samples=200)
+    run = measured[("refused", kib)].result()
     assert run["error"].startswith("BudgetError") and "narrowest model" in run["error"]
     assert not [p for p in run["phases"] if p["kind"] == "step"]
 
