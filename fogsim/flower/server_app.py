@@ -28,6 +28,7 @@ from fogsim.device.models import FogNet
 from fogsim.device.training import evaluate
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario
+from fogsim.scenario.files import input_files
 from fogsim.strategies import FogStrategy
 from fogsim.study.deployed import (
     class_summary,
@@ -290,6 +291,7 @@ def make_server_app(
     fleet = build_fleet(scenario.fleet, scenario.run.seed)
     writer = RunWriter(run_dir)
     writer.write_json("scenario.json", scenario.model_dump(mode="json"))
+    writer.write_json("inputs.json", input_files(scenario))
     writer.fleet_table(fleet)
     loop = RoundLoop(scenario, fleet, writer, progress, resume, stop or threading.Event())
     app = ServerApp()

@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 import tomllib
@@ -178,6 +179,23 @@ def validate_scenario(
 # files a scenario names: a relative path in the scenario file is relative to the file,
 # one set with --set to the current directory; the resolved scenario holds them absolute
 PATH_FIELDS = (("fleet", "file"), ("fleet", "trace"))
+
+
+def input_files(scenario: Scenario) -> dict[str, dict[str, str]]:
+    """The files ``scenario`` names (:data:`PATH_FIELDS`), each with the SHA-256 of
+    its contents now. A run stores them (``inputs.json``) because the scenario holds
+    only the path: a fleet or trace file edited between a run and its resume would
+    otherwise rebuild another fleet under the same scenario, unnoticed."""
+    found = {}
+    for section, key in PATH_FIELDS:
+        path = getattr(getattr(scenario, section), key)
+        if path:
+            try:
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError as e:
+                digest = f"unreadable ({e.strerror})"
+            found[f"{section}.{key}"] = {"path": path, "sha256": digest}
+    return found
 
 
 def resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

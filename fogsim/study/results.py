@@ -3,6 +3,8 @@
 Files (all plain text, CSV columns documented in the README):
 
 - ``scenario.json``: the resolved scenario (every default filled in).
+- ``inputs.json``: the fleet and trace files it names, with their contents' SHA-256
+  (a resume or a sweep's reuse refuses a run whose files changed since).
 - ``rounds.csv``: one row per finished round, appended and flushed as it ends.
 - ``nodes.csv``: one row per node that trained in a round.
 - ``fleet.csv``: node → device class and budget.
@@ -31,6 +33,8 @@ from typing import Any
 import torch
 
 from fogsim.fleet import Fleet
+from fogsim.scenario.files import input_files
+from fogsim.scenario.schema import Scenario
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -272,13 +276,20 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / f).exists() for f in ("rounds.csv", CHECKPOINT))
 
 
-def stored_scenario_changes(run_dir: Path, scenario: Any) -> list[str]:
+def stored_scenario_changes(run_dir: Path, scenario: Scenario) -> list[str]:
     """How ``scenario`` differs from the one the run in ``run_dir`` was made with (its
-    scenario.json); empty if they agree or the run stored none."""
+    scenario.json), and which of the files it names have other contents now than when
+    the run started (its inputs.json); empty if they agree or the run stored none."""
     stored = run_dir / "scenario.json"
     if not stored.exists():
         return []
-    return scenario_changes(json.loads(stored.read_text()), scenario.model_dump(mode="json"))
+    changed = scenario_changes(json.loads(stored.read_text()), scenario.model_dump(mode="json"))
+    inputs = run_dir / "inputs.json"
+    now = input_files(scenario)
+    for name, was in (json.loads(inputs.read_text()) if inputs.exists() else {}).items():
+        if name in now and now[name]["path"] == was["path"] and now[name] != was:
+            changed.append(f"{name} {was['path']} (its contents changed since the run started)")
+    return changed
 
 
 def finished_rounds(run_dir: Path) -> int:

@@ -135,3 +135,26 @@ def test_data_shares_split_the_data_in_proportion() -> None:
     assert 2.5 < heavy / light < 6  # 4x the weight, about 4x the data
     with pytest.raises(ValueError, match="no weights"):
         partition(labels, 3, "shards", weights=[1.0, 1.0, 1.0])
+
+
+def test_a_run_whose_fleet_file_changed_since_it_started_is_not_resumed(tmp_path) -> None:
+    """The scenario names the fleet file by its path only: edited between a run and its
+    resume, it once rebuilt another fleet under the same scenario, unnoticed. A run
+    stores the file's digest (inputs.json) as it starts, and the resume is refused,
+    naming the file; with the file as it was, it is not."""
+    from fogsim.flower.server_app import make_server_app
+    from fogsim.study.results import stored_scenario_changes
+
+    path = write(tmp_path, ROWS)
+    run_dir = tmp_path / "run"
+    make_server_app(load_scenario(path), run_dir)  # what a run writes as it starts
+    (run_dir / "rounds.csv").write_text("round,accuracy\n1,0.5\n")  # and its first round
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_text(HEADER + ROWS.replace("s-2,sensor,,512KiB", "s-2,sensor,,256KiB"))
+    for args in ([str(path)], []):  # with the scenario file, and with the run's own
+        result = CliRunner().invoke(app, ["run", *args, "--out", str(run_dir), "--resume"])
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert f"fleet.file {inventory} (its contents changed since the run started)" in said
+    inventory.write_text(HEADER + ROWS)
+    assert stored_scenario_changes(run_dir, load_scenario(path)) == []
