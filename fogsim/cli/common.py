@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -113,10 +114,40 @@ def progress_bar(quiet: bool, counter: str = "round {task.completed}/{task.total
     )
 
 
-def rich_table(table: ReportTable) -> Table:
-    rt = Table(title=table.title)
-    for i, h in enumerate(table.headers):
+def print_table(table: ReportTable) -> None:
+    """Print a report table as it is where it fits the console, else turned on its side
+    (a row per column) if that fits, else in slices of its columns, each led by the
+    first: Rich folds every cell of a table wider than the console, so that a budget
+    of 49152 once printed as "491" over "52"."""
+    turned = [[h, *(row[i] for row in table.rows)] for i, h in enumerate(table.headers)]
+    for headers, rows in ((table.headers, table.rows), (turned[0], turned[1:])):
+        if fits(rt := rich_table(headers, rows, table.title)):
+            out.print(rt)
+            return
+    start = 1
+    while start < len(table.headers):
+        end = start + 1
+        while end < len(table.headers) and fits(sliced(table, start, end + 1)):
+            end += 1
+        out.print(sliced(table, start, end))
+        start = end
+
+
+def fits(rt: Table) -> bool:
+    return Measurement.get(out, out.options.update_width(1 << 16), rt).maximum <= out.width
+
+
+def sliced(table: ReportTable, start: int, end: int) -> Table:
+    """The first column and columns ``start`` to ``end - 1``."""
+    cut = [0, *range(start, end)]
+    rows = [[row[i] for i in cut] for row in table.rows]
+    return rich_table([table.headers[i] for i in cut], rows, table.title)
+
+
+def rich_table(headers: list[str], rows: list[list[str]], title: str) -> Table:
+    rt = Table(title=title)
+    for i, h in enumerate(headers):
         rt.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
-    for row in table.rows:
+    for row in rows:
         rt.add_row(*row)
     return rt

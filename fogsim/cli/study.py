@@ -18,9 +18,9 @@ from fogsim.cli.common import (
     load,
     load_data,
     out,
+    print_table,
     progress_bar,
     resolve_scenario_path,
-    rich_table,
     source_of,
 )
 from fogsim.cli.run import interrupted
@@ -63,7 +63,7 @@ def report(
     check_run_dirs([run_dir])
     rep = write_report(run_dir, target)
     for t in rep.tables:
-        out.print(rich_table(t))
+        print_table(t)
     out.print(f"wrote {rep.markdown} and {len(rep.plots)} plots in {run_dir}")
 
 
@@ -74,28 +74,46 @@ def compare(
         Path | None,
         typer.Option(
             "--out",
-            help="Where compare.csv and the plot go (default: the first run's parent directory).",
+            help="Where compare.csv and the plots go (default: the first run's parent directory).",
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a compare.csv in --out that compares other runs.")
+    ] = False,
 ) -> None:
-    """Compare runs: one table (accuracy, rounds to target, bytes, round time,
-    compression) and one accuracy-per-round overlay plot.
+    """Compare runs: one table (accuracy, rounds and simulated time to target, bytes,
+    round time, compression, each class's devices' accuracy) and overlay plots of
+    accuracy per round, against bytes and simulated time, cloud-link bytes and, for runs
+    with energy, energy. Notes below the table name unfinished runs and settings (data,
+    model, fleet, rounds) in which the runs differ.
 
     Example:
 
       fogsim compare runs/lr005 runs/lr01 --target 0.95 --out runs/cmp
     """
     from fogsim.study.compare import compare as compare_runs
-    from fogsim.study.compare import metrics_table
+    from fogsim.study.compare import compared_dirs, metrics_table
 
     check_run_dirs(run_dirs)
+    dirs = [str(d.resolve()) for d in run_dirs]
+    if twice := sorted({d for d in dirs if dirs.count(d) > 1}):
+        fail(f"{', '.join(twice)}: given more than once; name each run once")
     dest = out_dir or run_dirs[0].resolve().parent
+    earlier = compared_dirs(dest) if dest.is_dir() else None
+    if earlier is not None and earlier != set(dirs) and not overwrite:
+        fail(
+            f"--out {dest}: holds compare.csv of other runs ({len(earlier) or 'unnamed'}; "
+            "a sweep's or an earlier comparison): choose another --out, or pass --overwrite "
+            "to replace it and its plots"
+        )
     try:
-        rows, written = compare_runs(run_dirs, dest, target)
+        rows, written, said = compare_runs(run_dirs, dest, target)
     except OSError as e:
         fail(f"--out {dest}: cannot write there ({e.strerror})")
         raise
-    out.print(rich_table(metrics_table(rows, target)))
+    print_table(metrics_table(rows, target))
+    for note in said:
+        out.print(f"note: {note}", markup=False)
     out.print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -194,5 +212,5 @@ def sweep(
         dirs = run_all(runs, sweep_dir, run_one, on_run)
         progress.update(runs_task, completed=len(runs))
     _, table = summarize(runs, dirs, sweep_dir, target)
-    out.print(rich_table(table))
+    print_table(table)
     out.print(f"wrote sweep.csv, compare.csv and sweep_accuracy.png in {sweep_dir}")

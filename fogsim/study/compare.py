@@ -1,7 +1,9 @@
-"""``fogsim compare``: one row of headline numbers per run, one accuracy overlay plot.
+"""``fogsim compare``: one row of headline numbers per run, and overlay plots.
 
 The numbers come from the run files (via :mod:`fogsim.study.report`'s loaders), so a run
-without a column (e.g. no ``params``) gets a blank cell, never an estimate.
+without a column (e.g. no ``params``) gets a blank cell, never an estimate. What would
+make a row read wrongly is said beside the table (:func:`notes`): a run that did not
+finish, runs of different data, models, fleets or lengths.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from fogsim.study.clock import cloud_traffic, to_target
 from fogsim.study.report import Table, fmt, own_cell
-from fogsim.study.results import strategy_name
+from fogsim.study.results import read_csv, scenario_changes, strategy_name
 from fogsim.study.series import (
     class_order,
     column,
@@ -27,6 +29,8 @@ COLUMNS = [
     "run",
     "strategy",
     "rounds",
+    "planned_rounds",
+    "finished",
     "final_accuracy",
     "best_accuracy",
     "rounds_to_target",
@@ -40,7 +44,10 @@ COLUMNS = [
     "mean_round_time_s",
     "round_time_source",
     "compression",
+    "dir",
 ]
+# scenario fields in which runs compared side by side should agree (a note names them)
+SETTINGS = ("data.", "model.", "fleet.", "run.rounds ")
 
 
 def dense_params(scenario: dict[str, Any]) -> int | None:
@@ -76,16 +83,17 @@ def run_metrics(run: str | Path | dict[str, Any], target: float) -> dict[str, An
     smallest = class_order(run)[-1] if class_order(run) else None
     times = [t for t in times if t is not None]
     compression = None
-    last_round = rounds[-1]["round"]
-    held = [num(n.get("params")) for n in run["nodes"] if n["round"] == last_round]
-    held = [p for p in held if p is not None]
+    held = [p for d in run.get("devices", []) if (p := num(d.get("params"))) is not None]
     if held and (dense := dense_params(run.get("scenario", {}))):
         compression = dense / (sum(held) / len(held))
     hit_cloud = to_target(run, target)
     return {
         "run": run["dir"].name,
+        "dir": str(Path(run["dir"]).resolve()),
         "strategy": strategy_name(run) or "",
         "rounds": len(rounds),
+        "planned_rounds": run.get("scenario", {}).get("run", {}).get("rounds"),
+        "finished": "summary" in run,
         "final_accuracy": acc[-1] if acc else None,
         "best_accuracy": max((a for a in acc if a is not None), default=None),
         "rounds_to_target": reached[0] if reached else None,
@@ -140,12 +148,12 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
         + ["bytes up+down", "mean round time (s)", "compression", f"energy to {target:g} (J)"]
         + [f"{c} devices: mean (min) [devices]" for c in classes],
     )
-    for m in rows:
+    for m, name in zip(rows, names_of(rows), strict=True):
         table.rows.append(
             [
-                m["run"],
+                name,
                 m["strategy"],
-                str(m["rounds"]),
+                rounds_cell(m),
                 fmt(m["final_accuracy"], "acc"),
                 fmt(m["best_accuracy"], "acc"),
                 "" if m["rounds_to_target"] is None else str(m["rounds_to_target"]),
@@ -165,6 +173,43 @@ def metrics_table(rows: list[dict[str, Any]], target: float, title: str = "runs"
     return table
 
 
+def rounds_cell(m: dict[str, Any]) -> str:
+    """Rounds run, and for an unfinished run of how many (its final figures are the
+    last round's, not the run's end)."""
+    if m["finished"]:
+        return str(m["rounds"])
+    return f"{m['rounds']}/{m['planned_rounds'] or '?'} (unfinished)"
+
+
+def notes(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """What a reader of the table should know: runs that did not finish, and the
+    data, model, fleet and length settings in which the runs differ from the first
+    (same-named classes of other fleets share a column)."""
+    said = [
+        f"{m['run']}: unfinished ({m['rounds']} of {m['planned_rounds'] or '?'} rounds, no "
+        "summary.json): its figures are its last round's, its classes' n/a"
+        for m in rows
+        if not m["finished"]
+    ]
+    first = runs[0].get("scenario", {})
+    for run, m in zip(runs[1:], rows[1:], strict=True):
+        changed = scenario_changes(first, run.get("scenario", {}))
+        differ = [c if len(c) < 60 else c.split(" (")[0] for c in changed if c.startswith(SETTINGS)]
+        if differ:
+            said.append(f"{m['run']} differs from {rows[0]['run']} in " + "; ".join(differ))
+    return said
+
+
+def names_of(rows: list[dict[str, Any]]) -> list[str]:
+    """Each run's name in tables and legends: its directory's name, with its parent's
+    where two runs share a name (the same point of two sweeps)."""
+    names = [m["run"] for m in rows]
+    return [
+        f"{Path(m['dir']).parent.name}/{n}" if names.count(n) > 1 else n
+        for m, n in zip(rows, names, strict=True)
+    ]
+
+
 def fmt_ratio(value: float | None) -> str:
     return fmt(value) + "x" if value is not None else fmt(None)
 
@@ -178,21 +223,32 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Pat
     return path
 
 
+def compared_dirs(out_dir: Path) -> set[str] | None:
+    """The run directories a ``compare.csv`` in ``out_dir`` compares (None if there is
+    none; an empty set for one written before it named them)."""
+    path = out_dir / "compare.csv"
+    if not path.exists():
+        return None
+    return {str(r.get("dir") or "") for r in read_csv(path)} - {""}
+
+
 def compare(
     run_dirs: list[Path], out_dir: Path, target: float
-) -> tuple[list[dict[str, Any]], list[Path]]:
+) -> tuple[list[dict[str, Any]], list[Path], list[str]]:
     """Write ``compare.csv``, ``compare_accuracy.png`` (per round),
     ``compare_cost.png`` (against cumulative bytes and simulated time),
     ``compare_cloud.png`` (against cumulative cloud-link bytes) and, where a run has
-    energy figures, ``compare_energy.png`` into ``out_dir``; returns the rows and
-    every file written."""
+    energy figures, ``compare_energy.png`` into ``out_dir``; returns the rows, every
+    file written and the :func:`notes` on them."""
     from fogsim.study.overlays import plot_cost_overlay, plot_overlay  # matplotlib, when drawing
 
-    rows = [run_metrics(d, target) for d in run_dirs]
+    runs = [load_run(d) for d in run_dirs]
+    rows = [run_metrics(run, target) for run in runs]
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(out_dir / "compare.csv", rows, COLUMNS + class_columns(rows))
     labels = [
-        m["run"] if m["run"] == m["strategy"] else f"{m['run']} ({m['strategy']})" for m in rows
+        name if m["run"] == m["strategy"] else f"{name} ({m['strategy']})"
+        for name, m in zip(names_of(rows), rows, strict=True)
     ]
     series = [(label, *m["series"], None) for label, m in zip(labels, rows, strict=True)]
     written = [csv_path, plot_overlay(series, out_dir / "compare_accuracy.png", target)]
@@ -213,4 +269,4 @@ def compare(
         title, xlabel = "global test accuracy vs energy", "cumulative energy of sampled nodes (kJ)"
         energy_png = out_dir / "compare_energy.png"
         written.append(plot_overlay(by_energy, energy_png, target, title, xlabel))
-    return rows, written
+    return rows, written, notes(runs, rows)

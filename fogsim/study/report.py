@@ -52,7 +52,7 @@ def fmt(value: float | None, kind: str = "g") -> str:
     if kind == "s":
         return f"{value:.2f}"
     if kind == "%":
-        return f"{100 * value:.0f}%"
+        return f"{100 * value:.1f}%"
     return f"{value:.4g}"
 
 

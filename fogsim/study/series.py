@@ -8,6 +8,8 @@ always numbers measured.
 
 from __future__ import annotations
 
+import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,37 @@ class ReportError(ValueError):
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """``load()`` plus the checks a report needs: a directory with at least one round."""
+    """``load()`` plus the checks a report needs: a directory with at least one round,
+    every cell of rounds.csv a number (or blank), and a summary.json, where there is
+    one, of as many rounds: a file edited or cut by hand is refused, naming it, rather
+    than read as a blank (a text cell once moved "reached in round 2" to round 3)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: not a directory (give the run's directory)")
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run directory")
     if not (run_dir / "rounds.csv").exists():
         raise ReportError(f"{run_dir}: not a fogsim run (no rounds.csv)")
-    run = load(run_dir)
+    try:
+        run = load(run_dir)
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{run_dir}: a JSON file there is not readable ({e})") from None
     if not run.get("rounds"):
         raise ReportError(f"{run_dir}: rounds.csv holds no finished round yet")
+    for line, row in enumerate(run["rounds"], start=2):
+        for name, value in row.items():
+            text = isinstance(value, str) and value
+            if text or "acc" in name and isinstance(value, float) and math.isnan(value):
+                raise ReportError(
+                    f"{run_dir / 'rounds.csv'}: line {line}, column {name}: {value!r} is not "
+                    "a number (fogsim writes numbers or blanks there)"
+                )
+    summary = run.get("summary", {})
+    if "rounds" in summary and summary["rounds"] != len(run["rounds"]):
+        raise ReportError(
+            f"{run_dir}: summary.json says {summary['rounds']} rounds, rounds.csv holds "
+            f"{len(run['rounds'])}: the run's files disagree (one was cut or edited)"
+        )
     run.setdefault("nodes", [])
     run.setdefault("fleet", [])
     run["dir"] = run_dir

@@ -154,11 +154,13 @@ def run_all(
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std over the repeats that have a value (std blank for one)."""
-    vs = [v for v in values if v is not None]
-    if not vs:
+    """Mean and sample std over the repeats (std blank for one); both blank unless
+    every repeat has a value: a mean over the seeds that reached the target (or whose
+    class held a model) once put a point reaching it on 1 of 2 seeds level with one
+    reaching it on both."""
+    if not values or any(v is None for v in values):
         return None, None
-    return statistics.fmean(vs), statistics.stdev(vs) if len(vs) > 1 else None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def plus_minus(row: dict[str, Any], col: str, kind: str) -> str:
@@ -167,7 +169,8 @@ def plus_minus(row: dict[str, Any], col: str, kind: str) -> str:
     return fmt(mean, kind) + ("" if std is None else f" ± {fmt(std, kind)}")
 
 
-AGGREGATED = ["final_accuracy", "best_accuracy", "rounds_to_target", "total_bytes"]
+AGGREGATED = ["final_accuracy", "best_accuracy", "rounds_to_target", "time_to_target_s"]
+AGGREGATED += ["cloud_bytes_to_target", "total_bytes", "total_cloud_bytes", "total_energy_j"]
 AGGREGATED += ["mean_round_time_s", "compression"]
 
 

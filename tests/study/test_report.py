@@ -13,7 +13,7 @@ from fogsim.cli import app
 from fogsim.study.compare import metrics_table, run_metrics
 from fogsim.study.plots import DPI, FIGSIZE
 from fogsim.study.results import load, read_csv
-from fogsim.study.sweep import parse_grid, plan, split_values
+from fogsim.study.sweep import mean_std, parse_grid, plan, split_values
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -216,7 +216,7 @@ def test_report_compares_each_node_with_its_own_budget(scenario_file: Path, tmp_
     writer.nodes.append([{**row, "budget_bytes": fleet.budget(biggest), "peak_memory": peak}])
     table = class_table(load_report_run(tmp_path))
     cells = dict(zip(table.headers, next(r for r in table.rows if r[0] == "small"), strict=True))
-    assert cells["peak / own budget (max)"] == "75%"
+    assert cells["peak / own budget (max)"] == "75.0%"  # a tenth: 100.4% is not "100%"
     low, high = min(fleet.budget(n) for n in small), fleet.budget(biggest)
     assert cells["budget bytes"] == f"{low}..{high}"
 
@@ -237,7 +237,7 @@ def test_report_says_why_a_class_sat_out(scenario_file: Path, tmp_path: Path) ->
     table = class_table(load_report_run(tmp_path))
     cells = dict(zip(table.headers, next(r for r in table.rows if r[0] == "small"), strict=True))
     need = format_bytes(sc.smallest_training_memory)
-    assert cells["participation"] == f"0% (budget ≤ 1KiB < {need}, the narrowest model)"
+    assert cells["participation"] == f"0.0% (budget ≤ 1KiB < {need}, the narrowest model)"
 
 
 def test_energy_in_report_and_compare_from_the_run_files(tmp_path: Path) -> None:
@@ -269,3 +269,109 @@ def test_energy_in_report_and_compare_from_the_run_files(tmp_path: Path) -> None
     m = run_metrics(tmp_path / "run", 0.8)
     assert m["energy_to_target_j"] == 24.0 and m["total_energy_j"] == 36.0
     assert m["time_to_target_s"] == 70.0  # on the clock: round 2 started at 60 s, took 10
+
+
+def copies(run_dir: Path, where: Path, *names: str) -> list[Path]:
+    """Copies of a finished run (no new simulation), under ``where``."""
+    for name in names:
+        shutil.copytree(run_dir, where / name)
+    return [where / name for name in names]
+
+
+@pytest.mark.slow  # the session's real Flower + Ray run
+def test_compare_keeps_an_earlier_comparison_of_other_runs(run_dir: Path, tmp_path: Path):
+    """The default --out is the runs' parent, a sweep's directory for its runs: comparing
+    two of them once replaced the sweep's compare.csv of all its runs, exit 0. Another
+    set of runs is refused (exit 2) unless --overwrite; the same set is compared again."""
+    a, b, c = copies(run_dir, tmp_path, "a", "b", "c")
+    assert invoke("compare", a, b).exit_code == 0
+    refused = invoke("compare", a, c)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output, refused.output
+    assert [r["run"] for r in read_csv(tmp_path / "compare.csv")] == ["a", "b"]
+    assert invoke("compare", a, b, "--target", "0.6").exit_code == 0  # the same runs again
+    assert invoke("compare", a, c, "--overwrite").exit_code == 0
+    assert [r["run"] for r in read_csv(tmp_path / "compare.csv")] == ["a", "c"]
+    twice = invoke("compare", a, tmp_path / "b" / ".." / "a", "--out", tmp_path / "t")
+    assert twice.exit_code == 2 and "given more than once" in twice.output, twice.output
+
+
+@pytest.mark.slow  # the session's real Flower + Ray run
+def test_compare_says_which_runs_did_not_finish_or_differ(run_dir: Path, tmp_path: Path):
+    """An unfinished run's last round once stood as its final accuracy, unmarked, and
+    runs of other data sat in one table without a word."""
+    full, cut, other = copies(run_dir, tmp_path, "full", "cut", "other")
+    (cut / "summary.json").unlink()
+    (cut / "devices.csv").unlink()
+    lines = (cut / "rounds.csv").read_text().splitlines(keepends=True)
+    (cut / "rounds.csv").write_text("".join(lines[:2]))  # 1 of TINY's 2 rounds
+    scenario = json.loads((other / "scenario.json").read_text())
+    scenario["data"]["alpha"] = 0.5
+    (other / "scenario.json").write_text(json.dumps(scenario))
+    result = invoke("compare", full, cut, other, "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "1/2 (unfinished)" in said
+    assert "note: cut: unfinished (1 of 2 rounds" in said
+    assert "note: other differs from full in data.alpha (1.0 → 0.5)" in said
+    rows = read_csv(tmp_path / "cmp" / "compare.csv")
+    assert [(r["finished"], r["planned_rounds"]) for r in rows][:2] == [("True", 2), ("False", 2)]
+
+
+@pytest.mark.slow  # the session's real Flower + Ray run
+def test_compression_is_over_every_device_holding_a_model(run_dir: Path, tmp_path: Path):
+    """compression = dense parameters / the mean of every device's model (devices.csv);
+    it was the mean of the last round's sampled nodes, a draw that moved it 2.2x-3.6x
+    between two seeds of the same sweep."""
+    (run,) = copies(run_dir, tmp_path, "run")
+    devices = read_csv(run / "devices.csv")
+    dense = devices[0]["params"]
+    text = (run / "devices.csv").read_text().splitlines()
+    text[1] = text[1].replace(f",{dense},", f",{dense // 4},", 1)  # one device holds 1/4
+    (run / "devices.csv").write_text("\n".join(text) + "\n")
+    mean = (dense * (len(devices) - 1) + dense // 4) / len(devices)
+    assert run_metrics(run, 0.5)["compression"] == pytest.approx(dense / mean)
+
+
+BROKEN = [  # (file, what to do to it, words of the error)
+    ("rounds.csv", lambda t: t.replace("\n1,", "\noops,", 1), "line 2, column round: 'oops'"),
+    ("summary.json", lambda t: t[: len(t) // 2], "a JSON file there is not readable"),
+    ("rounds.csv", lambda t: "".join(t.splitlines(keepends=True)[:2]), "summary.json says 2"),
+]
+
+
+@pytest.mark.slow  # the session's real Flower + Ray run
+@pytest.mark.parametrize(("name", "edit", "words"), BROKEN, ids=["text-cell", "json", "cut"])
+def test_a_run_file_edited_by_hand_is_refused_naming_it(run_dir, tmp_path, name, edit, words):
+    """A text cell in rounds.csv was once read as a blank ("reached in round 3" for
+    round 2), a cut rounds.csv reported beside the run's end-of-run classes, a broken
+    summary.json a traceback: each is now exit 2, naming the file."""
+    (run,) = copies(run_dir, tmp_path, "run")
+    (run / name).write_text(edit((run / name).read_text()))
+    for cmd in ("report", "compare"):
+        result = invoke(cmd, run)
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_sweep_mean_needs_every_repeat() -> None:
+    """A point reaching the target on 1 of 2 seeds once showed that seed's round as its
+    mean, level with a point reaching it on both; now blank (reached_target says 1)."""
+    assert mean_std([5.0, None]) == (None, None)
+    assert mean_std([5.0, 7.0]) == (6.0, pytest.approx(2**0.5))
+    assert mean_std([5.0]) == (5.0, None)
+
+
+@pytest.mark.slow  # the session's real Flower + Ray run
+def test_a_narrow_console_folds_no_number(run_dir: Path, monkeypatch) -> None:
+    """Rich folded every cell of a table wider than the console: a budget of 49152
+    printed as "491" over "52". Tables now turn on their side or print in slices."""
+    from fogsim.cli import common
+
+    monkeypatch.setattr(common.out, "width", 60)
+    result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.output
+    printed = set(re.findall(r"[\d.]+", result.output))
+    for r in load(run_dir)["rounds"]:
+        assert {str(r["bytes_up"]), f"{r['accuracy']:.4f}"} <= printed, r
+    for n in load(run_dir)["fleet"]:
+        assert str(n["budget_bytes"]) in printed or n["budget_bytes"] < 0, n
