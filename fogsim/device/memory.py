@@ -144,6 +144,7 @@ def memory_breakdown(
     if arch.channels and peak < len(phases) - 1:  # the graph with its oneDNN objects lives
         overhead += ONEDNN_GRAPH_OVERHEAD
     inputs = (math.prod(arch.in_shape) * dtype_bytes + LABEL_BYTES) * batch_size
+    slack = mmap_slack(arch, phases, batch_size, kind, dtype_bytes)
     return MemoryBreakdown(
         params=n * dtype_bytes,
         grads=n * dtype_bytes,
@@ -151,8 +152,8 @@ def memory_breakdown(
         workspace=OPTIMIZER_WORKSPACE[kind] * max(sizes) * dtype_bytes,
         inputs=inputs,
         activations=per * batch_size - inputs,
-        total=fixed + per * batch_size,
-        overhead=overhead,
+        total=fixed + per * batch_size + slack,
+        overhead=overhead + slack,
     )
 
 
@@ -177,8 +178,35 @@ def training_memory(
     dtype_bytes: int = 4,
 ) -> int:
     """Modelled peak bytes of training ``model`` at ``batch_size`` (see module doc)."""
-    phases = step_phases_of(model, optimizer_kind(optimizer), dtype_bytes, batch_size)
-    return max(f + s * batch_size for f, s in phases)
+    kind = optimizer_kind(optimizer)
+    phases = step_phases_of(model, kind, dtype_bytes, batch_size)
+    peak = max(f + s * batch_size for f, s in phases)
+    return peak + mmap_slack(model, phases, batch_size, kind, dtype_bytes)
+
+
+# glibc serves a block of 32 MiB or more (its largest mmap threshold) with mmap: whole
+# pages and a header, up to a page beyond the tensor's bytes (4,032 B by the heap for
+# torch's 64-byte-aligned tensors), which the replay, counting bytes, does not see.
+MMAP_MIN, PAGE = 32 << 20, 4096
+
+
+def mmap_slack(
+    model: FogNet | Arch | FactoryArch,
+    phases: list[tuple[int, int]],
+    batch_size: int,
+    optimizer: str,
+    dtype_bytes: int = 4,
+) -> int:
+    """A page per tensor of :data:`MMAP_MIN` bytes or more: each such parameter's own
+    copies (itself, its gradient, its optimizer state and Adam's workspace), and as many
+    of the batch's tensors as its largest per-sample total holds 32 MiB pieces. Zero
+    for every step under 32 MiB a tensor (a model's peak once fell 2.3-17 KB under the
+    heap's with a 43 MB weight and Adam)."""
+    copies = 2 + OPTIMIZER_STATE[optimizer] + OPTIMIZER_WORKSPACE[optimizer]
+    shapes = Arch.of(model).param_shapes() if isinstance(model, FogNet) else model.param_shapes()
+    large = sum(math.prod(s) * dtype_bytes >= MMAP_MIN for s in shapes)
+    batch_pieces = max(s for _, s in phases) * batch_size // MMAP_MIN
+    return PAGE * (large * copies + batch_pieces)
 
 
 # What a tensor holds besides its data (TensorImpl, StorageImpl, the Python object,
@@ -206,8 +234,9 @@ def max_batch_size(
 
     Raises :class:`BudgetError` when even batch 1 does not fit.
     """
-    phases = step_phases_of(model, optimizer_kind(optimizer), dtype_bytes)
-    one = max(f + s for f, s in phases)
+    kind = optimizer_kind(optimizer)
+    phases = step_phases_of(model, kind, dtype_bytes)
+    one = max(f + s for f, s in phases) + mmap_slack(model, phases, 1, kind, dtype_bytes)
     if one > budget_bytes:
         what = model.ref if isinstance(model, FactoryArch) else "widths"
         raise BudgetError(
@@ -216,7 +245,10 @@ def max_batch_size(
             f"{format_bytes(one)} ({one} B)"
         )
     batch = min((budget_bytes - f) // s for f, s in phases if s > 0)
-    return int(min(batch, cap) if cap is not None else batch)
+    batch = int(min(batch, cap) if cap is not None else batch)
+    while batch > 1 and training_memory(model, batch, kind, dtype_bytes) > budget_bytes:
+        batch -= 1  # the pages of 32 MiB tensors (mmap_slack): zero under 32 MiB
+    return batch
 
 
 def largest_fraction(fits: Callable[[float], bool], steps: int = 20) -> float:

@@ -72,6 +72,15 @@ def grid() -> list[dict]:
         {"channels": (16, 32), "hidden": (128,), "batch": 512, "optimizer": "sgd"},
         {"channels": (32, 64), "hidden": (128,), "batch": 64, "optimizer": "adam"},
     ]
+    points += [  # a 50 MB weight: glibc mmaps it, up to a page beyond its bytes (x6 with Adam)
+        {
+            "channels": (),
+            "hidden": (1024,),
+            "batch": 1,
+            "optimizer": "adam",
+            "in_shape": (3, 64, 64),
+        }
+    ]
     points += [  # other images: the digits' 8x8 (one conv block), a conv 2 on 5x5 maps
         {"channels": c, "hidden": h, "batch": b, "optimizer": "sgd-momentum", "in_shape": s}
         for c, h, s in OTHER_IMAGES
