@@ -58,7 +58,10 @@ batch 1..512, SGD, momentum and Adam, dense and pruned widths (AVX2, torch 2.13;
 ``tests/device/test_memory.py``). Not in it, and not in the model: library caches that
 persist *between* steps, shared by every model a process trains (MKL's GEMM buffer
 pool, 0.3-2.1 MB, and oneDNN's primitive cache, ~5-14 KB per primitive and shape):
-they grow on a process's first step and its first step at a new shape.
+they grow on a process's first step and its first step at a new shape. Known to
+over-count (safe side): a first conv taking 3 channels and giving fewer than 8 (or
+9-11), whose input oneDNN's backward-weights kernel does not reorder to the blocked
+copy charged here (up to 1.66x the heap; the README, "Known limit").
 """
 
 from __future__ import annotations
