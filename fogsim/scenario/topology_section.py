@@ -110,9 +110,31 @@ class TopologySection(Section):
                 f"topology.fogs: {self.fogs} disagrees with the {len(self.lists)} "
                 "lists given; leave it out"
             )
+        problems += self._ignored()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _ignored(self) -> list[str]:
+        """Fields set away from their defaults that this kind or aggregation never
+        reads (a flat run once took ``cloud_deadline_s = 1`` and ran on, exit 0)."""
+        unread = []
+        if self.kind == "flat":
+            names = ("fogs", "assign", "fog_rounds", "device_link", "cloud_deadline_s")
+            unread += [(name, "kind = 'hierarchical'") for name in names]
+        if self.aggregation == "sync":
+            names = ("buffer_size", "concurrency", "server_lr")
+            unread += [(name, "aggregation = 'buffered'") for name in names]
+
+        def shown(value: object) -> object:  # a link as the fields set, not its repr
+            return value.model_dump(exclude_none=True) if isinstance(value, Section) else value
+
+        return [
+            f"topology.{name}: {shown(getattr(self, name))!r}, but this topology never reads it; "
+            f"allowed only with {needs}"
+            for name, needs in unread
+            if getattr(self, name) != type(self).model_fields[name].default
+        ]
 
 
 def topology_problems(topology: TopologySection, fleet: FleetSection) -> list[str]:

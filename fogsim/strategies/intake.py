@@ -239,18 +239,24 @@ class ReplyIntake:
 
     def energy(self, node: int, what: str, row: dict[str, Any], round_s: float) -> dict[str, float]:
         """nodes.csv energy fields of ``node`` (``fogsim.hardware.energy``): a node that
-        sent its update waits idle for the round to end; none if its class lacks a
-        figure or its timeline is unknown (it dropped out, crashed or never replied)."""
+        sent its update waits idle for the round to end, or for its availability window
+        to close if that comes first (a gateway off from 50 s was once charged idle to
+        the round's end at 75.6 s); none if its class lacks a figure or its timeline is
+        unknown (it dropped out, crashed or never replied)."""
         tl = self.timelines.get(node)
         if tl is None or what in ("dropped", "crashed", "timed_out"):
             return {}
-        waits = what in ("ok", "straggler", "rejected")
+        wait_s = 0.0
+        if what in ("ok", "straggler", "rejected"):
+            start = self.clock.now_s  # the round's: the clock moves on after this round
+            up_s = self.fleet.availability.until(node, start) - start
+            wait_s = max(0.0, min(round_s, up_s) - tl.total_s)
         e = node_energy(
             self.fleet.device(node),
             tl,
             self.bytes_down[node],
             int(row.get("bytes_up") or 0),
-            wait_s=max(0.0, round_s - tl.total_s) if waits else 0.0,
+            wait_s=wait_s,
             stop_s=row.get("departed_s"),
         )
         if e is None:

@@ -1,6 +1,7 @@
 """A real Flower + Ray simulation from a scenario file, driven through the CLI."""
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -102,7 +103,9 @@ round_interval_s = 600
 FLEET = "id,class,memory,data_share\n" + "".join(
     f"gw{i},big,,2\n" if i < 4 else f"s{i},small,512KiB,1\n" for i in range(10)
 )
-TRACE = "class,start_s,end_s\nsmall,0,100\n"  # the sensors leave 100 s into round 1
+# the sensors leave 100 s into round 1; the gateways' window closes at 50 s, after
+# their update is in, while they wait for the round to end (not charged idle after it)
+TRACE = "class,start_s,end_s\nsmall,0,100\nbig,0,50\nbig,600,100000\n"
 
 
 def test_a_field_of_catalogue_devices_with_a_trace(tmp_path: Path) -> None:
@@ -135,7 +138,8 @@ def test_a_field_of_catalogue_devices_with_a_trace(tmp_path: Path) -> None:
         tl = timeline(dev, n["bytes_down"], n["bytes_up"], n["train_flops"])
         assert n["sim_time_s"] == pytest.approx(tl.total_s)
         r = rounds[n["round"] - 1]
-        wait = 0.0 if n["status"] == "departed" else r["sim_time_s"] - tl.total_s
+        closes = 50.0 if (n["class"], n["round"]) == ("big", 1) else math.inf
+        wait = 0.0 if n["status"] == "departed" else min(r["sim_time_s"], closes) - tl.total_s
         stop = n["departed_s"] if n["status"] == "departed" else None
         e = node_energy(dev, tl, n["bytes_down"], n["bytes_up"], wait_s=wait, stop_s=stop)
         assert e is not None and n["energy_j"] == pytest.approx(e.total_j)

@@ -189,6 +189,13 @@ def test_a_fleet_file_fog_column_assigns_devices(tmp_path) -> None:
         ([*HIER, "topology.fogs=2", "topology.fog_rounds=0"], "topology.fog_rounds"),
         ([*HIER, "topology.fogs=2", "topology.cloud_link={up_mbps=-1}"], "up_mbps"),
         ([*HIER, "topology.fogs=2", "topology.fog_rouds=2"], "fog_rounds"),
+        # set, but never read by a flat or lock-step run (each once ran on, exit 0)
+        (["topology.cloud_deadline_s=1"], "topology.cloud_deadline_s: 1.0, but this"),
+        (["topology.fog_rounds=5"], "fog_rounds: 5, but this topology never reads it"),
+        (["topology.device_link={latency_ms=0}"], "{'latency_ms': 0.0}, but this"),
+        (["topology.fogs=2"], "allowed only with kind = 'hierarchical'"),
+        (["topology.server_lr=0.5"], "allowed only with aggregation = 'buffered'"),
+        ([*HIER, "topology.fogs=2", "topology.buffer_size=2"], "topology.buffer_size: 2"),
     ],
 )
 def test_bad_topology_is_one_clear_error(scenario_file, sets, says) -> None:
