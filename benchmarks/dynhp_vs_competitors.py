@@ -5,6 +5,9 @@ Methods (MLP 784-300-100-10, SGD momentum 0.9, LR 0.01 at batch 16 or, with
 
 - dense: the unpruned net at batch 64;
 - small-dense: a net uniformly narrowed to the final size, trained from scratch;
+- dynhp-shape: a net of the widths DynHP ended at (the same seed's run, on the same
+  split, at DynHP's chosen LR), trained from scratch: whether DynHP's lead is the
+  shape it finds or the way it trains;
 - one-shot: dense for 70% of the epochs, neuron magnitude (weight-norm) pruning to
   the target in one go, fine-tune for the rest;
 - iterative: magnitude pruning on DynHP's cubic schedule, no gate, fixed batch 64,
@@ -56,7 +59,8 @@ from fogsim.device.training import evaluate
 HIDDEN = (300, 100)
 OPT = "sgd-momentum"
 LR, BASE_BATCH, DENSE_BATCH = 0.01, 16, 64
-METHODS = ["dense", "small-dense", "one-shot", "iterative", "dynhp-static", "dynhp"]
+METHODS = ["dense", "small-dense", "dynhp-shape", "one-shot", "iterative", "dynhp-static", "dynhp"]
+SHAPED = "dynhp-shape"  # trains at the widths of the same seed's "dynhp" run
 VALIDATION = 10_000  # training images held out to choose each method's LR (--select-lr)
 
 
@@ -68,10 +72,11 @@ def run(
     seed: int,
     knobs: dict[str, Any] | None = None,
     lr: float = LR,
-) -> dict[str, float]:
-    """One method, one seed: test accuracy, final size, modelled memory, wall time
-    (``knobs``: ``DynHPConfig`` settings changed for the two DynHP methods; ``lr``: the
-    LR at batch ``BASE_BATCH``)."""
+    widths: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """One method, one seed: test accuracy, final size and widths, modelled memory,
+    wall time (``knobs``: ``DynHPConfig`` settings changed for the two DynHP methods;
+    ``lr``: the LR at batch ``BASE_BATCH``; ``widths``: ``dynhp-shape``'s)."""
     x, y, xt, yt = data
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -81,9 +86,9 @@ def run(
     mem: list[int] = []
     common: dict[str, Any] = dict(optimizer=OPT, lr=lr, lr_batch=BASE_BATCH, generator=gen)
     plain = DynHPConfig(target_compression=1.0, dynamic_batch=False)
-    if method in ("dense", "small-dense"):
-        widths = HIDDEN if method == "dense" else uniform_widths(arch, target)
-        model = FogNet((), widths)
+    if method in ("dense", "small-dense", SHAPED):
+        shape = {"dense": HIDDEN, "small-dense": uniform_widths(arch, target), SHAPED: widths}
+        model = FogNet((), shape[method])
         st = train_dynhp(
             model,
             x,
@@ -155,11 +160,15 @@ def run(
     return {
         "accuracy": acc,
         "params": num_params(model),
+        "widths": list(model.hidden),
         "peak_memory": max(mem),
         "mean_memory": float(np.mean(mem)),
         "wall_s": wall,
         "budget": budget,
     }
+
+
+NOT_STATS = ("budget", "widths")
 
 
 def rows_for(dataset: str, target: float, per_seed: dict[str, list[dict[str, float]]]) -> list:
@@ -174,7 +183,8 @@ def rows_for(dataset: str, target: float, per_seed: dict[str, list[dict[str, flo
                 "dataset": dataset,
                 "target": target,
                 "method": method,
-                **{k: stats([r[k] for r in runs]) for k in runs[0] if k != "budget"},
+                **{k: stats([r[k] for r in runs]) for k in runs[0] if k not in NOT_STATS},
+                "widths": [r["widths"] for r in runs],
                 "compression": stats([dense[0]["params"] / r["params"] for r in runs]),
                 "error_vs_dense_pt": stats(gap),
                 "budget": runs[0]["budget"],
@@ -247,11 +257,13 @@ class Job(NamedTuple):
     seed: int
     lr: float
     knobs: dict[str, Any] | None = None
+    widths: tuple[int, ...] | None = None
 
 
-def _job(job: Job) -> dict[str, float]:
+def _job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
-    return run(job.method, DATA[job.split], job.target, job.epochs, job.seed, job.knobs, lr=job.lr)
+    data = DATA[job.split]
+    return run(job.method, data, job.target, job.epochs, job.seed, job.knobs, job.lr, job.widths)
 
 
 def run_all(jobs: list[Job], workers: int) -> list[dict]:
@@ -263,15 +275,58 @@ def run_all(jobs: list[Job], workers: int) -> list[dict]:
         return pool.map(_job, jobs, chunksize=1)
 
 
-def choose_lrs(
-    cases: list[tuple[str, float]], grid: list[float], epochs: float, seeds: list[int], workers: int
-) -> dict[tuple[str, float], dict[float, dict[str, Any]]]:
-    """Per (method, target), the validation accuracy at every LR of ``grid``."""
-    jobs = [Job("validation", m, t, epochs, s, lr) for m, t in cases for lr in grid for s in seeds]
+def validation_runs(
+    cases: list[tuple[str, float]],
+    grid: list[float],
+    epochs: float,
+    seeds: list[int],
+    workers: int,
+    widths: dict[tuple[float, int], tuple[int, ...]] | None = None,
+) -> dict[tuple[str, float], dict[float, list[dict[str, Any]]]]:
+    """Per (method, target), its runs on the validation split at every LR of ``grid``,
+    one per seed (``widths``: ``dynhp-shape``'s per (target, seed))."""
+    jobs = [
+        Job("validation", m, t, epochs, s, lr, widths=(widths or {}).get((t, s)))
+        for m, t in cases
+        for lr in grid
+        for s in seeds
+    ]
     done = iter(run_all(jobs, workers))
+    return {case: {lr: [next(done) for _ in seeds] for lr in grid} for case in cases}
+
+
+def test_runs(
+    cases: list[tuple[str, float]],
+    lr_of: dict[tuple[str, float], float],
+    epochs: float,
+    seeds: list[int],
+    workers: int,
+    widths: dict[tuple[float, int], tuple[int, ...]] | None = None,
+) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Per (method, target), its runs on the test split at its LR, one per seed."""
+    jobs = [
+        Job("test", m, t, epochs, s, lr_of[(m, t)], widths=(widths or {}).get((t, s)))
+        for m, t in cases
+        for s in seeds
+    ]
+    done = iter(run_all(jobs, workers))
+    return {case: [next(done) for _ in seeds] for case in cases}
+
+
+def widths_by(
+    runs: dict[float, list[dict[str, Any]]], seeds: list[int]
+) -> dict[tuple[float, int], tuple[int, ...]]:
+    """The final widths of runs given per target, one per seed, by (target, seed)."""
     return {
-        case: {lr: stats([next(done)["accuracy"] for _ in seeds]) for lr in grid} for case in cases
+        (t, s): tuple(r["widths"])
+        for t, done in runs.items()
+        for s, r in zip(seeds, done, strict=True)
     }
+
+
+def best_lr(runs: dict[float, list[dict[str, Any]]]) -> float:
+    """The LR whose runs have the best mean validation accuracy."""
+    return max(runs, key=lambda lr: np.mean([r["accuracy"] for r in runs[lr]]))
 
 
 def main() -> None:
@@ -290,18 +345,26 @@ def main() -> None:
     grid = [float(v) for v in args.select_lr.split(",")] if args.select_lr else []
     limit = 15000 if args.quick else None
     targets = [float(t) for t in args.targets.split(",")]
-    cases = [("dense", 1.0)] + [(m, t) for t in targets for m in METHODS[1:]]
+    # dynhp-shape trains at the widths its seed's dynhp run ended at: it runs second
+    cases = [("dense", 1.0)] + [(m, t) for t in targets for m in METHODS[1:] if m != SHAPED]
+    shaped = [(SHAPED, t) for t in targets]
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     for ds in args.datasets.split(","):
         load_splits(ds, limit)
-        validation = choose_lrs(cases, grid, epochs, seeds[:3], args.jobs) if grid else {}
-        lr_of = {
-            c: max(grid, key=lambda v: validation[c][v]["mean"]) if grid else LR for c in cases
-        }
-        jobs = [Job("test", m, t, epochs, s, lr_of[(m, t)]) for m, t in cases for s in seeds]
-        done = iter(run_all(jobs, args.jobs))
-        per_case = {c: [next(done) for _ in seeds] for c in cases}
+        # every method but dynhp-shape: its validation runs at each LR, then the test runs
+        picked = validation_runs(cases, grid, epochs, seeds[:3], args.jobs) if grid else {}
+        lr_of = {c: best_lr(picked[c]) if grid else LR for c in cases}
+        per_case = test_runs(cases, lr_of, epochs, seeds, args.jobs)
+        # then dynhp-shape, on each split at the widths its seed's dynhp run ended at
+        if grid:
+            ended = {t: picked[("dynhp", t)][lr_of[("dynhp", t)]] for t in targets}
+            picked |= validation_runs(
+                shaped, grid, epochs, seeds[:3], args.jobs, widths_by(ended, seeds[:3])
+            )
+        lr_of |= {c: best_lr(picked[c]) if grid else LR for c in shaped}
+        ended = {t: per_case[("dynhp", t)] for t in targets}
+        per_case |= test_runs(shaped, lr_of, epochs, seeds, args.jobs, widths_by(ended, seeds))
         for target in targets:
             per_seed = {
                 m: per_case[("dense", 1.0) if m == "dense" else (m, target)] for m in METHODS
@@ -309,7 +372,10 @@ def main() -> None:
             for row in rows_for(ds, target, per_seed):
                 case = ("dense", 1.0) if row["method"] == "dense" else (row["method"], target)
                 row["lr"] = lr_of[case]
-                row["lr_validation"] = {str(v): a for v, a in validation.get(case, {}).items()}
+                row["lr_validation"] = {
+                    str(v): stats([r["accuracy"] for r in runs])
+                    for v, runs in picked.get(case, {}).items()
+                }
                 rows.append(row)
                 print(f"{ds} {target:g}x {row['method']} (LR {row['lr']:g}): accuracy "
                       f"{pm(row['accuracy'], 100)} %", flush=True)  # fmt: skip
