@@ -89,6 +89,9 @@ class FogStrategy(ReplyIntake, FedAvg):
         self.clock = RoundClock(sim.round_interval_s, now_s=sim.start_h * 3600.0)
         self.timelines: dict[int, Timeline] = {}  # this round's, per node that replied
         self.up_by_class = np.zeros(len(fleet.classes), dtype=int)  # nodes on, this round
+        # simulated s until which a straggler still works on its late update (it was
+        # once sampled again while busy: its time and energy counted twice)
+        self.busy_until = np.zeros(fleet.num_nodes)
 
     # --- the hooks -------------------------------------------------------------
     @abstractmethod
@@ -116,12 +119,16 @@ class FogStrategy(ReplyIntake, FedAvg):
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs besides the global model (picklable); strategies
         that remember more per-node state extend this and :meth:`load_state_dict`."""
-        return {"holders": self.holders, "clock_s": self.clock.now_s}
+        busy = np.flatnonzero(self.busy_until > self.clock.now_s)
+        busy_until = {int(n): float(self.busy_until[n]) for n in busy}
+        return {"holders": self.holders, "clock_s": self.clock.now_s, "busy_until": busy_until}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (called before the first resumed round)."""
         self.holders = state.get("holders", {})
         self.clock.now_s = state.get("clock_s", self.clock.now_s)
+        for node, until in state.get("busy_until", {}).items():
+            self.busy_until[node] = until
 
     # --- sampling and messages -------------------------------------------------
     def sample(self, k: int, grid: Grid, server_round: int, stream: int = 0) -> list[int]:
@@ -137,11 +144,11 @@ class FogStrategy(ReplyIntake, FedAvg):
                 break
             self.clock.wait_until(t)
             up, rng, waits = *self.candidates(server_round, stream), waits + 1
-        if stream == 0:  # training: only nodes the strategy lets take part
+        if stream == 0:  # training: only nodes the strategy lets take part, and not busy
             self.up_by_class = np.bincount(
                 self.fleet.node_class[up], minlength=len(self.fleet.classes)
             )
-            up = up[self.takes_part[up]]
+            up = up[self.takes_part[up] & (self.busy_until[up] <= self.clock.now_s)]
         return sorted(int(n) for n in rng.choice(up, size=min(k, len(up)), replace=False))
 
     def candidates(self, server_round: int, stream: int) -> tuple[np.ndarray, np.random.Generator]:

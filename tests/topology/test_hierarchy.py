@@ -291,3 +291,18 @@ def test_a_resumed_fog_tier_run_continues_as_if_uninterrupted(scenario_file, tmp
         assert {k: v for k, v in a.items() if k != "wall_s"} == {
             k: v for k, v in b.items() if k != "wall_s"
         }
+
+
+def test_a_straggler_is_not_sampled_while_it_still_works(scenario_file, tmp_path) -> None:
+    """A straggler (past ``deadline_s``) works on past its round's end: it is not
+    sampled again before it finishes (it once was, its time and energy counted twice
+    over the same simulated seconds)."""
+    sets = ["simulation.deadline_s=0.055", "simulation.clients_per_round=12", "run.rounds=4"]
+    rounds, nodes, _ = run_local(load_scenario(scenario_file, sets), tmp_path)
+    start = {r["round"]: r["sim_clock_s"] for r in rounds}
+    late = [n for n in nodes if n["status"] == "straggler"]
+    busy = [(n["node"], start[n["round"]] + n["sim_time_s"], n["round"]) for n in late]
+    assert any(done > start.get(r + 1, 0.0) for _, done, r in busy), "a case that matters"
+    for node, done, r in busy:
+        again = [n["round"] for n in nodes if n["node"] == node and n["round"] > r]
+        assert all(start[a] >= done for a in again), (node, done, again, start)
