@@ -101,7 +101,9 @@ def class_table(run: dict[str, Any]) -> Table:
     headers = ["class", "nodes", "budget bytes", "params (final mean)", "batch size (final)"]
     headers += ["peak memory (max)", "peak / own budget (max)", "node-rounds"]
     headers += ["participation", "devices' accuracy: mean (min) [devices]", "failed"]
-    headers += ["energy J per node-round (mean)", "energy J (total)"]
+    # over the node-rounds with an energy, a departed node's included: they may
+    # outnumber "node-rounds" (its update came, ok or late), so the cell says how many
+    headers += ["energy J per node-round (mean) [node-rounds]", "energy J (total)"]
     energy = class_energy(run)
     final = run.get("summary", {}).get("classes", {})
     idle = idle_reasons(run, budgets)
@@ -127,7 +129,7 @@ def class_table(run: dict[str, Any]) -> Table:
                 fmt(share, "%") + (f" ({idle[c]})" if trained == 0 and c in idle else ""),
                 own_cell(*(final.get(c, {}).get(k) for k in ("mean", "min", "devices"))),
                 str(failed),
-                fmt(energy[c]["mean"]) if c in energy else NA,
+                f"{fmt(energy[c]['mean'])} [{energy[c]['n']:.0f}]" if c in energy else NA,
                 fmt(energy[c]["total"], "int") if c in energy else NA,
             ]
         )

@@ -262,7 +262,8 @@ def test_energy_in_report_and_compare_from_the_run_files(tmp_path: Path) -> None
     (tmp_path / "run" / "fleet.csv").write_text("node,class,budget_bytes\n0,a,1000\n1,b,1000\n")
     table = class_table(load_report_run(tmp_path / "run"))
     cells = dict(zip(table.headers, table.rows[0], strict=True))
-    assert cells["energy J per node-round (mean)"] == "6" and cells["energy J (total)"] == "18"
+    assert cells["energy J per node-round (mean) [node-rounds]"] == "6 [3]"
+    assert cells["energy J (total)"] == "18"
     report = write_report(tmp_path / "run")
     assert {p.name for p in report.plots} >= {"energy.png", "availability.png"}
     assert_png(tmp_path / "run" / "energy.png")
