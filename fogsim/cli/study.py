@@ -162,7 +162,9 @@ def sweep(
     quiet: QuietOpt = False,
 ) -> None:
     """Run every combination of --grid values (x --repeat seeds), one run directory
-    each, then write sweep.csv / compare.csv / sweep_accuracy.png for the whole sweep.
+    each, then write sweep.csv (mean ± std per point, blank unless every seed has a
+    value), compare.csv, sweep_accuracy.png and sweep.json (the runs and their
+    overrides) for the whole sweep.
 
     SCENARIO is a scenario file or the name of a shipped one (see fogsim scenarios).
     Run it again after an interruption: finished runs (with summary.json) are kept,
@@ -213,4 +215,4 @@ def sweep(
         progress.update(runs_task, completed=len(runs))
     _, table = summarize(runs, dirs, sweep_dir, target)
     print_table(table)
-    out.print(f"wrote sweep.csv, compare.csv and sweep_accuracy.png in {sweep_dir}")
+    out.print(f"wrote sweep.csv, compare.csv, sweep_accuracy.png and sweep.json in {sweep_dir}")
