@@ -185,13 +185,13 @@ def plot_traffic(run: dict[str, Any], path: Path) -> Path:
     rounds = run["rounds"]
     xs = [r["round"] for r in rounds]
     fig, (ax,) = figure()
-    mb = {
-        c: [v / 1e6 if v is not None else None for v in (column(rounds, c) or [])]
+    mib = {
+        c: [v / 2**20 if v is not None else None for v in (column(rounds, c) or [])]
         for c in ("bytes_up", "bytes_down")
     }
-    line(ax, xs, mb["bytes_up"] or None, "up (devices → server)", color="C0")
-    line(ax, xs, mb["bytes_down"] or None, "down (server → devices)", color="C1", ls="--")
-    finish(ax, "traffic per round (array payloads)", "round", "MB per round")
+    line(ax, xs, mib["bytes_up"] or None, "up (devices → server)", color="C0")
+    line(ax, xs, mib["bytes_down"] or None, "down (server → devices)", color="C1", ls="--")
+    finish(ax, "traffic per round (array payloads)", "round", "MiB per round")
     return save_figure(fig, path)
 
 

@@ -68,8 +68,8 @@ def test_report_plots_accuracy_against_time_and_cloud_bytes(runs) -> None:
     assert "](accuracy_time_cloud.png)" in md
     assert (flat / "accuracy_time_cloud.png").stat().st_size > 1000
     t, cloud = by_hand(flat, target)
-    said = re.search(r"after (\S+) s on the simulated clock, (\S+) MB on the cloud link", md)
-    assert said and float(said[2]) == round(cloud / 1e6, 2), md
+    said = re.search(r"after (\S+) s on the simulated clock, (\S+) MiB on the cloud link", md)
+    assert said and float(said[2]) == round(cloud / 2**20, 2), md
     assert float(said[1]) == pytest.approx(t, rel=0.005), md  # 3 significant digits
     runner.invoke(app, ["report", str(flat), "--target", "0.999"])
     assert "Test accuracy 0.999 not reached." in (flat / "report.md").read_text()
