@@ -204,6 +204,16 @@ class Hierarchy:
         self.round_stats["energy"].update(stats.get("energy", {}))
         self.round_stats["problems"] += [f"fog {fog.index}: {p}" for p in stats["problems"]]
 
+    def busy_till(self, fog: Fog, rnd: int, t: float) -> None:
+        """``fog``'s devices of cloud round ``rnd`` are in its rounds until ``t`` (simulated
+        s), past the cloud deadline: none is sampled before then (they once were, in the
+        next cloud round, while still waiting in their late fog's round). A buffered fog
+        keeps its devices in flight out of sampling itself."""
+        busy = getattr(fog.strategy, "busy_until", None)  # a lock-step fog's FogStrategy
+        for row in self.node_rows:
+            if busy is not None and row["round"] == rnd and row["fog"] == fog.index:
+                busy[row["node"]] = max(busy[row["node"]], t)
+
     def cloud_merge(
         self, rnd: int, arrays: ArrayRecord, start: float, down_s: float
     ) -> ArrayRecord | None:
@@ -216,6 +226,8 @@ class Hierarchy:
             nbytes = upload_bytes(state, fog.weights)
             arrival = fog.strategy.clock.now_s + topo.wan.seconds(nbytes, up=True)
             end = max(end, min(arrival, deadline))
+            if fog.strategy.clock.now_s > deadline:  # its rounds run on past the cloud's
+                self.busy_till(fog, rnd, fog.strategy.clock.now_s)
             if fog.weights is None:
                 continue
             up_bytes += nbytes

@@ -306,3 +306,16 @@ def test_a_straggler_is_not_sampled_while_it_still_works(scenario_file, tmp_path
     for node, done, r in busy:
         again = [n["round"] for n in nodes if n["node"] == node and n["round"] > r]
         assert all(start[a] >= done for a in again), (node, done, again, start)
+
+
+def test_a_late_fogs_devices_are_not_sampled_while_its_round_runs(scenario_file, tmp_path) -> None:
+    """The cloud moves on at ``cloud_deadline_s``; a late fog's devices are still in its
+    round (waiting for its slowest, charged idle until then): they once were sampled in
+    the next cloud round all the same, their time and energy counted twice."""
+    sets = [*HIER, "topology.assign='class'", IDEAL, "topology.cloud_deadline_s=0.055"]
+    sets += ["simulation.clients_per_round=12", "run.rounds=3"]
+    rounds, nodes, _ = run_local(load_scenario(scenario_file, sets), tmp_path)
+    small = {r: {n["node"] for n in nodes if n["round"] == r and n["class"] == "small"}
+             for r in (1, 2, 3)}  # fmt: skip
+    assert small[1] and rounds[0]["stragglers_fog"] == 1, (small, rounds[0])
+    assert not small[1] & small[2], small  # still in their fog's round 1
