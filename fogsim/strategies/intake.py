@@ -222,8 +222,9 @@ class ReplyIntake:
             t.sim_times.append(deadline)  # the server waited for them until the deadline
         round_s = max(t.sim_times, default=0.0)
         self.record_round(server_round, t.status, t.rows, round_s)
-        for node in (n for n, what in t.status.items() if what == "straggler"):
-            self.busy_until[node] = self.clock.now_s + self.timelines[node].total_s
+        for node, what in t.status.items():  # a straggler works on past the round's end
+            if what == "straggler" and (tl := self.timelines.get(node)) is not None:
+                self.busy_until[node] = self.clock.now_s + tl.total_s
         for node, what in sorted(t.status.items()):
             if what not in ("ok", "crashed"):  # crashes are named above, with their error
                 problems.append(f"node {node}: {what.replace('_', ' ')}")
