@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: install data run test test-fast lint bench clean
+.PHONY: install data run test test-fast lint clean
 
 $(PY):
 	python3 -m venv $(VENV)

@@ -82,10 +82,14 @@ def machine() -> dict[str, Any]:
 def write(name: str, rows: list[dict[str, Any]], seeds: list[int], **about: Any) -> Path:
     """``benchmarks/results/<name>.json``: the rows, the seeds, the command line, the
     date and the machine, plus anything in ``about`` (settings of the run)."""
+    if not rows:  # a results file with no rows would replace the committed one
+        raise SystemExit(f"no results to write: benchmarks/results/{name}.json left as it is")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    script = Path(sys.argv[0]).resolve()  # as run from the repository root, from anywhere
+    shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
     doc = {
         "benchmark": name,
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", str(shown), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "seeds": seeds,

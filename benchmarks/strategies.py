@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -115,8 +116,12 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenarios", default="fleet5-mnist-iid,fleet5-mnist-dirichlet")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    ap.add_argument(
+        "--scenarios",
+        default="fleet5-mnist-iid,fleet5-mnist-dirichlet",
+        help="comma-separated names of shipped scenarios (scenarios/NAME.toml)",
+    )
     ap.add_argument("--strategies", default=",".join(ALL), help="comma-separated names")
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated run.seed values")
     ap.add_argument("--rounds", type=int, help="override run.rounds")
@@ -131,7 +136,10 @@ def main() -> None:
     scenarios = args.scenarios.split(",")[: 1 if args.quick else None]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    for scenario in scenarios:
+        if not (ROOT / "scenarios" / f"{scenario}.toml").exists():
+            ap.error(f"--scenarios: no shipped scenario {scenario!r} (scenarios/NAME.toml)")
+    rows, failed = [], []
     for scenario in scenarios:
         path = ROOT / "scenarios" / f"{scenario}.toml"
         for strategy in strategies:
@@ -144,8 +152,11 @@ def main() -> None:
                     runs.append(run_figures(run_dir))
                 except Exception:  # noqa: BLE001  (report and go on with the next run)
                     print(f"[{strategy} seed {seed}] FAILED:\n{traceback.format_exc()}")
+                    failed.append(f"{scenario} {strategy} seed {seed}")
             if runs:
                 rows.append(aggregate(scenario, strategy, runs))
+    if failed:  # a row over fewer seeds would pass for the full set: keep the old file
+        sys.exit(f"{len(failed)} run(s) failed ({', '.join(failed)}); results not written")
     path = write(args.results, rows, seeds, overrides=overrides, scenarios=scenarios)
     print(table({"rows": rows}))
     print(f"wrote {path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -381,6 +382,18 @@ def scenarios() -> None:
     table.add_column("name")
     table.add_column("description")
     for path in sorted(SCENARIO_DIR.glob("*.toml")):
-        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-        table.add_row(path.stem, first.lstrip("# ").strip())
+        table.add_row(path.stem, escape(description(path)))  # "[model]" is not markup
     out.print(table)
+
+
+def description(path: Path) -> str:
+    """A scenario file's first sentence, from the comment lines that open it (a
+    description once stopped at the end of the first line, mid-sentence)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    end = re.search(r"\.(\s|$)", text)
+    return text[: end.start() + 1] if end else text

@@ -28,6 +28,19 @@ def test_scenarios_lists_quickstart() -> None:
     assert result.exit_code == 0 and "quickstart" in result.output
 
 
+def test_a_scenarios_description_is_its_first_sentence(monkeypatch) -> None:
+    """The listing showed a description's first line only ("..., 40"), and Rich took
+    "[model]" in it for markup and dropped it."""
+    from fogsim.cli import common
+    from fogsim.cli.run import SCENARIO_DIR, description
+
+    said = description(SCENARIO_DIR / "fleet5-mnist-lenet.toml")
+    assert said.startswith("LeNet-5 (a [model] factory") and said.endswith("a user's kind.")
+    monkeypatch.setattr(common.out, "width", 400)  # one line a row
+    result = runner.invoke(app, ["scenarios"])
+    assert said in result.output, result.output
+
+
 def test_validate_prints_fleet(tiny_scenario: Path) -> None:
     result = runner.invoke(app, ["validate", str(tiny_scenario), "--set", "fleet.nodes=20"])
     assert result.exit_code == 0, result.output
