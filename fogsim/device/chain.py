@@ -262,13 +262,19 @@ def check_model(model: nn.Module, input_shape: Sequence[int]) -> None:
     the model is known (the example ``ServerApp`` does)."""
     graph = fx.symbolic_trace(model)
     example = torch.zeros(2, *input_shape)
+    training = {m: m.training for m in model.modules()}
+    graph.eval()  # a shape check must not move batch norm's running statistics (it did)
     try:
-        ShapeProp(graph).propagate(example)
+        with torch.no_grad():
+            ShapeProp(graph).propagate(example)
     except RuntimeError as e:
         cause = e.__cause__ or e
         raise ChainError(
             f"the model does not run on inputs of shape {tuple(example.shape)}: {cause}"
         ) from None
+    finally:
+        for m, mode in training.items():
+            m.training = mode
     modules = dict(graph.named_modules())
     used: list[str] = []
     for node in graph.graph.nodes:

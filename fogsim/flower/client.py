@@ -71,7 +71,7 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> nn.Module:
     the shape received (a layer's ``in_features``/``out_features`` are updated too,
     so the model prints as what it is)."""
     state = arrays.to_torch_state_dict()
-    names = dict(model.named_parameters()) | dict(model.named_buffers())
+    names = model.state_dict()  # a non-persistent buffer is never sent (it was required)
     missing = sorted(set(names) - set(state))
     extra = sorted(set(state) - set(names))
     if missing or extra:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
@@ -136,6 +136,25 @@ def test_models_the_arrays_would_misread_are_refused_naming_the_layer() -> None:
         check_model(nn.Sequential(shared, nn.ReLU(), shared), (8,))
     with pytest.raises(ChainError, match=r"does not run on inputs of shape \(2, 1, 32, 32\)"):
         check_model(lenet(), (1, 32, 32))
+
+
+def test_checking_a_model_leaves_it_as_it_was() -> None:
+    """check_model once ran its trace in training mode: a batch norm's running
+    statistics moved (running_var 1.0 -> 0.9) in the model the user then sends."""
+    model = resnet_like()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_model(model, (1, 28, 28))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and model.training
+
+
+def test_a_non_persistent_buffer_is_not_asked_of_the_arrays() -> None:
+    """load_arrays once required every buffer, but a non-persistent one is never in
+    the state_dict a server sends: such a model was refused (KeyError)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.ReLU(), nn.Linear(8, 10))
+    model.register_buffer("scale", torch.ones(1), persistent=False)
+    sent = ArrayRecord({k: v.clone() for k, v in model.state_dict().items()})
+    assert load_arrays(model, sent) is model
 
 
 def test_a_received_sub_model_is_the_dense_one_with_neurons_silenced() -> None:
