@@ -34,7 +34,9 @@ from fogsim.cli.common import (
 from fogsim.device.memory import widest_fraction
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
-from fogsim.strategies.build import dense_notice
+from fogsim.strategies.build import build_strategy, dense_notice
+from fogsim.strategies.fedavg import FedAvgFeasible
+from fogsim.strategies.submodel import SubModelStrategy
 from fogsim.study.results import (
     CHECKPOINT,
     STATUSES,
@@ -278,9 +280,12 @@ def round_problems(row: dict[str, Any]) -> str:
 
 def fleet_table(sc: Scenario) -> Table:
     """Per class: size, device and radio, budgets, links, availability, and the widest
-    model each budget trains at the minimum batch (``[dynhp] min_batch``); nodes that
-    can train nothing, and why."""
+    model each budget trains at the minimum batch (``[dynhp] min_batch``) under the
+    scenario's strategy (a sub-model, or the dense model or none for one that trains
+    only that); nodes that can train nothing, and why (a Flower plug-in's table once
+    offered sub-models and "cannot train 0" while 36 nodes sat out)."""
     fleet = build_fleet(sc.fleet, sc.run.seed)
+    strategy = build_strategy(sc, fleet)
     arch = sc.arch
     kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
     dense = "x".join(map(str, arch.widths))
@@ -295,15 +300,22 @@ def fleet_table(sc: Scenario) -> Table:
         left = col in ("class", "device / radio", "avail.", "widest model")
         table.add_column(col, justify="left" if left else "right")
     counts = fleet.counts()
-    need = sc.smallest_training_memory  # below this a node trains nothing
+    sub_models = isinstance(strategy, SubModelStrategy)
+    if sub_models:
+        need, what = sc.smallest_training_memory, "width 1"  # below this: nothing
+    else:
+        extra = strategy.extra_bytes() if isinstance(strategy, FedAvgFeasible) else 0
+        need, what = strategy.budget_for(1.0) + extra, "the dense model"
     for i, c in enumerate(sc.fleet.classes):
         budgets = fleet.budgets[fleet.node_class == i]
         low = int(budgets.min()) if len(budgets) else c.memory
         high = int(budgets.max()) if len(budgets) else c.memory_max or c.memory
-        f = widest_fraction(arch, low, kind, batch)
-        fit = arch.scaled(f).widths
-        stuck = int((budgets < need).sum())
-        why = f"{stuck} (width 1 needs {format_bytes(need)})" if stuck else "0"
+        f = widest_fraction(arch, low, kind, batch) if sub_models else float(low >= need)
+        widest = f"{f:.0%} " + "x".join(map(str, arch.scaled(f).widths)) if f > 0 else "none"
+        if not sub_models and f == 0 and strategy.mode == "dense":
+            widest = f"100% {dense}, over budget"  # fedavg-dense trains it regardless
+        stuck = int((~strategy.takes_part[fleet.node_class == i]).sum())
+        why = f"{stuck} ({what} needs {format_bytes(need)})" if stuck else "0"
         table.add_row(
             escape(c.name),
             str(counts[c.name]),
@@ -312,7 +324,7 @@ def fleet_table(sc: Scenario) -> Table:
             f"{c.flops:.3g}",
             f"{c.up_mbps:g}/{c.down_mbps:g}",
             availability_text(sc, fleet, i),
-            f"{f:.0%} " + "x".join(map(str, fit)) if f > 0 else "none",
+            widest,
             why,
         )
     return table

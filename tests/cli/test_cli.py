@@ -199,3 +199,22 @@ def test_dynhp_without_dynamic_batches_keeps_its_first_batch(tmp_path: Path) -> 
     result = runner.invoke(app, ["dynhp", *args])
     assert result.exit_code == 0, result.output
     assert [int(r["batch_size"]) for r in csv.DictReader(out.open())] == [16, 16, 16]
+
+
+def test_the_fleet_table_follows_the_strategy(monkeypatch) -> None:
+    """A strategy that trains only the dense model (fedavg-feasible, a Flower plug-in)
+    was shown the sub-models a budget could train and "cannot train 0" while the
+    nodes below the dense model sat out; fedavg (dense) trains it over budget."""
+    from fogsim.cli import common
+
+    monkeypatch.setattr(common.out, "width", 300)  # one line a row
+    rows = {}
+    for name in ("mask-union", "fedavg-feasible", "fedavg"):
+        args = ["validate", "fleet5-digits-iid", "--set", f"strategy.name='{name}'"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        rows[name] = next(line for line in result.output.splitlines() if "│ gateway" in line)
+    assert "70% 210x70" in rows["mask-union"] and rows["mask-union"].rstrip(" │").endswith("0")
+    assert "none" in rows["fedavg-feasible"]
+    assert "6 (the dense model needs 638.8KiB)" in rows["fedavg-feasible"]
+    assert "100% 300x100, over budget" in rows["fedavg"]
