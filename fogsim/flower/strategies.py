@@ -216,9 +216,13 @@ class SubModelFedAvg(FedAvg):
                 log(WARNING, "reply from node %s lacks arrays, metrics or a mask: left out", node)
                 continue
             got = {k: v.numpy() for k, v in sub.items()}
-            if {k: v.shape for k, v in got.items()} != self.layout.sub_shapes(shapes, kept):
-                log(WARNING, "node %s replied arrays of other shapes than its mask: left out",
-                    msg.metadata.src_node_id)  # fmt: skip
+            expected = self.layout.sub_shapes(shapes, kept)
+            if (replied := {k: v.shape for k, v in got.items()}) != expected:
+                wrong = {k: (replied.get(k), expected.get(k)) for k in {*replied, *expected}}
+                wrong = {k: v for k, v in sorted(wrong.items()) if v[0] != v[1]}
+                log(WARNING, "node %s replied arrays of other shapes than its mask, left out "
+                    "(replied, expected: %s): train the model load_arrays() made of the "
+                    "sub-model it was sent", msg.metadata.src_node_id, wrong)  # fmt: skip
                 continue
             n = float(metrics[self.weighted_by_key])
             scatter_add_submodel(num, den, got, kept, n, self.layout.index(shapes, kept))

@@ -215,6 +215,23 @@ def test_each_element_is_averaged_over_the_replies_holding_it() -> None:
     assert out["l0.weight"].dtype == np.float32 and metrics is not None
 
 
+def test_a_reply_of_other_shapes_is_left_out_naming_them(caplog) -> None:
+    """A client that trains the dense model instead of the sub-model it was sent: its
+    reply is left out, and the warning names the arrays' shapes, replied and expected,
+    and what to do (it named neither)."""
+    s = HeteroFL()
+    w = {"l0.weight": np.zeros((4, 3), np.float32), "l0.bias": np.zeros(4, np.float32)}
+    w |= {"l1.weight": np.zeros((2, 4), np.float32), "l1.bias": np.zeros(2, np.float32)}
+    s.global_state, s.layout = w, ChainLayout.of({k: v.shape for k, v in w.items()})
+    s.sent = {1: [np.arange(2)]}  # half the hidden layer was sent
+    with caplog.at_level("WARNING"):
+        arrays, _ = s.aggregate_train(1, [sent_and_reply(1, w, 10)])  # the dense one back
+    assert arrays is None
+    said = caplog.text
+    assert "'l0.weight': ((4, 3), (2, 3))" in said and "'l1.weight': ((2, 4), (2, 2))" in said
+    assert "load_arrays()" in said
+
+
 def test_budgets_set_each_nodes_width() -> None:
     s = MaskUnion(bytes_per_param=4)
     torch.manual_seed(0)
