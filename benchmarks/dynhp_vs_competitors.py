@@ -295,7 +295,7 @@ def validation_runs(
     return {case: {lr: [next(done) for _ in seeds] for lr in grid} for case in cases}
 
 
-def test_runs(
+def final_runs(
     cases: list[tuple[str, float]],
     lr_of: dict[tuple[str, float], float],
     epochs: float,
@@ -355,7 +355,7 @@ def main() -> None:
         # every method but dynhp-shape: its validation runs at each LR, then the test runs
         picked = validation_runs(cases, grid, epochs, seeds[:3], args.jobs) if grid else {}
         lr_of = {c: best_lr(picked[c]) if grid else LR for c in cases}
-        per_case = test_runs(cases, lr_of, epochs, seeds, args.jobs)
+        per_case = final_runs(cases, lr_of, epochs, seeds, args.jobs)
         # then dynhp-shape, on each split at the widths its seed's dynhp run ended at
         if grid:
             ended = {t: picked[("dynhp", t)][lr_of[("dynhp", t)]] for t in targets}
@@ -364,7 +364,7 @@ def main() -> None:
             )
         lr_of |= {c: best_lr(picked[c]) if grid else LR for c in shaped}
         ended = {t: per_case[("dynhp", t)] for t in targets}
-        per_case |= test_runs(shaped, lr_of, epochs, seeds, args.jobs, widths_by(ended, seeds))
+        per_case |= final_runs(shaped, lr_of, epochs, seeds, args.jobs, widths_by(ended, seeds))
         for target in targets:
             per_seed = {
                 m: per_case[("dense", 1.0) if m == "dense" else (m, target)] for m in METHODS

@@ -34,7 +34,7 @@ from fogsim.cli.common import (
 from fogsim.device.memory import widest_fraction
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
-from fogsim.strategies.build import build_strategy, dense_notice
+from fogsim.strategies.build import build_strategy, dense_notice, strategy_class
 from fogsim.strategies.fedavg import FedAvgFeasible
 from fogsim.strategies.submodel import SubModelStrategy
 from fogsim.study.results import (
@@ -278,14 +278,12 @@ def round_problems(row: dict[str, Any]) -> str:
     return text
 
 
-def fleet_table(sc: Scenario) -> Table:
+def fleet_table(sc: Scenario, fleet: Fleet) -> Table:
     """Per class: size, device and radio, budgets, links, availability, and the widest
     model each budget trains at the minimum batch (``[dynhp] min_batch``) under the
     scenario's strategy (a sub-model, or the dense model or none for one that trains
     only that); nodes that can train nothing, and why (a Flower plug-in's table once
     offered sub-models and "cannot train 0" while 36 nodes sat out)."""
-    fleet = build_fleet(sc.fleet, sc.run.seed)
-    strategy = build_strategy(sc, fleet)
     arch = sc.arch
     kind, batch = sc.train.memory_kind, sc.dynhp.min_batch
     dense = "x".join(map(str, arch.widths))
@@ -300,12 +298,15 @@ def fleet_table(sc: Scenario) -> Table:
         left = col in ("class", "device / radio", "avail.", "widest model")
         table.add_column(col, justify="left" if left else "right")
     counts = fleet.counts()
-    sub_models = isinstance(strategy, SubModelStrategy)
-    if sub_models:
-        need, what = sc.smallest_training_memory, "width 1"  # below this: nothing
-    else:
+    sub_models = issubclass(strategy_class(sc), SubModelStrategy)
+    if sub_models:  # below width 1 a node trains nothing
+        need, what = sc.smallest_training_memory, "width 1"
+        takes_part = fleet.budgets >= need
+    else:  # the dense model only: built for its need and who takes part (cheap)
+        strategy = build_strategy(sc, fleet)
         extra = strategy.extra_bytes() if isinstance(strategy, FedAvgFeasible) else 0
         need, what = strategy.budget_for(1.0) + extra, "the dense model"
+        takes_part = strategy.takes_part
     for i, c in enumerate(sc.fleet.classes):
         budgets = fleet.budgets[fleet.node_class == i]
         low = int(budgets.min()) if len(budgets) else c.memory
@@ -314,7 +315,7 @@ def fleet_table(sc: Scenario) -> Table:
         widest = f"{f:.0%} " + "x".join(map(str, arch.scaled(f).widths)) if f > 0 else "none"
         if not sub_models and f == 0 and strategy.mode == "dense":
             widest = f"100% {dense}, over budget"  # fedavg-dense trains it regardless
-        stuck = int((~strategy.takes_part[fleet.node_class == i]).sum())
+        stuck = int((~takes_part[fleet.node_class == i]).sum())
         why = f"{stuck} ({what} needs {format_bytes(need)})" if stuck else "0"
         table.add_row(
             escape(c.name),
@@ -347,8 +348,8 @@ def availability_text(sc: Scenario, fleet: Fleet, i: int) -> str:
 
 def print_fleet(sc: Scenario, console: Console) -> None:
     """The fleet table, and a warning naming the classes with nodes that sit out."""
-    console.print(fleet_table(sc))
     fleet, need = build_fleet(sc.fleet, sc.run.seed), sc.smallest_training_memory
+    console.print(fleet_table(sc, fleet))
     stuck = {
         c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())
         for i, c in enumerate(sc.fleet.classes)

@@ -210,8 +210,10 @@ class Hierarchy:
         next cloud round, while still waiting in their late fog's round). A buffered fog
         keeps its devices in flight out of sampling itself."""
         busy = getattr(fog.strategy, "busy_until", None)  # a lock-step fog's FogStrategy
+        if busy is None:
+            return
         for row in self.node_rows:
-            if busy is not None and row["round"] == rnd and row["fog"] == fog.index:
+            if row["round"] == rnd and row["fog"] == fog.index:
                 busy[row["node"]] = max(busy[row["node"]], t)
 
     def cloud_merge(
