@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fogsim.device.memory import MODEL_REVISION, REVISIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
@@ -92,6 +94,7 @@ def write(name: str, rows: list[dict[str, Any]], seeds: list[int], **about: Any)
         "command": " ".join(["python", str(shown), *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "memory_model": MODEL_REVISION,
         "seeds": seeds,
         **about,
         "rows": rows,
@@ -137,8 +140,21 @@ def render(name: str) -> str:
     body = RENDERERS[name](doc)
     seeds = f"seeds {', '.join(map(str, doc['seeds']))}, " if doc["seeds"] else ""
     return (
-        f"{body}\n\n<sub>from `benchmarks/results/{name}.json`: `{doc['command']}`, "
-        f"{seeds}{doc['date'][:10]}, {doc['machine']['cores']} cores</sub>"
+        f"{stale(doc)}{body}\n\n<sub>from `benchmarks/results/{name}.json`: "
+        f"`{doc['command']}`, {seeds}{doc['date'][:10]}, {doc['machine']['cores']} cores</sub>"
+    )
+
+
+def stale(doc: dict[str, Any]) -> str:
+    """A warning above a table measured under an earlier memory model revision than
+    fogsim's (files without one predate revision 2), naming what has changed since."""
+    revision = doc.get("memory_model", 1)
+    if revision >= MODEL_REVISION:
+        return ""
+    changes = "; ".join(REVISIONS[r] for r in range(revision + 1, MODEL_REVISION + 1))
+    return (
+        f"> **Not yet re-run under the current memory model.** Measured under revision "
+        f"{revision}; since then: {changes}. These figures may move when it is re-run.\n\n"
     )
 
 

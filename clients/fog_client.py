@@ -123,6 +123,7 @@ def train_dynhp_round(
         momentum=train.momentum,
         lr_batch=train.batch_size,
         generator=gen,
+        per_step=False,
         **care,
     )
     records = {
@@ -131,10 +132,10 @@ def train_dynhp_round(
     }
     metrics = {
         wire.TRAIN_LOSS: stats.mean_loss,
-        wire.BATCH_SIZE: max(stats.batch),  # the batch grows as the model shrinks
-        wire.PEAK_MEMORY: max(stats.memory),
+        wire.BATCH_SIZE: stats.max_batch,  # the batch grows as the model shrinks
+        wire.PEAK_MEMORY: stats.max_memory,
         wire.PRUNED: stats.pruned,
-        "samples": int(sum(stats.batch)),
+        "samples": stats.samples,
     }
     return metrics, records
 

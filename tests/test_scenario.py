@@ -39,6 +39,8 @@ BAD = [
         "data.dataset=cifar",
         ["data.dataset", "'mnist', 'fashion-mnist', 'digits', 'npz', 'images' or 'hf'", "cifar"],
     ),
+    # a list where a name goes once crashed the shape lookup (unhashable) before this
+    ("data.dataset=[]", ["data.dataset", "'mnist', 'fashion-mnist'", "got []"]),
     ("data.partitioning=zipf", ["data.partitioning", "iid", "dirichlet", "zipf"]),
     ("data.alpha=-1", ["data.alpha", "greater than 0"]),
     ("model.depth=3", ["model.depth", "unknown key"]),

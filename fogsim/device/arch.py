@@ -60,3 +60,10 @@ class Arch:
 
     def num_params(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes())
+
+    def object_counts(self) -> tuple[int, int]:
+        """(modules, parameter and buffer tensors) of the FogNet: itself, its two
+        ModuleLists and a module of two parameters per layer (the memory model counts
+        their objects, ``memory.object_bytes``)."""
+        layers = len(self.channels) + len(self.hidden) + 1
+        return 3 + layers, 2 * layers

@@ -71,6 +71,10 @@ from fogsim.device.models import FogNet
 from fogsim.device.pruning import Kept, full_kept, remove_neurons
 
 CRITERIA = ("taylor", "weight-norm", "weight-norm-io")
+# What DynHP itself holds while its model trains, by the heap (what deleting it gives
+# back): 1.3 KB, ~0.45 KB per neuron group (four arrays) and 25 B per neuron of the
+# global model (score and kept index in 8 B each, streak 8 B, seen 1 B). Rounded up.
+DYNHP_OBJECT, GROUP_OBJECTS, NEURON_BYTES = 2048, 512, 25
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
@@ -112,6 +116,14 @@ def cubic_target(dense: int, final: float, start: float, end: float, progress: f
     return int(math.floor(final + (dense - final) * (1 - frac) ** 3))
 
 
+def held_bytes(global_arch: Arch | FactoryArch) -> int:
+    """Bytes a DynHP of ``global_arch`` holds (:data:`DYNHP_OBJECT`): a budget's
+    training gets what is left after them (``dynhp_train.train_dynhp``), and a strategy
+    whose clients run DynHP sizes their models to that rest."""
+    widths = global_arch.widths
+    return DYNHP_OBJECT + GROUP_OBJECTS * len(widths) + NEURON_BYTES * sum(widths)
+
+
 class DynHP:
     """Scores, schedule and gate of one model (global-index state, see module doc)."""
 
@@ -130,6 +142,10 @@ class DynHP:
         self.seen = [np.zeros(w, dtype=bool) for w in widths]
         self.dense_params = self.global_arch.num_params()
         self.fixed = False  # True: prune by the scores given (fix_scores), learn none
+
+    def held_bytes(self) -> int:
+        """Bytes this object holds (:func:`held_bytes`)."""
+        return held_bytes(self.global_arch)
 
     def fix_scores(self, scores: list[np.ndarray]) -> None:
         """Prune by these per-group scores (global neuron index, higher kept longer)

@@ -71,6 +71,7 @@ class FactoryModel:
     shapes: tuple[tuple[str, tuple[int, ...]], ...]
     layout: ChainLayout
     params: tuple[str, ...]  # the arrays that are parameters (the rest are buffers)
+    modules: int  # how many modules it is built of, itself included
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -142,7 +143,8 @@ def checked(ref: str, in_shape: Shape, num_classes: int) -> FactoryModel:
     except ChainError as e:
         raise FactoryError(f"{ref}: {e}") from None
     params = tuple(name for name, _ in model.named_parameters())
-    return FactoryModel(ref, in_shape, num_classes, tuple(shapes.items()), layout, params)
+    modules = sum(1 for _ in model.modules())
+    return FactoryModel(ref, in_shape, num_classes, tuple(shapes.items()), layout, params, modules)
 
 
 def meta_model(
@@ -223,6 +225,10 @@ class FactoryArch:
 
     def num_params(self) -> int:
         return sum(math.prod(s) for s in self.param_shapes())
+
+    def object_counts(self) -> tuple[int, int]:
+        """(modules, parameter and buffer tensors) of the model, as ``Arch``'s."""
+        return self.model.modules, len(self.model.shapes)
 
     def phases(
         self, optimizer: str, dtype_bytes: int = 4, batch: int | None = None

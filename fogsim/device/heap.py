@@ -25,6 +25,12 @@ runs :func:`fogsim.device.heap_worker.main`:
   reported apart and not charged to the device (``device_peak``).
 - :func:`measure_round`: a whole round of the fixed-model loop (``train_epochs``), its
   peak above the heap before it plus the parameters alive then.
+- :func:`measure_client_round`: a fleet node's whole client call, from before it
+  builds its model, phase by phase.
+
+Steps, DynHP runs and rounds add what deleting the model, optimizer, generator (and
+DynHP) gives back beyond their tensors' data: objects alive before the measured
+phase, which the memory model counts (``memory.object_bytes``).
 """
 
 from __future__ import annotations
@@ -172,6 +178,21 @@ def measure_round(
         "proximal_mu": proximal_mu,
     }
     return _run(request)
+
+
+def measure_client_round(
+    scenario: str, overrides: list[str], node: int | None = None, repeats: int = 3
+) -> dict[str, Any]:
+    """Bytes of fleet node ``node``'s (default: the smallest budget's) whole
+    ``clients.fog_client.train`` call on what ``scenario``'s strategy sends it in round
+    1, above the heap before the call, by phase: the peak while it loads its data and
+    model (``load``), what is alive as training starts (``entry``), the peak while it
+    trains (``train``) and while it builds its reply (``reply``); with the node's data
+    bytes (``data``), sample order (``order``), what the call left allocated once its
+    reply was gone (``left``: the interpreter's caches, ``free_lists`` of it), its
+    ``budget`` and the peak it reported (``modelled``)."""
+    request = {"task": "client", "scenario": scenario, "overrides": overrides, "node": node}
+    return _run({**request, "repeats": repeats})
 
 
 def calibrate() -> dict[str, int]:

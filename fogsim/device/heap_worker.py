@@ -59,6 +59,18 @@ def _resident(model: Any, optimizer: Any, grads: bool = True) -> int:
     return n
 
 
+def _objects(counter: Counter, held: list[Any], data: int) -> int:
+    """What deleting ``held`` (the caller's last references) gives back beyond
+    ``data``, the bytes of its tensors: the objects the memory model counts apart
+    (``memory.object_bytes``). A full collection before and after empties Python's
+    free lists, so what returns is the objects' own bytes."""
+    gc.collect()
+    before = counter.current()
+    held.clear()
+    gc.collect()
+    return before - counter.current() - data
+
+
 def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dict[str, Any]:
     import torch
     from torch import nn
@@ -88,10 +100,11 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
         model = FogNet(tuple(point["channels"]), tuple(point["hidden"]), shape)
         in_shape, classes = model.in_shape, model.num_classes
     opt = optimizer_of_kind(point["optimizer"], model.parameters(), 0.01)
+    gen = torch.Generator().manual_seed(0)  # a round's, ordering its batches
     x = torch.randn(point["batch"], *in_shape)
     y = torch.randint(0, classes, (point["batch"],))
 
-    def step() -> None:
+    def step(model: Any = model, opt: Any = opt) -> None:  # bound now: deleted with it
         opt.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
@@ -108,11 +121,15 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
         transients.append(counter.peak() - base)
         mmaps.append(counter.mmap()[1] - mmap_base)
     opt.zero_grad(set_to_none=True)
-    resident = _resident(model, opt, grads=False) + _nbytes(x, y)
+    tensors = _resident(model, opt, grads=False)
+    held = [model, opt, gen]
+    del model, opt, gen, step
+    objects = _objects(counter, held, tensors)
     return {
         **point,
         "transient": max(transients),
-        "measured": max(transients) + resident,
+        "objects": objects,
+        "measured": max(transients) + tensors + _nbytes(x, y) + objects,
         "mmap_delta": max(mmaps),
     }
 
@@ -180,6 +197,7 @@ def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     else:
         model = FogNet(tuple(request["channels"]), tuple(request["hidden"]))
         dynhp = DynHP(config, model)
+    gen = torch.Generator()
     probe = _Phases(counter, model)
     optimizer: Any = request["optimizer"]
     modelled, error, epochs = [], None, request["epochs"]
@@ -188,16 +206,27 @@ def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
             stats = train_dynhp(
                 model, x, y, dynhp, budget=request["budget"], epochs=1,
                 progress_range=(epoch / epochs, (epoch + 1) / epochs), optimizer=optimizer,
-                lr=0.01, generator=torch.Generator().manual_seed(epoch), on_phase=probe,
+                lr=0.01, generator=gen.manual_seed(epoch), on_phase=probe,
             )  # fmt: skip
             optimizer = stats.optimizer
             modelled += stats.memory
+            del stats
     except ValueError as e:  # BudgetError: the budget holds no model
         error = f"{type(e).__name__}: {e}"
     steps = [r for r in probe.records if r["kind"] == "step"]
     for r, m in zip(steps, modelled, strict=False):
         r["modelled"] = m
-    return {"phases": probe.records, "error": error, "widths": list(widths_of(model))}
+    widths = list(widths_of(model))
+    # what the phases' base held beside the tensors: the model's, the optimizer's, the
+    # generator's and DynHP's objects (DynHP's arrays are numpy: all of it counts)
+    opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+    tensors = _resident(model, opt, grads=False)
+    held = [model, opt, gen, dynhp]
+    probe.model = probe.optimizer = None
+    gc.unfreeze()  # the probe froze them (their cycles would never be collected)
+    del model, opt, optimizer, gen, dynhp
+    objects = _objects(counter, held, tensors)
+    return {"phases": probe.records, "error": error, "widths": widths, "objects": objects}
 
 
 def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +241,7 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     x = torch.randn(request["samples"], *model.in_shape)
     y = torch.randint(0, model.num_classes, (request["samples"],))
 
-    def one_round() -> None:
+    def one_round(model: Any = model) -> None:  # bound now: deleted with it
         opt = optimizer_of_kind(request["optimizer"], model.parameters(), 0.01)
         gen = torch.Generator().manual_seed(0)
         train_epochs(model, x, y, epochs=1, batch_size=request["batch"], optimizer=opt,
@@ -232,13 +261,91 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     counter.reset_peak()
     before_reply = counter.current()
     model_record(model)  # the trained weights, as the client sends them
+    reply = counter.peak() - before_reply
+    held = [model]
+    del model, one_round
+    objects = _objects(counter, held, params)  # in the base all round: added
     return {
-        "measured": measured,
+        "measured": measured + objects,
         "order": 8 * request["samples"],  # the round's shuffled int64 sample order
         "cached": end - base,  # what the round left in Python's free lists
         "freed_below_base": freed_below_base,  # >= 0: the round leaked nothing
-        "reply": counter.peak() - before_reply,  # serialising the reply, at its peak
+        "reply": reply,  # serialising the reply, at its peak
         "params": params,
+        "objects": objects,
+    }
+
+
+def _client_round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
+    """A fleet node's whole ``clients.fog_client.train`` call, by phase: what the
+    strategy sends it, trained as a Flower worker does, its last of ``repeats`` calls
+    measured (the ones before settle the library caches at its shapes)."""
+    import numpy as np
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    import clients.fog_client as client
+    from fogsim.fleet import build_fleet
+    from fogsim.flower import wire
+    from fogsim.flower.server_app import initial_model
+    from fogsim.scenario import load_scenario
+    from fogsim.strategies.build import build_strategy
+
+    sc = load_scenario(request["scenario"], request["overrides"])
+    fleet = build_fleet(sc.fleet, sc.run.seed)
+    strategy = build_strategy(sc, fleet)
+    node = int(np.argmin(fleet.budgets)) if request["node"] is None else request["node"]
+    budget = int(fleet.budgets[node])
+    marks: dict[str, int] = {}
+
+    def phase(train: Any) -> Any:  # the peak up to this phase, then the phase's own
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            marks["load"], marks["entry"] = counter.peak(), counter.current()
+            counter.reset_peak()
+            out = train(*args, **kwargs)
+            marks["train"] = counter.peak()
+            counter.reset_peak()
+            return out
+
+        return timed
+
+    client.train_fixed = phase(client.train_fixed)
+    client.train_dynhp_round = phase(client.train_dynhp_round)
+    arrays = ArrayRecord(initial_model(sc).state_dict())
+    if hasattr(strategy, "global_state"):  # as its configure_train sets it, from the arrays
+        strategy.global_state = {k: v.numpy() for k, v in arrays.items()}
+    for _ in range(request["repeats"]):
+        records, extra = strategy.node_payload(node, arrays, 1)
+        config = {**extra, wire.NODE: node, wire.CLASS: fleet.device(node).name,
+                  wire.BUDGET: budget, wire.ROUND: 1, wire.SPEC: strategy.spec}  # fmt: skip
+        content = RecordDict({**records, wire.CONFIG: ConfigRecord(config)})
+        data = _nbytes(*client.local_data(wire.spec_of(content), node)[:2])
+        gc.collect()  # empties Python's free lists: what the call leaves there is its own
+        base = counter.current()
+        counter.reset_peak()
+        reply = client.train(content)
+        reply_peak = counter.peak()
+        metrics = dict(reply[wire.METRICS])
+        del reply
+        left = counter.current() - base
+        gc.collect()
+        free_lists = left + base - counter.current()
+    samples = int(metrics[wire.NUM_EXAMPLES])
+    return {
+        "node": node,
+        "budget": budget,
+        "modelled": int(metrics[wire.PEAK_MEMORY]),
+        "batch": int(metrics[wire.BATCH_SIZE]),
+        "data": data,  # the node's training images and labels
+        "order": 8 * samples,  # the round's shuffled int64 sample order
+        # what the call left allocated once its reply was gone: the interpreter's and
+        # libraries' caches (the round's own objects are freed), of which a full
+        # collection empties Python's free lists
+        "left": left,
+        "free_lists": free_lists,
+        "load": marks["load"] - base,
+        "entry": marks["entry"] - base,  # data, model and generator, as training starts
+        "train": marks["train"] - base,
+        "reply": reply_peak - base,
     }
 
 
@@ -267,6 +374,8 @@ def main(request: dict[str, Any]) -> dict[str, Any]:
         return {"results": [_step_point(counter, p) for p in request["points"]]}
     if request["task"] == "round":
         return _round(counter, request)
+    if request["task"] == "client":
+        return _client_round(counter, request)
     return _dynhp_run(counter, request)
 
 

@@ -17,7 +17,10 @@ otherwise:
   backward pass, weight gradients appearing layer by layer) and the peak is the
   largest live total over those moments;
 - convolutions as oneDNN really runs them (see "Convolutions");
-- per-step bookkeeping that is not tensor data (see "Bookkeeping").
+- per-step bookkeeping that is not tensor data (see "Bookkeeping");
+- the objects training holds all round besides tensor data: the model's modules and
+  parameters, the optimizer and its state records, the round's random generator
+  (:func:`object_bytes`).
 
 At every moment memory is affine in the batch size (``fixed + per_sample * batch``),
 so the largest batch under a budget is a min of divisions (:func:`max_batch_size`).
@@ -53,7 +56,8 @@ run-to-run spread), plus ~30 KB while a graph with convolutions lives
 The model is checked against the process heap itself (``fogsim.device.heap``: an
 LD_PRELOAD malloc counter; the peak of live heap bytes during one steady-state step
 above the bytes alive before it, plus the parameters, optimizer state and batch that
-were alive): within [1.00, 1.13] x measured for MLPs and CNNs of 1..64 channels,
+were alive, and what deleting the model, the optimizer and a generator gives back
+beyond their tensors' data): within [1.00, 1.13] x measured for MLPs and CNNs of 1..64 channels,
 batch 1..512, SGD, momentum and Adam, dense and pruned widths (AVX2, torch 2.13;
 ``tests/device/test_memory.py``). Not in it, and not in the model: library caches that
 persist *between* steps, shared by every model a process trains (MKL's GEMM buffer
@@ -86,6 +90,19 @@ from fogsim.device.replay import (
 )
 from fogsim.units import format_bytes
 
+# The memory model's revision, recorded in every benchmark's results file so that a
+# result measured under an earlier one says so where the README shows it
+# (``benchmarks/results_io.py``): what each revision changed for the devices.
+MODEL_REVISION = 2
+REVISIONS = {
+    1: "the step alone",
+    2: (
+        "the objects a round holds besides tensor data (the model's modules and "
+        "parameters, the optimizer, the generator: 21-37 KB) and DynHP's arrays counted, "
+        "so the smallest devices train slightly smaller models or batches"
+    ),
+}
+
 
 class BudgetError(ValueError):
     """The memory budget cannot hold even one training sample of the model."""
@@ -99,7 +116,8 @@ class MemoryBreakdown:
     parts: not everything is alive at once (e.g. most activations are freed by the
     time the last gradient is allocated). ``activations`` is the batch-dependent
     part at the peak, net of the input batch (oneDNN's blocked copies included);
-    ``overhead`` is the per-step bookkeeping at the peak (module doc).
+    ``overhead`` is the per-step bookkeeping at the peak (module doc), ``objects``
+    the objects held all round (:func:`object_bytes`).
     """
 
     params: int
@@ -110,6 +128,7 @@ class MemoryBreakdown:
     activations: int
     total: int
     overhead: int = 0
+    objects: int = 0
 
 
 def optimizer_kind(optimizer: str | torch.optim.Optimizer) -> str:
@@ -148,6 +167,7 @@ def memory_breakdown(
         overhead += ONEDNN_GRAPH_OVERHEAD
     inputs = (math.prod(arch.in_shape) * dtype_bytes + LABEL_BYTES) * batch_size
     slack = mmap_slack(arch, phases, batch_size, kind, dtype_bytes)
+    objects = object_bytes(arch, kind)
     return MemoryBreakdown(
         params=n * dtype_bytes,
         grads=n * dtype_bytes,
@@ -155,8 +175,9 @@ def memory_breakdown(
         workspace=OPTIMIZER_WORKSPACE[kind] * max(sizes) * dtype_bytes,
         inputs=inputs,
         activations=per * batch_size - inputs,
-        total=fixed + per * batch_size + slack,
+        total=fixed + per * batch_size + slack + objects,
         overhead=overhead + slack,
+        objects=objects,
     )
 
 
@@ -168,10 +189,44 @@ def step_phases_of(
 ) -> list[tuple[int, int]]:
     """``(fixed, per_sample)`` bytes at every moment a step may peak: replayed for a
     FogNet (``fogsim.device.replay``), or on a factory model's own layers, at ``batch``
-    or bounding every batch (a factory conv's algorithm depends on the batch)."""
+    or bounding every batch (a factory conv's algorithm depends on the batch), with the
+    objects held all round (:func:`object_bytes`) in every moment's fixed part."""
     if isinstance(model, FactoryArch):
-        return model.phases(optimizer, dtype_bytes, batch)
-    return step_phases(Arch.of(model), optimizer, dtype_bytes)
+        phases = model.phases(optimizer, dtype_bytes, batch)
+    else:
+        model = Arch.of(model)
+        phases = step_phases(model, optimizer, dtype_bytes)
+    objects = object_bytes(model, optimizer)
+    return [(fixed + objects, per) for fixed, per in phases]
+
+
+# What training holds all round besides tensor data and a step's own bookkeeping, by
+# the heap (``fogsim.device.heap``: what deleting each gives back beyond its tensors'
+# data): a module (an nn.Module and its dicts) 2.2-2.3 KB; a parameter or buffer (its
+# Parameter, TensorImpl and storage objects) 0.7-1.0 KB; the optimizer 1.9-2.1 KB, and
+# per parameter 0.70-0.73 KB of state records with momentum, 1.93-1.99 KB with Adam;
+# the round's random generator 2.7-3.1 KB. Rounded up here: 21-37 KB for fogsim's MLPs
+# and CNNs, which a step alone leaves out (the heap saw a whole 512 KiB sensor round
+# at 1.05x its budget without them).
+MODULE_OBJECT, TENSOR_OBJECT = 2688, 1024
+OPTIMIZER_OBJECT = 2304
+STATE_OBJECTS = {"sgd": 0, "sgd-momentum": 768, "adam": 2048}  # per parameter
+GENERATOR_OBJECT = 3072
+
+
+def object_bytes(model: Arch | FactoryArch, optimizer: str) -> int:
+    """Bytes of the objects a round of training ``model`` with ``optimizer`` holds
+    besides tensor data: its modules, parameters and buffers, the optimizer and its
+    per-parameter state records, and the random generator that orders its batches."""
+    modules, tensors = model.object_counts()
+    params = len(model.param_shapes())
+    return (
+        MODULE_OBJECT * modules
+        + TENSOR_OBJECT * tensors
+        + OPTIMIZER_OBJECT
+        + STATE_OBJECTS[optimizer] * params
+        + GENERATOR_OBJECT
+    )
 
 
 def training_memory(

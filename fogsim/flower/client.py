@@ -114,9 +114,9 @@ def dynhp_reply(
     x, y = data
     stats = train_dynhp(
         model, x, y, dynhp, budget=budget, epochs=epochs, progress_range=progress,
-        optimizer=optimizer, lr=lr,
+        optimizer=optimizer, lr=lr, per_step=False,
     )  # fmt: skip
-    metrics = {"train-loss": stats.mean_loss, "peak-memory": max(stats.memory)}
+    metrics = {"train-loss": stats.mean_loss, "peak-memory": stats.max_memory}
     reply = train_reply(msg, model, len(x), {**metrics, "pruned": stats.pruned})
     reply.content[wire.KEPT] = wire.pack_kept(dynhp.kept)
     return reply

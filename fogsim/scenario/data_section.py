@@ -55,7 +55,8 @@ class DataSection(Section):
     @classmethod
     def _built_in_shape(cls, values: Any) -> Any:
         """A built-in data set's image shape and classes are its own unless given."""
-        if isinstance(values, dict) and values.get("dataset") in BUILT_IN_SHAPES:
+        # a name only: a list or table there is the field's own error to report
+        if isinstance(values, dict) and str(values.get("dataset")) in BUILT_IN_SHAPES:
             shape, classes = BUILT_IN_SHAPES[values["dataset"]]
             values = {"image_shape": list(shape), "num_classes": classes} | values
         return values

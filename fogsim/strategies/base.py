@@ -36,6 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fogsim.clock import RoundClock
+from fogsim.device.dynhp import held_bytes as dynhp_held_bytes
 from fogsim.device.memory import training_memory, widest_fraction
 from fogsim.fleet import Fleet
 from fogsim.flower import cohort, wire
@@ -55,6 +56,7 @@ class FogStrategy(ReplyIntake, FedAvg):
     trained (:meth:`held_model`)."""
 
     name = "base"
+    mode = "plain"  # how its clients train: "dense", "plain" or "dynhp" (wire.MODES)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> FogStrategy:
         """Refuse, pointing to the right class, a Flower-style construction without a
@@ -78,6 +80,8 @@ class FogStrategy(ReplyIntake, FedAvg):
         self.arch = scenario.arch
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
+        # bytes a client holds beside training: DynHP's arrays, where its clients run it
+        self.held = dynhp_held_bytes(self.arch) if self.mode == "dynhp" else 0
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
         self.sent: list[Message] = []  # this round's training messages (cohorts of nodes)
         self.tally = RoundReplies({}, {})  # what the replies to them have said so far
@@ -234,14 +238,15 @@ class FogStrategy(ReplyIntake, FedAvg):
     def width_fraction(self, node: int, batch: int | None = None) -> float:
         """Width fraction of the global model fleet node ``node`` trains at ``batch``
         (default: the minimum batch; on demand: a bisection per distinct budget, cached)."""
-        budget = self.fleet.budget(node)
+        budget = self.fleet.budget(node) - self.held
         return widest_fraction(self.arch, budget, self.optimizer, batch or self.min_batch)
 
     def budget_for(self, fraction: float) -> int:
         """Bytes that train width ``fraction`` at the minimum batch: every budget at or
         above it trains at least that much (a vectorised test over the whole fleet,
         where :meth:`width_fraction` per node would run a bisection per node)."""
-        return training_memory(self.arch.scaled(fraction), self.min_batch, self.optimizer)
+        need = training_memory(self.arch.scaled(fraction), self.min_batch, self.optimizer)
+        return need + self.held
 
 
 def registered_nodes(grid: Grid, expected: int) -> list[int]:

@@ -214,7 +214,7 @@ def test_the_fleet_table_follows_the_strategy(monkeypatch) -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         rows[name] = next(line for line in result.output.splitlines() if "│ gateway" in line)
-    assert "70% 210x70" in rows["mask-union"] and rows["mask-union"].rstrip(" │").endswith("0")
+    assert "66% 198x66" in rows["mask-union"] and rows["mask-union"].rstrip(" │").endswith("0")
     assert "none" in rows["fedavg-feasible"]
-    assert "6 (the dense model needs 638.8KiB)" in rows["fedavg-feasible"]
+    assert "6 (the dense model needs 670.3KiB)" in rows["fedavg-feasible"]
     assert "100% 300x100, over budget" in rows["fedavg"]

@@ -22,7 +22,8 @@ from fogsim.device.arch import Arch
 from fogsim.device.chain import ChainLayout, assign
 from fogsim.device.chain_replay import chain_phases
 from fogsim.device.chain_trace import fx_trace, trace
-from fogsim.device.factory import build
+from fogsim.device.factory import FactoryArch, build
+from fogsim.device.memory import object_bytes
 from fogsim.device.models import FogNet
 from fogsim.device.replay import step_phases
 
@@ -98,10 +99,14 @@ def deep_dropout(in_shape: tuple[int, int, int], num_classes: int) -> torch.nn.M
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
+def factory_ref(name: str) -> str:
+    return f"{HERE if name in OTHERS else MOD}:{name}"
+
+
 def narrowed(name: str, widths: list[int] | None) -> torch.nn.Module:
     """The factory's dense model cut to the first ``widths`` neurons of every group,
     as ``heap_worker._step_point`` trains it."""
-    model = build(f"{HERE if name in OTHERS else MOD}:{name}", IN_SHAPE, CLASSES)
+    model = build(factory_ref(name), IN_SHAPE, CLASSES)
     if widths is not None:
         state = {k: v.numpy() for k, v in model.state_dict().items()}
         layout = ChainLayout.of({k: v.shape for k, v in state.items()})
@@ -112,11 +117,12 @@ def narrowed(name: str, widths: list[int] | None) -> torch.nn.Module:
 
 def modelled(name: str, widths: list[int] | None, kind: str, batch: int) -> tuple[int, int]:
     """The replay's peak at ``batch`` (phases for that batch) and with the phases
-    valid at any batch."""
+    valid at any batch, with the objects held all round (``memory.object_bytes``)."""
     model = narrowed(name, widths)
+    objects = object_bytes(FactoryArch(factory_ref(name), IN_SHAPE, CLASSES), kind)
     exact = max(f + s * batch for f, s in chain_phases(model, IN_SHAPE, kind, batch=batch))
     anywhere = max(f + s * batch for f, s in chain_phases(model, IN_SHAPE, kind))
-    return exact, anywhere
+    return exact + objects, anywhere + objects
 
 
 def grid_points() -> list[dict]:

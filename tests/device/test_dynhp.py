@@ -146,8 +146,12 @@ def test_budget_holds_at_every_step(arch, criterion):
     x, y = _data(300)
     stats = train_dynhp(model, x, y, h, budget=budget, epochs=2, lr=0.01)
     assert stats.memory and max(stats.memory) <= budget
+    # the totals a federated client reads (it keeps no per-step records)
+    assert (stats.max_memory, stats.max_batch) == (max(stats.memory), max(stats.batch))
+    assert (stats.steps, stats.samples) == (len(stats.batch), sum(stats.batch))
     for p, b, m in zip(stats.params, stats.batch, stats.memory, strict=True):
-        assert m == training_memory(Arch.of(model), b, "sgd-momentum") or p > num_params(model)
+        step = training_memory(Arch.of(model), b, "sgd-momentum") + h.held_bytes()
+        assert m == step or p > num_params(model)
     assert h.dense_params / num_params(model) >= 8
     full = stats.batch[:-1]  # the last batch may be an epoch's short tail
     assert all(a <= b for a, b in zip(full, full[1:], strict=False))  # memory only shrinks

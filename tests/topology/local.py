@@ -47,7 +47,7 @@ flops = 2e9
 [[fleet.classes]]
 name = "small"
 share = 1.0
-memory = "96KiB"
+memory = "128KiB"
 flops = 2e8
 latency_ms = 20
 

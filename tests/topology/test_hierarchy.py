@@ -278,7 +278,8 @@ def test_a_resumed_fog_tier_run_continues_as_if_uninterrupted(scenario_file, tmp
     from fogsim.study.results import RunWriter, read_csv
     from tests.topology.local import LocalGrid
 
-    sets = [*HIER, "topology.fogs=2", "topology.fog_rounds=2"]
+    # DynHP's schedule fixed: by default it spreads over the run's rounds, 2 or 3 here
+    sets = [*HIER, "topology.fogs=2", "topology.fog_rounds=2", "dynhp.participations=3"]
     whole, _, _ = run_local(load_scenario(scenario_file, sets), tmp_path / "whole")
     run_local(load_scenario(scenario_file, [*sets, "run.rounds=2"]), tmp_path / "cut")
     sc = load_scenario(scenario_file, sets)
