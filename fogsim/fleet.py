@@ -102,11 +102,12 @@ def build_fleet(section: FleetSection, seed: int) -> Fleet:
     return Fleet(list(section.classes), labels, budgets, ids, availability, file_rows)
 
 
-def check_trainable(scenario: Scenario, fleet: Fleet) -> None:
+def check_trainable(scenario: Scenario, fleet: Fleet, held: int = 0) -> None:
     """Refuse a fleet where no node's budget trains even width 1 of every neuron group
-    at ``[dynhp] min_batch`` (a fleet where only some cannot is fine: the strategies
-    leave those nodes out). Raises ValueError naming each class's largest budget."""
-    need = scenario.smallest_training_memory
+    at ``[dynhp] min_batch`` beside ``held`` bytes (DynHP's arrays, where the strategy's
+    clients run it) (a fleet where only some cannot is fine: the strategies leave those
+    nodes out). Raises ValueError naming each class's largest budget."""
+    need = scenario.smallest_training_memory + held
     if fleet.budgets.max() >= need:
         return
     budgets = ", ".join(
@@ -115,6 +116,8 @@ def check_trainable(scenario: Scenario, fleet: Fleet) -> None:
     raise ValueError(
         "no node can train even the smallest model (one neuron per layer), which "
         f"needs {format_bytes(need)} at dynhp.min_batch = {scenario.dynhp.min_batch} with "
-        f"{scenario.train.memory_kind}; largest budget per class: {budgets}; raise "
+        f"{scenario.train.memory_kind}"
+        + (f" (DynHP's own arrays, {format_bytes(held)}, included)" if held else "")
+        + f"; largest budget per class: {budgets}; raise "
         f"fleet.classes.N.memory to at least {format_bytes(need)}"
     )

@@ -36,7 +36,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fogsim.clock import RoundClock
+from fogsim.device.arch import Arch
 from fogsim.device.dynhp import held_bytes as dynhp_held_bytes
+from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import training_memory, widest_fraction
 from fogsim.fleet import Fleet
 from fogsim.flower import cohort, wire
@@ -46,6 +48,13 @@ from fogsim.strategies.intake import ReplyIntake, RoundReplies
 
 REGISTRATION_WAIT_S = 120  # real seconds for Flower to register its nodes (mailboxes)
 MAX_WAITS = 1000  # window openings tried in search of a node on (low battery keeps one off)
+
+
+def held_beside_training(mode: str, arch: Arch | FactoryArch) -> int:
+    """Bytes a client training in ``mode`` holds beside training itself: DynHP's arrays
+    where it runs DynHP (``dynhp.held_bytes``), else none. Its budget's training gets
+    the rest: every width a strategy gives its nodes, and the fleet table, use that."""
+    return dynhp_held_bytes(arch) if mode == "dynhp" else 0
 
 
 class FogStrategy(ReplyIntake, FedAvg):
@@ -80,8 +89,7 @@ class FogStrategy(ReplyIntake, FedAvg):
         self.arch = scenario.arch
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
-        # bytes a client holds beside training: DynHP's arrays, where its clients run it
-        self.held = dynhp_held_bytes(self.arch) if self.mode == "dynhp" else 0
+        self.held = held_beside_training(self.mode, self.arch)
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
         self.sent: list[Message] = []  # this round's training messages (cohorts of nodes)
         self.tally = RoundReplies({}, {})  # what the replies to them have said so far

@@ -12,8 +12,12 @@ from fogsim.cli import app
 from fogsim.data import load_dataset
 from fogsim.device.centralized import model_path
 from fogsim.device.models import model_from_state
+from fogsim.fleet import build_fleet
+from fogsim.scenario import load_scenario
+from fogsim.strategies.build import build_strategy
 
 runner = CliRunner()
+SCENARIOS = Path(__file__).parents[2] / "scenarios"
 
 
 def test_version_and_help() -> None:
@@ -208,13 +212,23 @@ def test_the_fleet_table_follows_the_strategy(monkeypatch) -> None:
     from fogsim.cli import common
 
     monkeypatch.setattr(common.out, "width", 300)  # one line a row
-    rows = {}
-    for name in ("mask-union", "fedavg-feasible", "fedavg"):
+    rows, sensors = {}, {}
+    for name in ("mask-union", "heterofl", "fedavg-feasible", "fedavg"):
         args = ["validate", "fleet5-digits-iid", "--set", f"strategy.name='{name}'"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         rows[name] = next(line for line in result.output.splitlines() if "│ gateway" in line)
-    assert "66% 198x66" in rows["mask-union"] and rows["mask-union"].rstrip(" │").endswith("0")
+        sensors[name] = next(line for line in result.output.splitlines() if "│ sensor" in line)
+    assert "64% 192x64" in rows["mask-union"] and rows["mask-union"].rstrip(" │").endswith("0")
+    # mask-union's devices hold DynHP's arrays beside training: its 64 KiB sensors sit
+    # out, which the table once hid ("2% 5x2", HeteroFL's slice, while none trained)
+    sc = load_scenario(str(SCENARIOS / "fleet5-digits-iid.toml"))
+    strategy = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
+    sensor = [c.name for c in sc.fleet.classes].index("sensor")
+    out = int((~strategy.takes_part[strategy.fleet.node_class == sensor]).sum())
+    assert out == 12 and "none" in sensors["mask-union"], sensors["mask-union"]
+    assert f"{out} (width 1 with DynHP needs" in sensors["mask-union"]
+    assert "2% 5x2" in sensors["heterofl"] and sensors["heterofl"].rstrip(" │").endswith("0")
     assert "none" in rows["fedavg-feasible"]
     assert "6 (the dense model needs 670.3KiB)" in rows["fedavg-feasible"]
     assert "100% 300x100, over budget" in rows["fedavg"]

@@ -418,9 +418,11 @@ def test_run_regressions(tiny_scenario: Path, tmp_path: Path) -> None:
 def narrowest(scenario: Path, sets: list[str]) -> str:
     """What the narrowest model needs, as the error shows it (the memory model's)."""
     from fogsim.scenario import load_scenario
+    from fogsim.strategies.build import client_held
     from fogsim.units import format_bytes
 
-    return format_bytes(load_scenario(scenario, sets).smallest_training_memory)
+    sc = load_scenario(scenario, sets)
+    return format_bytes(sc.smallest_training_memory + client_held(sc))
 
 
 STRATEGY_NAMES = ["fedavg", "fedavg-dense", "fedavg-feasible", "heterofl", "fedrolex", "mask-union"]
@@ -438,6 +440,23 @@ def test_fleet_below_any_model_is_refused(tiny_scenario: Path, strategy: str) ->
         need = narrowest(tiny_scenario, sets)
         for word in ("no node can train", "'big' 100B", "'small' 100B", need, "min_batch"):
             assert word in result.output, (word, result.output)
+
+
+def test_dynhps_arrays_count_in_what_a_fleet_must_hold(tiny_scenario: Path) -> None:
+    """Budgets that train width 1 but not beside DynHP's own arrays: HeteroFL's nodes
+    train, mask-union's (which run DynHP) cannot, and mask-union is refused naming the
+    arrays (its fleet table once showed them HeteroFL's slice while none trained)."""
+    from fogsim.scenario import load_scenario
+    from fogsim.strategies.build import client_held
+
+    sc = load_scenario(tiny_scenario, ["strategy.name='mask-union'"])
+    budget = sc.smallest_training_memory + client_held(sc) // 2
+    sets = [f"fleet.classes.{i}.memory={budget}" for i in (0, 1)]
+    for strategy, code in (("heterofl", 0), ("mask-union", 2)):
+        args = [a for s in [*sets, f"strategy.name='{strategy}'"] for a in ("--set", s)]
+        result = runner.invoke(app, ["validate", str(tiny_scenario), *args])
+        assert result.exit_code == code, result.output
+    assert "no node can train" in result.output and "DynHP's own arrays" in result.output
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
