@@ -218,7 +218,7 @@ def child_flower(args: argparse.Namespace) -> None:
     def _train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(threads)
         node = int(context.node_config["partition-id"])
-        x, y, _, _ = local_data(spec, node)
+        x, y = local_data(spec, node)
         model = FogNet(sc.arch.channels, sc.arch.hidden, sc.arch.in_shape, sc.arch.num_classes)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         opt = make_optimizer(t.optimizer, model.parameters(), t.lr, t.momentum)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -63,8 +63,12 @@ def _partitions(
     return data.split(labels, num_nodes, seed, list(shares) if shares is not None else None)
 
 
-def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:
-    """(train x, train y, held-out x, held-out y) of fleet node ``node``."""
+def local_data(
+    spec: ClientSpec, node: int, part: Literal["train", "held-out"] = "train"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of fleet node ``node``'s ``part`` of its data: only the part a
+    call uses is built (a training call once built the held-out split too, and threw
+    it away, while it loaded)."""
     data = spec.data
     if data.partitioning == "draws":  # per node, on demand: nothing for the others
         num_samples = len(load_dataset(data.dataset, data.path).train_y)
@@ -73,10 +77,8 @@ def local_data(spec: ClientSpec, node: int) -> tuple[torch.Tensor, ...]:
         indices = _partitions(data.model_dump_json(), spec.nodes, spec.seed, spec.shares)[node]
     train_idx, test_idx = data.local_split(indices, spec.seed, node)
     ds = load_dataset(data.dataset, data.path)
-    return (
-        *ds.tensors(ds.train_x[train_idx], ds.train_y[train_idx]),
-        *ds.tensors(ds.train_x[test_idx], ds.train_y[test_idx]),
-    )
+    idx = train_idx if part == "train" else test_idx
+    return ds.tensors(ds.train_x[idx], ds.train_y[idx])
 
 
 def stream_seed(*key: int) -> int:
@@ -108,6 +110,9 @@ def train_dynhp_round(
     if wire.DYNHP in content:
         state = wire.unpack_dynhp_state(content[wire.DYNHP])
         dynhp.load_state_dict({**state, "dense_params": global_arch.num_params()}, kept)
+        # DynHP keeps its own copy of the held neurons' entries: the unpacked global
+        # arrays (~8 KB) once lived through training, over the budget (masks = "own")
+        del state
     if wire.ORDER in content:  # prune the tail of the server's order, not by own scores
         dynhp.fix_scores(wire.unpack_groups(content[wire.ORDER], wire.ORDER))
     stats = train_dynhp(
@@ -243,7 +248,7 @@ def train(content: RecordDict) -> RecordDict:
     fault = injected_fault(spec, str(cfg[wire.CLASS]), node, rnd)
     if fault == "drop":
         return wire.reply({wire.NODE: node, wire.DROPPED_OUT: 1})
-    x, y, _, _ = local_data(spec, node)
+    x, y = local_data(spec, node)
     model = received_model(spec, content)
     macs_in = macs_per_sample(model, spec.arch.in_shape)
     gen = torch.Generator().manual_seed(stream_seed(spec.seed, rnd, node))
@@ -285,7 +290,7 @@ def train(content: RecordDict) -> RecordDict:
 def evaluate_local(content: RecordDict) -> RecordDict:
     """The received model's accuracy and loss on the node's held-out samples."""
     spec, node = wire.spec_of(content), int(content[wire.CONFIG][wire.NODE])
-    _, _, x, y = local_data(spec, node)
+    x, y = local_data(spec, node, "held-out")
     model = received_model(spec, content)
     acc, loss = evaluate(model, x, y)
     metrics = {wire.NODE: node, wire.NUM_EXAMPLES: len(x), wire.ACCURACY: acc, wire.LOSS: loss}

@@ -17,7 +17,7 @@ from fogsim.fleet import build_fleet, check_trainable
 from fogsim.scenario import Scenario, ScenarioError, load_scenario, shown
 from fogsim.scenario.files import from_set
 from fogsim.strategies import strategy_class
-from fogsim.strategies.build import client_held
+from fogsim.strategies.build import runs_dynhp
 from fogsim.strategies.registry import StrategyError
 from fogsim.topology import TopologyError, round_driver
 
@@ -40,7 +40,7 @@ def problems(sc: Scenario) -> list[str]:
                 f"could not be measured with the heap counter: {e}",
             ]
     try:
-        check_trainable(sc, fleet, 0 if found else client_held(sc))
+        check_trainable(sc, fleet, dynhp=not found and runs_dynhp(sc))
     except ValueError as e:
         found.append(f"fleet: {e}")
     if not found:  # the strategy's own checks assume a known strategy and a usable fleet

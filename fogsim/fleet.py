@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fogsim.device.memory import dynhp_bytes
 from fogsim.hardware.availability import NodeAvailability, build_availability
 from fogsim.scenario import DeviceClass, FleetSection, Scenario
 from fogsim.units import format_bytes
@@ -102,11 +103,12 @@ def build_fleet(section: FleetSection, seed: int) -> Fleet:
     return Fleet(list(section.classes), labels, budgets, ids, availability, file_rows)
 
 
-def check_trainable(scenario: Scenario, fleet: Fleet, held: int = 0) -> None:
+def check_trainable(scenario: Scenario, fleet: Fleet, dynhp: bool = False) -> None:
     """Refuse a fleet where no node's budget trains even width 1 of every neuron group
-    at ``[dynhp] min_batch`` beside ``held`` bytes (DynHP's arrays, where the strategy's
-    clients run it) (a fleet where only some cannot is fine: the strategies leave those
-    nodes out). Raises ValueError naming each class's largest budget."""
+    at ``[dynhp] min_batch``, beside DynHP's arrays if ``dynhp`` (the strategy's clients
+    run it) (a fleet where only some cannot is fine: the strategies leave those nodes
+    out). Raises ValueError naming each class's largest budget."""
+    held = dynhp_bytes(scenario.arch.scaled(0.0)) if dynhp else 0
     need = scenario.smallest_training_memory + held
     if fleet.budgets.max() >= need:
         return

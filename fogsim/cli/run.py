@@ -31,10 +31,11 @@ from fogsim.cli.common import (
     progress_bar,
     source_of,
 )
-from fogsim.device.memory import widest_fraction
+from fogsim.device.memory import dynhp_bytes, widest_fraction
+from fogsim.device.memory import need as memory_need
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
-from fogsim.strategies.build import build_strategy, client_held, dense_notice, strategy_class
+from fogsim.strategies.build import build_strategy, dense_notice, runs_dynhp, strategy_class
 from fogsim.strategies.fedavg import FedAvgFeasible
 from fogsim.strategies.submodel import SubModelStrategy
 from fogsim.study.results import (
@@ -299,9 +300,10 @@ def fleet_table(sc: Scenario, fleet: Fleet) -> Table:
         table.add_column(col, justify="left" if left else "right")
     counts = fleet.counts()
     sub_models = issubclass(strategy_class(sc), SubModelStrategy)
-    held = client_held(sc)  # DynHP's arrays beside training, where the clients run it
+    dynhp = runs_dynhp(sc)  # its clients hold DynHP's arrays beside training
     if sub_models:  # below width 1 a node trains nothing
-        need, what = sc.smallest_training_memory + held, "width 1" + (" with DynHP" if held else "")
+        need = memory_need(arch.scaled(0.0), batch, kind, dynhp)
+        what = "width 1" + (" with DynHP" if dynhp else "")
         takes_part = fleet.budgets >= need
     else:  # the dense model only: built for its need and who takes part (cheap)
         strategy = build_strategy(sc, fleet)
@@ -312,7 +314,7 @@ def fleet_table(sc: Scenario, fleet: Fleet) -> Table:
         budgets = fleet.budgets[fleet.node_class == i]
         low = int(budgets.min()) if len(budgets) else c.memory
         high = int(budgets.max()) if len(budgets) else c.memory_max or c.memory
-        f = widest_fraction(arch, low - held, kind, batch) if sub_models else float(low >= need)
+        f = widest_fraction(arch, low, kind, batch, dynhp) if sub_models else float(low >= need)
         widest = f"{f:.0%} " + "x".join(map(str, arch.scaled(f).widths)) if f > 0 else "none"
         if not sub_models and f == 0 and strategy.mode == "dense":
             widest = f"100% {dense}, over budget"  # fedavg-dense trains it regardless
@@ -349,8 +351,10 @@ def availability_text(sc: Scenario, fleet: Fleet, i: int) -> str:
 
 def print_fleet(sc: Scenario, console: Console) -> None:
     """The fleet table, and a warning naming the classes with nodes that sit out."""
-    fleet, held = build_fleet(sc.fleet, sc.run.seed), client_held(sc)
-    need = sc.smallest_training_memory + held
+    fleet, dynhp = build_fleet(sc.fleet, sc.run.seed), runs_dynhp(sc)
+    narrowest = sc.arch.scaled(0.0)
+    need = memory_need(narrowest, sc.dynhp.min_batch, sc.train.memory_kind, dynhp)
+    held = dynhp_bytes(narrowest) if dynhp else 0
     console.print(fleet_table(sc, fleet))
     stuck = {
         c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())

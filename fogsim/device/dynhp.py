@@ -66,15 +66,11 @@ from torch import nn
 from fogsim.device.arch import Arch
 from fogsim.device.chain import layer_of, layout_of, widths_of
 from fogsim.device.factory import FactoryArch
-from fogsim.device.memory import BudgetError, optimizer_kind, training_memory
+from fogsim.device.memory import BudgetError, dynhp_bytes, optimizer_kind, training_memory
 from fogsim.device.models import FogNet
 from fogsim.device.pruning import Kept, full_kept, remove_neurons
 
 CRITERIA = ("taylor", "weight-norm", "weight-norm-io")
-# What DynHP itself holds while its model trains, by the heap (what deleting it gives
-# back): 1.3 KB, ~0.45 KB per neuron group (four arrays) and 25 B per neuron of the
-# global model (score and kept index in 8 B each, streak 8 B, seen 1 B). Rounded up.
-DYNHP_OBJECT, GROUP_OBJECTS, NEURON_BYTES = 2048, 512, 25
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
@@ -116,14 +112,6 @@ def cubic_target(dense: int, final: float, start: float, end: float, progress: f
     return int(math.floor(final + (dense - final) * (1 - frac) ** 3))
 
 
-def held_bytes(global_arch: Arch | FactoryArch) -> int:
-    """Bytes a DynHP of ``global_arch`` holds (:data:`DYNHP_OBJECT`): a budget's
-    training gets what is left after them (``dynhp_train.train_dynhp``), and a strategy
-    whose clients run DynHP sizes their models to that rest."""
-    widths = global_arch.widths
-    return DYNHP_OBJECT + GROUP_OBJECTS * len(widths) + NEURON_BYTES * sum(widths)
-
-
 class DynHP:
     """Scores, schedule and gate of one model (global-index state, see module doc)."""
 
@@ -137,21 +125,23 @@ class DynHP:
         self.global_arch = Arch.of(global_arch) if isinstance(global_arch, FogNet) else global_arch
         widths = list(self.global_arch.widths)
         self.kept: Kept = [np.asarray(k) for k in kept] if kept else full_kept(widths)
-        self.score = [np.zeros(w) for w in widths]
-        self.streak = [np.zeros(w, dtype=np.int64) for w in widths]
-        self.seen = [np.zeros(w, dtype=bool) for w in widths]
+        # per neuron the device holds, in the order of ``kept`` (a global-width array
+        # per group cost a 7-neuron digits sensor 10 KB of its 64 KiB: all 400 neurons)
+        self.score = [np.zeros(len(k)) for k in self.kept]
+        self.streak = [np.zeros(len(k), dtype=np.int64) for k in self.kept]
+        self.seen = [np.zeros(len(k), dtype=bool) for k in self.kept]
         self.dense_params = self.global_arch.num_params()
         self.fixed = False  # True: prune by the scores given (fix_scores), learn none
 
     def held_bytes(self) -> int:
-        """Bytes this object holds (:func:`held_bytes`)."""
-        return held_bytes(self.global_arch)
+        """Bytes this object holds now (``memory.dynhp_bytes`` at its kept widths)."""
+        return dynhp_bytes(self.global_arch.with_widths([len(k) for k in self.kept]))
 
     def fix_scores(self, scores: list[np.ndarray]) -> None:
         """Prune by these per-group scores (global neuron index, higher kept longer)
         instead of learning scores from the gradients: e.g. a server's neuron order."""
-        self.score = [np.asarray(s, dtype=float) for s in scores]
-        self.seen = [np.ones(len(s), dtype=bool) for s in scores]
+        self.score = [np.asarray(s, dtype=float)[k] for s, k in zip(scores, self.kept, strict=True)]
+        self.seen = [np.ones(len(k), dtype=bool) for k in self.kept]
         self.fixed = True
 
     def shape(self, model: nn.Module) -> Arch | FactoryArch:
@@ -199,24 +189,21 @@ class DynHP:
         for g, s in enumerate(self.raw_scores(model)):
             if s is None:
                 continue
-            k = self.kept[g]
-            fresh = ~self.seen[g][k]
-            prev = self.score[g][k]
-            self.score[g][k] = np.where(fresh, s, self.cfg.ema * prev + (1 - self.cfg.ema) * s)
-            self.seen[g][k] = True
+            prev = self.score[g]
+            self.score[g] = np.where(~self.seen[g], s, self.cfg.ema * prev + (1 - self.cfg.ema) * s)
+            self.seen[g][:] = True
 
     def local_scores(self, model: nn.Module) -> list[np.ndarray]:
         """Smoothed scores, normalised by group mean; weight-norm where none seen yet."""
         fallback = None
         out = []
-        for g, k in enumerate(self.kept):
-            s = self.score[g][k]
-            if not self.seen[g][k].all():
+        for g, s in enumerate(self.score):
+            if not self.seen[g].all():
                 if fallback is None:
                     fallback = DynHP(
                         DynHPConfig(criterion="weight-norm"), self.global_arch
                     ).raw_scores(model)
-                s = np.where(self.seen[g][k], s, fallback[g])
+                s = np.where(self.seen[g], s, fallback[g])
             out.append(s / max(float(np.mean(s)), 1e-12))
         return out
 
@@ -261,16 +248,14 @@ class DynHP:
         for g, d in enumerate(drop):
             if len(d) == 0:
                 continue
-            gone = self.kept[g][d]
-            self.score[g][gone] = 0.0
-            self.streak[g][gone] = 0
-            self.seen[g][gone] = False
             # a mask, not np.setdiff1d: its first call in a process sets up ~1.4 MB
             # (1.3 MB kept) in numpy, inside a device's first pruning
             keep_mask = np.ones(widths_of(model)[g], dtype=bool)
             keep_mask[d] = False
             keep = np.flatnonzero(keep_mask)
             remove_neurons(model, g, keep, optimizer, self.kept)
+            self.score[g], self.streak[g] = self.score[g][keep], self.streak[g][keep]
+            self.seen[g] = self.seen[g][keep]
             removed += len(d)
         return removed
 
@@ -286,11 +271,10 @@ class DynHP:
         force = progress >= self.cfg.end
         drop = []
         for g, c in enumerate(cand):
-            glob = self.kept[g][c]
             hit = np.zeros(len(self.streak[g]), dtype=bool)
-            hit[glob] = True
+            hit[c] = True
             self.streak[g] = np.where(hit, self.streak[g] + 1, 0)
-            drop.append(c if force else c[self.streak[g][glob] >= self.cfg.patience])
+            drop.append(c if force else c[self.streak[g][c] >= self.cfg.patience])
         return self._remove(model, drop, optimizer)
 
     def fit_to_budget(
@@ -322,23 +306,37 @@ class DynHP:
 
     # ---- serialisation -----------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
-        """Plain numpy/float state, in global neuron indices."""
+        """Plain numpy/float state, in global neuron indices: one array per group of
+        the global model's width (built here, after training: a neuron the device does
+        not hold has score 0, streak 0 and is unseen)."""
+
+        def spread(local: list[np.ndarray], dtype: type) -> list[np.ndarray]:
+            out = [np.zeros(w, dtype=dtype) for w in self.global_arch.widths]
+            for o, k, v in zip(out, self.kept, local, strict=True):
+                o[k] = v
+            return out
+
         return {
             "kept": [k.copy() for k in self.kept],
-            "score": [s.copy() for s in self.score],
-            "streak": [s.copy() for s in self.streak],
-            "seen": [s.copy() for s in self.seen],
+            "score": spread(self.score, float),
+            "streak": spread(self.streak, np.int64),
+            "seen": spread(self.seen, bool),
             "dense_params": float(self.dense_params),
         }
 
     def load_state_dict(self, state: dict[str, object], kept: Kept | None = None) -> None:
-        """Restore; ``kept`` overrides the stored map (e.g. a new sub-model)."""
-        self.score = [np.array(s, dtype=float) for s in state["score"]]  # type: ignore[union-attr]
-        self.streak = [np.array(s, dtype=np.int64) for s in state["streak"]]  # type: ignore[union-attr]
-        self.seen = [np.array(s, dtype=bool) for s in state["seen"]]  # type: ignore[union-attr]
-        self.dense_params = int(state["dense_params"])  # type: ignore[arg-type]
+        """Restore from :meth:`state_dict`'s global arrays; ``kept`` overrides the
+        stored map (e.g. a new sub-model). Only the held neurons' entries are kept."""
         src = kept if kept is not None else state["kept"]
         self.kept = [np.asarray(k, dtype=np.int64) for k in src]  # type: ignore[union-attr]
+
+        def held(arrays: object, dtype: type) -> list[np.ndarray]:
+            return [np.asarray(a, dtype=dtype)[k] for a, k in zip(arrays, self.kept, strict=True)]  # type: ignore[call-overload]
+
+        self.score = held(state["score"], float)
+        self.streak = held(state["streak"], np.int64)
+        self.seen = held(state["seen"], bool)
+        self.dense_params = int(state["dense_params"])  # type: ignore[arg-type]
 
 
 def _taylor(layer: nn.Module) -> np.ndarray | None:

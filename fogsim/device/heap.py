@@ -181,18 +181,20 @@ def measure_round(
 
 
 def measure_client_round(
-    scenario: str, overrides: list[str], node: int | None = None, repeats: int = 3
+    scenario: str, overrides: list[str], node: int | None = None, repeats: int = 3, rounds: int = 1
 ) -> dict[str, Any]:
     """Bytes of fleet node ``node``'s (default: the smallest budget's) whole
     ``clients.fog_client.train`` call on what ``scenario``'s strategy sends it in round
-    1, above the heap before the call, by phase: the peak while it loads its data and
+    ``rounds`` (after its replies to the rounds before), above the heap before the
+    call, by phase: the peak while it loads its data and
     model (``load``), what is alive as training starts (``entry``), the peak while it
     trains (``train``) and while it builds its reply (``reply``); with the node's data
     bytes (``data``), sample order (``order``), what the call left allocated once its
     reply was gone (``left``: the interpreter's caches, ``free_lists`` of it), its
-    ``budget`` and the peak it reported (``modelled``)."""
+    ``budget`` and the peak it reported (``modelled``); ``{"refused": metrics}`` if the
+    node refused to train (its budget holds no model it is sent)."""
     request = {"task": "client", "scenario": scenario, "overrides": overrides, "node": node}
-    return _run({**request, "repeats": repeats})
+    return _run({**request, "repeats": repeats, "rounds": rounds})
 
 
 def calibrate() -> dict[str, int]:

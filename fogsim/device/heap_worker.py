@@ -278,10 +278,14 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
 
 def _client_round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     """A fleet node's whole ``clients.fog_client.train`` call, by phase: what the
-    strategy sends it, trained as a Flower worker does, its last of ``repeats`` calls
+    strategy sends it in round ``rounds`` (its replies to the rounds before taken back
+    by the strategy's own ``on_reply``, as the server does: e.g. DynHP's state under
+    ``masks = "own"``), trained as a Flower worker does, its last of ``repeats`` calls
     measured (the ones before settle the library caches at its shapes)."""
+    import copy
+
     import numpy as np
-    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
     import clients.fog_client as client
     from fogsim.fleet import build_fleet
@@ -313,12 +317,27 @@ def _client_round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     arrays = ArrayRecord(initial_model(sc).state_dict())
     if hasattr(strategy, "global_state"):  # as its configure_train sets it, from the arrays
         strategy.global_state = {k: v.numpy() for k, v in arrays.items()}
-    for _ in range(request["repeats"]):
-        records, extra = strategy.node_payload(node, arrays, 1)
+
+    def content_for(rnd: int) -> RecordDict:
+        records, extra = strategy.node_payload(node, arrays, rnd)
         config = {**extra, wire.NODE: node, wire.CLASS: fleet.device(node).name,
-                  wire.BUDGET: budget, wire.ROUND: 1, wire.SPEC: strategy.spec}  # fmt: skip
-        content = RecordDict({**records, wire.CONFIG: ConfigRecord(config)})
-        data = _nbytes(*client.local_data(wire.spec_of(content), node)[:2])
+                  wire.BUDGET: budget, wire.ROUND: rnd, wire.SPEC: strategy.spec}  # fmt: skip
+        return RecordDict({**records, wire.CONFIG: ConfigRecord(config)})
+
+    rounds = request.get("rounds", 1)
+    if rounds > 1:  # Flower's messages need a run's identity, as in a ServerApp
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    for rnd in range(1, rounds):
+        content = content_for(rnd)
+        sent = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+        strategy.on_reply(node, Message(client.train(content), reply_to=sent), False)
+    before = copy.deepcopy(strategy.state_dict())  # each repeat gets the same message
+    for _ in range(request["repeats"]):
+        strategy.load_state_dict(copy.deepcopy(before))
+        content = content_for(rounds)
+        data = _nbytes(*client.local_data(wire.spec_of(content), node))
         gc.collect()  # empties Python's free lists: what the call leaves there is its own
         base = counter.current()
         counter.reset_peak()
@@ -326,6 +345,8 @@ def _client_round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
         reply_peak = counter.peak()
         metrics = dict(reply[wire.METRICS])
         del reply
+        if wire.NUM_EXAMPLES not in metrics:  # refused (over budget) or dropped
+            return {"node": node, "budget": budget, "refused": metrics}
         left = counter.current() - base
         gc.collect()
         free_lists = left + base - counter.current()

@@ -93,13 +93,18 @@ from fogsim.units import format_bytes
 # The memory model's revision, recorded in every benchmark's results file so that a
 # result measured under an earlier one says so where the README shows it
 # (``benchmarks/results_io.py``): what each revision changed for the devices.
-MODEL_REVISION = 2
+MODEL_REVISION = 3
 REVISIONS = {
     1: "the step alone",
     2: (
         "the objects a round holds besides tensor data (the model's modules and "
         "parameters, the optimizer, the generator: 21-37 KB) and DynHP's arrays counted, "
         "so the smallest devices train slightly smaller models or batches"
+    ),
+    3: (
+        "DynHP's arrays sized to the neurons a device holds, not the global model's "
+        "(3 KB instead of 13 KB on a small MNIST device), so mask-union's small devices "
+        "train slightly wider models than under revision 2"
     ),
 }
 
@@ -309,6 +314,21 @@ def max_batch_size(
     return batch
 
 
+# What DynHP itself holds on a device while its model trains, by the heap (what deleting
+# it gives back): 1.3 KB, ~0.45 KB per neuron group (four arrays) and 25 B per neuron
+# the device holds (score and kept index in 8 B each, streak 8 B, seen 1 B). Rounded up.
+DYNHP_OBJECT, GROUP_OBJECTS, NEURON_BYTES = 2048, 512, 25
+
+
+def dynhp_bytes(model: Arch | FactoryArch) -> int:
+    """Bytes DynHP (``fogsim.device.dynhp``) holds on a device whose model has
+    ``model``'s widths: its arrays cover the device's own neurons. A budget's training
+    gets what is left after them (``dynhp_train.train_dynhp``); a strategy whose clients
+    run DynHP sizes their models to that rest (:func:`widest_fraction`)."""
+    widths = model.widths
+    return DYNHP_OBJECT + GROUP_OBJECTS * len(widths) + NEURON_BYTES * sum(widths)
+
+
 def largest_fraction(fits: Callable[[float], bool], steps: int = 20) -> float:
     """Largest width fraction ``f`` in [0, 1] with ``fits(f)``, for a ``fits`` that
     holds below some fraction and fails above it: 1.0 if the whole width fits, 0.0 if
@@ -325,12 +345,20 @@ def largest_fraction(fits: Callable[[float], bool], steps: int = 20) -> float:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def widest_fraction(arch: Arch | FactoryArch, budget: int, optimizer: str, batch: int) -> float:
+def widest_fraction(
+    arch: Arch | FactoryArch, budget: int, optimizer: str, batch: int, dynhp: bool = False
+) -> float:
     """Largest width fraction f (every group ``ceil(f * width)`` neurons, see
-    :meth:`Arch.scaled`) that trains at ``batch`` within ``budget``; 0.0 if not even
-    width 1 fits.
+    :meth:`Arch.scaled`) that trains at ``batch`` within ``budget``, beside DynHP's
+    arrays if ``dynhp`` (:func:`dynhp_bytes`); 0.0 if not even width 1 fits.
 
     A 20-step bisection (~0.1 ms): strategies ask per sampled node, never per fleet
     node up front (log-uniform budgets make every node's budget distinct), and the
     cache makes a node's next participation free."""
-    return largest_fraction(lambda f: training_memory(arch.scaled(f), batch, optimizer) <= budget)
+    return largest_fraction(lambda f: need(arch.scaled(f), batch, optimizer, dynhp) <= budget)
+
+
+def need(model: Arch | FactoryArch, batch: int, optimizer: str, dynhp: bool = False) -> int:
+    """Bytes a device needs to train ``model`` at ``batch``: :func:`training_memory`,
+    and DynHP's arrays beside it if it runs DynHP (:func:`dynhp_bytes`)."""
+    return training_memory(model, batch, optimizer) + (dynhp_bytes(model) if dynhp else 0)

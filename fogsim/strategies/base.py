@@ -36,10 +36,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fogsim.clock import RoundClock
-from fogsim.device.arch import Arch
-from fogsim.device.dynhp import held_bytes as dynhp_held_bytes
-from fogsim.device.factory import FactoryArch
-from fogsim.device.memory import training_memory, widest_fraction
+from fogsim.device.memory import need, widest_fraction
 from fogsim.fleet import Fleet
 from fogsim.flower import cohort, wire
 from fogsim.hardware.energy import Timeline
@@ -48,13 +45,6 @@ from fogsim.strategies.intake import ReplyIntake, RoundReplies
 
 REGISTRATION_WAIT_S = 120  # real seconds for Flower to register its nodes (mailboxes)
 MAX_WAITS = 1000  # window openings tried in search of a node on (low battery keeps one off)
-
-
-def held_beside_training(mode: str, arch: Arch | FactoryArch) -> int:
-    """Bytes a client training in ``mode`` holds beside training itself: DynHP's arrays
-    where it runs DynHP (``dynhp.held_bytes``), else none. Its budget's training gets
-    the rest: every width a strategy gives its nodes, and the fleet table, use that."""
-    return dynhp_held_bytes(arch) if mode == "dynhp" else 0
 
 
 class FogStrategy(ReplyIntake, FedAvg):
@@ -89,7 +79,7 @@ class FogStrategy(ReplyIntake, FedAvg):
         self.arch = scenario.arch
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
-        self.held = held_beside_training(self.mode, self.arch)
+        self.dynhp = self.mode == "dynhp"  # its clients hold DynHP's arrays beside training
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
         self.sent: list[Message] = []  # this round's training messages (cohorts of nodes)
         self.tally = RoundReplies({}, {})  # what the replies to them have said so far
@@ -246,15 +236,14 @@ class FogStrategy(ReplyIntake, FedAvg):
     def width_fraction(self, node: int, batch: int | None = None) -> float:
         """Width fraction of the global model fleet node ``node`` trains at ``batch``
         (default: the minimum batch; on demand: a bisection per distinct budget, cached)."""
-        budget = self.fleet.budget(node) - self.held
-        return widest_fraction(self.arch, budget, self.optimizer, batch or self.min_batch)
+        budget, batch = self.fleet.budget(node), batch or self.min_batch
+        return widest_fraction(self.arch, budget, self.optimizer, batch, self.dynhp)
 
     def budget_for(self, fraction: float) -> int:
         """Bytes that train width ``fraction`` at the minimum batch: every budget at or
         above it trains at least that much (a vectorised test over the whole fleet,
         where :meth:`width_fraction` per node would run a bisection per node)."""
-        need = training_memory(self.arch.scaled(fraction), self.min_batch, self.optimizer)
-        return need + self.held
+        return need(self.arch.scaled(fraction), self.min_batch, self.optimizer, self.dynhp)
 
 
 def registered_nodes(grid: Grid, expected: int) -> list[int]:

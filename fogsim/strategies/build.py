@@ -14,7 +14,7 @@ import sys
 from fogsim.device.memory import training_memory
 from fogsim.fleet import Fleet
 from fogsim.scenario import Scenario
-from fogsim.strategies.base import FogStrategy, held_beside_training
+from fogsim.strategies.base import FogStrategy
 from fogsim.strategies.flower_plugin import (
     FlowerStrategy,
     build_flower,
@@ -45,12 +45,11 @@ def strategy_class(scenario: Scenario) -> type:
     return STRATEGIES[section.name]
 
 
-def client_held(scenario: Scenario) -> int:
-    """Bytes a client of the scenario's strategy holds beside training
-    (:func:`fogsim.strategies.base.held_beside_training`)."""
+def runs_dynhp(scenario: Scenario) -> bool:
+    """Whether the scenario's strategy's clients run DynHP, and so hold its arrays
+    beside training (``memory.dynhp_bytes``)."""
     cls = strategy_class(scenario)
-    mode = cls.mode if issubclass(cls, FogStrategy) else FlowerStrategy.mode
-    return held_beside_training(mode, scenario.arch)
+    return (cls.mode if issubclass(cls, FogStrategy) else FlowerStrategy.mode) == "dynhp"
 
 
 def build_strategy(scenario: Scenario, fleet: Fleet) -> FogStrategy:

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from fogsim.strategies.build import build_strategy
 
 runner = CliRunner()
 SCENARIOS = Path(__file__).parents[2] / "scenarios"
+CLASSES = ("cloudlet", "gateway", "router", "camera", "sensor")  # fleet5-digits-iid's
 
 
 def test_version_and_help() -> None:
@@ -212,23 +214,26 @@ def test_the_fleet_table_follows_the_strategy(monkeypatch) -> None:
     from fogsim.cli import common
 
     monkeypatch.setattr(common.out, "width", 300)  # one line a row
-    rows, sensors = {}, {}
+    rows = {}
     for name in ("mask-union", "heterofl", "fedavg-feasible", "fedavg"):
         args = ["validate", "fleet5-digits-iid", "--set", f"strategy.name='{name}'"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
-        rows[name] = next(line for line in result.output.splitlines() if "│ gateway" in line)
-        sensors[name] = next(line for line in result.output.splitlines() if "│ sensor" in line)
-    assert "64% 192x64" in rows["mask-union"] and rows["mask-union"].rstrip(" │").endswith("0")
-    # mask-union's devices hold DynHP's arrays beside training: its 64 KiB sensors sit
-    # out, which the table once hid ("2% 5x2", HeteroFL's slice, while none trained)
-    sc = load_scenario(str(SCENARIOS / "fleet5-digits-iid.toml"))
-    strategy = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
-    sensor = [c.name for c in sc.fleet.classes].index("sensor")
-    out = int((~strategy.takes_part[strategy.fleet.node_class == sensor]).sum())
-    assert out == 12 and "none" in sensors["mask-union"], sensors["mask-union"]
-    assert f"{out} (width 1 with DynHP needs" in sensors["mask-union"]
-    assert "2% 5x2" in sensors["heterofl"] and sensors["heterofl"].rstrip(" │").endswith("0")
+        lines = result.output.splitlines()
+        rows[name] = {c: next(line for line in lines if f"│ {c}" in line) for c in CLASSES}
+    # a sub-model strategy's rows show the widths the strategy gives each class's
+    # smallest node: mask-union's, beside DynHP's arrays, narrower than HeteroFL's (the
+    # table once showed mask-union HeteroFL's widths, and sensors training while none did)
+    for name in ("mask-union", "heterofl"):
+        sc = load_scenario(str(SCENARIOS / "fleet5-digits-iid.toml"), [f"strategy.name='{name}'"])
+        strategy = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
+        for i, c in enumerate(CLASSES):
+            nodes = np.flatnonzero(strategy.fleet.node_class == i)
+            f = strategy.width_fraction(int(nodes[np.argmin(strategy.fleet.budgets[nodes])]))
+            shown = f"{f:.0%} " + "x".join(map(str, sc.arch.scaled(f).widths))
+            assert shown in rows[name][c] and rows[name][c].rstrip(" │").endswith("0"), shown
+    assert "18x6" in rows["mask-union"]["sensor"] and "22x8" in rows["heterofl"]["sensor"]
+    rows = {name: by_class["gateway"] for name, by_class in rows.items()}
     assert "none" in rows["fedavg-feasible"]
     assert "6 (the dense model needs 670.3KiB)" in rows["fedavg-feasible"]
     assert "100% 300x100, over budget" in rows["fedavg"]

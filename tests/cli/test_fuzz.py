@@ -417,12 +417,14 @@ def test_run_regressions(tiny_scenario: Path, tmp_path: Path) -> None:
 
 def narrowest(scenario: Path, sets: list[str]) -> str:
     """What the narrowest model needs, as the error shows it (the memory model's)."""
+    from fogsim.device.memory import need
     from fogsim.scenario import load_scenario
-    from fogsim.strategies.build import client_held
+    from fogsim.strategies.build import runs_dynhp
     from fogsim.units import format_bytes
 
     sc = load_scenario(scenario, sets)
-    return format_bytes(sc.smallest_training_memory + client_held(sc))
+    narrowest = sc.arch.scaled(0.0)
+    return format_bytes(need(narrowest, sc.dynhp.min_batch, sc.train.memory_kind, runs_dynhp(sc)))
 
 
 STRATEGY_NAMES = ["fedavg", "fedavg-dense", "fedavg-feasible", "heterofl", "fedrolex", "mask-union"]
@@ -446,11 +448,11 @@ def test_dynhps_arrays_count_in_what_a_fleet_must_hold(tiny_scenario: Path) -> N
     """Budgets that train width 1 but not beside DynHP's own arrays: HeteroFL's nodes
     train, mask-union's (which run DynHP) cannot, and mask-union is refused naming the
     arrays (its fleet table once showed them HeteroFL's slice while none trained)."""
+    from fogsim.device.memory import dynhp_bytes
     from fogsim.scenario import load_scenario
-    from fogsim.strategies.build import client_held
 
     sc = load_scenario(tiny_scenario, ["strategy.name='mask-union'"])
-    budget = sc.smallest_training_memory + client_held(sc) // 2
+    budget = sc.smallest_training_memory + dynhp_bytes(sc.arch.scaled(0.0)) // 2
     sets = [f"fleet.classes.{i}.memory={budget}" for i in (0, 1)]
     for strategy, code in (("heterofl", 0), ("mask-union", 2)):
         args = [a for s in [*sets, f"strategy.name='{strategy}'"] for a in ("--set", s)]

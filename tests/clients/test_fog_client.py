@@ -54,7 +54,7 @@ def test_draws_give_every_node_of_a_huge_fleet_its_own_data(tiny_scenario) -> No
 
     sets = ["fleet.nodes=100000", "data.partitioning='draws'", "data.samples_per_node=50"]
     spec = ClientSpec.of(load_scenario(tiny_scenario, sets))
-    x, y, hx, hy = local_data(spec, 99_999)
+    (x, y), (hx, hy) = local_data(spec, 99_999), local_data(spec, 99_999, "held-out")
     assert len(x) + len(hx) == 50 and len(x) == len(y) and len(hx) == len(hy) == 5
-    x2, *_ = local_data(spec, 99_998)
+    x2, _ = local_data(spec, 99_998)
     assert not torch.equal(x, x2)  # its own draw

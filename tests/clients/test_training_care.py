@@ -152,7 +152,7 @@ def test_client_applies_the_care_a_message_asks(tiny_scenario, name) -> None:
         assert not np.allclose(weights[care], weights["none"]), care
     assert all(wire.LABELS not in r for c, r in replies.items() if c != "mask")
     counts = wire.unpack_labels(replies["mask"][wire.LABELS])
-    _, y, _, _ = local_data(spec, node)
+    _, y = local_data(spec, node)
     assert counts.tolist() == torch.bincount(y, minlength=10).tolist()
 
 

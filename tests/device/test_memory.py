@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from fogsim.data import load_dataset
 from fogsim.device import heap
 from fogsim.device.arch import Arch
 from fogsim.device.memory import (
@@ -118,22 +119,32 @@ ROUNDS = [
 ]
 
 
-# a node's whole client call: (scenario, overrides, the smallest budget at least this)
+# a node's whole client call: (scenario, overrides, the smallest budget at least this,
+# the round measured: the node's replies to the rounds before go back to its strategy)
 CNN_SET = ["model.arch='cnn'", "model.hidden=[128]"]
+OWN = ["strategy.name='mask-union'", "strategy.params.masks='own'", "train.local_epochs=3"]
 CLIENTS = [
-    ("fleet5-mnist-iid", ["strategy.name='heterofl'"], 0),  # a 512 KiB sensor
-    ("fleet5-mnist-iid", ["strategy.name='mask-union'"], 0),
-    ("fleet5-fmnist-dirichlet", ["strategy.name='mask-union'", *CNN_SET], 1 << 20),  # camera
+    ("fleet5-mnist-iid", ["strategy.name='heterofl'"], 0, 1),  # a 512 KiB sensor
+    ("fleet5-mnist-iid", ["strategy.name='mask-union'"], 0, 1),
+    ("fleet5-fmnist-dirichlet", ["strategy.name='mask-union'", *CNN_SET], 1 << 20, 1),  # camera
+    # a sensor with DynHP's state sent back (its unpacked copy once lived through training,
+    # over the reported peak and, once, the budget: an independent check's finding)
+    ("fleet5-mnist-dirichlet", OWN, 0, 3),
 ]
 
 
 def client_node(scenario: str, overrides: list[str], least: int) -> tuple[str, int]:
-    """The scenario file and its node of the smallest budget of at least ``least``."""
+    """The scenario file and, of its nodes of the smallest budget of at least ``least``,
+    the one with the most samples (the most steps a round)."""
     path = str(Path(__file__).parents[2] / "scenarios" / f"{scenario}.toml")
     sc = load_scenario(path, overrides)
     budgets = build_fleet(sc.fleet, sc.run.seed).budgets
-    nodes = np.flatnonzero(budgets >= least)
-    return path, int(nodes[np.argmin(budgets[nodes])])
+    smallest = budgets[budgets >= least].min()
+    nodes = np.flatnonzero(budgets == smallest)
+    labels = load_dataset(sc.data.dataset, sc.data.path).train_y
+    weights = list(sc.fleet.data_shares) if sc.fleet.data_shares else None
+    shares = sc.data.split(labels, sc.fleet.nodes, sc.run.seed, weights)
+    return path, int(max(nodes, key=lambda n: len(shares[n])))
 
 
 MLP, CNN, WIDE_CNN = ((), (300, 100)), ((4, 8), (32,)), ((16, 32), (128,))
@@ -165,10 +176,10 @@ def measured() -> Iterator[dict[tuple, Future]]:
             runs[("factory", model, kib)] = pool.submit(
                 heap.measure_dynhp, (), (), kib * KiB, epochs=3, samples=1000,
                 factory=f"tests.example_models:{model}")  # fmt: skip
-        for scenario, overrides, least in CLIENTS:
+        for scenario, overrides, least, rounds in CLIENTS:
             path, node = client_node(scenario, overrides, least)
             runs[("client", scenario, *overrides)] = pool.submit(
-                heap.measure_client_round, path, overrides, node
+                heap.measure_client_round, path, overrides, node, rounds=rounds
             )
         for kib in REFUSED:
             runs[("refused", kib)] = pool.submit(
@@ -213,14 +224,15 @@ def test_a_whole_client_call_stays_within_the_peak_it_reports_by_the_heap(
 ) -> None:
     """A node's whole ``clients.fog_client.train`` call on what its strategy sends it
     (a 512 KiB MNIST sensor under HeteroFL and mask-union, a 1 MiB CNN camera under
-    mask-union), by the heap from before the call, phase by phase: training peaks
+    mask-union, a sensor's third round with its DynHP state sent back), by the heap from
+    before the call, phase by phase: training peaks
     within the peak the node reports, which is within its budget, and so does building
     the reply. Not charged: the node's data and sample order, and what the call leaves
     allocated once its reply is gone (the interpreter's caches, shared by every round
     the process runs: Python's free lists, its type cache; 35-64 KB here). Before the
     model counted the objects a round holds (``memory.object_bytes``, DynHP's arrays),
     the sensor's round ran at 1.05-1.09x its budget by this count."""
-    scenario, overrides, _ = case
+    scenario, overrides, _, _ = case
     r = measured[("client", scenario, *overrides)].result()
     caches = r["data"] + r["left"]
     device = r["train"] - caches - r["order"]

@@ -9,12 +9,13 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.fog_client import train
-from fogsim.device.dynhp import held_bytes
+from fogsim.device.memory import dynhp_bytes
 from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
 from fogsim.flower import wire
 from fogsim.scenario import load_scenario
 from fogsim.strategies import STRATEGIES
+from fogsim.strategies.build import build_strategy
 from tests.topology.local import run_local
 
 SPREAD = ["fleet.nodes=30", "fleet.classes.1.memory='300KiB'", "fleet.classes.1.memory_max='6MiB'"]
@@ -129,7 +130,8 @@ def test_in_heterofls_order_and_recipe_mask_union_trains_what_heterofl_trains(
     """With nested masks a device receives its slice already at its target, so DynHP
     prunes nothing: in HeteroFL's order and with its recipe, and with HeteroFL's
     devices given the budget less what DynHP's own arrays take on a mask-union device
-    (``dynhp.held_bytes``), mask-union must train HeteroFL's models to the last digit,
+    (``memory.dynhp_bytes`` of its slice), mask-union must train HeteroFL's models to
+    the last digit,
     and what separates the two in the README's tables is the order, the recipe and
     DynHP's arrays alone. Under DynHP's own LR rule the small devices (batch 17) train
     at another LR, and the figures move."""
@@ -146,7 +148,10 @@ def test_in_heterofls_order_and_recipe_mask_union_trains_what_heterofl_trains(
         rounds, _, _ = run_local(load_scenario(tiny_scenario, [*sets, name, *extra]), out)
         return [{k: v for k, v in r.items() if k.startswith(("acc", "loss"))} for r in rounds]
 
-    held = held_bytes(load_scenario(tiny_scenario).arch)
+    sc = load_scenario(tiny_scenario, [*sets, "strategy.name='mask-union'"])
+    strategy = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
+    small_node = int(np.argmin(strategy.fleet.budgets))
+    held = dynhp_bytes(sc.arch.scaled(strategy.width_fraction(small_node)))
     heterofl = figures("strategy.name='heterofl'", f"fleet.classes.1.memory={small - held}")
     assert {"acc_big", "acc_small", "acc_small_min"} <= set(heterofl[-1])
     assert figures("strategy.name='mask-union'", *HETEROFL_RECIPE) == heterofl

@@ -233,7 +233,7 @@ def held_out_by_clients(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
     sc = Scenario.model_validate_json((run_dir / "scenario.json").read_text())
     spec = ClientSpec.of(sc)
-    parts = [local_data(spec, node)[2:] for node in range(sc.fleet.nodes)]
+    parts = [local_data(spec, node, "held-out") for node in range(sc.fleet.nodes)]
     return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
