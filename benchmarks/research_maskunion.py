@@ -60,7 +60,7 @@ from typing import Any
 
 from research_tables import table
 from research_variants import DEFAULT_VARIANTS, SCENARIOS, VARIANTS
-from results_io import RESULTS, cpu_kernels, cpu_model, stats
+from results_io import MODEL_REVISION, RESULTS, cpu_kernels, cpu_model, revision_of, stats
 from results_io import write as write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,10 +333,11 @@ def publish(
     old: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     command = " ".join(["python", *sys.argv])
     rows = [r for r in old.get("rows", []) if r["variant"] not in asked.get(r["scenario"], {})]
-    for r in rows:  # rows of earlier versions of this file: the file's one command and engine
-        r.setdefault("engine", old.get("engine", "flower"))
+    for r in rows:  # rows of earlier versions of this file: the file's one command, engine
+        r.setdefault("engine", old.get("engine", "flower"))  # and memory model revision
         r.setdefault("command", old.get("command"))
-    rows += [{**r, "command": command} for r in results_rows(asked)]
+        r.setdefault("memory_model", revision_of(old))
+    rows += [{**r, "command": command, "memory_model": MODEL_REVISION} for r in results_rows(asked)]
     order = list(SCENARIOS)
     rows.sort(key=lambda r: order.index(r["scenario"]) if r["scenario"] in order else len(order))
     checks = [
@@ -356,6 +357,7 @@ def publish(
         engines={r["scenario"]: r["engine"] for r in rows},
         variants=VARIANTS,
         engine_checks=checks,
+        memory_model=min(r["memory_model"] for r in rows),  # the oldest row's
     )
 
 

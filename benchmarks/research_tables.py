@@ -14,7 +14,7 @@ import math
 import statistics
 from typing import Any
 
-from results_io import pm, renderer
+from results_io import pm, renderer, revision_of
 
 RIVALS = ("heterofl", "fedrolex")  # the issue's bar: mask-union >= each, every class
 
@@ -42,15 +42,17 @@ def table(name: str, results: dict[str, dict[str, Any]]) -> str:
 @renderer("mask_union_vs_rivals")
 def markdown(doc: dict[str, Any]) -> str:
     """Per scenario, one table: a row per variant; per class its devices' mean and
-    minimum accuracy (each the mean ± std over seeds), global accuracy, MB up and the
-    code its runs were made with; then the engine checks, then :func:`paired`."""
+    minimum accuracy (each the mean ± std over seeds), global accuracy, MB up, the
+    code its runs were made with and the memory model revision they ran under; then
+    the engine checks, then :func:`paired`."""
     out = []
     for name in dict.fromkeys(r["scenario"] for r in doc["rows"]):
         rows = [r for r in doc["rows"] if r["scenario"] == name]
         classes = list(rows[0]["classes"])
         engines = ", ".join(dict.fromkeys(r.get("engine", doc.get("engine", "?")) for r in rows))
         n = ", ".join(dict.fromkeys(str(len(r["seeds"])) for r in rows))
-        head = ["variant", "global"] + [f"{c} mean (min)" for c in classes] + ["MB up", "code"]
+        head = ["variant", "global", *(f"{c} mean (min)" for c in classes)]
+        head += ["MB up", "code", "memory model"]
         lines = [
             f"**{name}** ({n} seeds, engine `{engines}`)",
             "",
@@ -64,6 +66,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 cells.append(f"{pm(cls['mean'], 100)} ({pm(cls['min'], 100)})")
             cells.append(pm(r["bytes_up"], 1e-6, 0))
             cells.append(", ".join(r.get("code", ["unrecorded"])))
+            cells.append(str(revision_of(doc, r)))
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     for c in doc.get("engine_checks", []):

@@ -145,13 +145,28 @@ def render(name: str) -> str:
     )
 
 
+def revision_of(doc: dict[str, Any], row: dict[str, Any] | None = None) -> int:
+    """The memory model revision a results file, or one of its rows, was measured
+    under: a row's own (files that merge rows of several runs stamp each row), else
+    the file's; files without one predate revision 2."""
+    return (row or {}).get("memory_model", doc.get("memory_model", 1))
+
+
 def stale(doc: dict[str, Any]) -> str:
-    """A warning above a table measured under an earlier memory model revision than
-    fogsim's (files without one predate revision 2), naming what has changed since."""
-    revision = doc.get("memory_model", 1)
+    """A warning above a table measured, wholly or in some rows, under an earlier
+    memory model revision than fogsim's, naming what has changed since."""
+    revisions = [revision_of(doc, r) for r in doc["rows"]] or [revision_of(doc)]
+    revision = min(revisions)
     if revision >= MODEL_REVISION:
         return ""
     changes = "; ".join(REVISIONS[r] for r in range(revision + 1, MODEL_REVISION + 1))
+    old = sum(r < MODEL_REVISION for r in revisions)
+    if old < len(revisions):
+        return (
+            f"> **Partly re-run under the current memory model** (revision {MODEL_REVISION})."
+            f" {old} of {len(revisions)} rows were measured under revision {revision} (their "
+            f"rows say so); since then: {changes}. Those rows may move when they are re-run.\n\n"
+        )
     return (
         f"> **Not yet re-run under the current memory model.** Measured under revision "
         f"{revision}; since then: {changes}. These figures may move when it is re-run.\n\n"

@@ -108,10 +108,10 @@ def check_trainable(scenario: Scenario, fleet: Fleet, dynhp: bool = False) -> No
     at ``[dynhp] min_batch``, beside DynHP's arrays if ``dynhp`` (the strategy's clients
     run it) (a fleet where only some cannot is fine: the strategies leave those nodes
     out). Raises ValueError naming each class's largest budget."""
-    held = dynhp_bytes(scenario.arch.scaled(0.0)) if dynhp else 0
-    need = scenario.smallest_training_memory + held
+    need = scenario.narrowest_need(dynhp)
     if fleet.budgets.max() >= need:
         return
+    held = dynhp_bytes(scenario.arch.scaled(0.0)) if dynhp else 0
     budgets = ", ".join(
         f"{c.name!r} {format_bytes(c.memory_max or c.memory)}" for c in scenario.fleet.classes
     )

@@ -105,3 +105,16 @@ def test_each_strategy_gets_the_point_its_validation_samples_choose() -> None:
     assert rows[0]["validation"][default]["0.1"] == pytest.approx(0.80)
     assert rows[0]["validation"][clipped]["0.2"] == pytest.approx(0.85)
     assert rows[0]["classes"]["big"]["mean"]["mean"] == 0.7  # the test figure of that point
+
+
+def test_a_table_partly_re_run_says_which_rows_are_older() -> None:
+    """A results file that merges rows of several runs (mask_union_vs_rivals) stamps
+    each row's memory model revision: the note above its table counts the older rows,
+    and none is written once every row is current (the file's own revision, the oldest
+    row's, would otherwise mark re-run rows stale or old rows current)."""
+    now = results_io.MODEL_REVISION
+    doc = {"memory_model": 1, "rows": [{"memory_model": 1}, {"memory_model": now}, {}]}
+    note = results_io.stale(doc)
+    assert "Partly re-run" in note and "2 of 3 rows were measured under revision 1" in note
+    assert results_io.stale({"memory_model": now, "rows": [{"memory_model": now}, {}]}) == ""
+    assert "Not yet re-run" in results_io.stale({"rows": [{}, {}]})

@@ -32,7 +32,6 @@ from fogsim.cli.common import (
     source_of,
 )
 from fogsim.device.memory import dynhp_bytes, widest_fraction
-from fogsim.device.memory import need as memory_need
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
 from fogsim.strategies.build import build_strategy, dense_notice, runs_dynhp, strategy_class
@@ -302,7 +301,7 @@ def fleet_table(sc: Scenario, fleet: Fleet) -> Table:
     sub_models = issubclass(strategy_class(sc), SubModelStrategy)
     dynhp = runs_dynhp(sc)  # its clients hold DynHP's arrays beside training
     if sub_models:  # below width 1 a node trains nothing
-        need = memory_need(arch.scaled(0.0), batch, kind, dynhp)
+        need = sc.narrowest_need(dynhp)
         what = "width 1" + (" with DynHP" if dynhp else "")
         takes_part = fleet.budgets >= need
     else:  # the dense model only: built for its need and who takes part (cheap)
@@ -352,9 +351,8 @@ def availability_text(sc: Scenario, fleet: Fleet, i: int) -> str:
 def print_fleet(sc: Scenario, console: Console) -> None:
     """The fleet table, and a warning naming the classes with nodes that sit out."""
     fleet, dynhp = build_fleet(sc.fleet, sc.run.seed), runs_dynhp(sc)
-    narrowest = sc.arch.scaled(0.0)
-    need = memory_need(narrowest, sc.dynhp.min_batch, sc.train.memory_kind, dynhp)
-    held = dynhp_bytes(narrowest) if dynhp else 0
+    need = sc.narrowest_need(dynhp)
+    held = dynhp_bytes(sc.arch.scaled(0.0)) if dynhp else 0
     console.print(fleet_table(sc, fleet))
     stuck = {
         c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())

@@ -126,7 +126,7 @@ class DynHP:
         widths = list(self.global_arch.widths)
         self.kept: Kept = [np.asarray(k) for k in kept] if kept else full_kept(widths)
         # per neuron the device holds, in the order of ``kept`` (a global-width array
-        # per group cost a 7-neuron digits sensor 10 KB of its 64 KiB: all 400 neurons)
+        # per group cost a 7-neuron digits sensor 10 KB of a 64 KiB budget: all 400 neurons)
         self.score = [np.zeros(len(k)) for k in self.kept]
         self.streak = [np.zeros(len(k), dtype=np.int64) for k in self.kept]
         self.seen = [np.zeros(len(k), dtype=bool) for k in self.kept]

@@ -77,11 +77,9 @@ class TrainStats:
         memory = training_memory(shape, batch, optimizer) + held
         if self.peak_step < 0 or memory > self.max_memory:
             self.peak_step, self.peak_widths = self.steps, tuple(shape.widths)
-        self.steps, self.samples, self.loss_sum = (
-            self.steps + 1,
-            self.samples + batch,
-            self.loss_sum + loss * batch,
-        )
+        self.steps += 1
+        self.samples += batch
+        self.loss_sum += loss * batch
         self.max_batch, self.max_memory = max(self.max_batch, batch), max(self.max_memory, memory)
         if self.per_step:
             self.loss.append(loss)

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.factory import FactoryArch
-from fogsim.device.memory import training_memory
+from fogsim.device.memory import need
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
 from fogsim.scenario.data_section import DataSection
@@ -306,9 +306,10 @@ class Scenario(Section):
         FogNet's, or the factory model's (``[model] factory``)."""
         return self.model.shape_for(self.data)
 
-    @property
-    def smallest_training_memory(self) -> int:
+    def narrowest_need(self, dynhp: bool = False) -> int:
         """Bytes to train the narrowest model (one neuron per group) at ``[dynhp]
-        min_batch``: a node with less can train nothing."""
-        smallest = self.arch.scaled(0.0)
-        return training_memory(smallest, self.dynhp.min_batch, self.train.memory_kind)
+        min_batch``, beside DynHP's arrays if ``dynhp`` (the strategy's clients run
+        it: ``strategies.build.runs_dynhp``): a node with less can train nothing. The
+        one place the trainable-fleet check, the fleet table, its warning and the
+        report's reasons take it from."""
+        return need(self.arch.scaled(0.0), self.dynhp.min_batch, self.train.memory_kind, dynhp)

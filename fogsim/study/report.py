@@ -138,23 +138,25 @@ def class_table(run: dict[str, Any]) -> Table:
 
 def idle_reasons(run: dict[str, Any], budgets: dict[str, list[float]]) -> dict[str, str]:
     """Why a class's nodes could not train, from the run's scenario and budgets: no
-    model fits (below the narrowest), or the strategy trains only the full model."""
+    model fits (below the narrowest, beside DynHP's arrays where the strategy's
+    clients run DynHP), or the strategy trains only the full model."""
     from fogsim.device.memory import training_memory  # torch: only when reporting this
     from fogsim.scenario import Scenario
+    from fogsim.strategies.build import runs_dynhp
 
     try:
         sc = Scenario.model_validate(run.get("scenario", {}))
     except ValueError:  # an older or edited scenario.json: no reason rather than a guess
         return {}
-    narrowest = sc.smallest_training_memory
+    dynhp = runs_dynhp(sc)
+    narrowest = sc.narrowest_need(dynhp)
+    what = "the narrowest model" + (" with DynHP's arrays" if dynhp else "")
     full = training_memory(sc.arch, sc.dynhp.min_batch, sc.train.memory_kind)
     out = {}
     for name, bs in budgets.items():
         top = max(bs, default=0)
         if top < narrowest:
-            out[name] = (
-                f"budget ≤ {format_bytes(top)} < {format_bytes(narrowest)}, the narrowest model"
-            )
+            out[name] = f"budget ≤ {format_bytes(top)} < {format_bytes(narrowest)}, {what}"
         elif (sc.strategy.name == "fedavg-feasible" or sc.strategy.flower) and top < full:
             out[name] = f"budget ≤ {format_bytes(top)} < {format_bytes(full)}, the full model"
     return out

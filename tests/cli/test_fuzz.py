@@ -452,7 +452,7 @@ def test_dynhps_arrays_count_in_what_a_fleet_must_hold(tiny_scenario: Path) -> N
     from fogsim.scenario import load_scenario
 
     sc = load_scenario(tiny_scenario, ["strategy.name='mask-union'"])
-    budget = sc.smallest_training_memory + dynhp_bytes(sc.arch.scaled(0.0)) // 2
+    budget = sc.narrowest_need() + dynhp_bytes(sc.arch.scaled(0.0)) // 2
     sets = [f"fleet.classes.{i}.memory={budget}" for i in (0, 1)]
     for strategy, code in (("heterofl", 0), ("mask-union", 2)):
         args = [a for s in [*sets, f"strategy.name='{strategy}'"] for a in ("--set", s)]

@@ -221,7 +221,17 @@ def test_report_compares_each_node_with_its_own_budget(scenario_file: Path, tmp_
     assert cells["budget bytes"] == f"{low}..{high}"
 
 
-def test_report_says_why_a_class_sat_out(scenario_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", ["heterofl", "mask-union"])
+@pytest.mark.parametrize("between", [False, True])
+def test_report_says_why_a_class_sat_out(
+    scenario_file: Path, tmp_path: Path, strategy: str, between: bool
+) -> None:
+    """A class whose budgets hold no model gets the reason beside its participation:
+    below the narrowest model (1 KiB), or, where the strategy's clients run DynHP
+    (mask-union), below the narrowest model beside DynHP's arrays (``between``: a
+    budget HeteroFL's clients train in and mask-union's cannot, which once got no
+    reason)."""
+    from fogsim.device.memory import dynhp_bytes
     from fogsim.fleet import build_fleet
     from fogsim.scenario import load_scenario
     from fogsim.study.report import class_table
@@ -229,15 +239,25 @@ def test_report_says_why_a_class_sat_out(scenario_file: Path, tmp_path: Path) ->
     from fogsim.study.series import load_run as load_report_run
     from fogsim.units import format_bytes
 
-    sc = load_scenario(scenario_file, ["fleet.classes.1.memory='1KiB'"])
+    sc = load_scenario(scenario_file, [f"strategy.name='{strategy}'"])
+    budget = sc.narrowest_need() + dynhp_bytes(sc.arch.scaled(0.0)) // 2 if between else 1024
+    sc = load_scenario(
+        scenario_file, [f"strategy.name='{strategy}'", f"fleet.classes.1.memory={budget}"]
+    )
     writer = RunWriter(tmp_path)
     writer.write_json("scenario.json", sc.model_dump(mode="json"))
     writer.fleet_table(build_fleet(sc.fleet, sc.run.seed))
     writer.rounds.append([{"round": 1, "accuracy": 0.5, "loss": 1.0}])
     table = class_table(load_report_run(tmp_path))
     cells = dict(zip(table.headers, next(r for r in table.rows if r[0] == "small"), strict=True))
-    need = format_bytes(sc.smallest_training_memory)
-    assert cells["participation"] == f"0.0% (budget ≤ 1KiB < {need}, the narrowest model)"
+    if between and strategy == "heterofl":  # width 1 fits: no reason to give
+        assert cells["participation"] == "0.0%"
+        return
+    dynhp = strategy == "mask-union"
+    need = format_bytes(sc.narrowest_need(dynhp))
+    what = "the narrowest model" + (" with DynHP's arrays" if dynhp else "")
+    top = format_bytes(budget)
+    assert cells["participation"] == f"0.0% (budget ≤ {top} < {need}, {what})"
 
 
 def test_energy_in_report_and_compare_from_the_run_files(tmp_path: Path) -> None:
