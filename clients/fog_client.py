@@ -106,7 +106,8 @@ def train_dynhp_round(
     if wire.MIN_BATCH in cfg:  # a sub-model wider than min_batch trains: start smaller
         device["min_batch"] = int(cfg[wire.MIN_BATCH])
     device_cfg = spec.dynhp.model_copy(update=device)
-    dynhp = DynHP(device_cfg, global_arch, kept)
+    prunes = bool(int(cfg.get(wire.PRUNES, 1)))
+    dynhp = DynHP(device_cfg, global_arch, kept, prunes=prunes)
     if wire.DYNHP in content:
         state = wire.unpack_dynhp_state(content[wire.DYNHP])
         dynhp.load_state_dict({**state, "dense_params": global_arch.num_params()}, kept)
@@ -131,10 +132,9 @@ def train_dynhp_round(
         per_step=False,
         **care,
     )
-    records = {
-        wire.KEPT: wire.pack_kept(dynhp.kept),
-        wire.DYNHP: wire.pack_dynhp_state(dynhp.state_dict()),
-    }
+    records = {wire.KEPT: wire.pack_kept(dynhp.kept)}
+    if prunes:  # its state, for a strategy that sends it back (masks = "own")
+        records[wire.DYNHP] = wire.pack_dynhp_state(dynhp.state_dict())
     metrics = {
         wire.TRAIN_LOSS: stats.mean_loss,
         wire.BATCH_SIZE: stats.max_batch,  # the batch grows as the model shrinks

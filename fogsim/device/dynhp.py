@@ -120,21 +120,30 @@ class DynHP:
         cfg: DynHPConfig,
         global_arch: Arch | FactoryArch | FogNet,
         kept: Kept | None = None,
+        prunes: bool = True,
     ) -> None:
-        self.cfg = cfg
+        """``prunes=False``: a model already at its target (a mask-union device that
+        receives its prefix at its target size): no scores, streaks or checks, so none
+        of their arrays is held (``held_bytes`` 0: on a 80 KiB digits sensor they took
+        ~3.7 KB, a fifth of the width it trains); the loop still sizes the batch."""
+        self.cfg, self.prunes = cfg, prunes
         self.global_arch = Arch.of(global_arch) if isinstance(global_arch, FogNet) else global_arch
         widths = list(self.global_arch.widths)
         self.kept: Kept = [np.asarray(k) for k in kept] if kept else full_kept(widths)
         # per neuron the device holds, in the order of ``kept`` (a global-width array
         # per group cost a 7-neuron digits sensor 10 KB of a 64 KiB budget: all 400 neurons)
-        self.score = [np.zeros(len(k)) for k in self.kept]
-        self.streak = [np.zeros(len(k), dtype=np.int64) for k in self.kept]
-        self.seen = [np.zeros(len(k), dtype=bool) for k in self.kept]
+        held = self.kept if prunes else []
+        self.score = [np.zeros(len(k)) for k in held]
+        self.streak = [np.zeros(len(k), dtype=np.int64) for k in held]
+        self.seen = [np.zeros(len(k), dtype=bool) for k in held]
         self.dense_params = self.global_arch.num_params()
         self.fixed = False  # True: prune by the scores given (fix_scores), learn none
 
     def held_bytes(self) -> int:
-        """Bytes this object holds now (``memory.dynhp_bytes`` at its kept widths)."""
+        """Bytes this object holds now (``memory.dynhp_bytes`` at its kept widths; 0
+        if it does not prune)."""
+        if not self.prunes:
+            return 0
         return dynhp_bytes(self.global_arch.with_widths([len(k) for k in self.kept]))
 
     def fix_scores(self, scores: list[np.ndarray]) -> None:
@@ -184,7 +193,7 @@ class DynHP:
 
     def update_scores(self, model: nn.Module) -> None:
         """Fold the current scores into the EMA (call after backward, before step)."""
-        if self.fixed:
+        if self.fixed or not self.prunes:
             return
         for g, s in enumerate(self.raw_scores(model)):
             if s is None:
@@ -266,6 +275,8 @@ class DynHP:
         optimizer: torch.optim.Optimizer | None = None,
     ) -> int:
         """One pruning check at ``progress``; returns the number of neurons removed."""
+        if not self.prunes:
+            return 0
         target = self.target_params(progress)
         cand = self._greedy(model, lambda a: a.num_params() <= target)
         force = progress >= self.cfg.end
@@ -291,11 +302,14 @@ class DynHP:
         def fits(a: Arch | FactoryArch) -> bool:
             return training_memory(a, batch, kind) <= budget
 
-        drop = self._greedy(model, fits)
-        opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
-        removed = self._remove(model, drop, opt)
+        removed = 0
+        if self.prunes:
+            drop = self._greedy(model, fits)
+            opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+            removed = self._remove(model, drop, opt)
         if not fits(self.shape(model)):
             widths = [min(self.cfg.min_width, len(k)) for k in self.kept]  # all it may prune
+            widths = widths if self.prunes else list(widths_of(model))
             need = training_memory(self.global_arch.with_widths(widths), batch, kind)
             raise BudgetError(
                 f"memory budget {budget} B cannot hold even the narrowest model DynHP "

@@ -23,7 +23,12 @@ from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHP, DynHPConfig
 from fogsim.device.factory import FactoryArch
 from fogsim.device.memory import max_batch_size, optimizer_kind, training_memory
-from fogsim.device.training import clip_gradients, masked_logits, optimizer_of_kind
+from fogsim.device.training import (
+    clip_gradients,
+    masked_logits,
+    optimizer_of_kind,
+    release_interpreter_caches,
+)
 
 
 def _floats() -> array:
@@ -208,8 +213,10 @@ def train_dynhp(
     shuffle = _Shuffle(n, generator)
     model.train()
     seen, step = 0, 0
+    release_interpreter_caches(types=True)
     while seen < total:
         # 2. one step; neurons are scored between backward and the update
+        release_interpreter_caches()
         phase("step", opt)
         idx = shuffle.take(min(bs, total - seen))
         opt.zero_grad(set_to_none=True)

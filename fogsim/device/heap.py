@@ -166,8 +166,8 @@ def measure_round(
     parameters alive then (``measured``), in ``training_memory``'s terms plus
     FedProx's copy of the model when ``proximal_mu`` is set, plus what the budget
     leaves out: the shuffled sample order (``order``) and what the round left in
-    Python's free lists (``cached``: they grow every round until a full garbage
-    collection empties them, an upper bound of their part of the peak)."""
+    Python's free lists (``cached``: the loop empties them before each step, so this
+    is one step's worth, an upper bound of their part of the peak)."""
     request = {
         "task": "round",
         "channels": list(channels),

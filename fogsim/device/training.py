@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 OPTIMIZERS = ("sgd", "adam")
+
+
+def release_interpreter_caches(types: bool = False) -> None:
+    """Hand the memory Python keeps for reuse back to the heap, before each training
+    step: its free lists of small objects (tuples, lists, dicts, floats), which only a
+    full collection empties, and with ``types`` its type-attribute cache. Left alone
+    they grow with the steps a round takes (an independent check measured a call
+    leaving 43 KB at 1 local epoch and 170 KB at 8: a third of a 512 KiB budget, not
+    charged to it); emptied each step, they hold one step's worth (~9 KB). A full
+    collection over the ~230,000 objects a client process holds takes ~120 ms, so
+    everything alive is frozen first: the collection then traverses nothing and only
+    empties the free lists (~0.2 µs; the young generation is collected first, so a
+    cycle made in the step is still found). The type cache (~3 µs to clear, then
+    refilled) grows a few KB a call: cleared once a call. Objects frozen by someone
+    else stay frozen."""
+    gc.collect(1)
+    frozen = gc.get_freeze_count()
+    if not frozen:
+        gc.freeze()
+    gc.collect()
+    if not frozen:
+        gc.unfreeze()
+    if types:
+        sys._clear_type_cache()
 
 
 def make_optimizer(
@@ -99,9 +125,11 @@ def train_epochs(
     model.train()
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     total, count = 0.0, 0
+    release_interpreter_caches(types=True)
     for _ in range(epochs):
         total, count = 0.0, 0
         for idx in batches(len(x), batch_size, generator):
+            release_interpreter_caches()
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(masked_logits(model(x[idx]), label_mask), y[idx])
             loss.backward()

@@ -21,7 +21,8 @@ A training message (server → client) is a ``RecordDict`` of:
 
 The reply (client → server) holds ``metrics`` (:data:`METRICS`, keys below; their
 names with ``-`` → ``_`` are the columns of ``nodes.csv``) and, unless the node
-dropped out or refused, ``arrays`` (the trained weights), ``kept`` and ``dynhp``,
+dropped out or refused, ``arrays`` (the trained weights), ``kept`` and ``dynhp`` (if
+its DynHP prunes: :data:`PRUNES`),
 and ``labels`` (:data:`LABELS`: the node's training examples per label) when the
 message asked for ``LABEL_MASK``; a
 refusal adds ``error`` (:data:`ERROR`, ``reason``). A message that asks for
@@ -77,6 +78,8 @@ TARGET = "target-compression"  # dynhp: this device's target compression
 PROGRESS_START, PROGRESS_END = "progress-start", "progress-end"  # dynhp: its schedule span
 MIN_BATCH = "min-batch"  # dynhp (optional): the batch its first sub-model trains at
 ORDER = "order"  # dynhp (optional): per group, a score per neuron to prune by (low first)
+PRUNES = "prunes"  # dynhp (optional, default 1): 0: at its target already, DynHP holds no
+# scores and prunes nothing (no ``dynhp`` record in the reply)
 SPEC = "spec"  # ClientSpec as JSON
 # sub-model training care (absent = off)
 SCALER = "scaler"  # 1: scale hidden outputs by global / local width in training (HeteroFL)

@@ -95,6 +95,12 @@ class FogStrategy(ReplyIntake, FedAvg):
         # once sampled again while busy: its time and energy counted twice)
         self.busy_until = np.zeros(fleet.num_nodes)
 
+    @classmethod
+    def holds_dynhp_arrays(cls, params: dict[str, Any]) -> bool:
+        """Whether, with ``[strategy] params``, this strategy's clients hold DynHP's
+        arrays beside training (``memory.dynhp_bytes``): those that run DynHP."""
+        return cls.mode == "dynhp"
+
     # --- the hooks -------------------------------------------------------------
     @abstractmethod
     def node_payload(

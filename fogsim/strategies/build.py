@@ -46,10 +46,12 @@ def strategy_class(scenario: Scenario) -> type:
 
 
 def runs_dynhp(scenario: Scenario) -> bool:
-    """Whether the scenario's strategy's clients run DynHP, and so hold its arrays
-    beside training (``memory.dynhp_bytes``)."""
+    """Whether the scenario's strategy's clients hold DynHP's arrays beside training
+    (``memory.dynhp_bytes``): they run DynHP and it may prune."""
     cls = strategy_class(scenario)
-    return (cls.mode if issubclass(cls, FogStrategy) else FlowerStrategy.mode) == "dynhp"
+    if issubclass(cls, FogStrategy):
+        return cls.holds_dynhp_arrays(scenario.strategy.params)
+    return FlowerStrategy.mode == "dynhp"
 
 
 def build_strategy(scenario: Scenario, fleet: Fleet) -> FogStrategy:

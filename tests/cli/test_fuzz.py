@@ -446,18 +446,22 @@ def test_fleet_below_any_model_is_refused(tiny_scenario: Path, strategy: str) ->
 
 def test_dynhps_arrays_count_in_what_a_fleet_must_hold(tiny_scenario: Path) -> None:
     """Budgets that train width 1 but not beside DynHP's own arrays: HeteroFL's nodes
-    train, mask-union's (which run DynHP) cannot, and mask-union is refused naming the
-    arrays (its fleet table once showed them HeteroFL's slice while none trained)."""
+    train, and so do default mask-union's (its devices receive their prefix at their
+    target: DynHP prunes nothing and holds no arrays); mask-union with own masks (DynHP
+    prunes, so it holds them) is refused naming the arrays (its fleet table once
+    showed them HeteroFL's slice while none trained)."""
     from fogsim.device.memory import dynhp_bytes
     from fogsim.scenario import load_scenario
 
-    sc = load_scenario(tiny_scenario, ["strategy.name='mask-union'"])
+    sc = load_scenario(tiny_scenario, ["strategy.name='heterofl'"])
     budget = sc.narrowest_need() + dynhp_bytes(sc.arch.scaled(0.0)) // 2
     sets = [f"fleet.classes.{i}.memory={budget}" for i in (0, 1)]
-    for strategy, code in (("heterofl", 0), ("mask-union", 2)):
-        args = [a for s in [*sets, f"strategy.name='{strategy}'"] for a in ("--set", s)]
+    own = ["strategy.name='mask-union'", "strategy.params.masks='own'"]
+    for strategy, code in ((["strategy.name='heterofl'"], 0),
+                           (["strategy.name='mask-union'"], 0), (own, 2)):  # fmt: skip
+        args = [a for s in [*sets, *strategy] for a in ("--set", s)]
         result = runner.invoke(app, ["validate", str(tiny_scenario), *args])
-        assert result.exit_code == code, result.output
+        assert result.exit_code == code, (strategy, result.output)
     assert "no node can train" in result.output and "DynHP's own arrays" in result.output
 
 

@@ -227,10 +227,10 @@ def test_report_says_why_a_class_sat_out(
     scenario_file: Path, tmp_path: Path, strategy: str, between: bool
 ) -> None:
     """A class whose budgets hold no model gets the reason beside its participation:
-    below the narrowest model (1 KiB), or, where the strategy's clients run DynHP
-    (mask-union), below the narrowest model beside DynHP's arrays (``between``: a
-    budget HeteroFL's clients train in and mask-union's cannot, which once got no
-    reason)."""
+    below the narrowest model (1 KiB), or, where the strategy's clients hold DynHP's
+    arrays (mask-union with own masks), below the narrowest model beside them
+    (``between``: a budget HeteroFL's clients train in and these cannot, which once
+    got no reason)."""
     from fogsim.device.memory import dynhp_bytes
     from fogsim.fleet import build_fleet
     from fogsim.scenario import load_scenario
@@ -239,11 +239,11 @@ def test_report_says_why_a_class_sat_out(
     from fogsim.study.series import load_run as load_report_run
     from fogsim.units import format_bytes
 
-    sc = load_scenario(scenario_file, [f"strategy.name='{strategy}'"])
+    chosen = [f"strategy.name='{strategy}'"]
+    chosen += ["strategy.params.masks='own'"] if strategy == "mask-union" else []
+    sc = load_scenario(scenario_file, chosen)
     budget = sc.narrowest_need() + dynhp_bytes(sc.arch.scaled(0.0)) // 2 if between else 1024
-    sc = load_scenario(
-        scenario_file, [f"strategy.name='{strategy}'", f"fleet.classes.1.memory={budget}"]
-    )
+    sc = load_scenario(scenario_file, [*chosen, f"fleet.classes.1.memory={budget}"])
     writer = RunWriter(tmp_path)
     writer.write_json("scenario.json", sc.model_dump(mode="json"))
     writer.fleet_table(build_fleet(sc.fleet, sc.run.seed))
