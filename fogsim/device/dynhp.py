@@ -124,8 +124,8 @@ class DynHP:
     ) -> None:
         """``prunes=False``: a model already at its target (a mask-union device that
         receives its prefix at its target size): no scores, streaks or checks, so none
-        of their arrays is held (``held_bytes`` 0: on a 80 KiB digits sensor they took
-        ~3.7 KB, a fifth of the width it trains); the loop still sizes the batch."""
+        of their arrays is held (``held_bytes`` 0: beside them an 80 KiB digits sensor
+        trained 18x6 neurons, without them 22x8); the loop still sizes the batch."""
         self.cfg, self.prunes = cfg, prunes
         self.global_arch = Arch.of(global_arch) if isinstance(global_arch, FogNet) else global_arch
         widths = list(self.global_arch.widths)
