@@ -106,8 +106,9 @@ def build_fleet(section: FleetSection, seed: int) -> Fleet:
 def check_trainable(scenario: Scenario, fleet: Fleet, dynhp: bool = False) -> None:
     """Refuse a fleet where no node's budget trains even width 1 of every neuron group
     at ``[dynhp] min_batch``, beside DynHP's arrays if ``dynhp`` (the strategy's clients
-    hold them: ``strategies.build.runs_dynhp``) (a fleet where only some cannot is fine: the strategies leave those nodes
-    out). Raises ValueError naming each class's largest budget."""
+    hold them: ``strategies.build.runs_dynhp``). A fleet where only some cannot is
+    fine: the strategies leave those nodes out. Raises ValueError naming each class's
+    largest budget."""
     need = scenario.narrowest_need(dynhp)
     if fleet.budgets.max() >= need:
         return
