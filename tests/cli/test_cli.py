@@ -207,6 +207,9 @@ def test_dynhp_without_dynamic_batches_keeps_its_first_batch(tmp_path: Path) -> 
     assert [int(r["batch_size"]) for r in csv.DictReader(out.open())] == [16, 16, 16]
 
 
+STRATEGY_ROWS = ("mask-union", "heterofl", "fedavg-feasible", "fedavg")
+
+
 def test_the_fleet_table_follows_the_strategy(monkeypatch) -> None:
     """A strategy that trains only the dense model (fedavg-feasible, a Flower plug-in)
     was shown the sub-models a budget could train and "cannot train 0" while the
@@ -214,25 +217,29 @@ def test_the_fleet_table_follows_the_strategy(monkeypatch) -> None:
     from fogsim.cli import common
 
     monkeypatch.setattr(common.out, "width", 300)  # one line a row
+    sets = {name: [f"strategy.name='{name}'"] for name in STRATEGY_ROWS}
+    sets["mask-union-own"] = ["strategy.name='mask-union'", "strategy.params.masks='own'"]
     rows = {}
-    for name in ("mask-union", "heterofl", "fedavg-feasible", "fedavg"):
-        args = ["validate", "fleet5-digits-iid", "--set", f"strategy.name='{name}'"]
+    for name, chosen in sets.items():
+        args = ["validate", "fleet5-digits-iid", *(a for s in chosen for a in ("--set", s))]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         lines = result.output.splitlines()
         rows[name] = {c: next(line for line in lines if f"│ {c}" in line) for c in CLASSES}
     # a sub-model strategy's rows show the widths the strategy gives each class's
-    # smallest node: mask-union's, beside DynHP's arrays, narrower than HeteroFL's (the
+    # smallest node: with own masks (DynHP prunes) mask-union's, beside DynHP's arrays,
+    # narrower than HeteroFL's; by default (it cannot prune, holds none) HeteroFL's (the
     # table once showed mask-union HeteroFL's widths, and sensors training while none did)
-    for name in ("mask-union", "heterofl"):
-        sc = load_scenario(str(SCENARIOS / "fleet5-digits-iid.toml"), [f"strategy.name='{name}'"])
+    for name in ("mask-union", "mask-union-own", "heterofl"):
+        sc = load_scenario(str(SCENARIOS / "fleet5-digits-iid.toml"), sets[name])
         strategy = build_strategy(sc, build_fleet(sc.fleet, sc.run.seed))
         for i, c in enumerate(CLASSES):
             nodes = np.flatnonzero(strategy.fleet.node_class == i)
             f = strategy.width_fraction(int(nodes[np.argmin(strategy.fleet.budgets[nodes])]))
             shown = f"{f:.0%} " + "x".join(map(str, sc.arch.scaled(f).widths))
             assert shown in rows[name][c] and rows[name][c].rstrip(" │").endswith("0"), shown
-    assert "18x6" in rows["mask-union"]["sensor"] and "22x8" in rows["heterofl"]["sensor"]
+    assert "18x6" in rows["mask-union-own"]["sensor"]
+    assert "22x8" in rows["mask-union"]["sensor"] and "22x8" in rows["heterofl"]["sensor"]
     rows = {name: by_class["gateway"] for name, by_class in rows.items()}
     assert "none" in rows["fedavg-feasible"]
     assert "6 (the dense model needs 670.3KiB)" in rows["fedavg-feasible"]
