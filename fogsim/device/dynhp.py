@@ -308,8 +308,11 @@ class DynHP:
             opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
             removed = self._remove(model, drop, opt)
         if not fits(self.shape(model)):
-            widths = [min(self.cfg.min_width, len(k)) for k in self.kept]  # all it may prune
-            widths = widths if self.prunes else list(widths_of(model))
+            widths = (  # all it may prune, or the model as it is
+                [min(self.cfg.min_width, len(k)) for k in self.kept]
+                if self.prunes
+                else list(widths_of(model))
+            )
             need = training_memory(self.global_arch.with_widths(widths), batch, kind)
             raise BudgetError(
                 f"memory budget {budget} B cannot hold even the narrowest model DynHP "
