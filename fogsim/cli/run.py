@@ -174,7 +174,7 @@ def run(
         err.print(f"error: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if not finished:
-        interrupted(run_dir, f"fogsim run --out {run_dir} --resume")
+        interrupted(run_dir, resume_command(run_dir))
     if not quiet:
         summary = json.loads((run_dir / "summary.json").read_text())
         out.print(
@@ -251,7 +251,13 @@ def simulate_with_progress(
             progress=on_round,
             verbose=verbose,
             resume=resume,
+            continue_with=resume_command(run_dir),
         )
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` after a signal stopped it."""
+    return f"fogsim run --out {run_dir} --resume"
 
 
 def interrupted(run_dir: Path, again: str) -> None:

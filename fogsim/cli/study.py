@@ -207,8 +207,9 @@ def sweep(
             info = "resumed" if row.get("resumed") else f"acc {row['accuracy']:.4f}"
             progress.update(rounds_task, completed=row["round"], info=info)
 
-        if not engine.simulate(s, run_dir, progress=on_round, resume=resume):
-            interrupted(run_dir, "the same fogsim sweep command (finished runs are skipped)")
+        again = "the same fogsim sweep command (finished runs are skipped)"
+        if not engine.simulate(s, run_dir, progress=on_round, resume=resume, continue_with=again):
+            interrupted(run_dir, again)
 
     with progress:
         dirs = run_all(runs, sweep_dir, run_one, on_run)

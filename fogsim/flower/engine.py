@@ -145,9 +145,16 @@ def clean_stale_ray(tmp_root: Path | None = None) -> list[int]:
 
 
 @contextlib.contextmanager
-def stop_on_signal(stop: threading.Event) -> Iterator[None]:
+def stop_on_signal(stop: threading.Event, continue_with: str = "") -> Iterator[None]:
     """The first SIGINT/SIGTERM sets ``stop`` (the round loop ends after the round in
-    progress); a second one kills Ray's processes and exits at once."""
+    progress) and says at once how to continue (``continue_with``); a second one kills
+    Ray's processes and exits at once.
+
+    Said at once, because the process may not live to the end of the round: a SIGTERM
+    sent to the whole process group (a batch scheduler's) reaches Ray's raylet too, and
+    when the driver next writes to the raylet's object store, Ray ends the driver
+    (exit 1) before fogsim can say a word. Ray blocks SIGINT in its processes, so
+    Ctrl-C in a terminal does not."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -166,9 +173,11 @@ def stop_on_signal(stop: threading.Event) -> Iterator[None]:
             os._exit(128 + signum)
         stop.set()
         print(
-            "\nstopping after the round in progress (finished rounds are on disk; "
-            "resume with --resume); press Ctrl-C again to stop now",
+            "\nstopping after the round in progress (press Ctrl-C again to stop now); "
+            "finished rounds are on disk"
+            + (f", to continue: {continue_with}" if continue_with else ""),
             file=sys.stderr,
+            flush=True,
         )
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -187,9 +196,11 @@ def simulate(
     progress: ProgressFn | None = None,
     verbose: bool = False,
     resume: bool = False,
+    continue_with: str = "",
 ) -> bool:
     """Run ``scenario``, writing results into ``run_dir`` (continuing from its
-    checkpoint when ``resume``); False if a signal stopped it before the last round.
+    checkpoint when ``resume``); False if a signal stopped it before the last round
+    (``continue_with``: the command that continues it, said when the signal comes).
 
     Raises ``RayClusterError`` when ``ray_address`` (or the scenario's) answers nothing.
     """
@@ -203,6 +214,7 @@ def simulate(
         ray_address=ray_address,
         verbose=verbose,
         stop=stop,
+        continue_with=continue_with,
     )
     return not stop.is_set()
 
@@ -217,6 +229,7 @@ def launch(
     ray_address: str | None = None,
     verbose: bool = False,
     stop: threading.Event | None = None,
+    continue_with: str = "",
 ) -> None:
     """Run any ServerApp/ClientApp pair on ``num_nodes`` Flower nodes with ``sim``'s Ray
     resources (also how ``benchmarks/scale.py`` runs plain Flower, on equal terms);
@@ -261,7 +274,7 @@ def launch(
             path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
             os.environ["PYTHONPATH"] = path
             ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **init_args)
-        with stop_on_signal(stop or threading.Event()):
+        with stop_on_signal(stop or threading.Event(), continue_with):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

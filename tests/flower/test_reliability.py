@@ -131,6 +131,12 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
     assert other.exit_code == 2 and "train.lr (0.1 → 0.3)" in other.output, other.output
 
 
+def driver_log(ray_tmp: str) -> str:
+    """What Ray's core worker in the driver logged, in the run's Ray directory."""
+    logs = Path(ray_tmp).glob("*/session_*/logs/python-core-driver-*.log")
+    return "".join(p.read_text(errors="replace") for p in logs)
+
+
 SIGNALS = [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)]
 
 
@@ -140,10 +146,13 @@ def test_ctrl_c_stops_after_the_round_in_progress(
     tiny_scenario: Path, tmp_path: Path, signum: int, group: bool
 ) -> None:
     """Ctrl-C, or a SIGTERM (a batch scheduler's), stops the run after the round in
-    progress (exit 130), no Ray process left behind; the hint it prints continues it.
-    (SIGTERM once aborted the run mid-round: ray.init had replaced fogsim's handler.)
-    Sent to the whole process group, it ends Ray's workers too: that round is not
-    saved (it once was, with every client ``crashed``), and the resume redoes it."""
+    progress (exit 130), no Ray process left behind; the hint it prints at once
+    continues it. (SIGTERM once aborted the run mid-round: ray.init had replaced
+    fogsim's handler.) Sent to the whole process group, it ends Ray's workers too: that
+    round is not saved (it once was, with every client ``crashed``), and the resume
+    redoes it. It ends Ray's raylet as well, and if the driver writes to the raylet's
+    object store before the round ends, Ray ends the driver (exit 1, its log says why;
+    5 of 14 runs here): the hint, said at once, is all the run can leave, and enough."""
     ray_tmp = tempfile.mkdtemp(prefix="fi-", dir="/tmp")
     cmd = [sys.executable, "-c", "from fogsim.cli import app; app()"]
     cmd += ["run", str(tiny_scenario), "--out", str(tmp_path), "-q", "--set", "run.rounds=20"]
@@ -162,8 +171,11 @@ def test_ctrl_c_stops_after_the_round_in_progress(
         _, err = proc.communicate(timeout=120)
     finally:
         kill_tree(proc)
-    assert proc.returncode == 130, err
-    assert "--resume" in err
+    if group and proc.returncode == 1:  # Ray ended the driver, not fogsim's own error
+        assert "error: " not in err, err
+        assert "Terminate the process" in driver_log(ray_tmp), err
+    else:
+        assert proc.returncode == 130, err
     assert group or "Traceback" not in err  # a group's: Flower logs its dead workers'
     assert 1 <= rounds_on_disk(tmp_path) < 20
     assert all(n["status"] == "ok" for n in load(tmp_path)["nodes"]), "a round of crashes saved"
@@ -171,7 +183,7 @@ def test_ctrl_c_stops_after_the_round_in_progress(
     assert left == "", f"Ray processes left: {left}"
     shutil.rmtree(ray_tmp, ignore_errors=True)
     # the command it prints is the one that works: no scenario or --set to repeat
-    hint = err.split("to continue: ", 1)[1].split()
+    hint = err.split("to continue: ", 1)[1].splitlines()[0].split()
     assert hint[:2] == ["fogsim", "run"] and "--set" not in hint, err
     done = runner.invoke(app, [*hint[1:], "-q"])
     assert done.exit_code == 0, done.output
