@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from fogsim.device.memory import dynhp_bytes
 from fogsim.hardware.availability import NodeAvailability, build_availability
 from fogsim.scenario import DeviceClass, FleetSection, Scenario
 from fogsim.units import format_bytes
@@ -112,15 +111,11 @@ def check_trainable(scenario: Scenario, fleet: Fleet, dynhp: bool = False) -> No
     need = scenario.narrowest_need(dynhp)
     if fleet.budgets.max() >= need:
         return
-    held = dynhp_bytes(scenario.arch.scaled(0.0)) if dynhp else 0
     budgets = ", ".join(
         f"{c.name!r} {format_bytes(c.memory_max or c.memory)}" for c in scenario.fleet.classes
     )
     raise ValueError(
-        "no node can train even the smallest model (one neuron per layer), which "
-        f"needs {format_bytes(need)} at dynhp.min_batch = {scenario.dynhp.min_batch} with "
-        f"{scenario.train.memory_kind}"
-        + (f" (DynHP's own arrays, {format_bytes(held)}, included)" if held else "")
-        + f"; largest budget per class: {budgets}; raise "
-        f"fleet.classes.N.memory to at least {format_bytes(need)}"
+        "no node can train even the smallest model (one neuron per layer), which needs "
+        f"{scenario.narrowest_need_said(dynhp)}; largest budget per class: {budgets}; "
+        f"raise fleet.classes.N.memory to at least {format_bytes(need)}"
     )

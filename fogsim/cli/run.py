@@ -31,7 +31,7 @@ from fogsim.cli.common import (
     progress_bar,
     source_of,
 )
-from fogsim.device.memory import dynhp_bytes, widest_fraction
+from fogsim.device.memory import widest_fraction
 from fogsim.fleet import Fleet, build_fleet
 from fogsim.scenario import Scenario, ScenarioError, shown, validate_scenario
 from fogsim.strategies.build import build_strategy, dense_notice, runs_dynhp, strategy_class
@@ -358,7 +358,6 @@ def print_fleet(sc: Scenario, console: Console) -> None:
     """The fleet table, and a warning naming the classes with nodes that sit out."""
     fleet, dynhp = build_fleet(sc.fleet, sc.run.seed), runs_dynhp(sc)
     need = sc.narrowest_need(dynhp)
-    held = dynhp_bytes(sc.arch.scaled(0.0)) if dynhp else 0
     console.print(fleet_table(sc, fleet))
     stuck = {
         c.name: int((fleet.budgets[fleet.node_class == i] < need).sum())
@@ -368,9 +367,7 @@ def print_fleet(sc: Scenario, console: Console) -> None:
         listed = ", ".join(f"{n} of {name!r}" for name, n in stuck.items() if n)
         console.print(
             f"warning: {sum(stuck.values())} node(s) can train no model and sit out the whole "
-            f"run ({listed}): the narrowest model needs {format_bytes(need)} at batch "
-            f"{sc.dynhp.min_batch}"
-            + (f", DynHP's own arrays ({format_bytes(held)}) included" if held else ""),
+            f"run ({listed}): the narrowest model needs {sc.narrowest_need_said(dynhp)}",
             markup=False,
             soft_wrap=True,
         )

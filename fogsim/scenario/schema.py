@@ -16,13 +16,14 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from fogsim.device.arch import Arch
 from fogsim.device.dynhp import DynHPConfig
 from fogsim.device.factory import FactoryArch
-from fogsim.device.memory import need
+from fogsim.device.memory import dynhp_bytes, need
 from fogsim.device.training import OPTIMIZERS
 from fogsim.scenario.base import Section
 from fogsim.scenario.data_section import DataSection
 from fogsim.scenario.fleet_section import FleetSection
 from fogsim.scenario.model_section import ModelSection
 from fogsim.scenario.topology_section import TopologySection, topology_problems
+from fogsim.units import format_bytes
 
 
 def _file_name(name: str) -> str:
@@ -313,3 +314,14 @@ class Scenario(Section):
         one place the trainable-fleet check, the fleet table, its warning and the
         report's reasons take it from."""
         return need(self.arch.scaled(0.0), self.dynhp.min_batch, self.train.memory_kind, dynhp)
+
+    def narrowest_need_said(self, dynhp: bool = False) -> str:
+        """:meth:`narrowest_need` in words, with what it covers: the batch, the memory
+        kind, and DynHP's arrays where they count (the trainable-fleet error and the
+        fleet table's warning both say it)."""
+        held = dynhp_bytes(self.arch.scaled(0.0)) if dynhp else 0
+        return (
+            f"{format_bytes(self.narrowest_need(dynhp))} at dynhp.min_batch = "
+            f"{self.dynhp.min_batch} with {self.train.memory_kind}"
+            + (f", DynHP's own arrays ({format_bytes(held)}) included" if held else "")
+        )

@@ -69,7 +69,10 @@ class FogStrategy(ReplyIntake, FedAvg):
             )
         return super().__new__(cls)
 
-    def __init__(self, scenario: Scenario, fleet: Fleet) -> None:
+    def __init__(self, scenario: Scenario, fleet: Fleet, *, dynhp: bool | None = None) -> None:
+        """``dynhp``: whether its clients hold DynHP's arrays beside training (default:
+        those that run DynHP; a subclass whose params decide says so here, before
+        anything is sized beside them)."""
         super().__init__(min_train_nodes=1, min_evaluate_nodes=0, min_available_nodes=1)
         self.scenario = scenario
         self.fleet = fleet
@@ -79,7 +82,7 @@ class FogStrategy(ReplyIntake, FedAvg):
         self.arch = scenario.arch
         self.optimizer = scenario.train.memory_kind
         self.min_batch = scenario.dynhp.min_batch
-        self.dynhp = self.mode == "dynhp"  # its clients hold DynHP's arrays beside training
+        self.dynhp = self.mode == "dynhp" if dynhp is None else dynhp
         self.takes_part = np.ones(fleet.num_nodes, dtype=bool)  # nodes this strategy trains
         self.sent: list[Message] = []  # this round's training messages (cohorts of nodes)
         self.tally = RoundReplies({}, {})  # what the replies to them have said so far

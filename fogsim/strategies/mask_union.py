@@ -138,7 +138,6 @@ class MaskUnion(SubModelStrategy):
         clip_grad: float | None = None,
         label_mask: bool = False,
     ) -> None:
-        super().__init__(scenario, fleet, scaler=scaler, clip_grad=clip_grad, label_mask=label_mask)
         if masks not in MASKS:
             raise ValueError(f"masks must be one of {', '.join(MASKS)}, not {masks!r}")
         if order not in ORDERS or (order == "index" and masks != "nested"):
@@ -164,11 +163,13 @@ class MaskUnion(SubModelStrategy):
                 f"start_for must be one of {', '.join(START_FOR)} ('capped' with start_batch"
                 f" only), not {start_for!r}"
             )
+        params = {"masks": masks, "target_batch": target_batch, "start_batch": start_batch}
+        super().__init__(
+            scenario, fleet, scaler=scaler, clip_grad=clip_grad, label_mask=label_mask,
+            dynhp=self.holds_dynhp_arrays(params),
+        )  # fmt: skip
         self.masks, self.order_by, self.target_batch = masks, order, target_batch
         self.start_batch, self.prune, self.start_for = start_batch, prune, start_for
-        params = {"masks": masks, "target_batch": target_batch, "start_batch": start_batch}
-        self.dynhp = self.holds_dynhp_arrays(params)
-        self.takes_part = fleet.budgets >= self.budget_for(0.0)  # width 1, beside them or not
         self.order: list[np.ndarray] | None = None  # nested: per group, neurons by rank
         self.dynhp_state: dict[int, ArrayRecord] = {}
         self.participations: dict[int, int] = {}

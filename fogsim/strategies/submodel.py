@@ -61,8 +61,9 @@ class SubModelStrategy(SummedAggregate, FogStrategy):
         clip_grad: float | None = None,
         label_mask: bool = False,
         batch_lr: bool = False,
+        dynhp: bool | None = None,
     ) -> None:
-        super().__init__(scenario, fleet)
+        super().__init__(scenario, fleet, dynhp=dynhp)
         self.batch_lr = bool(batch_lr)
         if clip_grad is not None and not clip_grad >= 0:
             raise ValueError(f"clip_grad must be >= 0 (0: no clipping), not {clip_grad}")
