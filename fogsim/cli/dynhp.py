@@ -41,6 +41,13 @@ def dynhp(
     ref_batch: Annotated[int, typer.Option(min=1, help="batch for the 'auto' budget")] = 64,
     dynamic_batch: Annotated[bool, typer.Option(help="grow the batch as the net shrinks")] = True,
     seed: Annotated[int, typer.Option(min=0, max=2**63 - 1)] = 0,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            help="measure each epoch's largest step from the heap (a fresh process, a few "
+            "seconds an epoch); --no-measure leaves measured_memory blank"
+        ),
+    ] = True,
 ) -> None:
     """Train one model centrally with DynHP under a memory budget; write a per-epoch CSV.
 
@@ -82,6 +89,7 @@ def dynhp(
         ref_batch=ref_batch,
         lr=lr,
         seed=seed,
+        measure=measure,
     )
     try:
         rows = run_centralized(run, out)

@@ -137,6 +137,7 @@ def driver_log(ray_tmp: str) -> str:
     return "".join(p.read_text(errors="replace") for p in logs)
 
 
+ROUNDS = 8  # the signal comes after round 1; the run stops after round 2 or 3
 SIGNALS = [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)]
 
 
@@ -155,7 +156,8 @@ def test_ctrl_c_stops_after_the_round_in_progress(
     5 of 14 runs here): the hint, said at once, is all the run can leave, and enough."""
     ray_tmp = tempfile.mkdtemp(prefix="fi-", dir="/tmp")
     cmd = [sys.executable, "-c", "from fogsim.cli import app; app()"]
-    cmd += ["run", str(tiny_scenario), "--out", str(tmp_path), "-q", "--set", "run.rounds=20"]
+    cmd += ["run", str(tiny_scenario), "--out", str(tmp_path), "-q"]
+    cmd += ["--set", f"run.rounds={ROUNDS}"]
     proc = subprocess.Popen(
         cmd, env={**os.environ, "TMPDIR": ray_tmp}, stderr=subprocess.PIPE, text=True,
         start_new_session=group,
@@ -177,7 +179,7 @@ def test_ctrl_c_stops_after_the_round_in_progress(
     else:
         assert proc.returncode == 130, err
     assert group or "Traceback" not in err  # a group's: Flower logs its dead workers'
-    assert 1 <= rounds_on_disk(tmp_path) < 20
+    assert 1 <= rounds_on_disk(tmp_path) < ROUNDS
     assert all(n["status"] == "ok" for n in load(tmp_path)["nodes"]), "a round of crashes saved"
     left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout
     assert left == "", f"Ray processes left: {left}"
@@ -187,7 +189,7 @@ def test_ctrl_c_stops_after_the_round_in_progress(
     assert hint[:2] == ["fogsim", "run"] and "--set" not in hint, err
     done = runner.invoke(app, [*hint[1:], "-q"])
     assert done.exit_code == 0, done.output
-    assert load(tmp_path)["summary"]["rounds"] == 20 and rounds_on_disk(tmp_path) == 20
+    assert load(tmp_path)["summary"]["rounds"] == ROUNDS and rounds_on_disk(tmp_path) == ROUNDS
 
 
 @pytest.mark.slow  # a real Flower + Ray run
