@@ -14,9 +14,12 @@ Usage::
 
     python benchmarks/dynhp_knobs.py                  # seeds 0,1,2, ~10 min on 2 cores
     python benchmarks/dynhp_knobs.py --seeds 0,1,2,3,4 --dataset fashion-mnist
-    python benchmarks/dynhp_knobs.py --lr 0.005 --jobs 2
-    python benchmarks/dynhp_knobs.py --dataset fashion-mnist --lr 0.0025 \\
+    python benchmarks/dynhp_knobs.py --lr 0.005 --jobs 2   # the README's, ~3 min
+    python benchmarks/dynhp_knobs.py --dataset fashion-mnist --lr 0.005 \\
         --split validation --out dynhp_knobs_fmnist --jobs 2
+
+``--lr``: DynHP's LR as ``dynhp_vs_competitors.py`` chose it on the validation split
+(0.005 on both data sets under the memory model's revision 3).
 """
 
 from __future__ import annotations
