@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import machine, pm, renderer, stats  # noqa: E402
 from strategies import run_one  # noqa: E402
 
+from fogsim.device.memory import MODEL_REVISION  # noqa: E402
 from fogsim.study.results import load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,12 +188,15 @@ def main() -> None:
             except Exception:  # noqa: BLE001  (report and go on with the next run)
                 print(f"[{variant} seed {seed}] FAILED:\n{traceback.format_exc()}")
         if runs:
-            rows.append({"variant": variant, **{k: stats([r[k] for r in runs]) for k in FIGURES}})
+            figures = {k: stats([r[k] for r in runs]) for k in FIGURES}
+            # each row says its memory model: a later --variants run merges rows
+            rows.append({"variant": variant, **figures, "memory_model": MODEL_REVISION})
     if args.note:
         for row in rows:
             row["note"] = args.note
     doc = {
         "benchmark": "fog",
+        "memory_model": MODEL_REVISION,
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
         "seeds": seeds,
