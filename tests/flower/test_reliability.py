@@ -178,6 +178,7 @@ def test_ctrl_c_stops_after_the_round_in_progress(
         assert "Terminate the process" in driver_log(ray_tmp), err
     else:
         assert proc.returncode == 130, err
+    assert "--resume" in err
     assert group or "Traceback" not in err  # a group's: Flower logs its dead workers'
     assert 1 <= rounds_on_disk(tmp_path) < ROUNDS
     assert all(n["status"] == "ok" for n in load(tmp_path)["nodes"]), "a round of crashes saved"
