@@ -40,6 +40,11 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.name='mask-union'",
         "strategy.params.clip_grad=1.0",
     ],
+    "mask-union-clip-capped": [  # clipping only on the capped devices (the narrowest)
+        "strategy.name='mask-union'",
+        "strategy.params.clip_grad=1.0",
+        "strategy.params.clip_for='capped'",
+    ],
     "mask-union-index": [  # in HeteroFL's neuron order (the default: initial weight norm)
         "strategy.name='mask-union'",
         "strategy.params.order='index'",

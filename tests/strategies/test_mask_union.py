@@ -234,6 +234,32 @@ def test_a_wider_start_for_capped_devices_only(tiny_scenario) -> None:
         STRATEGIES["mask-union"](sc, fleet, start_for="capped")  # no start_batch
 
 
+def test_clipping_for_capped_devices_only(tiny_scenario) -> None:
+    """``clip_for = "capped"``: only a device whose target stops at
+    ``target_compression`` (1.5 here) is told to clip; every other one is sent exactly
+    what the default sends it (clipping changes no mask, so neither sizes differently)."""
+    sc = load_scenario(tiny_scenario, [*SPREAD, "dynhp.target_compression=1.5"])
+    fleet = build_fleet(sc.fleet, 3)
+    plain = STRATEGIES["mask-union"](sc, fleet)
+    capped = STRATEGIES["mask-union"](sc, fleet, clip_grad=1.0, clip_for="capped")
+    for s in (plain, capped):
+        torch.manual_seed(0)
+        s.global_state = {k: v.numpy() for k, v in FogNet((), (64, 32)).state_dict().items()}
+    arrays = wire.numpy_record(plain.global_state)
+    told = []
+    for node in range(fleet.num_nodes):
+        records, config = capped.node_payload(node, arrays, 1)
+        want_records, want = plain.node_payload(node, arrays, 1)
+        if config.pop(wire.CLIP, None) == 1.0:
+            told.append(node)
+        assert config == want
+        assert records.keys() == want_records.keys()
+    assert told == [n for n in range(fleet.num_nodes) if plain.budget_ratio(n) > 1.5]
+    assert 0 < len(told) < fleet.num_nodes
+    with pytest.raises(ValueError, match="clip_for"):
+        STRATEGIES["mask-union"](sc, fleet, clip_for="capped")  # no clip_grad
+
+
 def test_a_wider_start_pruned_by_the_order_stays_a_prefix_of_it(tiny_scenario) -> None:
     """``prune = "order"``: DynHP removes the tail of the server's neuron order, not
     its own lowest scores, so what a device deploys is still a prefix of the order in
