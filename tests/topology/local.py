@@ -70,6 +70,7 @@ class LocalGrid:
     def __init__(self, nodes: int, batch: int = 2) -> None:
         self.nodes, self.batch = nodes, batch
         self.sent = 0  # fleet nodes sent (a message carries a cohort of them)
+        self.train_messages = 0
         self.pushed: dict[str, Message] = {}  # not yet answered, in push order
 
     def get_node_ids(self) -> list[int]:
@@ -80,6 +81,7 @@ class LocalGrid:
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as pushing does
             self.sent += len(cohort.nodes_of(msg))
+            self.train_messages += msg.metadata.message_type == MessageType.TRAIN
             self.pushed[msg.metadata.message_id] = msg
             ids.append(msg.metadata.message_id)
         return ids

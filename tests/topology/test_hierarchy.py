@@ -131,6 +131,21 @@ def test_fog_rounds_clock_bytes_and_stragglers(scenario_file, tmp_path) -> None:
             assert n["sim_time_s"] > 0.005 + n["bytes_down"] * 8 / 40e6
 
 
+def test_a_fogs_devices_travel_in_the_flat_rounds_cohorts(
+    scenario_file, tmp_path, monkeypatch
+) -> None:
+    """A fog round's messages are cut at the flat round's cohort size, not at a size
+    worked out for each fog's few devices (about two messages per actor each: 3 per fog
+    here on two cores, 6 for the two fogs where the flat round of 6 makes 3)."""
+    monkeypatch.setattr("fogsim.scenario.schema.os.cpu_count", lambda: 2)
+    sets = [*HIER, "topology.fogs=2", "run.rounds=2", "simulation.evaluate_clients=0"]
+    sc = load_scenario(scenario_file, sets)
+    _, nodes, grid = run_local(sc, tmp_path / "fog")
+    assert sc.simulation.cohort(sc.simulation.clients_per_round) == 2
+    assert len(nodes) == 2 * 6  # 2 rounds of 2 fogs x 3 devices
+    assert grid.train_messages == 2 * 2 * 2  # per round and fog: 3 devices in 2 messages
+
+
 def test_a_hierarchical_run_learns(tiny_scenario: Path, tmp_path: Path) -> None:
     """Two fogs of two fog rounds each, two cloud rounds, over a cloud link: the model
     every device gets is well above chance (10 classes) after training."""
