@@ -124,7 +124,7 @@ def max_fall(accuracies: Iterable[float]) -> float:
 @renderer("fog")
 def table(doc: dict[str, Any]) -> str:
     head = ["variant", "final acc %", f"sim s to {doc['target']:.0%}", "sim s in all"]
-    head += ["cloud MB", "device kJ", "wall s"]
+    head += ["cloud MB", "device kJ", "wall s", "largest fall pt"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in doc["rows"]:
         cells = [r["variant"] + (" †" if r.get("note") else ""), pm(r["final_accuracy"], 100, 1)]
@@ -134,6 +134,7 @@ def table(doc: dict[str, Any]) -> str:
         cells += [reached, pm(r["sim_time_s"], digits=1)]
         cells += [pm(r["cloud_bytes"], 1e-6, 0), pm(r["device_energy_j"], 1e-3, 2)]
         cells += [pm(r["wall_s"], digits=0)]
+        cells += [pm(r["max_fall_pt"], digits=1) if "max_fall_pt" in r else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     by_note: dict[str, list[str]] = {}  # rows measured apart from the rest, by their note
     for r in doc["rows"]:
