@@ -134,9 +134,9 @@ def test_fog_rounds_clock_bytes_and_stragglers(scenario_file, tmp_path) -> None:
 def test_a_fogs_devices_travel_in_the_flat_rounds_cohorts(
     scenario_file, tmp_path, monkeypatch
 ) -> None:
-    """A fog round's messages are cut at the flat round's cohort size, not at a size
-    worked out for each fog's few devices (about two messages per actor each: 3 per fog
-    here on two cores, 6 for the two fogs where the flat round of 6 makes 3)."""
+    """A fog round's messages are cut at the flat round's cohort size (2 here, on two
+    cores), not at a size worked out for each fog's few devices (about two messages per
+    actor for each fog: 3 a fog here, 6 a round where the flat round of 6 makes 3)."""
     monkeypatch.setattr("fogsim.scenario.schema.os.cpu_count", lambda: 2)
     sets = [*HIER, "topology.fogs=2", "run.rounds=2", "simulation.evaluate_clients=0"]
     sc = load_scenario(scenario_file, sets)
