@@ -28,7 +28,7 @@ processes (Ray's and Flower's fixed costs included, as a user pays them):
 
 Usage::
 
-    python benchmarks/scale.py --quick      # 100 and 1,000 nodes, 100 per round: ~7 min
+    python benchmarks/scale.py --quick      # 100 and 1,000 nodes, 100 per round: ~4 min
     python benchmarks/scale.py              # + 10,000 and 100,000 nodes, 1,000 per round
     python benchmarks/scale.py --rows 100000:1000::60   # nodes:per-round[:in-flight[:draws]]
     python benchmarks/scale.py --quick --repeats 3 --json benchmarks/results/scale.json
