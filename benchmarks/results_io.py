@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fogsim.device.memory import MODEL_REVISION, REVISIONS
+from fogsim.device.memory import BENCHMARKS_REVISION, MODEL_REVISION, REVISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -153,17 +153,19 @@ def revision_of(doc: dict[str, Any], row: dict[str, Any] | None = None) -> int:
 
 
 def stale(doc: dict[str, Any]) -> str:
-    """A warning above a table measured, wholly or in some rows, under an earlier
-    memory model revision than fogsim's, naming what has changed since."""
+    """A warning above a table measured, wholly or in some rows, under a memory model
+    revision older than the last one that moved a benchmark's figure
+    (``BENCHMARKS_REVISION``), naming what has changed since."""
     revisions = [revision_of(doc, r) for r in doc["rows"]] or [revision_of(doc)]
     revision = min(revisions)
-    if revision >= MODEL_REVISION:
+    if revision >= BENCHMARKS_REVISION:
         return ""
     changes = "; ".join(REVISIONS[r] for r in range(revision + 1, MODEL_REVISION + 1))
-    old = sum(r < MODEL_REVISION for r in revisions)
+    old = sum(r < BENCHMARKS_REVISION for r in revisions)
     if old < len(revisions):
         return (
-            f"> **Partly re-run under the current memory model** (revision {MODEL_REVISION})."
+            f"> **Partly re-run under the current memory model** (revision {MODEL_REVISION},"
+            f" the same as revision {BENCHMARKS_REVISION} on the benchmarks' images)."
             f" {old} of {len(revisions)} rows were measured under revision {revision} (their "
             f"rows say so); since then: {changes}. Those rows may move when they are re-run.\n\n"
         )

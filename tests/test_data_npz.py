@@ -129,7 +129,7 @@ def test_real_run_on_colour_images_of_five_classes(tiny_scenario: Path, npz: Pat
         "model.channels=[4]",
         "model.hidden=[16]",
         "strategy.name='mask-union'",
-        "fleet.classes.1.memory='430KiB'",  # narrowest 381 KiB, dense 479 KiB at batch 16
+        "fleet.classes.1.memory='302KiB'",  # narrowest 253 KiB, dense 351 KiB at batch 16
         "simulation.evaluate_clients=0",
     ]
     args = ["run", str(tiny_scenario), "--out", str(tmp_path / "out"), "-q"]

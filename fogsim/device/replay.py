@@ -22,6 +22,11 @@ OPTIMIZER_STATE = {"sgd": 0, "sgd-momentum": 1, "adam": 2}  # buffers per parame
 OPTIMIZER_WORKSPACE = {"sgd": 0, "sgd-momentum": 0, "adam": 2}
 LABEL_BYTES = 8  # int64 labels
 KERNEL_PIXELS = KERNEL * KERNEL
+# oneDNN's backward-weights kernel reads a 3-channel image (RGB) as it is; an image of
+# any other channel count (1, 2, 4-7 measured) first gets a blocked copy. By the heap's
+# log of the allocations: 3 -> 5 channels, one 8-channel buffer (the output gradient's);
+# 1 -> 5 and 2 -> 5, two. Charged, that copy made the model up to 1.66x the heap.
+PLAIN_IMAGE_CHANNELS = 3
 
 # Per-step bookkeeping the tensors do not show (module doc, "Bookkeeping"), measured
 # with the heap counter: 13.0 KB for one linear layer, +3.0..3.5 KB per further layer;
@@ -168,7 +173,8 @@ class _StepReplay:
         """Conv blocks, last first: max-pool backward, ReLU backward, then the conv's
         backward in oneDNN's blocked layouts: data (blocked output grad and weights ->
         blocked input grad -> plain input grad; not for the image) and weights (blocked
-        output grad and input -> blocked weight grad -> plain weight and bias grads)."""
+        output grad and input -> blocked weight grad -> plain weight and bias grads; a
+        3-channel image is read as it is, :data:`PLAIN_IMAGE_CHANNELS`)."""
         d = self.d
         for i in reversed(range(len(self.blocks))):
             c_in, hw, a, q = self.blocks[i]
@@ -184,7 +190,9 @@ class _StepReplay:
                 self.mark(blocked_weights, (self.pad(c) + self.pad(c_in)) * hw)
                 self.mark(0, self.pad(c_in) * hw + c_in * hw)
                 self.per_sample += c_in * hw * d  # the input grad (previous pooled grad)
-            self.mark(blocked_weights, (self.pad(c) + self.pad(c_in)) * hw)  # backward weights
+            plain = i == 0 and c_in == PLAIN_IMAGE_CHANNELS
+            blocked_input = 0 if plain else self.pad(c_in) * hw
+            self.mark(blocked_weights, self.pad(c) * hw + blocked_input)  # backward weights
             self.grads_of_next_layer()
             self.mark(blocked_weights)
             self.per_sample -= a * d  # conv output grad
