@@ -149,7 +149,8 @@ class _ChainReplay:
         plain input grad; not for the image) then weights (blocked output grad and
         input -> blocked weight grad; a strided conv of ``>= block`` input channels
         holds a map the size of its blocked input instead of the smaller blocked
-        output grad: measured for 3x3 and 5x5, stride 2, 1..32 channels); im2col:
+        output grad: measured for 3x3 and 5x5, stride 2, 1..32 channels; a 3-channel
+        image is read as it is, ``replay.PLAIN_IMAGE_CHANNELS``); im2col:
         column gradients folded into the input grad, then the input unfolded again
         for the weight grad. Returns the input gradient."""
         live, d, k = self.live, self.d, self.block
@@ -168,6 +169,8 @@ class _ChainReplay:
                 live.mark(0, columns + c_in * hw_in * d)
             g_in = live.new(c_in * hw_in * d)
         if onednn:
+            if not needs_in and c_in == replay.PLAIN_IMAGE_CHANNELS:  # an RGB image
+                both = _pad(c, k) * hw_out * d
             if op.module.stride != (1, 1) and c_in >= k:  # measured: 3 input-sized maps
                 both = (_pad(c_in, k) * hw_in + max(_pad(c, k) * hw_out, _pad(c_in, k) * hw_in)) * d
             live.mark(blocked_w, both)
