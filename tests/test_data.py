@@ -97,5 +97,12 @@ def test_validation_samples_are_what_the_nodes_hold_out_and_nothing_trains_on() 
     some = data.validation(labels, 8, 3, None, limit=5)
     assert len(some) == 5 and set(some.tolist()) <= set(pool.tolist())
     assert np.array_equal(some, data.validation(labels, 8, 3, None, limit=5))
+    for nodes in (20, 40, 60):  # up to every sample trained on: the count stops early
+        splits = [data.local_split(draw(1_000, 200, [3, n]), 3, n) for n in range(nodes)]
+        trained = set(np.concatenate([t for t, _ in splits]).tolist())
+        held = set(np.concatenate([h for _, h in splits]).tolist())
+        got = data.validation(labels, nodes, 3, None, limit=10_000)
+        assert set(got.tolist()) == held - trained, nodes
+    assert len(trained) == 1_000 and not got.size  # the last case covers every sample
     none = DataSection(partitioning="draws", samples_per_node=200, client_test_fraction=0)
     assert len(none.validation(labels, 8, 3, None, limit=10_000)) == 0

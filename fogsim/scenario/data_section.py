@@ -130,15 +130,25 @@ class DataSection(Section):
 
         No training step ever sees them, so a learning rate or a strategy chosen by
         them is not chosen by the test split: the test figures stay an unbiased
-        estimate (empty when ``client_test_fraction`` is 0)."""
-        if self.partitioning == "draws":
-            n = len(labels)
-            parts = [draw(n, self.samples_per_node, [seed, node]) for node in range(num_nodes)]
-        else:
-            parts = self.split(labels, num_nodes, seed, weights)
-        splits = [self.local_split(p, seed, node) for node, p in enumerate(parts)]
-        trained = np.concatenate([t for t, _ in splits])
-        held = np.setdiff1d(np.concatenate([h for _, h in splits]), trained)
+        estimate (empty when ``client_test_fraction`` is 0).
+
+        Node by node into two masks of the data set's size, stopping once every sample
+        is trained on (nothing can be held out then): holding every node's split at
+        once took ~190 MB at the end of a 100,000-node run of ``draws``, which was the
+        run's memory peak, for an empty result."""
+        n = len(labels)
+        trained, held = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        covered = 0  # samples some node trains on
+        draws = self.partitioning == "draws"
+        parts = [] if draws else self.split(labels, num_nodes, seed, weights)
+        for node in range(num_nodes):
+            part = draw(n, self.samples_per_node, [seed, node]) if draws else parts[node]
+            train, held_out = self.local_split(part, seed, node)
+            covered += np.count_nonzero(~trained[train])
+            trained[train], held[held_out] = True, True
+            if covered == n:
+                break
+        held = np.flatnonzero(held & ~trained)
         if len(held) > limit:
             rng = np.random.default_rng([seed, 0x7A11D])
             held = np.sort(rng.choice(held, size=limit, replace=False))
