@@ -206,6 +206,8 @@ def plot_round_time(run: dict[str, Any], path: Path) -> Path:
     colors = class_colors(class_order(run))
     for cls in dict.fromkeys(slowest.values()):
         pts = [(x, t) for x, t in zip(xs, times, strict=True) if slowest.get(x) == cls and t]
+        if not pts:  # the class set only rounds of 0 s (a buffered merge at its opening)
+            continue
         ax.scatter(
             *zip(*pts, strict=True),
             color=colors.get(cls, "grey"),

@@ -147,11 +147,14 @@ class Buffered:
         window's replies have no start yet (:meth:`close` gives it). Apart from
         :meth:`close` so that a fog tier can train several windows in one exchange."""
         topo, clock = self.topology, self.strategy.clock
-        version, self.opened = rnd - 1, clock.now_s
+        version = rnd - 1
         self.versions[version] = {k: v.numpy() for k, v in arrays.items()}
         first = topo.concurrency if not self.flight and not self.free else 0
         spawns = topo.buffer_size - 1 + len(self.free)
         jobs = self.start_jobs(grid, rnd, arrays, first + spawns, version)
+        # after sampling, which waits for the first window to open when nobody is up (read
+        # before it, the clock stood still and every device sampled left at once)
+        self.opened = clock.now_s
         for job in jobs[:first]:
             job.start = self.opened
         # a freed place starts its device now (flat: the last merge's reply opened this
@@ -175,13 +178,15 @@ class Buffered:
         while len(buffer) < topo.buffer_size and self.flight:  # else too few were up
             _, _, job = heapq.heappop(self.flight)
             buffer.append(job)
-            if len(buffer) == topo.buffer_size:  # the merge's reply: the next model's place
-                self.free.append(job.finish)
-            elif waiting:
+            start = max(job.finish, opened)
+            if len(buffer) < topo.buffer_size:  # a waiting device still up then starts
+                while waiting and self.fleet.availability.until(waiting[0].node, start) <= start:
+                    waiting.pop(0)  # it left before its place freed: never sent the model
+            if len(buffer) < topo.buffer_size and waiting:
                 nxt = waiting.pop(0)
-                nxt.start = max(job.finish, opened)
+                nxt.start = start
                 self.push(nxt)
-            else:  # no device was idle and up at the opening: the next window fills it
+            else:  # the merge's reply (the next model's place), or no device left waiting
                 self.free.append(job.finish)
         # the merge happens at the last reply, or at the opening if that came earlier
         self.merged_at = max(buffer[-1].finish, opened) if buffer else None
@@ -287,7 +292,10 @@ class Buffered:
             "failed_by_class": Counter(
                 self.fleet.device(n).name for n, st in status_of.items() if st != "ok"
             ),
-            "bytes_up": sum(r.get("bytes_up") or 0 for r in self.node_rows),
+            # a departed device's upload never (fully) arrived, as in lock-step rounds
+            "bytes_up": sum(
+                r.get("bytes_up") or 0 for r in self.node_rows if r["status"] != "departed"
+            ),
             "bytes_down_train": sum(j.bytes_down for j in buffer),
             "sim_clock_s": opened,
             "sim_time_s": (self.merged_at or opened) - opened,

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from fogsim.cli import app
 from fogsim.study.compare import metrics_table, run_metrics
-from fogsim.study.plots import DPI, FIGSIZE
+from fogsim.study.plots import DPI, FIGSIZE, plot_round_time
 from fogsim.study.results import load, read_csv
 from fogsim.study.sweep import mean_std, parse_grid, plan, split_values
 from tests.conftest import TINY
@@ -103,6 +103,20 @@ def test_compare_table_and_overlay(run_dir: Path, tmp_path: Path) -> None:
     # default --out: the first run's parent
     assert invoke("compare", run_dir).exit_code == 0
     assert (run_dir.parent / "compare.csv").exists()
+
+
+def test_round_time_plot_of_a_class_whose_rounds_took_no_time(tmp_path: Path) -> None:
+    """A buffered merge at its window's opening takes 0 s; a class that set only such
+    rounds has no marker to draw (the report once crashed there, exit 1, no report)."""
+    run = {
+        "rounds": [{"round": 1, "sim_time_s": 0.0}, {"round": 2, "sim_time_s": 1.5}],
+        "nodes": [
+            {"round": 1, "class": "camera", "sim_time_s": 0.4},
+            {"round": 2, "class": "sensor", "sim_time_s": 1.5},
+        ],
+        "fleet": [],
+    }
+    assert_png(plot_round_time(run, tmp_path / "round_time.png"))
 
 
 def test_bad_run_dirs_exit_2(tmp_path: Path) -> None:

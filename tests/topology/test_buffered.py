@@ -121,6 +121,27 @@ def test_a_departing_device_frees_its_place_when_it_leaves(scenario_file, tmp_pa
         assert end == pytest.approx(max(r["sim_clock_s"], *ends), abs=1e-9), (r, mine)
 
 
+def test_devices_off_are_not_started_counted_or_waited_for(scenario_file, tmp_path) -> None:
+    """Every device on in [0, 0.2) s and from 20 s (an independent audit's case): a
+    device waiting for a place that frees after its window closed is not started (it
+    was, and departed at once with its transfers booked); a departed device's upload is
+    not in the merge's bytes_up (as in lock-step rounds); and once nobody is on, the
+    next window opens when the first device comes back on (the clock stood at 0.2 s,
+    every device sampled left at once, and the run failed for want of replies)."""
+    trace = tmp_path / "trace.csv"
+    windows = "".join(f"{n},,0,0.2,\n{n},,20,100000,\n" for n in range(12))
+    trace.write_text("node,class,start_s,end_s,battery\n" + windows)
+    sets = [*BUFFERED, *SPEEDS, f"fleet.trace='{trace}'", "run.rounds=5"]
+    rounds, nodes, _ = run_local(load_scenario(scenario_file, sets), tmp_path / "run")
+    assert any(n["status"] == "departed" for n in nodes), "the case must have departures"
+    assert all(n["sim_start_s"] < 0.2 or n["sim_start_s"] >= 20 for n in nodes), nodes
+    for r in rounds:
+        arrived = [n["bytes_up"] for n in nodes if n["round"] == r["round"]]
+        departed = [n for n in nodes if n["round"] == r["round"] and n["status"] == "departed"]
+        assert r["bytes_up"] == sum(arrived) - sum(n["bytes_up"] for n in departed), r
+    assert rounds[-1]["sim_clock_s"] >= 20 and rounds[-1]["aggregated"] > 0, rounds
+
+
 def test_concurrency_devices_stay_in_flight_when_no_device_waits(scenario_file, tmp_path) -> None:
     """A fleet of exactly ``concurrency`` nodes: at every opening all of them are busy,
     so no device waits for this window's replies; the places the two fast devices free
