@@ -19,7 +19,7 @@ mmap, whole pages and a header, up to a page beyond its bytes, and the threshold
 at 128 KiB and only rises as such blocks are freed. So the same training step cost more
 in a fresh process than later in it: alone in a fresh process, an MLP on 3x32x32 images
 whose first weight is a whole number of pages (3,072 x 300, momentum or Adam) went
-116-1,372 B over the memory model, which charges that page only from 32 MiB
+up to 1.4 KB over the memory model, which charges that page only from 32 MiB
 (``fogsim.device.memory.mmap_slack``). Pinned, every process allocates as the model
 counts, from its first step. The trim threshold goes to 64 MiB, where glibc's own rise
 would take it; left at 128 KiB, the heap's top would be given back and faulted in again
