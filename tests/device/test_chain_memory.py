@@ -51,7 +51,7 @@ OTHERS = {
     "deep_dropout": [([1] * 6, 1, "sgd-momentum"), ([2] * 6, 16, "sgd-momentum")],
 }
 # RGB images: oneDNN reads a 3-channel image as it is (replay.PLAIN_IMAGE_CHANNELS);
-# charged a blocked copy of it, these were modelled 1.23-1.66x the heap
+# charged a blocked copy of it, these were modelled 1.23-1.60x the heap
 RGB_SHAPE = (3, 32, 32)
 RGB = [("lenet5", [1, 1, 1, 1], 16, "adam"), ("lenet5", [2, 4, 16, 8], 128, "sgd-momentum")]
 RGB += [("resnet_like", [1, 1, 1, 1], 128, "sgd")]
