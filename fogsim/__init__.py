@@ -36,7 +36,7 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 << 20  # glibc's largest: fogsim.device.memory.MMAP_MIN
+MMAP_THRESHOLD = 32 << 20  # glibc's largest; fogsim.device.memory.mmap_slack charges it
 
 
 def _pin_mmap_threshold() -> None:

@@ -260,7 +260,7 @@ def training_memory(
 # it: fogsim/__init__) with mmap: whole pages and a header, up to a page beyond the
 # tensor's bytes (4,032 B by the heap for torch's 64-byte-aligned tensors), which the
 # replay, counting bytes, does not see.
-MMAP_MIN, PAGE = MMAP_THRESHOLD, 4096
+PAGE = 4096
 
 
 def mmap_slack(
@@ -270,15 +270,15 @@ def mmap_slack(
     optimizer: str,
     dtype_bytes: int = 4,
 ) -> int:
-    """A page per tensor of :data:`MMAP_MIN` bytes or more: each such parameter's own
+    """A page per tensor of :data:`fogsim.MMAP_THRESHOLD` bytes or more: each such parameter's own
     copies (itself, its gradient, its optimizer state and Adam's workspace), and as many
     of the batch's tensors as its largest per-sample total holds 32 MiB pieces. Zero
     for every step under 32 MiB a tensor (a model's peak once fell 2.3-17 KB under the
     heap's with a 43 MB weight and Adam)."""
     copies = 2 + OPTIMIZER_STATE[optimizer] + OPTIMIZER_WORKSPACE[optimizer]
     shapes = Arch.of(model).param_shapes() if isinstance(model, FogNet) else model.param_shapes()
-    large = sum(math.prod(s) * dtype_bytes >= MMAP_MIN for s in shapes)
-    batch_pieces = max(s for _, s in phases) * batch_size // MMAP_MIN
+    large = sum(math.prod(s) * dtype_bytes >= MMAP_THRESHOLD for s in shapes)
+    batch_pieces = max(s for _, s in phases) * batch_size // MMAP_THRESHOLD
     return PAGE * (large * copies + batch_pieces)
 
 

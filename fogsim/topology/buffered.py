@@ -175,18 +175,19 @@ class Buffered:
                 self.push(job)
         waiting = [j for j in jobs if math.isnan(j.start)]  # started by this window's replies
         buffer: list[Job] = []
+        until = self.fleet.availability.until  # the end of a device's window (itself: off)
         while len(buffer) < topo.buffer_size and self.flight:  # else too few were up
             _, _, job = heapq.heappop(self.flight)
             buffer.append(job)
             start = max(job.finish, opened)
-            if len(buffer) < topo.buffer_size:  # a waiting device still up then starts
-                while waiting and self.fleet.availability.until(waiting[0].node, start) <= start:
-                    waiting.pop(0)  # it left before its place freed: never sent the model
-            if len(buffer) < topo.buffer_size and waiting:
+            last = len(buffer) == topo.buffer_size  # the merge's reply: the next model's place
+            while not last and waiting and until(waiting[0].node, start) <= start:
+                waiting.pop(0)  # it left before its place freed: never sent the model
+            if not last and waiting:  # a waiting device, still up, starts in the freed place
                 nxt = waiting.pop(0)
                 nxt.start = start
                 self.push(nxt)
-            else:  # the merge's reply (the next model's place), or no device left waiting
+            else:  # the next window fills it
                 self.free.append(job.finish)
         # the merge happens at the last reply, or at the opening if that came earlier
         self.merged_at = max(buffer[-1].finish, opened) if buffer else None
