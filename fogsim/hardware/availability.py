@@ -76,11 +76,13 @@ class NodeAvailability:
         return up
 
     def until(self, node: int, t: float) -> float:
-        """When the window covering ``t`` ends for ``node`` (inf: not limited)."""
+        """When the window covering ``t`` ends for ``node`` (inf: not limited; ``t``
+        itself: off at ``t``, as :meth:`up` says, a window below ``min_battery``
+        included, so that a caller asking "is it still on?" gets the same answer)."""
         w = self.windows[node]
         if w is not None:
             i = w.at(t)
-            if i is None:
+            if i is None or w.battery[i] < self.min_battery:
                 return t
             end = float(w.end[i])  # a window that starts as this one ends, on, goes on
             while (j := w.at(end)) is not None and not (w.battery[j] < self.min_battery):

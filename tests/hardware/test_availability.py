@@ -36,6 +36,9 @@ def test_node_rows_override_class_rows_and_others_are_unlimited(tmp_path) -> Non
 def test_a_window_below_min_battery_is_off(tmp_path) -> None:
     av = make(tmp_path, "0,,0,100,0.1\n1,,0,100,0.5\n2,,0,100,\n", min_battery=0.25)
     assert av.up(50).tolist()[:3] == [False, True, True]  # no level given: not limited
+    # off by its battery is off for "how long is it still on?" too (a buffered round
+    # once started a waiting device in such a window)
+    assert av.until(0, 50) == 50 and av.until(1, 50) == 100 and av.until(2, 50) == 100
     assert av.battery(1, 50) == 0.5 and av.battery(2, 50) is None and av.battery(3, 50) is None
 
 
