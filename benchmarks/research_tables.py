@@ -80,6 +80,12 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     out.append(paired(doc))
     out.append(paired(doc, "mask-union-linear", ("heterofl", "mask-union")))
+    # the wider start for the capped devices: at equal rounds (against HeteroFL, HeteroFL
+    # sized at the same batch and the default), then at no more bytes than HeteroFL's
+    capped = "mask-union-wide8-order-capped"
+    out.append(paired(doc, capped, ("heterofl", "heterofl-minbatch8", "mask-union")))
+    out.append(paired(doc, f"{capped}-rounds17", ("heterofl",)))
+    out.append(paired(doc, f"{capped}-rounds18", ("heterofl",)))
     return "\n\n".join(out)
 
 

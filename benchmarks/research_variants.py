@@ -114,6 +114,10 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.params.label_mask=false",
     ],
     "heterofl-minbatch4": ["strategy.name='heterofl'", "dynhp.min_batch=4"],
+    "heterofl-minbatch8": [  # sized at batch 8, as the capped devices' wider start is
+        "strategy.name='heterofl'",
+        "dynhp.min_batch=8",
+    ],
     "heterofl-minbatch8-lr0.1": [  # sized at batch 8, as mask-union-wide8's devices start
         "strategy.name='heterofl'",
         "dynhp.min_batch=8",

@@ -242,11 +242,16 @@ class FogStrategy(ReplyIntake, FedAvg):
         return self.aggregate(server_round, accepted)
 
     # --- budgets -----------------------------------------------------------------
-    def width_fraction(self, node: int, batch: int | None = None) -> float:
+    def width_fraction(
+        self, node: int, batch: int | None = None, dynhp: bool | None = None
+    ) -> float:
         """Width fraction of the global model fleet node ``node`` trains at ``batch``
-        (default: the minimum batch; on demand: a bisection per distinct budget, cached)."""
+        (default: the minimum batch), holding DynHP's arrays or not (default: as every
+        node of this strategy does, :attr:`dynhp`); on demand: a bisection per distinct
+        budget, cached."""
         budget, batch = self.fleet.budget(node), batch or self.min_batch
-        return widest_fraction(self.arch, budget, self.optimizer, batch, self.dynhp)
+        dynhp = self.dynhp if dynhp is None else dynhp
+        return widest_fraction(self.arch, budget, self.optimizer, batch, dynhp)
 
     def budget_for(self, fraction: float) -> int:
         """Bytes that train width ``fraction`` at the minimum batch: every budget at or

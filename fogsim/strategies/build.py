@@ -47,7 +47,8 @@ def strategy_class(scenario: Scenario) -> type:
 
 def runs_dynhp(scenario: Scenario) -> bool:
     """Whether the scenario's strategy's clients hold DynHP's arrays beside training
-    (``memory.dynhp_bytes``): they run DynHP and it may prune."""
+    (``memory.dynhp_bytes``): they run DynHP and it may prune. (mask-union's wider start
+    for the capped devices only: those alone hold them, at their smaller start batch.)"""
     cls = strategy_class(scenario)
     if issubclass(cls, FogStrategy):
         return cls.holds_dynhp_arrays(scenario.strategy.params)

@@ -202,10 +202,10 @@ def test_a_wider_start_is_pruned_to_the_budgets_target_within_the_budget(tiny_sc
 
 def test_a_wider_start_for_capped_devices_only(tiny_scenario) -> None:
     """``start_for = "capped"``: only a device whose target stops at
-    ``target_compression`` (1.5 here: the 3 smallest) gets the wider start, prefix and
-    batch; every other one is sent what the default sends it at its budget beside
-    DynHP's arrays (with a wider start anywhere every device holds them: the default
-    alone holds none)."""
+    ``target_compression`` (1.5 here: the 3 smallest) gets the wider start, prefix,
+    batch and DynHP's arrays, as with the wider start for all; every other one is sent
+    exactly what the default sends it (it once held DynHP's arrays too, which narrowed
+    its model below the default's)."""
     sc = load_scenario(tiny_scenario, [*SPREAD, "dynhp.target_compression=1.5"])
     fleet = build_fleet(sc.fleet, 3)
     built = {}
@@ -216,16 +216,20 @@ def test_a_wider_start_for_capped_devices_only(tiny_scenario) -> None:
         built[name].global_state = {
             k: v.numpy() for k, v in FogNet((), (64, 32)).state_dict().items()
         }
-    built["plain"].dynhp = True  # sized beside DynHP's arrays, as "capped" sizes all
     capped = [n for n in range(fleet.num_nodes) if built["plain"].budget_ratio(n) > 1.5]
     assert 0 < len(capped) < fleet.num_nodes
     arrays = wire.numpy_record(built["plain"].global_state)
+    narrower = 0  # nodes the arrays would narrow: where holding them would show
     for node in range(fleet.num_nodes):
         like = built["all" if node in capped else "plain"]
         sent = built["capped"].kept_for(node, 1)
         assert [k.tolist() for k in sent] == [k.tolist() for k in like.kept_for(node, 1)]
-        _, config = built["capped"].node_payload(node, arrays, 1)
-        assert config.get(wire.MIN_BATCH) == (4 if node in capped else None)
+        records, config = built["capped"].node_payload(node, arrays, 1)
+        want_records, want = like.node_payload(node, arrays, 1)
+        assert config == want and records.keys() == want_records.keys()
+        assert config[wire.PRUNES] == (node in capped)
+        narrower += built["plain"].width_fraction(node, dynhp=True) < like.width_fraction(node)
+    assert narrower > 0
     assert any(
         sum(map(len, built["all"].kept_for(n, 1))) > sum(map(len, built["plain"].kept_for(n, 1)))
         for n in capped
