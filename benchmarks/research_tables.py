@@ -86,6 +86,7 @@ def markdown(doc: dict[str, Any]) -> str:
     out.append(paired(doc, capped, ("heterofl", "heterofl-minbatch8", "mask-union")))
     out.append(paired(doc, f"{capped}-rounds17", ("heterofl",)))
     out.append(paired(doc, f"{capped}-rounds18", ("heterofl",)))
+    out.append(paired(doc, "mask-union-minbatch8", ("heterofl-minbatch8",)))  # both at 8
     return "\n\n".join(out)
 
 

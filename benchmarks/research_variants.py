@@ -107,6 +107,10 @@ VARIANTS: dict[str, list[str]] = {
         "strategy.name='mask-union'",
         "dynhp.min_batch=4",
     ],
+    "mask-union-minbatch8": [  # every budget sized at batch 8: HeteroFL-minbatch8's sizing
+        "strategy.name='mask-union'",
+        "dynhp.min_batch=8",
+    ],
     "heterofl": ["strategy.name='heterofl'"],
     "heterofl-plain": [
         "strategy.name='heterofl'",
