@@ -51,7 +51,7 @@
   sent exactly what the default sends it. Not the default (the README, "What moves the
   CNN's cameras" and "Tried: a wider start that DynHP prunes"). For everyone, at batch
   8 with the order, it cost the MLPs up to ~0.4 pt and ~43% more bytes down. For the
-  capped devices only (memory model revision 3, 5 seeds, 10 on the digits) it lifts
+  capped devices only (memory model revision 4, 5 seeds, 10 on the digits) it lifts
   the CNNs' cameras by 11-23 pt (a 1 MiB camera trains 960 parameters at batch 16,
   30,131 at batch 8) and meets the bar against HeteroFL on 6 of the 9 scenarios at
   equal rounds (the default: 3), at 1.13x HeteroFL's bytes on the CNNs; but it trains
@@ -210,9 +210,9 @@ class MaskUnion(SubModelStrategy):
 
     def prunes(self, node: int) -> bool:
         """Whether DynHP may prune on ``node``, and so it holds DynHP's arrays: every
-        node where :attr:`dynhp` says so, else a node starting wide. (A capped node of
-        ``start_for = "capped"`` once made every node hold them, which narrowed the
-        others' models below the default's: a CNN router's 53,519 parameters to 52,724.)"""
+        node where :attr:`dynhp` says so, else a node starting wide. (With ``start_for =
+        "capped"`` every node once held them, which narrowed the uncapped nodes' models
+        below the default's: a CNN router's 53,519 parameters to 52,724.)"""
         return self.dynhp or self.starts_wide(node)
 
     def target(self, node: int) -> float:
