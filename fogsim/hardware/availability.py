@@ -64,13 +64,18 @@ class NodeAvailability:
         """Whether any node is limited in time at all."""
         return bool(self._groups) or len(self._diurnal) > 0
 
+    def on_window(self, w: Windows, t: float) -> int | None:
+        """The window of ``w`` covering ``t`` if a node with these windows is on then
+        (battery not below ``min_battery``; a window giving no level counts as on)."""
+        i = w.at(t)
+        return i if i is not None and not (w.battery[i] < self.min_battery) else None
+
     def up(self, t: float) -> np.ndarray:
         """Per node: inside a window at time ``t`` (with enough battery)."""
         up = np.ones(len(self.windows), dtype=bool)
         for w, nodes in self._groups:
             assert w is not None
-            i = w.at(t)
-            up[nodes] = i is not None and not (w.battery[i] < self.min_battery)
+            up[nodes] = self.on_window(w, t) is not None
         d = self._diurnal
         up[d] = np.mod(t - self.opens_s[d], DAY_S) < self.on_s[d]
         return up
@@ -81,11 +86,11 @@ class NodeAvailability:
         included, so that a caller asking "is it still on?" gets the same answer)."""
         w = self.windows[node]
         if w is not None:
-            i = w.at(t)
-            if i is None or w.battery[i] < self.min_battery:
+            i = self.on_window(w, t)
+            if i is None:
                 return t
             end = float(w.end[i])  # a window that starts as this one ends, on, goes on
-            while (j := w.at(end)) is not None and not (w.battery[j] < self.min_battery):
+            while (j := self.on_window(w, end)) is not None:
                 end = float(w.end[j])
             return end
         opens = self.opens_s[node]
