@@ -196,13 +196,16 @@ def plot_traffic(run: dict[str, Any], path: Path) -> Path:
 
 
 def plot_round_time(run: dict[str, Any], path: Path) -> Path:
-    """Round time; each simulated round's marker in the colour of the class of its
-    slowest node (the straggler that set it), named in the legend."""
+    """Round time; each simulated round's marker in the colour of the class of the node
+    that set it (lock-step: the slowest; buffered: the merge's reply, the last to
+    arrive), named in the legend."""
     source, times = round_time(run)
     xs = [r["round"] for r in run["rounds"]]
     fig, (ax,) = figure()
     line(ax, xs, times, "round", color="lightgrey", marker="")
     slowest = slowest_class(run) if source == "sim_time_s" else {}
+    buffered = column(run["nodes"], "sim_end_s") is not None
+    setter = "last reply (the merge)" if buffered else "slowest node"
     colors = class_colors(class_order(run))
     for cls in dict.fromkeys(slowest.values()):
         pts = [(x, t) for x, t in zip(xs, times, strict=True) if slowest.get(x) == cls and t]
@@ -213,7 +216,7 @@ def plot_round_time(run: dict[str, Any], path: Path) -> Path:
             color=colors.get(cls, "grey"),
             zorder=3,
             s=18,
-            label=f"slowest node: {cls}",
+            label=f"{setter}: {cls}",
         )
     what = "simulated (download + compute + upload)" if source == "sim_time_s" else "wall-clock"
     finish(ax, f"round time, {what}", "round", "seconds")

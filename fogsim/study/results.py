@@ -88,7 +88,8 @@ NODE_COLUMNS = [
     "fog",  # a fog tier's: the fog aggregator that served the node, and which of
     "fog_round",  # the cloud round's fog rounds this was (blank on a flat topology)
     "staleness",  # buffered rounds: model versions between the node's start and its merge
-    "sim_start_s",  # buffered rounds: the node's start on the simulated clock
+    "sim_start_s",  # buffered rounds: the node's start on the simulated clock, and
+    "sim_end_s",  # its reply's arrival there (or its leaving: a departed device)
     "error",  # a crashed client's exception, in its words (a column older runs lack)
 ]
 

@@ -145,10 +145,14 @@ def cumulative(values: list[float | None]) -> list[float | None]:
 
 
 def slowest_class(run: dict[str, Any]) -> dict[int, str]:
-    """round -> the class of the node whose simulated round time was the longest."""
+    """round -> the class of the node that set the round's simulated time: in lock-step
+    rounds the slowest; in buffered rounds the last reply (the latest ``sim_end_s``),
+    whose arrival is the merge: not the longest training, which may have started
+    versions earlier."""
+    key = "sim_end_s" if column(run["nodes"], "sim_end_s") is not None else "sim_time_s"
     slowest: dict[int, tuple[float, str]] = {}
     for n in run["nodes"]:
-        t = num(n.get("sim_time_s"))
+        t = num(n.get(key))
         if t is not None and t > slowest.get(n["round"], (-1.0, ""))[0]:
             slowest[n["round"]] = (t, n["class"])
     return {r: c for r, (_, c) in slowest.items()}

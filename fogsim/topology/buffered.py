@@ -325,6 +325,7 @@ class Buffered:
             "battery": "" if battery is None else battery,
             "staleness": version - job.version,
             "sim_start_s": job.start,
+            "sim_end_s": job.finish,  # its reply's arrival (or its leaving) on the clock
         }
 
     def apply(self, rnd: int, version: int, accepted: list[Job]) -> ArrayRecord:

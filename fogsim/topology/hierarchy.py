@@ -243,7 +243,8 @@ class Hierarchy:
                 self.round_stats["failed_by_class"].update(fog.aggregated)
             else:
                 merged.append((state, fog.weights))
-        round_s = end - start
+        # at the deadline, the deadline itself: (start + d) - start is d give or take a bit
+        round_s = topo.cloud_deadline_s if end == deadline else end - start
         self.cloud.clock.advance(round_s)
         if round_s >= (self.cloud.clock.interval_s or 0.0):  # at ``end`` exactly: fogs
             self.cloud.clock.now_s = end  # that wait for the cloud start at its time

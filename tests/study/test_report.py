@@ -13,6 +13,7 @@ from fogsim.cli import app
 from fogsim.study.compare import metrics_table, run_metrics
 from fogsim.study.plots import DPI, FIGSIZE, plot_round_time
 from fogsim.study.results import load, read_csv
+from fogsim.study.series import slowest_class
 from fogsim.study.sweep import mean_std, parse_grid, plan, split_values
 from tests.conftest import TINY
 
@@ -410,3 +411,18 @@ def test_a_narrow_console_folds_no_number(run_dir: Path, monkeypatch) -> None:
         assert {str(r["bytes_up"]), f"{r['accuracy']:.4f}"} <= printed, r
     for n in load(run_dir)["fleet"]:
         assert str(n["budget_bytes"]) in printed or n["budget_bytes"] < 0, n
+
+
+def test_a_buffered_rounds_time_is_set_by_its_last_reply_not_its_longest() -> None:
+    """In a buffered round the merge is the last reply to arrive (``sim_end_s``); a
+    device that trained longer but started versions earlier did not set it (the plot
+    once named the longest training's class as the round's straggler)."""
+    nodes = [
+        {"round": 1, "class": "sensor", "sim_time_s": 9.0, "sim_start_s": 0.0, "sim_end_s": 9.0},
+        {"round": 1, "class": "camera", "sim_time_s": 2.0, "sim_start_s": 8.0, "sim_end_s": 10.0},
+        {"round": 2, "class": "sensor", "sim_time_s": 3.0, "sim_start_s": 10.0, "sim_end_s": 13.0},
+    ]
+    assert slowest_class({"nodes": nodes}) == {1: "camera", 2: "sensor"}
+    lock_step = [{k: v for k, v in n.items() if k == "round" or k == "class" or k == "sim_time_s"}
+                 for n in nodes]  # fmt: skip
+    assert slowest_class({"nodes": lock_step}) == {1: "sensor", 2: "sensor"}

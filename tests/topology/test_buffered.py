@@ -106,7 +106,8 @@ def test_a_departing_device_frees_its_place_when_it_leaves(scenario_file, tmp_pa
     """Slow small devices whose day window closes 0.1 s into the run depart mid-training:
     each frees its place when it leaves, so a merge ends at its buffer's last reply or
     departure, whichever each was, as by hand (a departed device once held its place
-    until its own finish, delaying the merge and its replacement's start)."""
+    until its own finish, delaying the merge and its replacement's start); each row's
+    ``sim_end_s`` is that arrival or departure."""
     leave = ["fleet.classes.1.diurnal={share=0.5, from_h=0}", "simulation.start_h=11.99997222"]
     sets = [*BUFFERED, *SPEEDS, *leave, "run.rounds=3", "simulation.max_failed_rounds=0"]
     rounds, nodes, _ = run_local(load_scenario(scenario_file, sets), tmp_path)
@@ -119,6 +120,7 @@ def test_a_departing_device_frees_its_place_when_it_leaves(scenario_file, tmp_pa
         ]
         end = r["sim_clock_s"] + r["sim_time_s"]
         assert end == pytest.approx(max(r["sim_clock_s"], *ends), abs=1e-9), (r, mine)
+        assert [n["sim_end_s"] for n in mine] == pytest.approx(ends, abs=1e-9), mine
 
 
 def test_devices_off_are_not_started_counted_or_waited_for(scenario_file, tmp_path) -> None:

@@ -325,7 +325,8 @@ def test_a_straggler_is_not_sampled_while_it_still_works(scenario_file, tmp_path
 
 
 def test_a_late_fogs_devices_are_not_sampled_while_its_round_runs(scenario_file, tmp_path) -> None:
-    """The cloud moves on at ``cloud_deadline_s``; a late fog's devices are still in its
+    """The cloud moves on at ``cloud_deadline_s`` (its round lasting exactly that, not
+    0.05499999999999999 s of float noise); a late fog's devices are still in its
     round (waiting for its slowest, charged idle until then): they once were sampled in
     the next cloud round all the same, their time and energy counted twice."""
     sets = [*HIER, "topology.assign='class'", IDEAL, "topology.cloud_deadline_s=0.055"]
@@ -334,4 +335,6 @@ def test_a_late_fogs_devices_are_not_sampled_while_its_round_runs(scenario_file,
     small = {r: {n["node"] for n in nodes if n["round"] == r and n["class"] == "small"}
              for r in (1, 2, 3)}  # fmt: skip
     assert small[1] and rounds[0]["stragglers_fog"] == 1, (small, rounds[0])
+    at_deadline = [r["sim_time_s"] for r in rounds if r["stragglers_fog"]]
+    assert len(at_deadline) >= 2 and set(at_deadline) == {0.055}, at_deadline  # not 0.05499..
     assert not small[1] & small[2], small  # still in their fog's round 1
