@@ -423,6 +423,5 @@ def test_a_buffered_rounds_time_is_set_by_its_last_reply_not_its_longest() -> No
         {"round": 2, "class": "sensor", "sim_time_s": 3.0, "sim_start_s": 10.0, "sim_end_s": 13.0},
     ]
     assert slowest_class({"nodes": nodes}) == {1: "camera", 2: "sensor"}
-    lock_step = [{k: v for k, v in n.items() if k == "round" or k == "class" or k == "sim_time_s"}
-                 for n in nodes]  # fmt: skip
+    lock_step = [{k: n[k] for k in ("round", "class", "sim_time_s")} for n in nodes]
     assert slowest_class({"nodes": lock_step}) == {1: "sensor", 2: "sensor"}
