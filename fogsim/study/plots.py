@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator  # noq
 
 from fogsim.study.series import (  # noqa: E402
     PARTS,
+    buffered,
     class_energy,
     class_order,
     class_sizes,
@@ -204,8 +205,7 @@ def plot_round_time(run: dict[str, Any], path: Path) -> Path:
     fig, (ax,) = figure()
     line(ax, xs, times, "round", color="lightgrey", marker="")
     slowest = slowest_class(run) if source == "sim_time_s" else {}
-    buffered = column(run["nodes"], "sim_end_s") is not None
-    setter = "last reply (the merge)" if buffered else "slowest node"
+    setter = "last reply (the merge)" if buffered(run) else "slowest node"
     colors = class_colors(class_order(run))
     for cls in dict.fromkeys(slowest.values()):
         pts = [(x, t) for x, t in zip(xs, times, strict=True) if slowest.get(x) == cls and t]

@@ -144,12 +144,18 @@ def cumulative(values: list[float | None]) -> list[float | None]:
     return out
 
 
+def buffered(run: dict[str, Any]) -> bool:
+    """Whether the run's rounds are buffered merges (its nodes say when each reply
+    arrived, ``sim_end_s``)."""
+    return column(run["nodes"], "sim_end_s") is not None
+
+
 def slowest_class(run: dict[str, Any]) -> dict[int, str]:
     """round -> the class of the node that set the round's simulated time: in lock-step
     rounds the slowest; in buffered rounds the last reply (the latest ``sim_end_s``),
     whose arrival is the merge: not the longest training, which may have started
     versions earlier."""
-    key = "sim_end_s" if column(run["nodes"], "sim_end_s") is not None else "sim_time_s"
+    key = "sim_end_s" if buffered(run) else "sim_time_s"
     slowest: dict[int, tuple[float, str]] = {}
     for n in run["nodes"]:
         t = num(n.get(key))
