@@ -164,8 +164,9 @@ def stale(doc: dict[str, Any]) -> str:
     old = sum(r < BENCHMARKS_REVISION for r in revisions)
     if old < len(revisions):
         return (
-            f"> **Partly re-run under the current memory model** (revision {MODEL_REVISION},"
-            f" the same as revision {BENCHMARKS_REVISION} on the benchmarks' images)."
+            f"> **Partly re-run under the current memory model** (revision {MODEL_REVISION};"
+            f" no revision since {BENCHMARKS_REVISION} moved a figure of these tables that was"
+            " re-run to check: `memory.BENCHMARKS_REVISION`)."
             f" {old} of {len(revisions)} rows were measured under revision {revision} (their "
             f"rows say so); since then: {changes}. Those rows may move when they are re-run.\n\n"
         )

@@ -85,7 +85,8 @@ def round_table(run: dict[str, Any]) -> Table:
 def class_table(run: dict[str, Any]) -> Table:
     """Per device class: size, budget, final params and batch size, peak memory,
     participation (node-rounds trained / (rounds x class size)), node-rounds whose
-    update was not averaged (crashed, dropped, rejected, ...: ``status`` in nodes.csv),
+    update was not averaged (crashed, dropped, rejected, ...: ``status`` in nodes.csv;
+    not those still training when a buffered run ended, ``unfinished``),
     and energy (per node-round and in all, over node-rounds whose energy is known)."""
     sizes = class_sizes(run)
     budgets: dict[str, list[float]] = defaultdict(list)
@@ -114,7 +115,10 @@ def class_table(run: dict[str, Any]) -> Table:
         ratio = max(use[c].values()) if use.get(c) else None
         trained = int(sum(counts.get(c, {}).values()))
         share = trained / (n_rounds * size) if size else None
-        failed = sum(n["class"] == c and n.get("status", "ok") != "ok" for n in run["nodes"])
+        failed = sum(
+            n["class"] == c and n.get("status", "ok") not in ("ok", "unfinished")
+            for n in run["nodes"]
+        )
         low, high = min(budgets[c], default=None), max(budgets[c], default=None)
         table.rows.append(
             [

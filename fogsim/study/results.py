@@ -57,6 +57,7 @@ STATUSES = (
     "crashed",
     "rejected",
     "over_budget",
+    "unfinished",  # buffered rounds: still training when the run ended (no reply)
 )
 TRAINED = ("ok", "straggler")
 

@@ -60,6 +60,7 @@ from fogsim.flower import cohort, wire
 from fogsim.hardware.energy import timeline
 from fogsim.scenario import Scenario
 from fogsim.strategies import build_strategy
+from fogsim.strategies.intake import ENERGY_PARTS
 from fogsim.study.results import STATUSES
 
 Send = Callable[[list[Message]], list[Message]]
@@ -80,6 +81,19 @@ def planned(scenario: Scenario) -> Scenario:
     expected = sc.run.rounds * sc.topology.buffer_size / sc.fleet.nodes
     dynhp = sc.dynhp.model_copy(update={"participations": max(1, math.ceil(expected))})
     return sc.model_copy(update={"dynhp": dynhp})
+
+
+def book(stats: dict[str, Any], unfinished: list[dict[str, Any]]) -> None:
+    """Add :meth:`Buffered.unfinished`'s rows to a round's counts: their downloads and
+    energy (not ``sampled``: no merge sampled them, so they are not ``failed``)."""
+    stats["unfinished"] = stats.get("unfinished", 0) + len(unfinished)
+    stats["bytes_down_train"] = stats.get("bytes_down_train", 0) + sum(
+        r["bytes_down"] for r in unfinished
+    )
+    energy = stats.setdefault("energy", Counter())
+    for r in unfinished:
+        energy.update({k: r[k] for k in ENERGY_PARTS if k in r})
+        energy[f"energy_j_{r['class']}"] += r.get("energy_j", 0.0)
 
 
 @dataclass
@@ -139,7 +153,12 @@ class Buffered:
         model, train them, replay the window on the clock, merge its K replies."""
         jobs = self.open(grid, rnd, arrays)
         self.train(jobs, send)
-        return self.close(rnd, jobs)
+        new = self.close(rnd, jobs)
+        if rnd == self.scenario.run.rounds:  # the run ends with this merge
+            unfinished = self.unfinished(rnd, self.strategy.clock.now_s)
+            self.node_rows += unfinished
+            book(self.round_stats, unfinished)
+        return new
 
     def open(self, grid: Grid, rnd: int, arrays: ArrayRecord) -> list[Job]:
         """The window of version ``rnd - 1`` (``arrays``), opened at the clock's time:
@@ -308,6 +327,30 @@ class Buffered:
             new = self.apply(rnd, version, accepted)
         self.forget_versions()
         return new
+
+    def unfinished(self, rnd: int, end_s: float) -> list[dict[str, Any]]:
+        """nodes.csv rows of the devices still training when the run ends, at ``end_s``
+        on the clock (those started by then): ``unfinished``, with the model they were
+        sent and the energy they spent until then (an upload begun never arrived).
+        Booked in the last merge's row (:func:`book`); left out, they were in no row:
+        5 of 17 downloads in a 20-node run, ~5% of a long run's."""
+        s, rows = self.strategy, []
+        started = sorted(j for j in self.flight if j[2].start < end_s)  # a late fog's: later
+        for _, _, job in started:
+            device, up, flops = self.fleet.device(job.node), 0, 0.0
+            if job.reply is not None and not job.reply.has_error():
+                if wire.ARRAYS in job.reply.content:
+                    up = wire.array_bytes(job.reply.content[wire.ARRAYS])
+                flops = float(job.reply.content[wire.METRICS].get(wire.TRAIN_FLOPS, 0.0))
+            s.bytes_down[job.node] = job.bytes_down
+            tl = s.timelines[job.node] = timeline(device, job.bytes_down, up, flops)
+            stop = {"bytes_up": up, "departed_s": max(0.0, end_s - job.start)}
+            spent = s.energy(job.node, "unfinished", stop, round_s=0.0)
+            own = {"bytes_up": up, "sim_time_s": tl.total_s}  # as a departed node's: unsent
+            row = self.node_row(rnd, job, "unfinished", own, spent, rnd)
+            rows.append({**row, "sim_end_s": end_s})
+        self.flight = []
+        return rows
 
     def node_row(
         self, rnd: int, job: Job, what: str, row: dict, spent: dict, version: int

@@ -43,12 +43,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fogsim.fleet import Fleet
 from fogsim.scenario import Scenario
 from fogsim.topology.assign import TopologyError, fog_shares
-from fogsim.topology.buffered import Buffered, Job, messages_of
+from fogsim.topology.buffered import Buffered, Job, book, messages_of
 from fogsim.topology.hierarchy import Hierarchy, Send, fog_scenario, round_weight
 from fogsim.topology.merge import add
 
@@ -96,6 +97,23 @@ class BufferedHierarchy(Hierarchy):
         fog.eligible &= self.fog_of == f
         fog.strategy.takes_part = fog.eligible.copy()
         return fog
+
+    def train_round(
+        self, grid: Grid, rnd: int, arrays: ArrayRecord, send: Send
+    ) -> ArrayRecord | None:
+        """The lock-step fog tier's cloud round; after the run's last, each fog's devices
+        still training are booked in it (``Buffered.unfinished``), until the cloud's merge."""
+        new = super().train_round(grid, rnd, arrays, send)
+        if rnd == self.scenario.run.rounds:
+            for fog in self.fogs:
+                last_merge = rnd * self.topology.fog_rounds  # the fog's model version
+                unfinished = fog.strategy.unfinished(last_merge, self.cloud.clock.now_s)
+                last = {"round": rnd, "fog": fog.index, "fog_round": self.topology.fog_rounds}
+                self.node_rows += [{**r, **last} for r in unfinished]
+                book(self.round_stats, unfinished)
+                sent = sum(r["bytes_down"] for r in unfinished)
+                self.round_stats["tiers"]["device_bytes"] += sent
+        return new
 
     def fog_round(self, grid: Grid, g: int, rnd: int, j: int, send: Send) -> None:
         """Merge ``g`` (the ``j``-th of cloud round ``rnd``) at every fog: all fogs'

@@ -270,8 +270,9 @@ def test_a_dynhp_run_stays_within_its_budget_by_the_heap(
 ) -> None:
     """Every training step and every pruning check of a DynHP run, by the heap's count
     (what a phase keeps for good beyond its tensors, a process-wide library cache,
-    excepted: ``fogsim.device.heap``). On a step where such a cache grows (the first at
-    a new shape) its creation may cost up to 1% more. The first fit of a model that
+    excepted: ``fogsim.device.heap``); on a step where such a cache grows (the first at
+    a new shape) building it is in the model (revision 5: it was 0.45-2.0 KB over,
+    allowed 1% here). The first fit of a model that
     arrives bigger than the budget is not a training step: it needs the model as
     received plus one new tensor (the README), by its whole peak, caches included (64
     KiB allowed for those a first conv sets up; numpy's first ``setdiff1d`` there once
@@ -288,10 +289,9 @@ def test_a_dynhp_run_stays_within_its_budget_by_the_heap(
     assert sum(p["kind"] == "check" for p in phases) >= 3
     assert run["widths"] != [*arch[0], *arch[1]], "the run must prune"
     for p in phases:
-        slack = 1.01 if p["kept"] else 1.0  # a library cache grew during this phase
-        assert p["device_peak"] + objects <= budget * slack, p
+        assert p["device_peak"] + objects <= budget, p
         if "modelled" in p:  # the model saw it coming
-            assert p["device_peak"] + objects <= p["modelled"] * slack, p
+            assert p["device_peak"] + objects <= p["modelled"], p
 
 
 @pytest.mark.parametrize(("model", "kib"), FACTORY_RUNS, ids=[f"{m}-{k}" for m, k in FACTORY_RUNS])
@@ -300,8 +300,8 @@ def test_dynhp_on_a_factory_model_stays_within_its_budget_by_the_heap(
 ) -> None:
     """A user's model (``[model] factory``: LeNet-5; a CNN with batch norm), pruned by
     DynHP with its memory from the chain replay at each step's widths: every step and
-    pruning check within the budget by the heap's count, as above (a phase that grows a
-    library cache, more than Python's own small growth, may cost up to 1% more). The
+    pruning check within the budget by the heap's count, as above (building a library
+    cache included: until revision 5 such a phase was allowed 1% more). The
     narrowest conv needs ~1 MB at batch 16 (oneDNN pads a 1-channel map 8x): the
     budgets are above it."""
     budget = kib * KiB
@@ -312,10 +312,9 @@ def test_dynhp_on_a_factory_model_stays_within_its_budget_by_the_heap(
     assert all(w < d for w, d in zip(run["widths"], DENSE[model], strict=True)), run["widths"]
     objects = run["objects"]  # the model's, optimizer's, generator's and DynHP's
     for p in phases:
-        slack = 1.01 if p["kept"] > 4096 else 1.0
-        assert p["device_peak"] + objects <= budget * slack, p
+        assert p["device_peak"] + objects <= budget, p
         if "modelled" in p:
-            assert p["device_peak"] + objects <= p["modelled"] * slack, p
+            assert p["device_peak"] + objects <= p["modelled"], p
 
 
 @pytest.mark.parametrize("kib", REFUSED)

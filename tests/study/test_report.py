@@ -416,12 +416,16 @@ def test_a_narrow_console_folds_no_number(run_dir: Path, monkeypatch) -> None:
 def test_a_buffered_rounds_time_is_set_by_its_last_reply_not_its_longest() -> None:
     """In a buffered round the merge is the last reply to arrive (``sim_end_s``); a
     device that trained longer but started versions earlier did not set it (the plot
-    once named the longest training's class as the round's straggler)."""
+    once named the longest training's class as the round's straggler), nor did one
+    still training when the run ended (``unfinished``: at a fog tier, booked at the
+    cloud's merge, after its fog's last reply)."""
     nodes = [
         {"round": 1, "class": "sensor", "sim_time_s": 9.0, "sim_start_s": 0.0, "sim_end_s": 9.0},
         {"round": 1, "class": "camera", "sim_time_s": 2.0, "sim_start_s": 8.0, "sim_end_s": 10.0},
         {"round": 2, "class": "sensor", "sim_time_s": 3.0, "sim_start_s": 10.0, "sim_end_s": 13.0},
     ]
-    assert slowest_class({"nodes": nodes}) == {1: "camera", 2: "sensor"}
+    end = {"round": 2, "class": "camera", "sim_time_s": 9.0, "sim_start_s": 9.0, "sim_end_s": 14.0}
+    unfinished = {**end, "status": "unfinished"}
+    assert slowest_class({"nodes": [*nodes, unfinished]}) == {1: "camera", 2: "sensor"}
     lock_step = [{k: n[k] for k in ("round", "class", "sim_time_s")} for n in nodes]
     assert slowest_class({"nodes": lock_step}) == {1: "sensor", 2: "sensor"}

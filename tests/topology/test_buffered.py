@@ -11,6 +11,8 @@ import torch
 from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
 from fogsim.scenario import ScenarioError, load_scenario
+from fogsim.study.report import class_table
+from fogsim.study.results import load
 from fogsim.topology.buffered import Buffered, Job, staleness_weight
 from tests.strategies.test_strategies import const_sub, reply, task_identity  # noqa: F401
 from tests.topology.local import SCENARIO, run_local
@@ -79,7 +81,7 @@ def test_replies_merge_in_clock_order_on_the_model_of_their_start(scenario_file,
     ends = [r["sim_clock_s"] + r["sim_time_s"] for r in rounds]
     assert ends == sorted(ends) and len(set(ends)) > 1
     assert all(r["sampled"] == 3 for r in rounds), "every merge takes buffer_size replies"
-    for n in nodes:
+    for n in (n for n in nodes if n["status"] != "unfinished"):  # those replied
         arrival = n["sim_start_s"] + n["sim_time_s"]
         r = n["round"]
         assert (ends[r - 2] if r > 1 else 0.0) <= arrival + 1e-12 <= ends[r - 1] + 1e-12
@@ -113,7 +115,7 @@ def test_a_departing_device_frees_its_place_when_it_leaves(scenario_file, tmp_pa
     rounds, nodes, _ = run_local(load_scenario(scenario_file, sets), tmp_path)
     assert any(n["status"] == "departed" for n in nodes)
     for r in rounds:
-        mine = [n for n in nodes if n["round"] == r["round"]]
+        mine = [n for n in nodes if n["round"] == r["round"] and n["status"] != "unfinished"]
         ends = [
             n["sim_start_s"] + (n["departed_s"] if n["status"] == "departed" else n["sim_time_s"])
             for n in mine
@@ -138,9 +140,10 @@ def test_devices_off_are_not_started_counted_or_waited_for(scenario_file, tmp_pa
     assert any(n["status"] == "departed" for n in nodes), "the case must have departures"
     assert all(n["sim_start_s"] < 0.2 or n["sim_start_s"] >= 20 for n in nodes), nodes
     for r in rounds:
-        arrived = [n["bytes_up"] for n in nodes if n["round"] == r["round"]]
-        departed = [n for n in nodes if n["round"] == r["round"] and n["status"] == "departed"]
-        assert r["bytes_up"] == sum(arrived) - sum(n["bytes_up"] for n in departed), r
+        mine = [n for n in nodes if n["round"] == r["round"]]
+        sent = [n["bytes_up"] for n in mine]
+        unsent = [n["bytes_up"] for n in mine if n["status"] in ("departed", "unfinished")]
+        assert r["bytes_up"] == sum(sent) - sum(unsent), r
     assert rounds[-1]["sim_clock_s"] >= 20 and rounds[-1]["aggregated"] > 0, rounds
 
 
@@ -160,7 +163,44 @@ def test_concurrency_devices_stay_in_flight_when_no_device_waits(scenario_file, 
     for r, row in enumerate(rounds):
         assert row["sampled"] == 2 and row["sim_clock_s"] == pytest.approx(r * fast), row
         assert row["sim_time_s"] == pytest.approx(fast), row
-    assert {n["class"] for n in nodes} == {"big"} and all(n["staleness"] == 0 for n in nodes)
+    merged = [n for n in nodes if n["status"] != "unfinished"]  # the slow ones never reply
+    assert {n["class"] for n in merged} == {"big"} and all(n["staleness"] == 0 for n in merged)
+
+
+def test_devices_still_training_when_the_run_ends_are_booked(scenario_file, tmp_path) -> None:
+    """Every device sent the model is in one nodes.csv row: those still training when
+    the run ends as ``unfinished`` in the last merge's row, with their download in its
+    ``bytes_down`` and the energy they spent until the end, by hand (a device drawing
+    2 W while computing, nothing else); not sampled by a merge, so not ``failed``.
+    (They were in no row: an audit's 20-node run left out 5 of 17 downloads.)"""
+    power = ["active_w=2.0", "idle_w=0.0", "tx_j_per_byte=0.0", "rx_j_per_byte=0.0"]
+    power = [f"fleet.classes.{c}.{f}" for c in (0, 1) for f in [*power, "connect_j=0.0"]]
+    sc = load_scenario(scenario_file, [*BUFFERED, *SPEEDS, *power, "run.rounds=4"])
+    rounds, nodes, grid = run_local(sc, tmp_path)
+    assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 4, "a row per training"
+    unfinished = [n for n in nodes if n["status"] == "unfinished"]
+    last, end = rounds[-1], rounds[-1]["sim_clock_s"] + rounds[-1]["sim_time_s"]
+    # concurrency 5, less the place the merge's last reply freed for the next window
+    assert len(unfinished) == last["unfinished"] == 4
+    assert last["sampled"] == 3 and all(r["unfinished"] == 0 for r in rounds[:-1])
+    assert sum(r["bytes_down"] for r in rounds) == sum(n["bytes_down"] for n in nodes)
+    assert last["energy_j"] == pytest.approx(sum(n["energy_j"] for n in nodes if n["round"] == 4))
+    fleet, computing = build_fleet(sc.fleet, sc.run.seed), 0
+    for n in unfinished:
+        assert n["round"] == 4 and n["sim_start_s"] < end == n["sim_end_s"], n
+        dev = fleet.device(n["node"])
+        down_s = dev.latency_ms / 1e3 + n["bytes_down"] * 8 / (dev.down_mbps * 1e6)
+        up_s = dev.latency_ms / 1e3 + n["bytes_up"] * 8 / (dev.up_mbps * 1e6)
+        compute_s, ran_s = n["sim_time_s"] - down_s - up_s, end - n["sim_start_s"]
+        assert n["energy_j"] == pytest.approx(2.0 * min(max(0.0, ran_s - down_s), compute_s))
+        computing += down_s < ran_s < down_s + compute_s
+    assert computing, "the case must stop a device mid-computation"
+    table = class_table(load(tmp_path))  # the report counts none of them as failed
+    for row in table.rows:
+        failed = sum(
+            n["class"] == row[0] and n["status"] not in ("ok", "unfinished") for n in nodes
+        )
+        assert row[table.headers.index("failed")] == str(failed), row
 
 
 def test_buffered_beats_lock_step_in_simulated_time_when_speeds_differ(scenario_file, tmp_path):

@@ -43,7 +43,9 @@ def test_one_fog_holding_every_device_is_the_flat_buffered_run(name, scenario_fi
     fog_rounds, fog_nodes, _ = run_local(hier_sc, tmp_path / "fog")
     planned_fog = buffered_fog_scenario(hier_sc, 3, 5).dynhp.participations
     assert planned_fog == planned(flat).dynhp.participations, "DynHP plans the same"
-    assert len(fog_rounds) == 3 and len(fog_nodes) == len(flat_nodes) == 18
+    assert len(fog_rounds) == 3 and len(fog_nodes) == len(flat_nodes)
+    assert sum(n["status"] != "unfinished" for n in flat_nodes) == 18, "6 merges of 3"
+    assert any(n["status"] == "unfinished" for n in flat_nodes), "booked at the end alike"
     assert len({r["accuracy"] for r in flat_rounds}) > 1, "the model trains"
     assert any(n["staleness"] > 0 for n in flat_nodes), "stale updates are in the comparison"
     for r in fog_rounds:
@@ -74,8 +76,21 @@ def test_fogs_run_fedbuff_on_their_own_devices_and_clocks(scenario_file, tmp_pat
     assignment = fog_of(sc, build_fleet(sc.fleet, sc.run.seed))
     assert sorted(np.bincount(assignment).tolist()) == [6, 6]
     assert all(assignment[n["node"]] == n["fog"] for n in nodes), "devices stay in their fog"
+    assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 3, "a row per training"
+    unfinished = [n for n in nodes if n["status"] == "unfinished"]
+    # each fog's 3 places less the one its last merge's reply freed, booked in the last
+    # round at the cloud's merge (the run's end) with their download in device_bytes
+    assert [n["fog"] for n in unfinished] == [0, 0, 1, 1] and rounds[-1]["unfinished"] == 4
+    end = rounds[-1]["sim_clock_s"] + rounds[-1]["sim_time_s"]
+    assert all(n["round"] == 3 and n["sim_end_s"] == end for n in unfinished)
     for r in rounds:
-        mine = [n for n in nodes if n["round"] == r["round"]]
+        assert r["device_bytes"] == sum(
+            n["bytes_down"] + (n["bytes_up"] if n["status"] == "ok" else 0)
+            for n in nodes
+            if n["round"] == r["round"]
+        )
+    for r in rounds:
+        mine = [n for n in nodes if n["round"] == r["round"] and n["status"] != "unfinished"]
         assert r["sampled"] == len(mine) == 2 * 2 * 2  # fogs x fog merges x buffer share
         for f in (0, 1):
             for j in (1, 2):
