@@ -274,7 +274,8 @@ def interrupted(run_dir: Path, again: str) -> None:
 
 def round_problems(row: dict[str, Any]) -> str:
     """The progress line's warnings: clients that did not count, and a kept model."""
-    parts = [f"{row[s]} {s.replace('_', ' ')}" for s in STATUSES if s != "ok" and row.get(s)]
+    failures = [s for s in STATUSES if s not in ("ok", "unfinished")]  # the run's end: no failure
+    parts = [f"{row[s]} {s.replace('_', ' ')}" for s in failures if row.get(s)]
     text = f"  [red]{', '.join(parts)}[/]" if parts else ""
     if row.get("kept_previous"):
         text += (

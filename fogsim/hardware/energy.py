@@ -111,7 +111,7 @@ def node_energy(
     down = _done(0.0, tl.down_s, stop)
     compute = _done(tl.down_s, tl.compute_s, stop)
     up = _done(tl.down_s + tl.compute_s, tl.up_s, stop) if bytes_up else 0.0
-    transfers = (stop > 0) + (up > 0)
+    transfers = int(stop > 0) + int(up > 0)  # numpy booleans would add up to True, i.e. 1
     wait = wait_s if stop_s is None else 0.0
     return Energy(
         compute_j=dev.active_w * tl.compute_s * compute,

@@ -86,7 +86,7 @@ def class_table(run: dict[str, Any]) -> Table:
     """Per device class: size, budget, final params and batch size, peak memory,
     participation (node-rounds trained / (rounds x class size)), node-rounds whose
     update was not averaged (crashed, dropped, rejected, ...: ``status`` in nodes.csv;
-    not those still training when a buffered run ended, ``unfinished``),
+    not those whose update no merge took by a buffered run's end, ``unfinished``),
     and energy (per node-round and in all, over node-rounds whose energy is known)."""
     sizes = class_sizes(run)
     budgets: dict[str, list[float]] = defaultdict(list)

@@ -57,7 +57,7 @@ STATUSES = (
     "crashed",
     "rejected",
     "over_budget",
-    "unfinished",  # buffered rounds: still training when the run ended (no reply)
+    "unfinished",  # buffered rounds: no merge took its update by the run's end
 )
 TRAINED = ("ok", "straggler")
 

@@ -158,7 +158,7 @@ def slowest_class(run: dict[str, Any]) -> dict[int, str]:
     key = "sim_end_s" if buffered(run) else "sim_time_s"
     slowest: dict[int, tuple[float, str]] = {}
     for n in run["nodes"]:
-        t = num(n.get(key)) if n.get("status") != "unfinished" else None  # never replied
+        t = num(n.get(key)) if n.get("status") != "unfinished" else None  # merged by none
         if t is not None and t > slowest.get(n["round"], (-1.0, ""))[0]:
             slowest[n["round"]] = (t, n["class"])
     return {r: c for r, (_, c) in slowest.items()}

@@ -83,13 +83,15 @@ def planned(scenario: Scenario) -> Scenario:
     return sc.model_copy(update={"dynhp": dynhp})
 
 
-def book(stats: dict[str, Any], unfinished: list[dict[str, Any]]) -> None:
-    """Add :meth:`Buffered.unfinished`'s rows to a round's counts: their downloads and
-    energy (not ``sampled``: no merge sampled them, so they are not ``failed``)."""
+def book(stats: dict[str, Any], unfinished: list[dict[str, Any]], arrived: int) -> None:
+    """Add :meth:`Buffered.unfinished`'s rows and the bytes of their updates that
+    arrived to a round's counts: their downloads, uploads and energy (not ``sampled``:
+    no merge sampled them, so they are not ``failed``)."""
     stats["unfinished"] = stats.get("unfinished", 0) + len(unfinished)
     stats["bytes_down_train"] = stats.get("bytes_down_train", 0) + sum(
         r["bytes_down"] for r in unfinished
     )
+    stats["bytes_up"] = stats.get("bytes_up", 0) + arrived
     energy = stats.setdefault("energy", Counter())
     for r in unfinished:
         energy.update({k: r[k] for k in ENERGY_PARTS if k in r})
@@ -107,6 +109,7 @@ class Job:
     start: float = math.nan
     duration: float = 0.0
     reply: Message | None = None
+    departs: bool = False  # its availability window closes before its own finish
 
     @property
     def finish(self) -> float:
@@ -155,9 +158,9 @@ class Buffered:
         self.train(jobs, send)
         new = self.close(rnd, jobs)
         if rnd == self.scenario.run.rounds:  # the run ends with this merge
-            unfinished = self.unfinished(rnd, self.strategy.clock.now_s)
+            unfinished, arrived = self.unfinished(rnd, self.strategy.clock.now_s)
             self.node_rows += unfinished
-            book(self.round_stats, unfinished)
+            book(self.round_stats, unfinished, arrived)
         return new
 
     def open(self, grid: Grid, rnd: int, arrays: ArrayRecord) -> list[Job]:
@@ -217,8 +220,8 @@ class Buffered:
         """A started job into the flight: a device whose availability window closes before
         its own finish leaves then, freeing its place (lock-step rounds count it until it
         left too); its update is lost (``departed``, at the merge)."""
-        left = self.fleet.availability.until(job.node, job.start) - job.start
-        job.duration = min(job.duration, max(0.0, left))
+        left = max(0.0, self.fleet.availability.until(job.node, job.start) - job.start)
+        job.departs, job.duration = left < job.duration, min(job.duration, left)
         heapq.heappush(self.flight, (job.finish, job.node, job))
 
     def start_jobs(
@@ -328,15 +331,20 @@ class Buffered:
         self.forget_versions()
         return new
 
-    def unfinished(self, rnd: int, end_s: float) -> list[dict[str, Any]]:
-        """nodes.csv rows of the devices still training when the run ends, at ``end_s``
-        on the clock (those started by then): ``unfinished``, with the model they were
-        sent and the energy they spent until then (an upload begun never arrived).
-        Booked in the last merge's row (:func:`book`); left out, they were in no row:
-        5 of 17 downloads in a 20-node run, ~5% of a long run's."""
-        s, rows = self.strategy, []
-        started = sorted(j for j in self.flight if j[2].start < end_s)  # a late fog's: later
-        for _, _, job in started:
+    def unfinished(self, rnd: int, end_s: float) -> tuple[list[dict[str, Any]], int]:
+        """nodes.csv rows of the devices sent the model by the run's end (``end_s`` on the
+        clock) whose update no merge took, and the bytes of those updates that arrived.
+        Booked in the last merge's row (:func:`book`); left out, they were in no row: 5
+        of 17 downloads in a 20-node run, ~5% of a long run's.
+
+        Each is ``unfinished``: still training at the end or, at a fog tier, finished
+        after its fog's last merge: its reply waiting in the fog's buffer (it arrived:
+        its upload counts) or gone with the device, whose window closed (``departed_s``
+        says when). Its energy is its own timeline's until it stopped: its finish or the
+        end, the earlier. A late fog's devices started after the end were never sent
+        the model then."""
+        s, rows, arrived = self.strategy, [], 0
+        for _, _, job in sorted(j for j in self.flight if j[2].start <= end_s):
             device, up, flops = self.fleet.device(job.node), 0, 0.0
             if job.reply is not None and not job.reply.has_error():
                 if wire.ARRAYS in job.reply.content:
@@ -344,13 +352,18 @@ class Buffered:
                 flops = float(job.reply.content[wire.METRICS].get(wire.TRAIN_FLOPS, 0.0))
             s.bytes_down[job.node] = job.bytes_down
             tl = s.timelines[job.node] = timeline(device, job.bytes_down, up, flops)
-            stop = {"bytes_up": up, "departed_s": max(0.0, end_s - job.start)}
-            spent = s.energy(job.node, "unfinished", stop, round_s=0.0)
-            own = {"bytes_up": up, "sim_time_s": tl.total_s}  # as a departed node's: unsent
+            stop = float(min(job.finish, end_s) - job.start)
+            done = job.finish <= end_s  # only at a fog tier (or a tie with the last reply)
+            arrived += up if done and not job.departs else 0
+            cut = {"bytes_up": up, "departed_s": stop}
+            spent = s.energy(job.node, "unfinished", cut, round_s=0.0)
+            own = {"bytes_up": up, "sim_time_s": tl.total_s}  # as a departed node's
+            if done and job.departs:
+                own["departed_s"] = stop
             row = self.node_row(rnd, job, "unfinished", own, spent, rnd)
-            rows.append({**row, "sim_end_s": end_s})
+            rows.append({**row, "sim_end_s": job.start + stop})
         self.flight = []
-        return rows
+        return rows, arrived
 
     def node_row(
         self, rnd: int, job: Job, what: str, row: dict, spent: dict, version: int

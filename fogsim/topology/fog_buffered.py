@@ -102,16 +102,17 @@ class BufferedHierarchy(Hierarchy):
         self, grid: Grid, rnd: int, arrays: ArrayRecord, send: Send
     ) -> ArrayRecord | None:
         """The lock-step fog tier's cloud round; after the run's last, each fog's devices
-        still training are booked in it (``Buffered.unfinished``), until the cloud's merge."""
+        whose update no merge took are booked in it (``Buffered.unfinished``), until the
+        cloud's merge, the run's end."""
         new = super().train_round(grid, rnd, arrays, send)
         if rnd == self.scenario.run.rounds:
+            last = {"round": rnd, "fog_round": self.topology.fog_rounds}
             for fog in self.fogs:
                 last_merge = rnd * self.topology.fog_rounds  # the fog's model version
-                unfinished = fog.strategy.unfinished(last_merge, self.cloud.clock.now_s)
-                last = {"round": rnd, "fog": fog.index, "fog_round": self.topology.fog_rounds}
-                self.node_rows += [{**r, **last} for r in unfinished]
-                book(self.round_stats, unfinished)
-                sent = sum(r["bytes_down"] for r in unfinished)
+                rows, arrived = fog.strategy.unfinished(last_merge, self.cloud.clock.now_s)
+                self.node_rows += [{**r, **last, "fog": fog.index} for r in rows]
+                book(self.round_stats, rows, arrived)
+                sent = sum(r["bytes_down"] for r in rows) + arrived
                 self.round_stats["tiers"]["device_bytes"] += sent
         return new
 

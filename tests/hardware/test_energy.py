@@ -69,3 +69,16 @@ def test_smaller_models_cost_less() -> None:
     pruned = node_energy(DEV, timeline(DEV, MB // 4, MB // 4, 5e8), MB // 4, MB // 4)
     assert dense is not None and pruned is not None
     assert pruned.total_j < dense.total_j / 2
+
+
+def test_a_numpy_stop_in_the_upload_still_counts_both_transfers() -> None:
+    """A clock that has taken an availability time holds numpy floats: the two
+    transfers' set-up (``connect_j`` each) once added as numpy booleans, True + True =
+    True, one transfer (an audit found a departed upload 0.1 J short)."""
+    import numpy as np
+
+    tl = timeline(DEV, MB, MB, 2e9)
+    stop = np.float64(tl.down_s + tl.compute_s + 0.5)  # half-way through the upload
+    e = node_energy(DEV, tl, MB, MB, stop_s=stop)
+    assert e is not None
+    assert e.radio_j == pytest.approx(0.625 + 1.25 * (0.5 / 1.1) + 2 * 0.5)

@@ -28,6 +28,15 @@ def scenario_file(tmp_path: Path) -> Path:
     return path
 
 
+def arrived(n: dict) -> bool:
+    """Whether a nodes.csv row's upload arrived: an unfinished one's did if it finished
+    (a tie with the merge's last reply) before the run ended, without leaving."""
+    if n["status"] != "unfinished":
+        return True
+    whole = n["sim_start_s"] + n["sim_time_s"]
+    return n["departed_s"] in ("", None) and n["sim_end_s"] >= whole - 1e-12
+
+
 def test_staleness_weight_is_fedbuffs_polynomial() -> None:
     assert staleness_weight(0) == 1.0
     assert staleness_weight(3) == pytest.approx(0.5)
@@ -142,7 +151,7 @@ def test_devices_off_are_not_started_counted_or_waited_for(scenario_file, tmp_pa
     for r in rounds:
         mine = [n for n in nodes if n["round"] == r["round"]]
         sent = [n["bytes_up"] for n in mine]
-        unsent = [n["bytes_up"] for n in mine if n["status"] in ("departed", "unfinished")]
+        unsent = [n["bytes_up"] for n in mine if n["status"] == "departed" or not arrived(n)]
         assert r["bytes_up"] == sum(sent) - sum(unsent), r
     assert rounds[-1]["sim_clock_s"] >= 20 and rounds[-1]["aggregated"] > 0, rounds
 
@@ -201,6 +210,19 @@ def test_devices_still_training_when_the_run_ends_are_booked(scenario_file, tmp_
             n["class"] == row[0] and n["status"] not in ("ok", "unfinished") for n in nodes
         )
         assert row[table.headers.index("failed")] == str(failed), row
+
+
+def test_a_device_started_as_the_run_ends_is_booked(scenario_file, tmp_path) -> None:
+    """With a deadline every late job ends at its start + deadline, so replies tie, and
+    a device started by a reply tied with the merge's last one starts at the run's very
+    end: it was sent the model, and has its row (an audit found it in none)."""
+    sets = [*BUFFERED, *SPEEDS, "run.rounds=4", "simulation.deadline_s=0.03"]
+    sc = load_scenario(scenario_file, [*sets, "simulation.max_failed_rounds=0"])
+    rounds, nodes, grid = run_local(sc, tmp_path)
+    end = rounds[-1]["sim_clock_s"] + rounds[-1]["sim_time_s"]
+    assert any(n["status"] == "unfinished" and n["sim_start_s"] == end for n in nodes)
+    assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 4, "a row per training"
+    assert len({(n["node"], n["sim_start_s"]) for n in nodes}) == len(nodes), "each once"
 
 
 def test_buffered_beats_lock_step_in_simulated_time_when_speeds_differ(scenario_file, tmp_path):

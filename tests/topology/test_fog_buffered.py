@@ -9,6 +9,7 @@ import pytest
 
 from fogsim.checks import problems
 from fogsim.fleet import build_fleet
+from fogsim.hardware.energy import Timeline, node_energy
 from fogsim.scenario import ScenarioError, load_scenario
 from fogsim.topology import fog_of
 from fogsim.topology.buffered import planned
@@ -79,13 +80,15 @@ def test_fogs_run_fedbuff_on_their_own_devices_and_clocks(scenario_file, tmp_pat
     assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 3, "a row per training"
     unfinished = [n for n in nodes if n["status"] == "unfinished"]
     # each fog's 3 places less the one its last merge's reply freed, booked in the last
-    # round at the cloud's merge (the run's end) with their download in device_bytes
+    # round: here each replied to its fog after the fog's last merge, before the cloud's
+    # (the run's end), so its upload arrived and counts, unmerged, in device_bytes
     assert [n["fog"] for n in unfinished] == [0, 0, 1, 1] and rounds[-1]["unfinished"] == 4
     end = rounds[-1]["sim_clock_s"] + rounds[-1]["sim_time_s"]
-    assert all(n["round"] == 3 and n["sim_end_s"] == end for n in unfinished)
+    for n in unfinished:
+        assert n["round"] == 3 and n["sim_end_s"] == n["sim_start_s"] + n["sim_time_s"] < end
     for r in rounds:
         assert r["device_bytes"] == sum(
-            n["bytes_down"] + (n["bytes_up"] if n["status"] == "ok" else 0)
+            n["bytes_down"] + (n["bytes_up"] if n["status"] in ("ok", "unfinished") else 0)
             for n in nodes
             if n["round"] == r["round"]
         )
@@ -116,6 +119,43 @@ def test_fogs_run_fedbuff_on_their_own_devices_and_clocks(scenario_file, tmp_pat
     assert [(n["node"], n["staleness"], n["sim_start_s"]) for n in nodes_again] == [
         (n["node"], n["staleness"], n["sim_start_s"]) for n in nodes
     ]
+
+
+def test_a_device_that_leaves_after_its_fogs_last_merge_is_booked_until_it_left(
+    scenario_file, tmp_path
+) -> None:
+    """Node 7's window closes at 18.23 s, after its fog's last merge and before the
+    cloud's (a slow cloud link): it is booked ``unfinished`` with ``departed_s``, its
+    energy its timeline's until it left (it was once charged to its finish), and its
+    upload, which never arrived, is not in ``device_bytes`` (an audit's case)."""
+    trace = tmp_path / "trace.csv"
+    windows = "".join(f"{n},,0,{18.23 if n == 7 else 100000},\n" for n in range(12))
+    trace.write_text("node,class,start_s,end_s,battery\n" + windows)
+    power = ["active_w=2.0", "idle_w=0.5", "tx_j_per_byte=1e-6", "rx_j_per_byte=1e-6"]
+    power = [f"fleet.classes.{c}.{f}" for c in (0, 1) for f in [*power, "connect_j=0.1"]]
+    link = "topology.cloud_link={up_mbps=0.1, down_mbps=2, latency_ms=100}"
+    sets = [*HIER_BUFFERED, "topology.fogs=2", "topology.fog_rounds=2", link, *SPEEDS, *power]
+    sets += ["topology.buffer_size=4", "topology.concurrency=6", "run.rounds=3"]
+    sc = load_scenario(scenario_file, [*sets, f"fleet.trace='{trace}'"])
+    rounds, nodes, _ = run_local(sc, tmp_path / "run")
+    (n,) = [n for n in nodes if n["status"] == "unfinished" and n["departed_s"] not in ("", None)]
+    end = rounds[-1]["sim_clock_s"] + rounds[-1]["sim_time_s"]
+    assert n["node"] == 7 and n["sim_start_s"] + n["departed_s"] == pytest.approx(18.23)
+    assert n["sim_end_s"] == pytest.approx(18.23) and 18.23 < end
+    dev = build_fleet(sc.fleet, sc.run.seed).device(7)
+    down_s = dev.latency_ms / 1e3 + n["bytes_down"] * 8 / (dev.down_mbps * 1e6)
+    up_s = dev.latency_ms / 1e3 + n["bytes_up"] * 8 / (dev.up_mbps * 1e6)
+    tl = Timeline(down_s, n["sim_time_s"] - down_s - up_s, up_s)
+    spent = node_energy(dev, tl, n["bytes_down"], n["bytes_up"], stop_s=n["departed_s"])
+    assert spent is not None and n["energy_j"] == pytest.approx(spent.total_j)
+    assert n["energy_j"] < node_energy(dev, tl, n["bytes_down"], n["bytes_up"]).total_j
+    last = [m for m in nodes if m["round"] == 3]
+    arrived = [
+        m for m in last if m["status"] == "ok" or (m["status"] == "unfinished" and m is not n)
+    ]
+    assert rounds[-1]["device_bytes"] == sum(m["bytes_down"] for m in last) + sum(
+        m["bytes_up"] for m in arrived
+    )
 
 
 LISTS = ["topology.assign='lists'", "topology.lists=[[0], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]"]
