@@ -1,5 +1,6 @@
 """A round's time and energy on a device, against a case computed by hand."""
 
+import numpy as np
 import pytest
 
 from fogsim.hardware.energy import node_energy, timeline
@@ -74,9 +75,7 @@ def test_smaller_models_cost_less() -> None:
 def test_a_numpy_stop_in_the_upload_still_counts_both_transfers() -> None:
     """A clock that has taken an availability time holds numpy floats: the two
     transfers' set-up (``connect_j`` each) once added as numpy booleans, True + True =
-    True, one transfer (an audit found a departed upload 0.1 J short)."""
-    import numpy as np
-
+    True, one transfer (an audit found an upload cut by the run's end 0.1 J short)."""
     tl = timeline(DEV, MB, MB, 2e9)
     stop = np.float64(tl.down_s + tl.compute_s + 0.5)  # half-way through the upload
     e = node_energy(DEV, tl, MB, MB, stop_s=stop)
