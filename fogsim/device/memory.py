@@ -119,8 +119,8 @@ REVISIONS = {
         "a CNN step charged 3 KB more, for the moment oneDNN builds its primitives on a "
         "step at a new shape (after a pruning, at a new batch: up to 2.0 KB above "
         "revision 4's charge by the heap); 28 runs of the research tables' CNNs re-run "
-        "gave their figures to the last digit; LeNet-5's smallest devices (a camera's "
-        "budget held its width with 376 B to spare) lost a neuron or two"
+        "gave their figures to the last digit; LeNet-5's cameras (whose budget held their "
+        "width with 376 B to spare) lost one neuron"
     ),
 }
 # The last revision that moved a figure of fogsim's own benchmarks (every one trains on
