@@ -116,6 +116,16 @@ class Job:
         return self.start + self.duration
 
 
+def update_of(job: Job) -> tuple[int, float] | None:
+    """(bytes up, training FLOPs) of the update the job's reply carries; None when it
+    failed or carries none: its own timeline is then its download alone."""
+    reply = job.reply
+    if reply is None or reply.has_error() or wire.ARRAYS not in reply.content:
+        return None
+    flops = float(reply.content[wire.METRICS].get(wire.TRAIN_FLOPS, 0.0))
+    return wire.array_bytes(reply.content[wire.ARRAYS]), flops
+
+
 def messages_of(jobs: list[Job]) -> list[Message]:
     """The jobs' Flower messages, each once (a cohort carries several jobs)."""
     return list({id(j.message): j.message for j in jobs}.values())
@@ -265,16 +275,10 @@ class Buffered:
                     job.reply = Message(Error(0, reason), reply_to=job.message)
         deadline = self.scenario.simulation.deadline_s or math.inf
         for job in jobs:
-            device = self.fleet.device(job.node)
-            usable = job.reply is not None and not job.reply.has_error()
-            if usable and wire.ARRAYS in job.reply.content:
-                up = wire.array_bytes(job.reply.content[wire.ARRAYS])
-                flops = float(job.reply.content[wire.METRICS].get(wire.TRAIN_FLOPS, 0.0))
-                own = timeline(device, job.bytes_down, up, flops).total_s
-            else:
-                own = timeline(device, job.bytes_down, 0, 0.0).total_s
-                own = deadline if math.isfinite(deadline) else own
-            job.duration = min(own, deadline)
+            update = update_of(job)
+            own = timeline(self.fleet.device(job.node), job.bytes_down, *(update or (0, 0.0)))
+            failed = update is None and math.isfinite(deadline)
+            job.duration = deadline if failed else min(own.total_s, deadline)
 
     # --- the merge ---------------------------------------------------------------
     def merge(self, rnd: int, version: int, buffer: list[Job], opened: float) -> ArrayRecord | None:
@@ -345,12 +349,9 @@ class Buffered:
         the model then."""
         s, rows, arrived = self.strategy, [], 0
         for _, _, job in sorted(j for j in self.flight if j[2].start <= end_s):
-            device, up, flops = self.fleet.device(job.node), 0, 0.0
-            if job.reply is not None and not job.reply.has_error():
-                if wire.ARRAYS in job.reply.content:
-                    up = wire.array_bytes(job.reply.content[wire.ARRAYS])
-                flops = float(job.reply.content[wire.METRICS].get(wire.TRAIN_FLOPS, 0.0))
+            up, flops = update_of(job) or (0, 0.0)  # the timeline that set its duration
             s.bytes_down[job.node] = job.bytes_down
+            device = self.fleet.device(job.node)
             tl = s.timelines[job.node] = timeline(device, job.bytes_down, up, flops)
             stop = float(min(job.finish, end_s) - job.start)
             done = job.finish <= end_s  # only at a fog tier (or a tie with the last reply)
