@@ -39,7 +39,7 @@ from fogsim.strategies.fedavg import FedAvgFeasible
 from fogsim.strategies.submodel import SubModelStrategy
 from fogsim.study.results import (
     CHECKPOINT,
-    STATUSES,
+    FAILED,
     RunFailed,
     finished_rounds,
     holds_run,
@@ -274,8 +274,7 @@ def interrupted(run_dir: Path, again: str) -> None:
 
 def round_problems(row: dict[str, Any]) -> str:
     """The progress line's warnings: clients that did not count, and a kept model."""
-    failures = [s for s in STATUSES if s not in ("ok", "unfinished")]  # the run's end: no failure
-    parts = [f"{row[s]} {s.replace('_', ' ')}" for s in failures if row.get(s)]
+    parts = [f"{row[s]} {s.replace('_', ' ')}" for s in FAILED if row.get(s)]
     text = f"  [red]{', '.join(parts)}[/]" if parts else ""
     if row.get("kept_previous"):
         text += (

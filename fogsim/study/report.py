@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fogsim.study import clock
-from fogsim.study.results import strategy_name
+from fogsim.study.results import FAILED, strategy_name
 from fogsim.study.series import (
     class_energy,
     class_order,
@@ -115,10 +115,7 @@ def class_table(run: dict[str, Any]) -> Table:
         ratio = max(use[c].values()) if use.get(c) else None
         trained = int(sum(counts.get(c, {}).values()))
         share = trained / (n_rounds * size) if size else None
-        failed = sum(
-            n["class"] == c and n.get("status", "ok") not in ("ok", "unfinished")
-            for n in run["nodes"]
-        )
+        failed = sum(n["class"] == c and n.get("status", "ok") in FAILED for n in run["nodes"])
         low, high = min(budgets[c], default=None), max(budgets[c], default=None)
         table.rows.append(
             [

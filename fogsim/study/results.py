@@ -60,6 +60,8 @@ STATUSES = (
     "unfinished",  # buffered rounds: no merge took its update by the run's end
 )
 TRAINED = ("ok", "straggler")
+# a node-round whose update was lost: not ``unfinished``, cut by the run's end
+FAILED = tuple(s for s in STATUSES if s not in ("ok", "unfinished"))
 
 NODE_COLUMNS = [
     "round",
