@@ -222,4 +222,12 @@ VARIANTS |= {
     for variant in ("mask-union-wide8-order-capped", "mask-union-wide8-order-capped-lr0.025")
     for rounds in (17, 18)
 }
+# ... pruned further (a lower ceiling: ~10,800 or ~5,400 parameters on a CNN camera)
+VARIANTS |= {
+    f"mask-union-wide8-order-capped-t{t}": [
+        *VARIANTS["mask-union-wide8-order-capped"],
+        f"dynhp.target_compression={t}",
+    ]
+    for t in (20, 40)
+}
 DEFAULT_VARIANTS = "mask-union,mask-union-before,heterofl,heterofl-plain,fedrolex"
