@@ -121,7 +121,8 @@ class _ChainReplay:
         self.graph_overhead = replay.ONEDNN_GRAPH_OVERHEAD if onednn else 0
         fixed = sum(self.sizes) * d * (1 + replay.OPTIMIZER_STATE[optimizer])
         fixed += replay.STEP_OVERHEAD + self.graph_overhead
-        self.live = _Live(fixed, math.prod(ops[0].inp) * d + replay.LABEL_BYTES)
+        self.batch_bytes = math.prod(ops[0].inp) * d + replay.LABEL_BYTES
+        self.live = _Live(fixed, self.batch_bytes)
         self.optimizer = optimizer
         self.saved: list[list[int]] = []  # per op, the tensors autograd keeps
         self.recorded: list[bool] = []  # per op: autograd records it (output needs grad)
@@ -267,9 +268,11 @@ class _ChainReplay:
 
     def run(self) -> Phases:
         self.backward(self.loss(self.forward()))
-        # the optimizer step: the graph (and oneDNN's objects) is gone, the workspace
+        # the optimizer step: the graph (and oneDNN's objects) is gone, and with it the
+        # batch (indexed inline by the loops), the workspace appears
         self.live.fixed += replay.OPTIMIZER_WORKSPACE[self.optimizer] * max(self.sizes) * self.d
         self.live.fixed -= self.graph_overhead
+        self.live.per_sample -= self.batch_bytes
         self.live.mark()
         return self.live.phases
 

@@ -13,8 +13,9 @@ runs :func:`fogsim.device.heap_worker.main`:
 
 - :func:`measure_steps`: per point (widths, batch, optimizer), a few warm-up steps so
   optimizer state exists and library caches have settled, then the peak of one full
-  step (zero_grad, forward, loss, backward, optimizer step) above the heap alive
-  before it, plus the nbytes of the parameters, optimizer state and batch that were
+  step (zero_grad, forward, loss, backward, optimizer step, the batch indexed inline
+  from the data as the loops do, so its copy dies with the graph) above the heap
+  alive before it, plus the nbytes of the parameters and optimizer state that were
   alive: what :func:`fogsim.device.memory.training_memory` models.
 - :func:`measure_dynhp`: a real ``train_dynhp`` run with the heap read at each phase
   boundary (``on_phase``): per training step, pruning check and budget fit, the peak

@@ -40,8 +40,10 @@ STEP_OVERHEAD_PER_LAYER = 3_300
 # oneDNN's per-call primitive, memory-descriptor and small scratch objects of the
 # convolutions (2-7 KB each): 25.5-30 KB more while the graph lives, gone by the step;
 # on a step at a new shape (after a pruning, a new batch) building the primitives
-# takes up to 2.0 KB more for a moment (measured 31.45-33.0 KB in all; revision 5).
-ONEDNN_GRAPH_OVERHEAD = 34_000
+# takes up to 2.0 KB more for a moment (measured 31.45-33.0 KB in all; revision 5),
+# and on a narrow CNN with plain SGD, packed to its budget, 0.43 KB more than revision
+# 5 charged (revision 6: 1.07 KB above that now).
+ONEDNN_GRAPH_OVERHEAD = 35_500
 
 
 def conv_block() -> int:
@@ -97,7 +99,8 @@ class _StepReplay:
         self.graph_overhead = ONEDNN_GRAPH_OVERHEAD if arch.channels else 0
         params_and_state = sum(self.sizes) * self.d * (1 + OPTIMIZER_STATE[optimizer])
         self.fixed = params_and_state + step_overhead(arch) + self.graph_overhead
-        self.per_sample = math.prod(arch.in_shape) * self.d + LABEL_BYTES  # the batch
+        self.batch_bytes = math.prod(arch.in_shape) * self.d + LABEL_BYTES
+        self.per_sample = self.batch_bytes  # the batch
         self.phases: list[tuple[int, int]] = []
         self.param = len(self.sizes) - 1  # the next bias whose gradient backward makes
         c_in, h, w = arch.in_shape
@@ -206,7 +209,11 @@ class _StepReplay:
                 self.per_sample -= self.blocks[i - 1][3] * d  # saved conv input
 
     def optimizer_step(self) -> None:
-        """The graph (and oneDNN's objects) is freed; the step's workspace appears."""
+        """The graph (and oneDNN's objects) is freed, and with it the batch: the loops
+        index it inline (``model(x[idx])``), so its copy lives only as long as autograd
+        holds it (charged here, Adam at batch 256 was 1.24x the heap); the step's
+        workspace appears."""
         self.fixed -= self.graph_overhead
+        self.per_sample -= self.batch_bytes
         self.fixed += OPTIMIZER_WORKSPACE[self.optimizer] * max(self.sizes) * self.d
         self.mark()

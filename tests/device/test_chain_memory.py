@@ -4,9 +4,9 @@ narrowed widths (the narrow shapes DynHP and the sub-model strategies reach
 included), and against FogNet's own replay (``fogsim.device.replay``), which it
 must reproduce.
 
-The heap grid runs in heap-counted processes, one per CPU (~30 s on a busy 2-core machine);
-``FOGSIM_CHAIN_GRID=full`` adds batches 128 and 256 and runs every optimizer at
-every point (~5.5 min)."""
+The heap grid runs in heap-counted processes, one per CPU (~10 s on 2 quiet cores, ~30 s
+on busy ones); ``FOGSIM_CHAIN_GRID=full`` adds batches 128 and 256 and runs every
+optimizer at every point (~20 s on 2 quiet cores)."""
 
 from __future__ import annotations
 
