@@ -285,11 +285,11 @@ def test_a_dynhp_run_stays_within_its_budget_by_the_heap(
     (what a phase keeps for good beyond its tensors, a process-wide library cache,
     excepted: ``fogsim.device.heap``); on a step where such a cache grows (the first at
     a new shape) building it is in the model (revision 5: it was 0.45-2.0 KB over,
-    allowed 1% here; revision 6: 0.43 KB more on a narrow CNN with plain SGD). The first fit of a model that
-    arrives bigger than the budget is not a training step: it needs the model as
-    received plus one new tensor (the README), by its whole peak, caches included (64
-    KiB allowed for those a first conv sets up; numpy's first ``setdiff1d`` there once
-    set up 1.2-1.4 MB)."""
+    allowed 1% here; revision 6: 0.43 KB more on a narrow CNN with plain SGD). The
+    first fit of a model that arrives bigger than the budget is not a training step:
+    it needs the model as received plus one new tensor (the README), by its whole
+    peak, caches included (64 KiB allowed for those a first conv sets up; numpy's
+    first ``setdiff1d`` there once set up 1.2-1.4 MB)."""
     budget = kib * KiB
     run = measured[("dynhp", arch, kib, optimizer, criterion)].result()
     assert run["error"] is None, run["error"]
