@@ -136,9 +136,10 @@ REVISIONS = {
 # 1-channel images): a table measured under it or later is current. Revision 5 moved
 # the LeNet-5 table (re-run under it), none of 28 re-run research CNN runs (seeds 1-3
 # of mask-union and HeteroFL, seed 1 of FedRolex, on the four CNN scenarios), but the
-# research rows sized at batch 8 (a camera's batch-8 model one neuron narrower; the
-# README says which, until they are re-run); revision 6 the LeNet-5 table (re-run)
-# and no CNN scenario's widths or batches at batch 4, 8 or 16.
+# research rows sized at batch 8 (a camera's batch-8 model one neuron narrower: those
+# 20 CNN rows re-run under revision 6); revision 6 the LeNet-5 table (re-run) and no CNN
+# scenario's widths or batches at batch 4, 8 or 16. Which rows a revision moved is
+# tracked here and in the README, not by this number.
 BENCHMARKS_REVISION = 3
 
 
