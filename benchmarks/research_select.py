@@ -30,6 +30,8 @@ and writes ``benchmarks/results/mask_union_tuned.json``: per (scenario, strategy
 chosen configuration and LR, every point's validation score, and the chosen runs'
 aggregates (as in ``mask_union_vs_rivals.json``). A strategy is chosen for a scenario
 only where every point of its grid has runs of the same seeds, code and CPU kernels.
+The scenarios the caches hold replace their rows in that file; the others keep theirs,
+each row stamped with the command and memory model revision it was measured with.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 from research_maskunion import aggregate
 from research_tables import RIVALS, paired
-from research_variants import CHOOSING, LR_GRID, SCENARIOS, WIDER, at_lr, lr_grid
-from results_io import renderer
+from research_variants import CHOOSING, SCENARIOS, WIDER, at_lr, lr_grid
+from results_io import MODEL_REVISION, RESULTS, renderer, revision_of
 from results_io import write as write_results
 
 PUBLISHED = "mask_union_tuned"
@@ -155,6 +158,26 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n\n".join(t for t in parts if t)
 
 
+def merged(old: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The new rows, and the published file's (``old``) rows of the scenarios they do
+    not choose for, each stamped with the command and memory model revision it was
+    measured with: a scenario is chosen from its runs alone, so the table can be
+    re-run a scenario at a time, and a scenario not re-run keeps its rows (flagged by
+    their revision, ``results_io.stale``)."""
+    command = " ".join(["python", "benchmarks/research_select.py", *sys.argv[1:]])
+    kept = [r for r in old.get("rows", []) if r["scenario"] not in {n["scenario"] for n in rows}]
+    kept = [
+        {**r, "command": r.get("command", old["command"]), "memory_model": revision_of(old, r)}
+        for r in kept
+    ]
+    new = [{**r, "command": command, "memory_model": MODEL_REVISION} for r in rows]
+    order = list(SCENARIOS)
+    return sorted(
+        kept + new,
+        key=lambda r: (order.index(r["scenario"]), list(CHOOSING).index(r["variant"])),
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("caches", nargs="+", help="research_maskunion.json files of the runs")
@@ -163,12 +186,17 @@ def main() -> None:
     rows = tuned_rows(caches)
     if not rows:
         raise SystemExit("no (scenario, strategy) has runs at every point of its grid")
-    lrs = sorted({*LR_GRID, *(lr for r in rows for lr in lr_grid(r["scenario"], r["variant"]))})
+    path = RESULTS / f"{PUBLISHED}.json"
+    rows = merged(json.loads(path.read_text()) if path.exists() else {}, rows)
+    lrs = sorted({float(lr) for r in rows for scores in r["validation"].values() for lr in scores})
     print(markdown({"rows": rows, "lr_grid": lrs}))
     seeds = sorted({int(s) for r in rows for s in r["seeds"]})
     wider = {f"{s}/{strategy}": list(extra) for (s, strategy), extra in WIDER.items()}
     grid = {"lr_grid": lrs, "wider": wider, "configurations": CHOOSING}
-    print(f"wrote {write_results(PUBLISHED, rows, seeds, **grid)}")
+    commands = " ; ".join(dict.fromkeys(r["command"] for r in rows))
+    oldest = min(r["memory_model"] for r in rows)
+    about = {**grid, "command": commands, "memory_model": oldest}
+    print(f"wrote {write_results(PUBLISHED, rows, seeds, **about)}")
 
 
 if __name__ == "__main__":

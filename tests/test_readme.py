@@ -107,6 +107,32 @@ def test_each_strategy_gets_the_point_its_validation_samples_choose() -> None:
     assert rows[0]["classes"]["big"]["mean"]["mean"] == 0.7  # the test figure of that point
 
 
+def test_the_tuned_table_can_be_re_run_a_scenario_at_a_time() -> None:
+    """Publishing the choices of re-run scenarios replaces those scenarios' rows and
+    keeps the others', stamped with the command and the (older) memory model revision
+    they were measured with, so the note above the table counts them."""
+    import research_select
+
+    def row(scenario: str, variant: str, **stamp: object) -> dict:
+        return {"scenario": scenario, "variant": variant, "validation": {}, **stamp}
+
+    old = {
+        "command": "python benchmarks/research_select.py old.json",
+        "rows": [row("mnist-iid", "heterofl"), row("mnist-dirichlet", "mask-union")],
+    }
+    new = [row("mnist-iid", "heterofl"), row("mnist-iid", "mask-union")]
+    rows = research_select.merged(old, new)
+    now = results_io.MODEL_REVISION
+    assert [(r["scenario"], r["variant"], r["memory_model"]) for r in rows] == [
+        ("mnist-iid", "mask-union", now),
+        ("mnist-iid", "heterofl", now),
+        ("mnist-dirichlet", "mask-union", 1),
+    ]
+    assert rows[2]["command"] == old["command"] != rows[0]["command"]
+    note = results_io.stale({"memory_model": 1, "rows": rows})
+    assert "1 of 3 rows were measured under revision 1" in note
+
+
 def test_a_table_partly_re_run_says_which_rows_are_older() -> None:
     """A results file that merges rows of several runs (mask_union_vs_rivals) stamps
     each row's memory model revision: the note above its table counts the older rows,
