@@ -132,6 +132,9 @@ class RoundLoop:
     progress: ProgressFn | None = None
     resume: bool = False  # continue from the run directory's checkpoint, if any
     stop: threading.Event = field(default_factory=threading.Event)  # set: end after this round
+    failed: list[int] = field(default_factory=list, init=False)  # the latest rounds in a
+    # row with no update counted
+    stopped: bool = field(default=False, init=False)  # the round just trained ends the run
 
     def run(self, grid: Grid) -> dict[str, Any] | None:
         """All rounds, then ``summary.json``; None if :attr:`stop` ended it early."""
@@ -151,20 +154,24 @@ class RoundLoop:
         self.elapsed = ckpt.elapsed_s if ckpt else 0.0
         arrays = ArrayRecord(self.model.state_dict())
         final = ckpt.accuracy if ckpt else None
-        failed = ckpt.failed if ckpt else []  # the latest rounds in a row with no update
-        self.stop_if_failing(failed, resumed=True)  # a run that had failed stays failed
-        for rnd in range((ckpt.round + 1) if ckpt else 1, sc.run.rounds + 1):
-            if self.stop.is_set():
+        self.failed = ckpt.failed if ckpt else []
+        self.stop_if_failing(resumed=True)  # a run that had failed stays failed
+        first = (ckpt.round + 1) if ckpt else 1
+        for rnd in range(first, sc.run.rounds + 1):
+            # a stop asked before this round ends the run now; a buffered driver's devices
+            # in flight since an earlier round are booked by the round it ends instead
+            if self.stop.is_set() and (rnd == first or not hasattr(self.strategy, "end_run")):
                 return None
             arrays, row = self.round(grid, rnd, arrays)
-            if self.stop.is_set() and row["crashed"]:
+            if self.stopped and row["crashed"]:
                 # a stop signalled to the whole process group also ends Ray's workers:
                 # their nodes "crashed" with this round. Not saved: a resume redoes it
                 return None
-            failed = [*failed, rnd] if row["sampled"] and not row["aggregated"] else []
-            self.save(row, failed)
+            self.save(row)
+            if self.stopped and rnd < sc.run.rounds:
+                return None
             final = row["accuracy"]
-            self.stop_if_failing(failed)
+            self.stop_if_failing()
         summary = {
             "name": sc.run.name,
             "strategy": sc.strategy.label,
@@ -198,6 +205,7 @@ class RoundLoop:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         acc, loss = evaluate(self.model, *self.test)
         self.best = max(self.best, acc)
+        self.end_if_last(rnd)
         row = {
             "round": rnd,
             "accuracy": acc,
@@ -208,13 +216,32 @@ class RoundLoop:
         }
         return arrays, row
 
-    def stop_if_failing(self, failed: list[int], resumed: bool = False) -> None:
+    def end_if_last(self, rnd: int) -> None:
+        """Decide, once, whether the run ends with round ``rnd`` (just trained): its last
+        round, a stop asked for by now (:attr:`stopped`; one asked later ends the next
+        round), or the ``max_failed_rounds``-th in a row with no update
+        (:attr:`failed`). If so, a round driver that keeps devices in flight across
+        rounds (buffered ones: ``end_run``) books them in this round, so every device
+        sent the model has a row, however the run ends."""
+        stats = self.strategy.round_stats
+        self.failed = [*self.failed, rnd] if stats["sampled"] and not stats["aggregated"] else []
+        self.stopped = self.stop.is_set()
+        last = rnd == self.scenario.run.rounds or self.stopped or self.failing()
+        if last and hasattr(self.strategy, "end_run"):
+            self.strategy.end_run(rnd)
+
+    def failing(self) -> bool:
+        """Whether ``[simulation] max_failed_rounds`` rounds in a row counted no update."""
+        limit = self.scenario.simulation.max_failed_rounds
+        return bool(limit) and len(self.failed) >= limit
+
+    def stop_if_failing(self, resumed: bool = False) -> None:
         """Raise :class:`RunFailed` once ``[simulation] max_failed_rounds`` rounds in a row
         counted no client update: a run whose model stopped learning must not end with
         a final accuracy as if it had trained (nor when resumed: ``resumed``)."""
-        limit = self.scenario.simulation.max_failed_rounds
-        if not limit or len(failed) < limit:
+        if not self.failing():
             return
+        limit, failed = self.scenario.simulation.max_failed_rounds, self.failed
         problems = self.strategy.round_stats.get("problems", [])
         shown = "; ".join(problems[:3]) + (
             f"; ... ({len(problems)} in all)" if len(problems) > 3 else ""
@@ -227,10 +254,10 @@ class RoundLoop:
             f"{shown or 'no client replied'}. The finished rounds are in {self.writer.dir}."
         )
 
-    def save(self, row: dict[str, Any], failed: list[int]) -> None:
-        """Rows first (fsynced), then the model, then the checkpoint (with ``failed``, the
-        latest rounds in a row with no update): a kill at any moment loses at most the
-        round in progress (see ``fogsim.study.results``)."""
+    def save(self, row: dict[str, Any]) -> None:
+        """Rows first (fsynced), then the model, then the checkpoint (with :attr:`failed`,
+        the latest rounds in a row with no update): a kill at any moment loses at most
+        the round in progress (see ``fogsim.study.results``)."""
         self.writer.rounds.append([row])
         self.writer.nodes.append(self.strategy.node_rows)
         self.writer.write_model(self.model.state_dict())
@@ -243,7 +270,7 @@ class RoundLoop:
                 accuracy=row["accuracy"],
                 best_accuracy=self.best,
                 elapsed_s=self.elapsed,
-                failed=failed,
+                failed=self.failed,
             )
         )
         if self.progress:

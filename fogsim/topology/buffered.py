@@ -29,8 +29,9 @@ too few devices were idle and up at the opening, frees its place for the next wi
 for a seed: sampling is seeded by (seed, version), ties broken by node.
 Simplifications: a device that replies in a window can be sampled again from the next
 window on; a reply that failed (crashed, dropped, rejected, over its budget) takes a
-buffer place like an update. A resumed run starts a fresh set of devices (the ones in
-flight are not checkpointed).
+buffer place like an update. The devices in flight when the run ends (its last
+round, a stop, too many failed rounds) are booked in its last merge (:meth:`end_run`);
+a run resumed after a kill starts a fresh set (those in flight are not checkpointed).
 """
 
 from __future__ import annotations
@@ -166,12 +167,14 @@ class Buffered:
         model, train them, replay the window on the clock, merge its K replies."""
         jobs = self.open(grid, rnd, arrays)
         self.train(jobs, send)
-        new = self.close(rnd, jobs)
-        if rnd == self.scenario.run.rounds:  # the run ends with this merge
-            unfinished, arrived = self.unfinished(rnd, self.strategy.clock.now_s)
-            self.node_rows += unfinished
-            book(self.round_stats, unfinished, arrived)
-        return new
+        return self.close(rnd, jobs)
+
+    def end_run(self, rnd: int) -> None:
+        """The run ends with merge ``rnd`` (its last round, a stop, or too many failed
+        rounds: the round loop says): the devices still in flight are booked in it."""
+        unfinished, arrived = self.unfinished(rnd, self.strategy.clock.now_s)
+        self.node_rows += unfinished
+        book(self.round_stats, unfinished, arrived)
 
     def open(self, grid: Grid, rnd: int, arrays: ArrayRecord) -> list[Job]:
         """The window of version ``rnd - 1`` (``arrays``), opened at the clock's time:

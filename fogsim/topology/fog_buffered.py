@@ -43,7 +43,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fogsim.fleet import Fleet
@@ -98,23 +97,18 @@ class BufferedHierarchy(Hierarchy):
         fog.strategy.takes_part = fog.eligible.copy()
         return fog
 
-    def train_round(
-        self, grid: Grid, rnd: int, arrays: ArrayRecord, send: Send
-    ) -> ArrayRecord | None:
-        """The lock-step fog tier's cloud round; after the run's last, each fog's devices
+    def end_run(self, rnd: int) -> None:
+        """The run ends with cloud round ``rnd`` (the round loop says): each fog's devices
         whose update no merge took are booked in it (``Buffered.unfinished``), until the
         cloud's merge, the run's end."""
-        new = super().train_round(grid, rnd, arrays, send)
-        if rnd == self.scenario.run.rounds:
-            last = {"round": rnd, "fog_round": self.topology.fog_rounds}
-            for fog in self.fogs:
-                last_merge = rnd * self.topology.fog_rounds  # the fog's model version
-                rows, arrived = fog.strategy.unfinished(last_merge, self.cloud.clock.now_s)
-                self.node_rows += [{**r, **last, "fog": fog.index} for r in rows]
-                book(self.round_stats, rows, arrived)
-                sent = sum(r["bytes_down"] for r in rows) + arrived
-                self.round_stats["tiers"]["device_bytes"] += sent
-        return new
+        last = {"round": rnd, "fog_round": self.topology.fog_rounds}
+        for fog in self.fogs:
+            last_merge = rnd * self.topology.fog_rounds  # the fog's model version
+            rows, arrived = fog.strategy.unfinished(last_merge, self.cloud.clock.now_s)
+            self.node_rows += [{**r, **last, "fog": fog.index} for r in rows]
+            book(self.round_stats, rows, arrived)
+            sent = sum(r["bytes_down"] for r in rows) + arrived
+            self.round_stats["tiers"]["device_bytes"] += sent
 
     def fog_round(self, grid: Grid, g: int, rnd: int, j: int, send: Send) -> None:
         """Merge ``g`` (the ``j``-th of cloud round ``rnd``) at every fog: all fogs'

@@ -6,6 +6,7 @@ Fast enough to compare whole runs in a unit test; the Ray runs are in ``test_run
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import torch
@@ -99,14 +100,17 @@ class LocalGrid:
         return replies
 
 
-def run_local(sc: Scenario, out: Path) -> tuple[list[dict], list[dict], LocalGrid]:
-    """(rounds.csv, nodes.csv, the grid) of ``sc`` run in this process."""
+def run_local(
+    sc: Scenario, out: Path, grid: LocalGrid | None = None, **loop: Any
+) -> tuple[list[dict], list[dict], LocalGrid]:
+    """(rounds.csv, nodes.csv, the grid) of ``sc`` run in this process; ``loop``: more
+    of :class:`RoundLoop`'s fields (a progress function, a stop event)."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     torch.set_num_threads(1)  # as a client actor with one Ray CPU
     fleet = build_fleet(sc.fleet, sc.run.seed)
-    grid = LocalGrid(sc.simulation.flower_nodes)
+    grid = grid or LocalGrid(sc.simulation.flower_nodes)
     writer = RunWriter(out)
     writer.write_json("scenario.json", sc.model_dump(mode="json"))
     writer.fleet_table(fleet)
-    RoundLoop(sc, fleet, writer).run(grid)
+    RoundLoop(sc, fleet, writer, **loop).run(grid)
     return read_csv(out / "rounds.csv"), read_csv(out / "nodes.csv"), grid

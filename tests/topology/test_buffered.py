@@ -2,6 +2,7 @@
 order on the simulated clock, model versions as of each device's start, seeding."""
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ from fogsim.device.models import FogNet
 from fogsim.fleet import build_fleet
 from fogsim.scenario import ScenarioError, load_scenario
 from fogsim.study.report import class_table
-from fogsim.study.results import load
+from fogsim.study.results import RunFailed, load, read_csv
 from fogsim.topology.buffered import Buffered, Job, staleness_weight
 from tests.strategies.test_strategies import const_sub, reply, task_identity  # noqa: F401
-from tests.topology.local import SCENARIO, run_local
+from tests.topology.local import SCENARIO, LocalGrid, run_local
 
 BUFFERED = ["topology.aggregation='buffered'", "topology.buffer_size=3", "topology.concurrency=5"]
 SPEEDS = ["fleet.classes.1.flops=2e7"]  # small devices 100x slower than big ones
@@ -223,6 +224,57 @@ def test_a_device_started_as_the_run_ends_is_booked(scenario_file, tmp_path) -> 
     assert any(n["status"] == "unfinished" and n["sim_start_s"] == end for n in nodes)
     assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 4, "a row per training"
     assert len({(n["node"], n["sim_start_s"]) for n in nodes}) == len(nodes), "each once"
+
+
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    """Whether two runs' rows agree but for real (wall-clock) seconds."""
+    real = {"wall_s", "time_s"}
+    return [{k: v for k, v in r.items() if k not in real} for r in a] == [
+        {k: v for k, v in r.items() if k not in real} for r in b
+    ]
+
+
+FOG_TIER = ["topology.kind='hierarchical'", "topology.fogs=2", "topology.fog_rounds=2"]
+
+
+@pytest.mark.parametrize("tier", [[], FOG_TIER], ids=["flat", "fog-tier"])
+def test_devices_in_flight_when_a_run_is_stopped_are_booked(tier, scenario_file, tmp_path) -> None:
+    """A stop asked during round 2 ends the run with it (rounds 3-4 not run), and its
+    devices still training are booked in it as when the run is planned to end there:
+    every row is that of a 2-round run. A lock-step run stops as it did, at once."""
+    # DynHP's schedule fixed: by default it spreads over the rounds the run plans
+    sets = [*BUFFERED, *SPEEDS, *tier, "dynhp.participations=2"]
+    sc = load_scenario(scenario_file, [*sets, "run.rounds=4"])
+    stop = threading.Event()
+
+    def stop_in_round_2(row: dict) -> None:
+        stop.set()  # after round 1's rows are saved, before round 2 starts
+
+    rounds, nodes, _ = run_local(sc, tmp_path / "stopped", stop=stop, progress=stop_in_round_2)
+    planned = load_scenario(scenario_file, [*sets, "run.rounds=2"])
+    two_rounds, two_nodes, grid = run_local(planned, tmp_path / "two")
+    assert rounds[-1]["round"] == 2 and rounds[-1]["unfinished"] > 0
+    assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 2, "a row per training"
+    assert same_rows(rounds, two_rounds) and same_rows(nodes, two_nodes)
+    lock_step = load_scenario(scenario_file, ["run.rounds=4"])
+    stop.clear()
+    rounds, _, _ = run_local(lock_step, tmp_path / "lock", stop=stop, progress=stop_in_round_2)
+    assert [r["round"] for r in rounds] == [1]
+
+
+def test_devices_in_flight_when_a_failing_run_stops_are_booked(scenario_file, tmp_path) -> None:
+    """Every training crashes: the run stops after ``max_failed_rounds`` (2) rounds with
+    devices still in flight, booked in its last round as ``unfinished``, each of them
+    charged its download (they were in no row)."""
+    sets = [*BUFFERED, *SPEEDS, "run.rounds=4", "faults.crash=1.0"]
+    sc = load_scenario(scenario_file, [*sets, "simulation.max_failed_rounds=2"])
+    grid = LocalGrid(sc.simulation.flower_nodes)
+    with pytest.raises(RunFailed, match="2 rounds in a row"):
+        run_local(sc, tmp_path, grid)
+    rounds, nodes = read_csv(tmp_path / "rounds.csv"), read_csv(tmp_path / "nodes.csv")
+    assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["unfinished"] > 0
+    assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 2, "a row per training"
+    assert sum(r["bytes_down"] for r in rounds) == sum(n["bytes_down"] for n in nodes)
 
 
 def test_buffered_beats_lock_step_in_simulated_time_when_speeds_differ(scenario_file, tmp_path):
