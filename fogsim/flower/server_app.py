@@ -163,15 +163,15 @@ class RoundLoop:
             if self.stop.is_set() and (rnd == first or not hasattr(self.strategy, "end_run")):
                 return None
             arrays, row = self.round(grid, rnd, arrays)
-            if self.stopped and row["crashed"]:
+            if self.stop.is_set() and row["crashed"]:
                 # a stop signalled to the whole process group also ends Ray's workers:
                 # their nodes "crashed" with this round. Not saved: a resume redoes it
                 return None
             self.save(row)
+            final = row["accuracy"]
+            self.stop_if_failing()  # a failed run says so, stopped or not
             if self.stopped and rnd < sc.run.rounds:
                 return None
-            final = row["accuracy"]
-            self.stop_if_failing()
         summary = {
             "name": sc.run.name,
             "strategy": sc.strategy.label,

@@ -239,9 +239,10 @@ FOG_TIER = ["topology.kind='hierarchical'", "topology.fogs=2", "topology.fog_rou
 
 @pytest.mark.parametrize("tier", [[], FOG_TIER], ids=["flat", "fog-tier"])
 def test_devices_in_flight_when_a_run_is_stopped_are_booked(tier, scenario_file, tmp_path) -> None:
-    """A stop asked during round 2 ends the run with it (rounds 3-4 not run), and its
-    devices still training are booked in it as when the run is planned to end there:
-    every row is that of a 2-round run. A lock-step run stops as it did, at once."""
+    """A stop asked between rounds 1 and 2 ends a buffered run with round 2 (rounds
+    3-4 not run), and its devices still training are booked in it as when the run is
+    planned to end there: every row is that of a 2-round run. A lock-step run, with
+    nothing in flight, stops as it did, at once."""
     # DynHP's schedule fixed: by default it spreads over the rounds the run plans
     sets = [*BUFFERED, *SPEEDS, *tier, "dynhp.participations=2"]
     sc = load_scenario(scenario_file, [*sets, "run.rounds=4"])
@@ -262,15 +263,19 @@ def test_devices_in_flight_when_a_run_is_stopped_are_booked(tier, scenario_file,
     assert [r["round"] for r in rounds] == [1]
 
 
-def test_devices_in_flight_when_a_failing_run_stops_are_booked(scenario_file, tmp_path) -> None:
-    """Every training crashes: the run stops after ``max_failed_rounds`` (2) rounds with
+@pytest.mark.parametrize("stopped", [False, True], ids=["", "stop-asked-too"])
+def test_devices_in_flight_when_a_failing_run_stops_are_booked(
+    stopped, scenario_file, tmp_path
+) -> None:
+    """Every device drops out: the run stops after ``max_failed_rounds`` (2) rounds with
     devices still in flight, booked in its last round as ``unfinished``, each of them
-    charged its download (they were in no row)."""
-    sets = [*BUFFERED, *SPEEDS, "run.rounds=4", "faults.crash=1.0"]
+    charged its download (they were in no row). A stop asked meanwhile does not hide
+    the failure (the run must not end as merely interrupted)."""
+    sets = [*BUFFERED, *SPEEDS, "run.rounds=4", "faults.drop=1.0"]
     sc = load_scenario(scenario_file, [*sets, "simulation.max_failed_rounds=2"])
-    grid = LocalGrid(sc.simulation.flower_nodes)
+    grid, stop = LocalGrid(sc.simulation.flower_nodes), threading.Event()
     with pytest.raises(RunFailed, match="2 rounds in a row"):
-        run_local(sc, tmp_path, grid)
+        run_local(sc, tmp_path, grid, stop=stop, progress=lambda row: stopped and stop.set())
     rounds, nodes = read_csv(tmp_path / "rounds.csv"), read_csv(tmp_path / "nodes.csv")
     assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["unfinished"] > 0
     assert len(nodes) == grid.sent - sc.simulation.evaluate_clients * 2, "a row per training"
