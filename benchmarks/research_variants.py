@@ -185,6 +185,7 @@ WIDER = {
             ("mnist-iid-cnn", "mask-union-index"),
             ("fmnist-dirichlet", "heterofl"),
             ("fmnist-dirichlet", "fedrolex"),
+            ("fmnist-iid", "heterofl"),  # under memory model revision 6
         ],
         (0.0125,),
     ),
