@@ -165,7 +165,8 @@ def merged(old: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, An
     re-run a scenario at a time, and a scenario not re-run keeps its rows (flagged by
     their revision, ``results_io.stale``)."""
     command = " ".join(["python", "benchmarks/research_select.py", *sys.argv[1:]])
-    kept = [r for r in old.get("rows", []) if r["scenario"] not in {n["scenario"] for n in rows}]
+    redone = {r["scenario"] for r in rows}
+    kept = [r for r in old.get("rows", []) if r["scenario"] not in redone]
     kept = [
         {**r, "command": r.get("command", old["command"]), "memory_model": revision_of(old, r)}
         for r in kept
