@@ -160,7 +160,7 @@ class RoundLoop:
         for rnd in range(first, sc.run.rounds + 1):
             # a stop asked before this round ends the run now; a buffered driver's devices
             # in flight since an earlier round are booked by the round it ends instead
-            if self.stop.is_set() and (rnd == first or not hasattr(self.strategy, "end_run")):
+            if self.stop.is_set() and (rnd == first or not self.keeps_devices_in_flight):
                 return None
             arrays, row = self.round(grid, rnd, arrays)
             if self.stop.is_set() and row["crashed"]:
@@ -205,6 +205,7 @@ class RoundLoop:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         acc, loss = evaluate(self.model, *self.test)
         self.best = max(self.best, acc)
+        self.count_failure(rnd)
         self.end_if_last(rnd)
         row = {
             "round": rnd,
@@ -216,18 +217,27 @@ class RoundLoop:
         }
         return arrays, row
 
+    @property
+    def keeps_devices_in_flight(self) -> bool:
+        """Whether the round driver keeps devices in flight across rounds (buffered ones),
+        to be booked by :meth:`end_if_last` in whichever round ends the run."""
+        return hasattr(self.strategy, "end_run")
+
+    def count_failure(self, rnd: int) -> None:
+        """Extend :attr:`failed`, the latest rounds in a row with no update counted, by
+        round ``rnd`` if it sampled devices and counted none, or clear it."""
+        stats = self.strategy.round_stats
+        self.failed = [*self.failed, rnd] if stats["sampled"] and not stats["aggregated"] else []
+
     def end_if_last(self, rnd: int) -> None:
         """Decide, once, whether the run ends with round ``rnd`` (just trained): its last
         round, a stop asked for by now (:attr:`stopped`; one asked later ends the next
         round), or the ``max_failed_rounds``-th in a row with no update
-        (:attr:`failed`). If so, a round driver that keeps devices in flight across
-        rounds (buffered ones: ``end_run``) books them in this round, so every device
-        sent the model has a row, however the run ends."""
-        stats = self.strategy.round_stats
-        self.failed = [*self.failed, rnd] if stats["sampled"] and not stats["aggregated"] else []
+        (:attr:`failed`). If so, a round driver that keeps devices in flight books them
+        in this round, so every device sent the model has a row, however the run ends."""
         self.stopped = self.stop.is_set()
         last = rnd == self.scenario.run.rounds or self.stopped or self.failing()
-        if last and hasattr(self.strategy, "end_run"):
+        if last and self.keeps_devices_in_flight:
             self.strategy.end_run(rnd)
 
     def failing(self) -> bool:
