@@ -117,7 +117,7 @@ BENCHMARKS = (  # modules
     "dynhp_vs_competitors",
     "dynhp_knobs",
     "strategies",
-    "scale",
+    "scale_table",
     "memory_floor",
     "research_tables",
     "research_select",

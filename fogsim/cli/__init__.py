@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from fogsim import __version__
-from fogsim.cli import dynhp, hardware, run, study
+from fogsim.cli import dynhp, hardware, run, study, validate
 from fogsim.cli.common import out
 
 app = typer.Typer(
@@ -39,7 +39,7 @@ def main(
     """fogsim: federated fog-learning simulator."""
 
 
-commands = (run.run, run.validate, run.scenarios, hardware.devices)
+commands = (run.run, validate.validate, validate.scenarios, hardware.devices)
 for command in (*commands, study.report, study.compare, study.sweep):
     app.command()(command)
 app.command("dynhp")(dynhp.dynhp)

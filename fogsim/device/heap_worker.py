@@ -1,6 +1,6 @@
 """Inside a heap measurement's own process (``fogsim.device.heap`` starts it, fresh, under
-the preloaded counter): the counter's functions, and the steps, DynHP phases and rounds
-it measures, each read against the heap alive before it.
+the preloaded counter): the steps, DynHP phases and rounds it measures, each read
+against the heap alive before it (``fogsim.device.heap_counter`` reads the counter).
 
 Kept apart from the driver: ``fogsim.device.heap`` runs in the caller's process (a
 test, ``fogsim validate``), this module only as ``python -m fogsim.device.heap_worker
@@ -9,66 +9,12 @@ REQUEST``, under the counter.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import sys
 from typing import Any
 
-from fogsim.device.heap import HeapCounterUnavailable
-
-
-class Counter:
-    """The preloaded counter's functions (``ctypes``)."""
-
-    def __init__(self) -> None:
-        lib = ctypes.CDLL(None)
-        if not hasattr(lib, "heapcount_current"):
-            raise HeapCounterUnavailable("libheapcount is not preloaded (LD_PRELOAD)")
-        for name in ("current", "peak", "mmap_current", "mmap_peak"):
-            getattr(lib, f"heapcount_{name}").restype = ctypes.c_long
-        self.lib = lib
-
-    def current(self) -> int:
-        return self.lib.heapcount_current()
-
-    def peak(self) -> int:
-        return self.lib.heapcount_peak()
-
-    def mmap(self) -> tuple[int, int]:
-        return self.lib.heapcount_mmap_current(), self.lib.heapcount_mmap_peak()
-
-    def reset_peak(self) -> None:
-        self.lib.heapcount_reset_peak()
-
-
-def _nbytes(*tensors: Any) -> int:
-    return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
-
-
-def _resident(model: Any, optimizer: Any, grads: bool = True) -> int:
-    """Bytes of the parameters (and gradients), optimizer state: what the memory
-    model counts as existing at a moment."""
-    import torch
-
-    params = list(model.parameters())
-    n = _nbytes(*params) + (_nbytes(*(p.grad for p in params)) if grads else 0)
-    if optimizer is not None:
-        state = optimizer.state.values()
-        n += _nbytes(*(v for s in state for v in s.values() if torch.is_tensor(v)))
-    return n
-
-
-def _objects(counter: Counter, held: list[Any], data: int) -> int:
-    """What deleting ``held`` (the caller's last references) gives back beyond
-    ``data``, the bytes of its tensors: the objects the memory model counts apart
-    (``memory.object_bytes``). A full collection before and after empties Python's
-    free lists, so what returns is the objects' own bytes."""
-    gc.collect()
-    before = counter.current()
-    held.clear()
-    gc.collect()
-    return before - counter.current() - data
+from fogsim.device.heap_counter import Counter, calibrate, nbytes, objects_bytes, resident_bytes
 
 
 def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dict[str, Any]:
@@ -124,10 +70,10 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
         transients.append(counter.peak() - base)
         mmaps.append(counter.mmap()[1] - mmap_base)
     opt.zero_grad(set_to_none=True)
-    tensors = _resident(model, opt, grads=False)
+    tensors = resident_bytes(model, opt, grads=False)
     held = [model, opt, gen]
     del model, opt, gen, step
-    objects = _objects(counter, held, tensors)
+    objects = objects_bytes(counter, held, tensors)
     return {
         **point,
         "transient": max(transients),
@@ -176,7 +122,7 @@ class _Phases:
         if phase != "end":
             gc.collect()  # garbage of the phase before, freed now, not inside this one
             self.optimizer = optimizer
-            resident = _resident(self.model, optimizer)
+            resident = resident_bytes(self.model, optimizer)
             self.open = {"kind": phase, "resident": resident, "base": self.counter.current()}
             self.counter.reset_peak()
 
@@ -185,7 +131,7 @@ class _Phases:
             return
         end, peak = self.counter.current(), self.counter.peak()
         o, self.open = self.open, None
-        change = _resident(self.model, self.optimizer) - o["resident"]
+        change = resident_bytes(self.model, self.optimizer) - o["resident"]
         kept = max(0, end - o["base"] - change)  # left allocated beyond its tensors
         measured = peak - o["base"] + o["resident"]
         self.records.append(
@@ -237,12 +183,12 @@ def _dynhp_run(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     # what the phases' base held beside the tensors: the model's, the optimizer's, the
     # generator's and DynHP's objects (DynHP's arrays are numpy: all of it counts)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
-    tensors = _resident(model, opt, grads=False)
+    tensors = resident_bytes(model, opt, grads=False)
     held = [model, opt, gen, dynhp]
     probe.model = probe.optimizer = None
     gc.unfreeze()  # the probe froze them (their cycles would never be collected)
     del model, opt, optimizer, gen, dynhp
-    objects = _objects(counter, held, tensors)
+    objects = objects_bytes(counter, held, tensors)
     return {"phases": probe.records, "error": error, "widths": widths, "objects": objects}
 
 
@@ -271,7 +217,7 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     counter.reset_peak()
     one_round()
     end = counter.current()
-    params = _nbytes(*model.parameters())
+    params = nbytes(*model.parameters())
     measured = counter.peak() - base + params
     gc.collect()  # finds no garbage, but empties the interpreter's free lists
     freed_below_base = base - counter.current()
@@ -281,7 +227,7 @@ def _round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     reply = counter.peak() - before_reply
     held = [model]
     del model, one_round
-    objects = _objects(counter, held, params)  # in the base all round: added
+    objects = objects_bytes(counter, held, params)  # in the base all round: added
     return {
         "measured": measured + objects,
         "order": 8 * request["samples"],  # the round's shuffled int64 sample order
@@ -354,7 +300,7 @@ def _client_round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     for _ in range(request["repeats"]):
         strategy.load_state_dict(copy.deepcopy(before))
         content = content_for(rounds)
-        data = _nbytes(*client.local_data(wire.spec_of(content), node))
+        data = nbytes(*client.local_data(wire.spec_of(content), node))
         gc.collect()  # empties Python's free lists: what the call leaves there is its own
         base = counter.current()
         counter.reset_peak()
@@ -387,26 +333,13 @@ def _client_round(counter: Counter, request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _calibrate(counter: Counter) -> dict[str, int]:
-    """How a known allocation moves the count: a 3 MiB tensor, then its release."""
-    import torch
-
-    gc.collect()
-    before = counter.current()
-    block = torch.empty(3 << 20, dtype=torch.uint8)
-    allocated = counter.current() - before
-    del block
-    gc.collect()
-    return {"allocated": allocated, "after_free": counter.current() - before}
-
-
 def main(request: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
     counter = Counter()
     if request["task"] == "calibrate":
-        return _calibrate(counter)
+        return calibrate(counter)
     _warm_process(counter, keep_frozen=request["task"] == "steps")
     if request["task"] == "steps":
         return {"results": [_step_point(counter, p) for p in request["points"]]}

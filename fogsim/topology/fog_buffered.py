@@ -48,8 +48,9 @@ from flwr.serverapp import Grid
 from fogsim.fleet import Fleet
 from fogsim.scenario import Scenario
 from fogsim.topology.assign import TopologyError, fog_shares
-from fogsim.topology.buffered import Buffered, Job, book, messages_of
+from fogsim.topology.buffered import Buffered
 from fogsim.topology.hierarchy import Hierarchy, Send, fog_scenario, round_weight
+from fogsim.topology.jobs import Job, book, messages_of
 from fogsim.topology.merge import add
 
 

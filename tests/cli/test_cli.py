@@ -38,7 +38,7 @@ def test_a_scenarios_description_is_its_first_sentence(monkeypatch) -> None:
     """The listing showed a description's first line only ("..., 40"), and Rich took
     "[model]" in it for markup and dropped it."""
     from fogsim.cli import common
-    from fogsim.cli.run import SCENARIO_DIR, description
+    from fogsim.cli.validate import SCENARIO_DIR, description
 
     said = description(SCENARIO_DIR / "fleet5-mnist-lenet.toml")
     assert said.startswith("LeNet-5 (a [model] factory") and said.endswith("a user's kind.")

@@ -14,7 +14,8 @@ from fogsim.fleet import build_fleet
 from fogsim.scenario import ScenarioError, load_scenario
 from fogsim.study.report import class_table
 from fogsim.study.results import RunFailed, load, read_csv
-from fogsim.topology.buffered import Buffered, Job, staleness_weight
+from fogsim.topology.buffered import Buffered, staleness_weight
+from fogsim.topology.jobs import Job
 from tests.strategies.test_strategies import const_sub, reply, task_identity  # noqa: F401
 from tests.topology.local import SCENARIO, LocalGrid, run_local
 
