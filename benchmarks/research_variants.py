@@ -185,6 +185,7 @@ WIDER = {
             ("mnist-iid-cnn", "mask-union-index"),
             ("fmnist-dirichlet", "heterofl"),
             ("fmnist-dirichlet", "fedrolex"),
+            ("mnist-dirichlet-cnn", "fedrolex"),  # under memory model revision 6
             ("fmnist-iid", "heterofl"),  # under memory model revision 6
         ],
         (0.0125,),

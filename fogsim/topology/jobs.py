@@ -15,21 +15,6 @@ from fogsim.flower import wire
 from fogsim.strategies.intake import ENERGY_PARTS
 
 
-def book(stats: dict[str, Any], unfinished: list[dict[str, Any]], arrived: int) -> None:
-    """Add :meth:`Buffered.unfinished`'s rows and the bytes of their updates that
-    arrived to a round's counts: their downloads, uploads and energy (not ``sampled``:
-    no merge sampled them, so they are not ``failed``)."""
-    stats["unfinished"] = stats.get("unfinished", 0) + len(unfinished)
-    stats["bytes_down_train"] = stats.get("bytes_down_train", 0) + sum(
-        r["bytes_down"] for r in unfinished
-    )
-    stats["bytes_up"] = stats.get("bytes_up", 0) + arrived
-    energy = stats.setdefault("energy", Counter())
-    for r in unfinished:
-        energy.update({k: r[k] for k in ENERGY_PARTS if k in r})
-        energy[f"energy_j_{r['class']}"] += r.get("energy_j", 0.0)
-
-
 @dataclass
 class Job:
     """One device's training: sent at ``start`` with model ``version``."""
@@ -61,3 +46,18 @@ def update_of(job: Job) -> tuple[int, float] | None:
 def messages_of(jobs: list[Job]) -> list[Message]:
     """The jobs' Flower messages, each once (a cohort carries several jobs)."""
     return list({id(j.message): j.message for j in jobs}.values())
+
+
+def book(stats: dict[str, Any], unfinished: list[dict[str, Any]], arrived: int) -> None:
+    """Add ``Buffered.unfinished``'s rows and the bytes of their updates that
+    arrived to a round's counts: their downloads, uploads and energy (not ``sampled``:
+    no merge sampled them, so they are not ``failed``)."""
+    stats["unfinished"] = stats.get("unfinished", 0) + len(unfinished)
+    stats["bytes_down_train"] = stats.get("bytes_down_train", 0) + sum(
+        r["bytes_down"] for r in unfinished
+    )
+    stats["bytes_up"] = stats.get("bytes_up", 0) + arrived
+    energy = stats.setdefault("energy", Counter())
+    for r in unfinished:
+        energy.update({k: r[k] for k in ENERGY_PARTS if k in r})
+        energy[f"energy_j_{r['class']}"] += r.get("energy_j", 0.0)
