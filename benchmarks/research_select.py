@@ -31,7 +31,8 @@ chosen configuration and LR, every point's validation score, and the chosen runs
 aggregates (as in ``mask_union_vs_rivals.json``). A strategy is chosen for a scenario
 only where every point of its grid has runs of the same seeds, code and CPU kernels.
 The scenarios the caches hold replace their rows in that file; the others keep theirs,
-each row stamped with the command and memory model revision it was measured with.
+each row stamped with the command and memory model revision it was measured with. A
+choice at an edge of its grid is warned about on stderr.
 """
 
 from __future__ import annotations
@@ -95,6 +96,23 @@ def choose(
         "chosen": at_lr(config, lr),
         "validation": {c: {str(v): scores[c, v] for v in lrs} for c in CHOOSING[strategy]},
     }
+
+
+def edge_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A line for each row whose chosen LR is the lowest or highest of its grid: the
+    best LR may lie beyond it, so the grid there wants widening (``WIDER``) before the
+    choice is read as the strategy's best (an independent review once found 17 of 49
+    choices at an edge)."""
+    lines = []
+    for r in rows:
+        lrs = sorted(float(lr) for lr in r["validation"][r["configuration"]])
+        if r["lr"] in (lrs[0], lrs[-1]):
+            lines.append(
+                f"warning: {r['scenario']} {r['variant']} chose LR {r['lr']:g}, an edge of its "
+                f"grid ({lrs[0]:g}-{lrs[-1]:g}): the best may lie beyond it; add the next LR "
+                "to WIDER in benchmarks/research_variants.py and run it"
+            )
+    return lines
 
 
 def tuned_rows(caches: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,6 +205,8 @@ def main() -> None:
     rows = tuned_rows(caches)
     if not rows:
         raise SystemExit("no (scenario, strategy) has runs at every point of its grid")
+    for line in edge_warnings(rows):
+        print(line, file=sys.stderr)
     path = RESULTS / f"{PUBLISHED}.json"
     rows = merged(json.loads(path.read_text()) if path.exists() else {}, rows)
     lrs = sorted({float(lr) for r in rows for scores in r["validation"].values() for lr in scores})

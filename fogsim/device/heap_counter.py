@@ -36,6 +36,7 @@ class Counter:
 
 
 def nbytes(*tensors: Any) -> int:
+    """Bytes of the tensors' storages (None skipped: a parameter with no gradient)."""
     return sum(t.untyped_storage().nbytes() for t in tensors if t is not None)
 
 
