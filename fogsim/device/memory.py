@@ -60,9 +60,11 @@ LD_PRELOAD malloc counter; the peak of live heap bytes during one steady-state s
 above the bytes alive before it (the batch indexed inline, as the loops do), plus the
 parameters and optimizer state that were alive, and what deleting the model, the
 optimizer and a generator gives back
-beyond their tensors' data): within [1.00, 1.16] x measured for MLPs and CNNs of 1..64
+beyond their tensors' data): within [1.00, 1.19] x measured for MLPs and CNNs of 1..64
 channels, batch 1..512, SGD, momentum and Adam, dense and pruned widths, over 1.15 only
-on steps of 80-90 KB, by under 16 KiB (AVX2, torch 2.13; ``tests/device/test_memory.py``).
+on steps of 69-87 KB (a one-conv CNN on 8x8 images at batch 1, Adam on MLPs of a few
+neurons at batch 1-4), by 11-15 KB, under 16 KiB (AVX2, torch 2.13;
+``tests/device/test_memory.py``).
 Not in it, and not in the model: library caches that
 persist *between* steps, shared by every model a process trains (MKL's GEMM buffer
 pool, 0.3-2.1 MB, and oneDNN's primitive cache, ~5-14 KB per primitive and shape):
