@@ -186,6 +186,7 @@ WIDER = {
             ("fmnist-dirichlet", "heterofl"),
             ("fmnist-dirichlet", "fedrolex"),
             ("mnist-dirichlet-cnn", "fedrolex"),  # under memory model revision 6
+            ("fmnist-dirichlet-cnn", "heterofl"),  # under memory model revision 6
             ("fmnist-iid", "heterofl"),  # under memory model revision 6
         ],
         (0.0125,),
