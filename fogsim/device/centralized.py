@@ -77,13 +77,14 @@ class CentralizedRun:
 
 def measured_step(arch: Arch, batch: int, optimizer: str) -> int | str:
     """A training step of ``arch`` at ``batch`` measured from the heap
-    (``fogsim.device.heap``: a fresh process, a few seconds); blank if the heap counter
-    cannot run here."""
+    (``fogsim.device.heap``: a fresh process, a few seconds), the higher of its first
+    step at that shape and a steady one; blank if the heap counter cannot run here."""
     point = {"channels": arch.channels, "hidden": arch.hidden, "in_shape": arch.in_shape}
     try:
-        return measure_steps([{**point, "batch": batch, "optimizer": optimizer}])[0]["measured"]
+        (r,) = measure_steps([{**point, "batch": batch, "optimizer": optimizer}])
     except HeapCounterUnavailable:
         return ""
+    return max(r["measured"], r["measured_new_shape"])
 
 
 def epoch_row(

@@ -29,7 +29,8 @@ single ops, then whole steps: ``tests/device/test_chain_memory.py``):
   output pixel) instead of blocked copies, and no oneDNN objects;
 - bookkeeping as ``replay`` counts it, growing as the forward records layers
   (``STEP_OVERHEAD_PER_LAYER`` per Linear/Conv, half per BatchNorm: ~2 KB measured),
-  and ``ONEDNN_GRAPH_OVERHEAD`` while a graph with a oneDNN conv lives.
+  and ``ONEDNN_GRAPH_OVERHEAD`` while a graph with a oneDNN conv lives; at the
+  optimizer step ``GRAPH_RECORDS_LEFT`` of the per-layer part.
 
 On a FogNet the replay gives ``replay.step_phases``' peak exactly. The phases are
 pure in (model structure, widths, input shape, optimizer, batch class), so they are
@@ -48,9 +49,11 @@ from fogsim.device.chain_trace import Op, trace
 Phases = list[tuple[int, int]]
 # GELU's CPU kernel holds a batch-independent workspace while it runs (micro-measured:
 # 12.2-13.6 KB forward, 28.1-28.2 KB backward above what ReLU's op holds, 16..65536
-# elements; none for a single element: GELU of width 1 at batch 1 is over-counted);
-# other activations hold nothing beyond the per-step bookkeeping
-GELU_WORKSPACE = (13_000, 29_000)
+# elements; none for a single element: GELU of width 1 at batch 1 is over-counted), and
+# ~8.4 KB more on its first call at a new shape (19.8-19.9 KB and 36.3-36.4 KB:
+# charged 13 and 29 KB until revision 7, such a step of an MLP with GELU went 1.5 KB
+# over the model); other activations hold nothing beyond the per-step bookkeeping
+GELU_WORKSPACE = (21_000, 37_000)
 BN_BACKWARD_TEMPORARIES = 1  # input-sized maps BatchNorm's backward holds (measured)
 INDEX_BYTES = 8  # int64 max-pool indices
 BATCH_ONE_ONLY = -(1 << 40)  # the slope of a phase that holds at batch 1 only (chain_phases)
@@ -126,6 +129,7 @@ class _ChainReplay:
         self.optimizer = optimizer
         self.saved: list[list[int]] = []  # per op, the tensors autograd keeps
         self.recorded: list[bool] = []  # per op: autograd records it (output needs grad)
+        self.records = 0  # the graph's per-layer bookkeeping, as forward charges it
 
     def params(self, op: Op) -> int:
         return sum(p.numel() for p in op.module.parameters()) * self.d if op.module else 0
@@ -190,11 +194,14 @@ class _ChainReplay:
         grad = False
         for op in self.ops:
             record = grad or op.kind in ("conv", "linear", "bn")
+            records = 0
             if op.kind in ("conv", "linear"):  # its autograd nodes, saved records
-                live.fixed += replay.STEP_OVERHEAD_PER_LAYER
+                records = replay.STEP_OVERHEAD_PER_LAYER
             elif op.kind in ("bn", "dropout"):  # measured ~2 KB more per batch norm
                 # (resnet_like), ~1.3 KB per dropout (an independent check, 6 of them)
-                live.fixed += replay.STEP_OVERHEAD_PER_LAYER // 2
+                records = replay.STEP_OVERHEAD_PER_LAYER // 2
+            live.fixed += records
+            self.records += records
             saved: list[int] = []
             if op.kind == "conv":
                 self.conv_forward(op)
@@ -269,9 +276,11 @@ class _ChainReplay:
     def run(self) -> Phases:
         self.backward(self.loss(self.forward()))
         # the optimizer step: the graph (and oneDNN's objects) is gone, and with it the
-        # batch (indexed inline by the loops), the workspace appears
+        # batch (indexed inline by the loops) and part of the graph's records (as in
+        # ``replay._StepReplay.optimizer_step``), the workspace appears
         self.live.fixed += replay.OPTIMIZER_WORKSPACE[self.optimizer] * max(self.sizes) * self.d
         self.live.fixed -= self.graph_overhead
+        self.live.fixed -= self.records - int(replay.GRAPH_RECORDS_LEFT * self.records)
         self.live.per_sample -= self.batch_bytes
         self.live.mark()
         return self.live.phases

@@ -16,7 +16,10 @@ runs :func:`fogsim.device.heap_worker.main`:
   step (zero_grad, forward, loss, backward, optimizer step, the batch indexed inline
   from the data as the loops do, so its copy dies with the graph) above the heap
   alive before it, plus the nbytes of the parameters and optimizer state that were
-  alive: what :func:`fogsim.device.memory.training_memory` models.
+  alive: what :func:`fogsim.device.memory.training_memory` models. And before those,
+  after steps at another batch, the point's first step at its own (a new shape, as a
+  pruning or a new batch gives: oneDNN builds its primitives), measured the same way
+  less what it left in the process's caches: a training run's highest step.
 - :func:`measure_dynhp`: a real ``train_dynhp`` run with the heap read at each phase
   boundary (``on_phase``): per training step, pruning check and budget fit, the peak
   above the heap before it, plus the parameters, gradients and optimizer state alive
@@ -86,6 +89,10 @@ def _run(request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
         "PYTHONMALLOC": "malloc",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        # a grid runs hundreds of shapes in one process: past oneDNN's 1,024 cached
+        # primitives it evicts, freeing inside a step what a step at a new shape is
+        # measured less of (what it leaves cached): read as that step's own, up to 80 KB
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "65536",
     }
     done = subprocess.run(
         [sys.executable, "-m", "fogsim.device.heap_worker", json.dumps(request)],
@@ -106,7 +113,11 @@ def measure_steps(points: list[dict[str, Any]], jobs: int | None = None) -> list
     ``ChainLayout`` group: the dense model narrowed to the first ``w`` neurons of each
     group before training), in ``training_memory``'s
     terms (``measured``), with the step's own part (``transient``) and anonymous mmap
-    growth outside malloc (``mmap_delta``, 0 when nothing bypasses the count).
+    growth outside malloc (``mmap_delta``, 0 when nothing bypasses the count); and of
+    its first step at the point's batch after steps at another (``measured_new_shape``:
+    a CNN's is ~13 KB above its steady steps, where the process has not yet run the
+    shape; oneDNN keeps one primitive cache per process, so a shape an earlier point
+    ran measures as a steady step).
 
     The points are dealt round-robin to ``jobs`` heap-counted processes run at once
     (default: one per CPU, at most 4): each counts only its own heap, and each point

@@ -49,16 +49,29 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
     gen = torch.Generator().manual_seed(0)  # a round's, ordering its batches
     # the node's data, and a batch of it indexed inline as the loops do (``x[idx]``):
     # the batch's copy lives inside the step, as long as autograd holds it
-    x = torch.randn(point["batch"], *in_shape)
-    y = torch.randint(0, classes, (point["batch"],))
+    x = torch.randn(point["batch"] + 1, *in_shape)
+    y = torch.randint(0, classes, (point["batch"] + 1,))
     idx = torch.arange(point["batch"])
 
-    def step(model: Any = model, opt: Any = opt) -> None:  # bound now: deleted with it
+    def step(model: Any = model, opt: Any = opt, idx: Any = idx) -> None:  # bound now
         opt.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
 
+    # the first step at this batch, after steps at another: the step at a new shape a
+    # pruning or a new batch gives (oneDNN builds its primitives), less what it leaves
+    # in the process's caches (shared by every later step at this shape)
     for _ in range(warmup):
+        step(idx=torch.arange(point["batch"] + 1))
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    base = counter.current()
+    counter.reset_peak()
+    step()
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    first = counter.peak() - max(base, counter.current())
+    for _ in range(warmup - 1):
         step()
     transients, mmaps = [], []
     for _ in range(3):  # steady state: the three agree to a few bytes
@@ -79,6 +92,7 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
         "transient": max(transients),
         "objects": objects,
         "measured": max(transients) + tensors + objects,
+        "measured_new_shape": first + tensors + objects,
         "mmap_delta": max(mmaps),
     }
 

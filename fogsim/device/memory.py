@@ -50,21 +50,24 @@ Bookkeeping. A step also allocates what is not tensor data: autograd nodes and
 saved-variable records, TensorImpl/StorageImpl and Python objects of every
 intermediate, malloc headers, and for convs oneDNN's per-call primitive and memory
 descriptors: ~12.5 KB + ~3.3 KB per layer (:data:`STEP_OVERHEAD` uses 13.5 KB, for
-run-to-run spread), plus ~30 KB while a graph with convolutions lives, up to 34.4 KB
-on a step that builds oneDNN's primitives for a new shape (:data:`ONEDNN_GRAPH_OVERHEAD`
-charges 35.5 KB on every such step: which steps are at a new shape depends on what the
-process ran before, and a device's process is not the simulator's).
+run-to-run spread; at the optimizer's step, after the graph is freed, half the
+per-layer part: ``replay.GRAPH_RECORDS_LEFT``), plus ~30 KB while a graph with
+convolutions lives, up to 34.4 KB on a step that builds oneDNN's primitives for a new
+shape (:data:`ONEDNN_GRAPH_OVERHEAD` charges 35.5 KB on every such step: which steps are
+at a new shape depends on what the process ran before, and a device's process is not
+the simulator's).
 
 The model is checked against the process heap itself (``fogsim.device.heap``: an
-LD_PRELOAD malloc counter; the peak of live heap bytes during one steady-state step
-above the bytes alive before it (the batch indexed inline, as the loops do), plus the
-parameters and optimizer state that were alive, and what deleting the model, the
-optimizer and a generator gives back
-beyond their tensors' data): within [1.00, 1.19] x measured for MLPs and CNNs of 1..64
-channels, batch 1..512, SGD, momentum and Adam, dense and pruned widths, over 1.15 only
-on steps of 69-87 KB (a one-conv CNN on 8x8 images at batch 1, Adam on MLPs of a few
-neurons at batch 1-4), by 11-15 KB, under 16 KiB (AVX2, torch 2.13;
-``tests/device/test_memory.py``).
+LD_PRELOAD malloc counter; the peak of live heap bytes during a step above the bytes
+alive before it (the batch indexed inline, as the loops do), plus the parameters and
+optimizer state that were alive, and what deleting the model, the optimizer and a
+generator gives back beyond their tensors' data), at each point the higher of its
+first step at a new shape (less what that step leaves in the process's caches) and a
+steady step after it: within [1.00, 1.13] x measured for MLPs and CNNs of 1..64
+channels, batch 1..512, SGD, momentum and Adam, dense and pruned widths (AVX2, torch
+2.13; ``tests/device/test_memory.py``). A CNN's first step at a new shape is ~13 KB
+above its steady steps, and the model 0.2-22 KB above it: a steady step of the
+tiniest CNNs (a one-conv CNN on 8x8 images at batch 1, 75 KB) is up to 1.18x below it.
 Not in it, and not in the model: library caches that
 persist *between* steps, shared by every model a process trains (MKL's GEMM buffer
 pool, 0.3-2.1 MB, and oneDNN's primitive cache, ~5-14 KB per primitive and shape):
@@ -88,6 +91,7 @@ from fogsim.device.arch import Arch
 from fogsim.device.factory import FactoryArch
 from fogsim.device.models import FogNet
 from fogsim.device.replay import (
+    GRAPH_RECORDS_LEFT,
     LABEL_BYTES,
     ONEDNN_GRAPH_OVERHEAD,
     OPTIMIZER_STATE,
@@ -100,7 +104,7 @@ from fogsim.units import format_bytes
 # The memory model's revision, recorded in every benchmark's results file so that a
 # result measured under an earlier one says so where the README shows it
 # (``benchmarks/results_io.py``): what each revision changed for the devices.
-MODEL_REVISION = 6
+MODEL_REVISION = 7
 REVISIONS = {
     1: "the step alone",
     2: (
@@ -133,6 +137,11 @@ REVISIONS = {
         "(Adam at batch 256 was modelled 1.2-1.3x the heap); the widths and batches of "
         "fogsim's CNN scenarios unchanged but LeNet-5's cameras', which lost one neuron"
     ),
+    7: (
+        "Adam's step charged half the graph's per-layer bookkeeping, freed with the graph "
+        "(Adam on MLPs of a few neurons was 1.17x the heap): Adam's figures 0.2-8 KB lower, "
+        "no other; no benchmark or scenario of fogsim's trains with Adam"
+    ),
 }
 # The last revision that moved a figure of fogsim's own benchmarks (every one trains on
 # 1-channel images): a table measured under it or later is current. Revision 5 moved
@@ -140,8 +149,9 @@ REVISIONS = {
 # of mask-union and HeteroFL, seed 1 of FedRolex, on the four CNN scenarios), but the
 # research rows sized at batch 8 (a camera's batch-8 model one neuron narrower: those
 # 20 CNN rows re-run under revision 6); revision 6 the LeNet-5 table (re-run) and no CNN
-# scenario's widths or batches at batch 4, 8 or 16. Which rows a revision moved is
-# tracked here and in the README, not by this number.
+# scenario's widths or batches at batch 4, 8 or 16; revision 7 none (only Adam's
+# figures moved). Which rows a revision moved is tracked here and in the README, not by
+# this number.
 BENCHMARKS_REVISION = 3
 
 
@@ -203,8 +213,9 @@ def memory_breakdown(
     phases = step_phases(arch, kind, dtype_bytes)
     peak = max(range(len(phases)), key=lambda i: phases[i][0] + phases[i][1] * batch_size)
     fixed, per = phases[peak]
-    overhead = step_overhead(arch)
-    if arch.channels and peak < len(phases) - 1:  # the graph with its oneDNN objects lives
+    graph_lives = peak < len(phases) - 1  # else the optimizer step's (replay module)
+    overhead = step_overhead(arch, 1.0 if graph_lives else GRAPH_RECORDS_LEFT)
+    if arch.channels and graph_lives:  # with its oneDNN objects
         overhead += ONEDNN_GRAPH_OVERHEAD
     inputs = (math.prod(arch.in_shape) * dtype_bytes + LABEL_BYTES) * batch_size
     slack = mmap_slack(arch, phases, batch_size, kind, dtype_bytes)

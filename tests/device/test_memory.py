@@ -111,14 +111,23 @@ def test_a_fresh_process_allocates_as_the_model_counts() -> None:
 
 
 def test_model_bounds_the_heap_within_15_percent(grid: list[dict]) -> None:
-    """measured <= modelled <= 1.15 x measured at every point (or 16 KiB over, for a
-    step of a few tens of KB, where the per-step bookkeeping, which varies by several
-    KB between processes, is a large part of it)."""
+    """measured <= modelled <= 1.15 x measured at every point, measured being the peak
+    of training there: its first step at the point's shape or a steady step after it,
+    whichever is higher, each within the model. A CNN's first step at a new shape
+    (after a pruning, at a new batch) builds oneDNN's primitives: ~13 KB above a steady
+    step, and 0.6-22 KB below the model (the least on the narrowest CNNs); so a steady
+    step of the tiniest CNNs is up to 1.18x below the model (the digits' one-conv CNN
+    at batch 1: 75 KB). Until revision 7 steps of a few tens of KB were allowed 16 KiB
+    over 1.15 (Adam on a 2-2 MLP was modelled 1.17x the heap: memory.REVISIONS).
+    Points sharing a shape share its primitives (one cache per process): only the
+    first of them measures a new shape, so every point whose steady step alone is
+    over 1.15 has a shape of its own here (the one-conv CNN on 8x8 images)."""
     for r in grid:
         arch = Arch(tuple(r["channels"]), tuple(r["hidden"]), tuple(r.get("in_shape", IMAGE_SHAPE)))
         modelled = training_memory(arch, r["batch"], r["optimizer"])
-        assert r["measured"] <= modelled, (r, modelled)
-        assert modelled <= max(1.15 * r["measured"], r["measured"] + 16 * KiB), (r, modelled)
+        peak = max(r["measured"], r["measured_new_shape"])
+        assert peak <= modelled, (r, modelled)
+        assert modelled <= 1.15 * peak, (r, modelled)
         assert r["mmap_delta"] == 0, r  # nothing bypassed malloc during the step
 
 
