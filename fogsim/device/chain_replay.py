@@ -51,8 +51,8 @@ Phases = list[tuple[int, int]]
 # 12.2-13.6 KB forward, 28.1-28.2 KB backward above what ReLU's op holds, 16..65536
 # elements; none for a single element: GELU of width 1 at batch 1 is over-counted), and
 # ~8.4 KB more on its first call at a new shape (19.8-19.9 KB and 36.3-36.4 KB:
-# charged 13 and 29 KB until revision 7, such a step of an MLP with GELU went 1.5 KB
-# over the model); other activations hold nothing beyond the per-step bookkeeping
+# charged 13 and 29 KB until revision 7, such a step of an MLP with GELU went up to
+# 1.8 KB over the model); other activations hold nothing beyond the per-step bookkeeping
 GELU_WORKSPACE = (21_000, 37_000)
 BN_BACKWARD_TEMPORARIES = 1  # input-sized maps BatchNorm's backward holds (measured)
 INDEX_BYTES = 8  # int64 max-pool indices

@@ -19,7 +19,8 @@ runs :func:`fogsim.device.heap_worker.main`:
   alive: what :func:`fogsim.device.memory.training_memory` models. And before those,
   after steps at another batch, the point's first step at its own (a new shape, as a
   pruning or a new batch gives: oneDNN builds its primitives), measured the same way
-  less what it left in the process's caches: a training run's highest step.
+  less what it left in the process's caches: on narrow CNNs a training run's highest
+  step (the checks take the higher of it and a steady step).
 - :func:`measure_dynhp`: a real ``train_dynhp`` run with the heap read at each phase
   boundary (``on_phase``): per training step, pruning check and budget fit, the peak
   above the heap before it, plus the parameters, gradients and optimizer state alive
@@ -91,7 +92,7 @@ def _run(request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
         "MKL_NUM_THREADS": "1",
         # a grid runs hundreds of shapes in one process: past oneDNN's 1,024 cached
         # primitives it evicts, freeing inside a step what a step at a new shape is
-        # measured less of (what it leaves cached): read as that step's own, up to 80 KB
+        # measured less of (what it leaves cached): read as that step's own, up to 70 KB
         "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "65536",
     }
     done = subprocess.run(
@@ -115,8 +116,8 @@ def measure_steps(points: list[dict[str, Any]], jobs: int | None = None) -> list
     terms (``measured``), with the step's own part (``transient``) and anonymous mmap
     growth outside malloc (``mmap_delta``, 0 when nothing bypasses the count); and of
     its first step at the point's batch after steps at another (``measured_new_shape``:
-    a CNN's is ~13 KB above its steady steps, where the process has not yet run the
-    shape; oneDNN keeps one primitive cache per process, so a shape an earlier point
+    a narrow CNN's is ~13 KB above its steady steps, where the process has not yet run
+    the shape; oneDNN keeps one primitive cache per process, so a shape an earlier point
     ran measures as a steady step).
 
     The points are dealt round-robin to ``jobs`` heap-counted processes run at once

@@ -65,9 +65,10 @@ generator gives back beyond their tensors' data), at each point the higher of it
 first step at a new shape (less what that step leaves in the process's caches) and a
 steady step after it: within [1.00, 1.13] x measured for MLPs and CNNs of 1..64
 channels, batch 1..512, SGD, momentum and Adam, dense and pruned widths (AVX2, torch
-2.13; ``tests/device/test_memory.py``). A CNN's first step at a new shape is ~13 KB
-above its steady steps, and the model 0.2-22 KB above it: a steady step of the
-tiniest CNNs (a one-conv CNN on 8x8 images at batch 1, 75 KB) is up to 1.18x below it.
+2.13; ``tests/device/test_memory.py``). A narrow CNN's first step at a new shape is
+~13 KB above its steady steps, and the model 0.6-22 KB above it: a steady step of the
+tiniest CNNs (a one-conv CNN on 8x8 images at batch 1, 77 KB) is up to 1.18x below it
+(1.16 with Adam where the grid ran its shape before: not a new shape then).
 Not in it, and not in the model: library caches that
 persist *between* steps, shared by every model a process trains (MKL's GEMM buffer
 pool, 0.3-2.1 MB, and oneDNN's primitive cache, ~5-14 KB per primitive and shape):
@@ -140,7 +141,8 @@ REVISIONS = {
     7: (
         "Adam's step charged half the graph's per-layer bookkeeping, freed with the graph "
         "(Adam on MLPs of a few neurons was 1.17x the heap): Adam's figures 0.2-8 KB lower, "
-        "no other; no benchmark or scenario of fogsim's trains with Adam"
+        "a factory model with GELU up to 8 KB higher (GELU's first call at a shape), no "
+        "other; no benchmark or scenario of fogsim's trains with Adam or GELU"
     ),
 }
 # The last revision that moved a figure of fogsim's own benchmarks (every one trains on
@@ -149,9 +151,9 @@ REVISIONS = {
 # of mask-union and HeteroFL, seed 1 of FedRolex, on the four CNN scenarios), but the
 # research rows sized at batch 8 (a camera's batch-8 model one neuron narrower: those
 # 20 CNN rows re-run under revision 6); revision 6 the LeNet-5 table (re-run) and no CNN
-# scenario's widths or batches at batch 4, 8 or 16; revision 7 none (only Adam's
-# figures moved). Which rows a revision moved is tracked here and in the README, not by
-# this number.
+# scenario's widths or batches at batch 4, 8 or 16; revision 7 none (only Adam's and
+# GELU's figures moved). Which rows a revision moved is tracked here and in the README,
+# not by this number.
 BENCHMARKS_REVISION = 3
 
 

@@ -38,8 +38,9 @@ PLAIN_IMAGE_CHANNELS = 3
 STEP_OVERHEAD = 13_500
 STEP_OVERHEAD_PER_LAYER = 3_300
 # At the optimizer step the graph is gone, and with it part of its per-layer records:
-# charged the whole, Adam's step (the only one that peaks there) was 8 KB over the heap
-# on MLPs of a few neurons (up to 1.17x); charged none, 2.8 KB over on the widest CNNs.
+# charged the whole, Adam's step (the only one that peaks there) was 12-15 KB over the
+# heap on MLPs of a few neurons (up to 1.17x; their other steps 6-7 KB); charged none,
+# 2.8 KB over on the widest CNNs.
 GRAPH_RECORDS_LEFT = 0.5
 # oneDNN's per-call primitive, memory-descriptor and small scratch objects of the
 # convolutions (2-7 KB each): 25.5-30 KB more while the graph lives, gone by the step;
