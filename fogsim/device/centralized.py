@@ -81,10 +81,9 @@ def measured_step(arch: Arch, batch: int, optimizer: str) -> int | str:
     step at that shape and a steady one; blank if the heap counter cannot run here."""
     point = {"channels": arch.channels, "hidden": arch.hidden, "in_shape": arch.in_shape}
     try:
-        (r,) = measure_steps([{**point, "batch": batch, "optimizer": optimizer}])
+        return measure_steps([{**point, "batch": batch, "optimizer": optimizer}])[0]["peak"]
     except HeapCounterUnavailable:
         return ""
-    return max(r["measured"], r["measured_new_shape"])
 
 
 def epoch_row(

@@ -118,7 +118,8 @@ def measure_steps(points: list[dict[str, Any]], jobs: int | None = None) -> list
     its first step at the point's batch after steps at another (``measured_new_shape``:
     a narrow CNN's is ~13 KB above its steady steps, where the process has not yet run
     the shape; oneDNN keeps one primitive cache per process, so a shape an earlier point
-    ran measures as a steady step).
+    ran measures as a steady step); ``peak``, the higher of the two, is the figure the
+    memory model must bound.
 
     The points are dealt round-robin to ``jobs`` heap-counted processes run at once
     (default: one per CPU, at most 4): each counts only its own heap, and each point

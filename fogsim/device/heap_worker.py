@@ -93,6 +93,7 @@ def _step_point(counter: Counter, point: dict[str, Any], warmup: int = 3) -> dic
         "objects": objects,
         "measured": max(transients) + tensors + objects,
         "measured_new_shape": first + tensors + objects,
+        "peak": max(max(transients), first) + tensors + objects,  # what the model bounds
         "mmap_delta": max(mmaps),
     }
 
